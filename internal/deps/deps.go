@@ -1,0 +1,25 @@
+package deps
+
+import (
+	_ "github.com/HdrHistogram/hdrhistogram-go"
+	_ "github.com/anishathalye/porcupine"
+	_ "github.com/hashicorp/go-metrics"
+	_ "github.com/hashicorp/hcl/v2/gohcl"
+	_ "github.com/hashicorp/hcl/v2/hclsimple"
+	_ "github.com/hashicorp/memberlist"
+	_ "github.com/hashicorp/raft"
+	_ "github.com/hashicorp/raft-boltdb/v2"
+	_ "github.com/klauspost/compress/gzip"
+	_ "github.com/klauspost/compress/zstd"
+	_ "github.com/olric-data/olric"
+	_ "github.com/openai/openai-go/v3"
+	_ "github.com/prometheus/client_golang/prometheus"
+	_ "github.com/schollz/progressbar/v3"
+	_ "github.com/spf13/cobra"
+	_ "github.com/stretchr/testify/require"
+	_ "go.uber.org/goleak"
+	_ "golang.org/x/sync/singleflight"
+	_ "golang.org/x/sys/cpu"
+	_ "golang.org/x/time/rate"
+	_ "gonum.org/v1/plot"
+)
