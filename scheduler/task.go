@@ -106,7 +106,6 @@ type Task struct {
 	chunks   []string
 	notify   chan struct{}
 	done     bool
-	started  bool
 	result   Result
 	err      error
 	finished chan struct{}

@@ -1,0 +1,381 @@
+package node
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+
+	"github.com/shoal-dev/shoal/scheduler"
+)
+
+// Limits on request fields; they keep one request from monopolising a node.
+const (
+	maxMessages  = 1024
+	maxPrompts   = 256
+	maxStops     = 4
+	maxStopLen   = 256
+	maxMaxTokens = 1 << 16
+	maxModelName = 256
+)
+
+// apiRequest is a decoded, validated inference request of any endpoint.
+type apiRequest struct {
+	Endpoint     scheduler.Endpoint
+	Model        string
+	Prompts      []string // completions and infer: one task per prompt
+	Messages     []scheduler.Message
+	Params       scheduler.Params
+	Stream       bool
+	IncludeUsage bool
+	Priority     scheduler.Priority
+	// PromptList records that the prompt/input came as an array, so infer
+	// and completions answer with one output per element.
+	PromptList bool
+}
+
+// flexString accepts a JSON string, or an array of strings (for prompt,
+// input and stop).
+type flexString struct {
+	list  []string
+	isArr bool
+	set   bool
+}
+
+func (f *flexString) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	f.set = true
+	if bytes.Equal(b, []byte("null")) {
+		f.set = false
+		return nil
+	}
+	if len(b) > 0 && b[0] == '[' {
+		f.isArr = true
+		if err := json.Unmarshal(b, &f.list); err != nil {
+			return errors.New("must be a string or an array of strings")
+		}
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return errors.New("must be a string or an array of strings")
+	}
+	f.list = []string{s}
+	return nil
+}
+
+// chatContent accepts a message's content as a string or as an array of
+// {"type":"text","text":...} parts, as OpenAI clients send it.
+type chatContent struct {
+	text string
+}
+
+func (c *chatContent) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	if len(b) > 0 && b[0] == '[' {
+		var parts []struct {
+			Type string `json:"type"`
+			Text string `json:"text"`
+		}
+		if err := json.Unmarshal(b, &parts); err != nil {
+			return errors.New("must be a string or an array of content parts")
+		}
+		var sb strings.Builder
+		for _, p := range parts {
+			if p.Type != "text" {
+				return fmt.Errorf("content part type %q is not supported (text only)", p.Type)
+			}
+			sb.WriteString(p.Text)
+		}
+		c.text = sb.String()
+		return nil
+	}
+	if bytes.Equal(b, []byte("null")) {
+		return nil
+	}
+	if err := json.Unmarshal(b, &c.text); err != nil {
+		return errors.New("must be a string or an array of content parts")
+	}
+	return nil
+}
+
+type commonFields struct {
+	Model         string         `json:"model"`
+	MaxTokens     *int           `json:"max_tokens"`
+	Temperature   *float64       `json:"temperature"`
+	TopP          *float64       `json:"top_p"`
+	N             *int           `json:"n"`
+	Stream        bool           `json:"stream"`
+	StreamOptions *streamOptions `json:"stream_options"`
+	Stop          flexString     `json:"stop"`
+	Seed          *int64         `json:"seed"`
+	Priority      string         `json:"priority"`
+	User          string         `json:"user"`
+}
+
+type streamOptions struct {
+	IncludeUsage bool `json:"include_usage"`
+}
+
+type chatBody struct {
+	commonFields
+	Messages []struct {
+		Role    string      `json:"role"`
+		Content chatContent `json:"content"`
+	} `json:"messages"`
+	MaxCompletionTokens *int `json:"max_completion_tokens"`
+}
+
+type completionBody struct {
+	commonFields
+	Prompt flexString `json:"prompt"`
+}
+
+type inferBody struct {
+	Model      string     `json:"model"`
+	Input      flexString `json:"input"`
+	Parameters struct {
+		MaxTokens   *int       `json:"max_tokens"`
+		Temperature *float64   `json:"temperature"`
+		TopP        *float64   `json:"top_p"`
+		Seed        *int64     `json:"seed"`
+		Stop        flexString `json:"stop"`
+	} `json:"parameters"`
+	Stream   bool   `json:"stream"`
+	Priority string `json:"priority"`
+}
+
+// decodeStrict unmarshals one JSON value and rejects trailing data. Type
+// errors name the offending field.
+func decodeStrict(body []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(v); err != nil {
+		return describeJSONError(err)
+	}
+	if dec.More() {
+		return badRequest("invalid_json", "request body has data after the JSON object")
+	}
+	return nil
+}
+
+func describeJSONError(err error) error {
+	var te *json.UnmarshalTypeError
+	var se *json.SyntaxError
+	switch {
+	case errors.As(err, &te):
+		field := te.Field
+		if field == "" {
+			return badRequest("invalid_json", "request body must be a JSON object")
+		}
+		return badParam(field, fmt.Sprintf("%s: expected %s, got JSON %s", field, te.Type, te.Value))
+	case errors.As(err, &se):
+		return badRequest("invalid_json", fmt.Sprintf("malformed JSON at byte %d: %v", se.Offset, se))
+	case strings.Contains(err.Error(), "json: "):
+		// Errors from our UnmarshalJSON methods arrive wrapped without the
+		// field name; the message still says what was expected.
+		return badRequest("invalid_json", "invalid request: "+strings.TrimPrefix(err.Error(), "json: "))
+	default:
+		return badRequest("invalid_json", "malformed JSON: "+err.Error())
+	}
+}
+
+func parsePriority(s string) (scheduler.Priority, error) {
+	switch strings.ToLower(s) {
+	case "", "normal":
+		return scheduler.PriorityNormal, nil
+	case "high":
+		return scheduler.PriorityHigh, nil
+	case "low":
+		return scheduler.PriorityLow, nil
+	}
+	return 0, badParam("priority", fmt.Sprintf("priority must be \"high\", \"normal\" or \"low\", got %q", s))
+}
+
+func parseParams(maxTokens *int, temp, topP *float64, seed *int64, stop flexString) (scheduler.Params, error) {
+	var p scheduler.Params
+	if maxTokens != nil {
+		if *maxTokens < 1 || *maxTokens > maxMaxTokens {
+			return p, badParam("max_tokens", fmt.Sprintf("max_tokens must be between 1 and %d, got %d", maxMaxTokens, *maxTokens))
+		}
+		p.MaxTokens = *maxTokens
+	}
+	if temp != nil {
+		if math.IsNaN(*temp) || *temp < 0 || *temp > 2 {
+			return p, badParam("temperature", fmt.Sprintf("temperature must be between 0 and 2, got %g", *temp))
+		}
+		p.Temperature = *temp
+	} else {
+		p.Temperature = 1
+	}
+	if topP != nil {
+		if math.IsNaN(*topP) || *topP <= 0 || *topP > 1 {
+			return p, badParam("top_p", fmt.Sprintf("top_p must be greater than 0 and at most 1, got %g", *topP))
+		}
+		p.TopP = *topP
+	}
+	p.Seed = seed
+	if len(stop.list) > maxStops {
+		return p, badParam("stop", fmt.Sprintf("stop may hold at most %d sequences, got %d", maxStops, len(stop.list)))
+	}
+	for _, s := range stop.list {
+		if s == "" || len(s) > maxStopLen {
+			return p, badParam("stop", fmt.Sprintf("each stop sequence must be 1 to %d bytes", maxStopLen))
+		}
+	}
+	p.Stop = stop.list
+	return p, nil
+}
+
+func checkModel(model string) error {
+	if model == "" {
+		return badParam("model", "model is required")
+	}
+	if len(model) > maxModelName {
+		return badParam("model", "model name is too long")
+	}
+	return nil
+}
+
+func checkN(n *int) error {
+	if n != nil && *n != 1 {
+		return badParam("n", fmt.Sprintf("n must be 1 (one choice per request), got %d", *n))
+	}
+	return nil
+}
+
+// decodeChat parses a /v1/chat/completions body.
+func decodeChat(body []byte) (*apiRequest, error) {
+	var b chatBody
+	if err := decodeStrict(body, &b); err != nil {
+		return nil, err
+	}
+	if err := checkModel(b.Model); err != nil {
+		return nil, err
+	}
+	if err := checkN(b.N); err != nil {
+		return nil, err
+	}
+	if len(b.Messages) == 0 {
+		return nil, badParam("messages", "messages must hold at least one message")
+	}
+	if len(b.Messages) > maxMessages {
+		return nil, badParam("messages", fmt.Sprintf("messages may hold at most %d messages", maxMessages))
+	}
+	msgs := make([]scheduler.Message, len(b.Messages))
+	for i, m := range b.Messages {
+		switch m.Role {
+		case "system", "user", "assistant", "developer", "tool":
+		default:
+			return nil, badParam(fmt.Sprintf("messages[%d].role", i), fmt.Sprintf("messages[%d].role must be system, developer, user, assistant or tool, got %q", i, m.Role))
+		}
+		msgs[i] = scheduler.Message{Role: m.Role, Content: m.Content.text}
+	}
+	maxTok := b.MaxTokens
+	if b.MaxCompletionTokens != nil {
+		maxTok = b.MaxCompletionTokens
+	}
+	p, err := parseParams(maxTok, b.Temperature, b.TopP, b.Seed, b.Stop)
+	if err != nil {
+		return nil, err
+	}
+	prio, err := parsePriority(b.Priority)
+	if err != nil {
+		return nil, err
+	}
+	return &apiRequest{
+		Endpoint: scheduler.EndpointChat, Model: b.Model, Messages: msgs, Params: p,
+		Stream: b.Stream, IncludeUsage: b.StreamOptions != nil && b.StreamOptions.IncludeUsage, Priority: prio,
+	}, nil
+}
+
+// decodeCompletion parses a /v1/completions body.
+func decodeCompletion(body []byte) (*apiRequest, error) {
+	var b completionBody
+	if err := decodeStrict(body, &b); err != nil {
+		return nil, err
+	}
+	if err := checkModel(b.Model); err != nil {
+		return nil, err
+	}
+	if err := checkN(b.N); err != nil {
+		return nil, err
+	}
+	if err := checkPrompts("prompt", b.Prompt); err != nil {
+		return nil, err
+	}
+	if b.Stream && len(b.Prompt.list) > 1 {
+		return nil, badParam("prompt", "stream supports a single prompt")
+	}
+	maxTok := b.MaxTokens
+	if maxTok == nil {
+		// OpenAI's completions default.
+		d := 16
+		maxTok = &d
+	}
+	p, err := parseParams(maxTok, b.Temperature, b.TopP, b.Seed, b.Stop)
+	if err != nil {
+		return nil, err
+	}
+	prio, err := parsePriority(b.Priority)
+	if err != nil {
+		return nil, err
+	}
+	return &apiRequest{
+		Endpoint: scheduler.EndpointCompletion, Model: b.Model, Prompts: b.Prompt.list, PromptList: b.Prompt.isArr,
+		Params: p, Stream: b.Stream, IncludeUsage: b.StreamOptions != nil && b.StreamOptions.IncludeUsage, Priority: prio,
+	}, nil
+}
+
+// decodeInfer parses a /v1/infer body.
+func decodeInfer(body []byte) (*apiRequest, error) {
+	var b inferBody
+	if err := decodeStrict(body, &b); err != nil {
+		return nil, err
+	}
+	if err := checkModel(b.Model); err != nil {
+		return nil, err
+	}
+	if err := checkPrompts("input", b.Input); err != nil {
+		return nil, err
+	}
+	if b.Stream && len(b.Input.list) > 1 {
+		return nil, badParam("input", "stream supports a single input")
+	}
+	pp := b.Parameters
+	p, err := parseParams(pp.MaxTokens, pp.Temperature, pp.TopP, pp.Seed, pp.Stop)
+	if err != nil {
+		return nil, err
+	}
+	prio, err := parsePriority(b.Priority)
+	if err != nil {
+		return nil, err
+	}
+	return &apiRequest{
+		Endpoint: scheduler.EndpointInfer, Model: b.Model, Prompts: b.Input.list, PromptList: b.Input.isArr,
+		Params: p, Stream: b.Stream, Priority: prio,
+	}, nil
+}
+
+func checkPrompts(field string, f flexString) error {
+	if !f.set || len(f.list) == 0 {
+		return badParam(field, field+" is required: a string or a non-empty array of strings")
+	}
+	if len(f.list) > maxPrompts {
+		return badParam(field, fmt.Sprintf("%s may hold at most %d strings", field, maxPrompts))
+	}
+	return nil
+}
+
+// requests expands an API request into one scheduler request per prompt.
+func (a *apiRequest) requests(id string) []*scheduler.Request {
+	if a.Endpoint == scheduler.EndpointChat {
+		return []*scheduler.Request{{ID: id, Model: a.Model, Endpoint: a.Endpoint, Messages: a.Messages, Params: a.Params, Priority: a.Priority, Stream: a.Stream}}
+	}
+	out := make([]*scheduler.Request, len(a.Prompts))
+	for i, p := range a.Prompts {
+		out[i] = &scheduler.Request{ID: fmt.Sprintf("%s-%d", id, i), Model: a.Model, Endpoint: a.Endpoint, Prompt: p, Params: a.Params, Priority: a.Priority, Stream: a.Stream}
+	}
+	return out
+}

@@ -1,0 +1,408 @@
+package node
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/shoal-dev/shoal/scheduler/sim"
+)
+
+// Config is a node's resolved configuration: defaults, then the HCL file,
+// then environment variables, then command-line flags. Every field is a
+// plain value; LoadFile and ApplyEnv do the layering.
+type Config struct {
+	// NodeName identifies the node in gossip, Raft and responses
+	// (X-Shoal-Node). Default: the host name.
+	NodeName string
+	// DataDir holds Raft's log and snapshots and generated models.
+	DataDir string
+	// Dev runs a complete single-node cluster with every default embedded
+	// and data in a temporary directory.
+	Dev bool
+	// Join lists gossip addresses of existing members to join at start.
+	Join []string
+	// JoinTimeout bounds the retries of the start-up join.
+	JoinTimeout time.Duration
+
+	HTTP           HTTPConfig
+	Gossip         GossipConfig
+	Raft           RaftConfig
+	Cache          CacheConfig
+	Batching       BatchingConfig
+	RateLimit      RateLimitConfig
+	CircuitBreaker BreakerConfig
+	Admin          AdminConfig
+	Auth           AuthConfig
+	Router         RouterConfig
+	GPU            GPUConfig
+	Models         []ModelConfig
+
+	// Logger receives the node's structured logs; nil discards them.
+	Logger *slog.Logger
+	// HTTPListener, when set, is used instead of listening on HTTP.Addr
+	// (tests hand in 127.0.0.1:0 listeners).
+	HTTPListener net.Listener
+	// RaftListener, when set, is used instead of listening on Raft.Addr.
+	RaftListener net.Listener
+}
+
+// HTTPConfig is the client-facing server.
+type HTTPConfig struct {
+	Addr string
+	// MaxBodyBytes bounds a request body, after decompression.
+	MaxBodyBytes int64
+	// ReadHeaderTimeout, ReadTimeout and IdleTimeout protect the server
+	// from slow or idle clients.
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
+	IdleTimeout       time.Duration
+	// RequestTimeout is the longest a request may take, queueing and
+	// running; a client may ask for less with X-Shoal-Timeout.
+	RequestTimeout time.Duration
+	// DrainTimeout bounds how long SIGTERM waits for queued work.
+	DrainTimeout time.Duration
+}
+
+// GossipConfig is memberlist's.
+type GossipConfig struct {
+	Addr      string
+	Advertise string
+	// EncryptKey is a base64 AES key (16, 24 or 32 bytes) as `consul
+	// keygen` makes; empty disables gossip encryption.
+	EncryptKey string
+}
+
+// RaftConfig is the consensus layer's.
+type RaftConfig struct {
+	Addr      string
+	Advertise string
+	// BootstrapExpect is how many servers must see each other before the
+	// cluster bootstraps, once; 0 joins an existing cluster only.
+	BootstrapExpect int
+	// MaxVoters caps Raft voters; further nodes join as non-voters.
+	MaxVoters int
+	// DeadServerTimeout removes a failed node from Raft after this long.
+	DeadServerTimeout time.Duration
+}
+
+// CacheConfig is the response cache's.
+type CacheConfig struct {
+	Addr string
+	// MemberlistAddr is Olric's own gossip address (default: cache port+2).
+	MemberlistAddr string
+	// Backend is "olric", "local" or "off".
+	Backend    string
+	DefaultTTL time.Duration
+	// MaxBytes bounds the local backend.
+	MaxBytes int64
+	// Lowercase folds prompts to lower case before keying; off by default
+	// because it changes meaning for most models.
+	Lowercase bool
+	// LookupTimeout bounds a cache lookup so a slow cache never stalls a
+	// request.
+	LookupTimeout time.Duration
+}
+
+// BatchingConfig is the default for every model; models may override.
+type BatchingConfig struct {
+	MaxSize      int
+	FlushTimeout time.Duration
+	MaxQueue     int
+	// MaxConcurrentBatches is the number of batches a model runs at once;
+	// 0 means the GPU count, or 1 on a CPU-only node.
+	MaxConcurrentBatches int
+}
+
+// RateLimitConfig is the default per-client limit.
+type RateLimitConfig struct {
+	RPM int
+}
+
+// BreakerConfig is the circuit breakers'.
+type BreakerConfig struct {
+	FailureThreshold int
+	Timeout          time.Duration
+}
+
+// AdminConfig protects /admin/v1.
+type AdminConfig struct {
+	Token string
+}
+
+// AuthConfig controls client API keys.
+type AuthConfig struct {
+	// Required rejects requests whose API key is unknown.
+	Required bool
+}
+
+// RouterConfig picks the node that runs a request.
+type RouterConfig struct {
+	// Policy is "least-queued", "round-robin" or "random".
+	Policy string
+}
+
+// GPUConfig declares capacity when nvidia-smi is absent.
+type GPUConfig struct {
+	Count    int
+	MemoryMB int
+}
+
+// ModelConfig is one served model.
+type ModelConfig struct {
+	Name    string
+	Backend string
+	// MaxSize, FlushTimeout and MaxConcurrentBatches override the batching
+	// block for this model when set (non-zero).
+	MaxSize              int
+	FlushTimeout         time.Duration
+	MaxConcurrentBatches int
+
+	Sim    sim.Config
+	OpenAI OpenAIConfig
+	Engine EngineConfig
+}
+
+// OpenAIConfig points at an OpenAI-compatible upstream server.
+type OpenAIConfig struct {
+	URL       string
+	Model     string
+	APIKeyEnv string
+	Timeout   time.Duration
+	// MaxConns bounds pooled connections to the upstream.
+	MaxConns int
+}
+
+// EngineConfig is the embedded transformer runtime's.
+type EngineConfig struct {
+	Checkpoint   string
+	Tokenizer    string
+	Quantize     string
+	MaxSequences int
+	Threads      int
+	KVCacheMB    int
+}
+
+// DefaultConfig is the configuration with nothing set.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "shoal"
+	}
+	return Config{
+		NodeName:    host,
+		DataDir:     "/var/lib/shoal",
+		JoinTimeout: 2 * time.Minute,
+		HTTP: HTTPConfig{
+			Addr:              "0.0.0.0:8080",
+			MaxBodyBytes:      1 << 20,
+			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       30 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			RequestTimeout:    60 * time.Second,
+			DrainTimeout:      30 * time.Second,
+		},
+		Gossip:         GossipConfig{Addr: "0.0.0.0:7946"},
+		Raft:           RaftConfig{Addr: "0.0.0.0:7947", MaxVoters: 5, DeadServerTimeout: 5 * time.Minute},
+		Cache:          CacheConfig{Addr: "0.0.0.0:3320", Backend: "olric", DefaultTTL: 2 * time.Hour, MaxBytes: 256 << 20, LookupTimeout: 50 * time.Millisecond},
+		Batching:       BatchingConfig{MaxSize: 64, FlushTimeout: 10 * time.Millisecond, MaxQueue: 1000},
+		RateLimit:      RateLimitConfig{RPM: 1000},
+		CircuitBreaker: BreakerConfig{FailureThreshold: 3, Timeout: 30 * time.Second},
+		Router:         RouterConfig{Policy: "least-queued"},
+	}
+}
+
+// DevModels are what --dev serves when no model is configured.
+func DevModels() []ModelConfig {
+	return []ModelConfig{DefaultModelConfig("sim-fast", "sim")}
+}
+
+// ApplyDev turns cfg into a dev node: temporary data, loopback addresses,
+// one-node bootstrap, the local cache, and the dev models unless models are
+// configured.
+func (c *Config) ApplyDev() error {
+	c.Dev = true
+	dir, err := os.MkdirTemp("", "shoal-dev-")
+	if err != nil {
+		return fmt.Errorf("dev data dir: %w", err)
+	}
+	c.DataDir = dir
+	c.Raft.BootstrapExpect = 1
+	c.Gossip.Addr = "127.0.0.1:7946"
+	c.Raft.Addr = "127.0.0.1:7947"
+	c.Cache.Addr = "127.0.0.1:3320"
+	if len(c.Models) == 0 {
+		c.Models = DevModels()
+	}
+	return nil
+}
+
+// Validate checks everything at load time, so a bad setting stops the start
+// instead of failing requests later. Errors name the setting.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if c.NodeName == "" || strings.ContainsAny(c.NodeName, " /\t\n") || len(c.NodeName) > 64 {
+		bad("node_name", "must be 1-64 characters without spaces or slashes, got %q", c.NodeName)
+	}
+	if c.DataDir == "" {
+		bad("data_dir", "must be set")
+	}
+	for key, addr := range map[string]string{"http.addr": c.HTTP.Addr, "gossip.addr": c.Gossip.Addr, "raft.addr": c.Raft.Addr, "cache.addr": c.Cache.Addr} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad(key, "must be host:port, got %q", addr)
+		}
+	}
+	if c.HTTP.MaxBodyBytes < 1024 || c.HTTP.MaxBodyBytes > 1<<30 {
+		bad("http.max_body_bytes", "must be between 1024 and 1073741824, got %d", c.HTTP.MaxBodyBytes)
+	}
+	for key, d := range map[string]time.Duration{
+		"http.read_header_timeout": c.HTTP.ReadHeaderTimeout, "http.read_timeout": c.HTTP.ReadTimeout,
+		"http.idle_timeout": c.HTTP.IdleTimeout, "http.request_timeout": c.HTTP.RequestTimeout,
+		"http.drain_timeout": c.HTTP.DrainTimeout, "circuit_breaker.timeout": c.CircuitBreaker.Timeout,
+		"cache.lookup_timeout": c.Cache.LookupTimeout, "raft.dead_server_timeout": c.Raft.DeadServerTimeout,
+	} {
+		if d <= 0 {
+			bad(key, "must be a positive duration, got %s", d)
+		}
+	}
+	if c.Gossip.EncryptKey != "" {
+		k, err := base64.StdEncoding.DecodeString(c.Gossip.EncryptKey)
+		if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
+			bad("gossip.encrypt_key", "must be a base64 AES key of 16, 24 or 32 bytes")
+		}
+	}
+	if c.Raft.BootstrapExpect < 0 || c.Raft.BootstrapExpect > 9 {
+		bad("raft.bootstrap_expect", "must be between 0 and 9, got %d", c.Raft.BootstrapExpect)
+	}
+	if c.Raft.MaxVoters < 1 || c.Raft.MaxVoters > 9 {
+		bad("raft.max_voters", "must be between 1 and 9, got %d", c.Raft.MaxVoters)
+	}
+	switch c.Cache.Backend {
+	case "olric", "local", "off":
+	default:
+		bad("cache.backend", `must be "olric", "local" or "off", got %q`, c.Cache.Backend)
+	}
+	if c.Cache.DefaultTTL < time.Second {
+		bad("cache.default_ttl", "must be at least 1s, got %s", c.Cache.DefaultTTL)
+	}
+	if c.Cache.MaxBytes < 1<<20 {
+		bad("cache.max_bytes", "must be at least 1048576, got %d", c.Cache.MaxBytes)
+	}
+	if c.Batching.MaxSize < 1 || c.Batching.MaxSize > 4096 {
+		bad("batching.max_size", "must be between 1 and 4096, got %d", c.Batching.MaxSize)
+	}
+	if c.Batching.FlushTimeout < 0 || c.Batching.FlushTimeout > time.Minute {
+		bad("batching.flush_timeout", "must be between 0s and 1m, got %s", c.Batching.FlushTimeout)
+	}
+	if c.Batching.MaxQueue < 1 || c.Batching.MaxQueue > 1_000_000 {
+		bad("batching.max_queue", "must be between 1 and 1000000, got %d", c.Batching.MaxQueue)
+	}
+	if c.Batching.MaxConcurrentBatches < 0 || c.Batching.MaxConcurrentBatches > 1024 {
+		bad("batching.max_concurrent_batches", "must be between 0 and 1024, got %d", c.Batching.MaxConcurrentBatches)
+	}
+	if c.RateLimit.RPM < 0 {
+		bad("rate_limit.rpm", "must not be negative, got %d", c.RateLimit.RPM)
+	}
+	if c.CircuitBreaker.FailureThreshold < 1 || c.CircuitBreaker.FailureThreshold > 1000 {
+		bad("circuit_breaker.failure_threshold", "must be between 1 and 1000, got %d", c.CircuitBreaker.FailureThreshold)
+	}
+	switch c.Router.Policy {
+	case "least-queued", "round-robin", "random":
+	default:
+		bad("router.policy", `must be "least-queued", "round-robin" or "random", got %q`, c.Router.Policy)
+	}
+	if c.GPU.Count < 0 || c.GPU.MemoryMB < 0 {
+		bad("gpu", "count and memory_mb must not be negative")
+	}
+	if len(c.Models) == 0 {
+		bad("model", "at least one model block is required (or run with --dev)")
+	}
+	seen := map[string]bool{}
+	for _, m := range c.Models {
+		key := fmt.Sprintf("model %q", m.Name)
+		if m.Name == "" || len(m.Name) > 128 || strings.ContainsAny(m.Name, " /\t\n") {
+			bad(key, "name must be 1-128 characters without spaces or slashes")
+		}
+		if seen[m.Name] {
+			bad(key, "defined twice")
+		}
+		seen[m.Name] = true
+		if m.MaxSize < 0 || m.MaxSize > 4096 {
+			bad(key+".max_size", "must be between 1 and 4096, got %d", m.MaxSize)
+		}
+		if m.FlushTimeout < 0 || m.FlushTimeout > time.Minute {
+			bad(key+".flush_timeout", "must be between 0s and 1m, got %s", m.FlushTimeout)
+		}
+		if m.MaxConcurrentBatches < 0 || m.MaxConcurrentBatches > 1024 {
+			bad(key+".max_concurrent_batches", "must be between 0 and 1024, got %d", m.MaxConcurrentBatches)
+		}
+		switch m.Backend {
+		case "sim":
+			if err := m.Sim.Validate(); err != nil {
+				bad(key+".sim", "%v", err)
+			}
+		case "openai":
+			if !strings.HasPrefix(m.OpenAI.URL, "http://") && !strings.HasPrefix(m.OpenAI.URL, "https://") {
+				bad(key+".openai.url", "must be an http(s) URL, got %q", m.OpenAI.URL)
+			}
+			if m.OpenAI.Timeout <= 0 {
+				bad(key+".openai.timeout", "must be a positive duration")
+			}
+			if m.OpenAI.MaxConns < 1 {
+				bad(key+".openai.max_conns", "must be at least 1")
+			}
+		case "engine":
+			e := m.Engine
+			if e.Quantize != "none" && e.Quantize != "int8" {
+				bad(key+".engine.quantize", `must be "none" or "int8", got %q`, e.Quantize)
+			}
+			if (e.Checkpoint == "") != (e.Tokenizer == "") {
+				bad(key+".engine", "checkpoint and tokenizer must be set together (or neither, for the built-in model)")
+			}
+			if e.MaxSequences < 1 || e.MaxSequences > 1024 {
+				bad(key+".engine.max_sequences", "must be between 1 and 1024, got %d", e.MaxSequences)
+			}
+			if e.Threads < 0 || e.KVCacheMB < 0 {
+				bad(key+".engine", "threads and kv_cache_mb must not be negative")
+			}
+		default:
+			bad(key+".backend", `must be "sim", "openai" or "engine", got %q`, m.Backend)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ModelBatching resolves a model's batching settings from the defaults and
+// its overrides.
+func (c *Config) ModelBatching(m ModelConfig, gpus int) (maxSize int, flush time.Duration, slots int) {
+	maxSize, flush, slots = c.Batching.MaxSize, c.Batching.FlushTimeout, c.Batching.MaxConcurrentBatches
+	if m.MaxSize > 0 {
+		maxSize = m.MaxSize
+	}
+	if m.FlushTimeout > 0 {
+		flush = m.FlushTimeout
+	}
+	if m.MaxConcurrentBatches > 0 {
+		slots = m.MaxConcurrentBatches
+	}
+	if slots == 0 {
+		slots = max(1, gpus)
+	}
+	return maxSize, flush, slots
+}
+
+func (c *Config) modelDataDir(name string) string {
+	return filepath.Join(c.DataDir, "models", name)
+}
+
+// DefaultSimConfig is the sim backend's defaults.
+func DefaultSimConfig() sim.Config { return sim.DefaultConfig() }

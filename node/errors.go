@@ -1,0 +1,104 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/shoal-dev/shoal/scheduler"
+)
+
+// apiError is an error with its HTTP answer, in OpenAI's error shape.
+type apiError struct {
+	Status     int
+	Type       string
+	Code       string
+	Param      string
+	Message    string
+	RetryAfter time.Duration
+}
+
+func (e *apiError) Error() string { return e.Message }
+
+func badRequest(code, msg string) *apiError {
+	return &apiError{Status: http.StatusBadRequest, Type: "invalid_request_error", Code: code, Message: msg}
+}
+
+func badParam(param, msg string) *apiError {
+	return &apiError{Status: http.StatusBadRequest, Type: "invalid_request_error", Code: "invalid_parameter", Param: param, Message: msg}
+}
+
+// errorBody is OpenAI's error envelope.
+type errorBody struct {
+	Error struct {
+		Message string  `json:"message"`
+		Type    string  `json:"type"`
+		Param   *string `json:"param"`
+		Code    string  `json:"code"`
+	} `json:"error"`
+}
+
+func (e *apiError) body() errorBody {
+	var b errorBody
+	b.Error.Message, b.Error.Type, b.Error.Code = e.Message, e.Type, e.Code
+	if e.Param != "" {
+		p := e.Param
+		b.Error.Param = &p
+	}
+	return b
+}
+
+// UpstreamStatus is implemented by backend errors that carry an HTTP status
+// from an upstream server, so it reaches the client unchanged in meaning.
+type UpstreamStatus interface {
+	HTTPStatus() int
+}
+
+// toAPIError maps every error of the request path to its HTTP answer, in
+// one place.
+func toAPIError(err error) *apiError {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return ae
+	}
+	var us UpstreamStatus
+	switch {
+	case errors.Is(err, scheduler.ErrUnknownModel):
+		return &apiError{Status: http.StatusNotFound, Type: "invalid_request_error", Code: "model_not_found", Param: "model", Message: err.Error()}
+	case errors.Is(err, scheduler.ErrQueueFull):
+		return &apiError{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "queue_full", Message: "the model's queue is full; retry later", RetryAfter: time.Second}
+	case errors.Is(err, scheduler.ErrDraining):
+		return &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "draining", Message: "the node is shutting down; retry on another node", RetryAfter: time.Second}
+	case errors.Is(err, context.DeadlineExceeded):
+		return &apiError{Status: http.StatusGatewayTimeout, Type: "timeout_error", Code: "deadline_exceeded", Message: "the request deadline passed before it finished"}
+	case errors.Is(err, context.Canceled):
+		// The client went away; the status is for logs and metrics only.
+		return &apiError{Status: 499, Type: "client_closed_request", Code: "canceled", Message: "the client closed the request"}
+	case errors.As(err, &us):
+		st := us.HTTPStatus()
+		e := &apiError{Status: st, Type: "upstream_error", Code: "upstream_" + strconv.Itoa(st), Message: err.Error()}
+		switch {
+		case st == http.StatusTooManyRequests:
+			e.RetryAfter = time.Second
+		case st >= 500:
+			e.Status, e.RetryAfter = http.StatusBadGateway, time.Second
+		}
+		return e
+	}
+	return &apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: "internal_error", Message: fmt.Sprintf("internal error: %v", err)}
+}
+
+func writeError(w http.ResponseWriter, r *http.Request, err *apiError) {
+	if err.RetryAfter > 0 {
+		secs := int((err.RetryAfter + time.Second - 1) / time.Second)
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+	}
+	status := err.Status
+	if status == 499 {
+		status = http.StatusBadRequest
+	}
+	writeJSON(w, r, status, err.body())
+}

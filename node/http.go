@@ -1,0 +1,235 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+)
+
+// compressMin is the smallest body worth compressing.
+const compressMin = 1024
+
+// codec compresses response bodies and decompresses request bodies. The
+// zstd encoder is safe for concurrent EncodeAll; gzip writers are pooled.
+type codec struct {
+	zenc  *zstd.Encoder
+	gzips sync.Pool
+}
+
+func newCodec() *codec {
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	c := &codec{zenc: enc}
+	c.gzips.New = func() any {
+		w, _ := gzip.NewWriterLevel(io.Discard, gzip.BestSpeed)
+		return w
+	}
+	return c
+}
+
+// acceptsEncoding reports whether the Accept-Encoding header allows enc.
+func acceptsEncoding(h, enc string) bool {
+	for _, part := range strings.Split(h, ",") {
+		name, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if strings.EqualFold(strings.TrimSpace(name), enc) {
+			return !strings.Contains(strings.ReplaceAll(params, " ", ""), "q=0")
+		}
+	}
+	return false
+}
+
+type codecKey struct{}
+
+func withCodec(ctx context.Context, c *codec) context.Context {
+	return context.WithValue(ctx, codecKey{}, c)
+}
+
+// writeJSON encodes v as the response, compressed when the client accepts
+// it and the body is large enough to gain from it.
+func writeJSON(w http.ResponseWriter, r *http.Request, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		body = []byte(`{"error":{"message":"response encoding failed","type":"server_error","param":null,"code":"internal_error"}}`)
+	}
+	body = append(body, '\n')
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	c, _ := r.Context().Value(codecKey{}).(*codec)
+	if c != nil && len(body) >= compressMin {
+		h.Add("Vary", "Accept-Encoding")
+		ae := r.Header.Get("Accept-Encoding")
+		switch {
+		case acceptsEncoding(ae, "zstd"):
+			body = c.zenc.EncodeAll(body, nil)
+			h.Set("Content-Encoding", "zstd")
+		case acceptsEncoding(ae, "gzip"):
+			var buf bytes.Buffer
+			gw := c.gzips.Get().(*gzip.Writer)
+			gw.Reset(&buf)
+			_, _ = gw.Write(body)
+			_ = gw.Close()
+			c.gzips.Put(gw)
+			body = buf.Bytes()
+			h.Set("Content-Encoding", "gzip")
+		}
+	}
+	w.WriteHeader(status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body)
+	}
+}
+
+// readBody enforces the content type, decompresses gzip or zstd bodies and
+// bounds the size after decompression, so a compressed bomb is refused too.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *apiError) {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || mt != "application/json" {
+			return nil, &apiError{Status: http.StatusUnsupportedMediaType, Type: "invalid_request_error", Code: "unsupported_media_type",
+				Message: "Content-Type must be application/json (curl: -H 'Content-Type: application/json')"}
+		}
+	}
+	var rd io.Reader = http.MaxBytesReader(w, r.Body, limit)
+	switch enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding"))); enc {
+	case "", "identity":
+	case "gzip":
+		gz, err := gzip.NewReader(rd)
+		if err != nil {
+			return nil, badRequest("invalid_body", "gzip request body is corrupt: "+err.Error())
+		}
+		defer gz.Close()
+		rd = gz
+	case "zstd":
+		zr, err := zstd.NewReader(rd, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(limit)*2))
+		if err != nil {
+			return nil, badRequest("invalid_body", "zstd request body is corrupt: "+err.Error())
+		}
+		defer zr.Close()
+		rd = zr
+	default:
+		return nil, &apiError{Status: http.StatusUnsupportedMediaType, Type: "invalid_request_error", Code: "unsupported_encoding",
+			Message: "Content-Encoding must be gzip, zstd or identity, got " + enc}
+	}
+	data, err := io.ReadAll(io.LimitReader(rd, limit+1))
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe) || int64(len(data)) > limit:
+		return nil, &apiError{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request_error", Code: "body_too_large",
+			Message: "request body is larger than the node's limit of " + itoa64(limit) + " bytes"}
+	case err != nil:
+		return nil, badRequest("invalid_body", "reading request body: "+err.Error())
+	case len(bytes.TrimSpace(data)) == 0:
+		return nil, badRequest("invalid_json", "request body is empty; send a JSON object")
+	}
+	return data, nil
+}
+
+func itoa64(n int64) string {
+	b, _ := json.Marshal(n)
+	return string(b)
+}
+
+type requestIDKey struct{}
+
+// requestID returns the request's ID as set by the middleware.
+func requestID(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey{}).(string)
+	return id
+}
+
+func newRequestID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// validRequestID accepts client IDs that are safe to echo in a header.
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-_.:", c)) {
+			return false
+		}
+	}
+	return true
+}
+
+// middleware stamps every response with X-Request-ID and X-Shoal-Node and
+// turns a handler panic into a 500 instead of a dropped connection.
+func middleware(node string, c *codec, logger *slog.Logger, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("X-Request-ID")
+		if !validRequestID(id) {
+			id = newRequestID()
+		}
+		h := w.Header()
+		h.Set("X-Request-ID", id)
+		h.Set("X-Shoal-Node", node)
+		ctx := context.WithValue(r.Context(), requestIDKey{}, id)
+		ctx = withCodec(ctx, c)
+		r = r.WithContext(ctx)
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				logger.Error("handler panic", "path", r.URL.Path, "request_id", id, "panic", p)
+				writeError(w, r, &apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: "internal_error", Message: "internal error"})
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// methods wraps h so other methods get an OpenAI-style 405.
+func methods(h http.HandlerFunc, allowed ...string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		for _, m := range allowed {
+			if r.Method == m {
+				h(w, r)
+				return
+			}
+		}
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		writeError(w, r, &apiError{Status: http.StatusMethodNotAllowed, Type: "invalid_request_error", Code: "method_not_allowed",
+			Message: r.Method + " is not allowed on " + r.URL.Path + "; use " + strings.Join(allowed, " or ")})
+	}
+}
+
+func notFound(w http.ResponseWriter, r *http.Request) {
+	writeError(w, r, &apiError{Status: http.StatusNotFound, Type: "invalid_request_error", Code: "not_found",
+		Message: "no endpoint at " + r.URL.Path + "; see /v1/chat/completions, /v1/completions, /v1/models, /v1/infer, /health, /metrics"})
+}
+
+// parseTimeout reads X-Shoal-Timeout: a Go duration ("2s", "500ms") or a
+// number of seconds.
+func parseTimeout(v string) (time.Duration, *apiError) {
+	v = strings.TrimSpace(v)
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		var secs float64
+		if e := json.Unmarshal([]byte(v), &secs); e != nil {
+			return 0, badParam("X-Shoal-Timeout", "X-Shoal-Timeout must be a duration like 2s or 500ms, got "+v)
+		}
+		d = time.Duration(secs * float64(time.Second))
+	}
+	if d <= 0 {
+		return 0, badParam("X-Shoal-Timeout", "X-Shoal-Timeout must be positive, got "+v)
+	}
+	return d, nil
+}

@@ -1,0 +1,315 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/shoal-dev/shoal/ops"
+	"github.com/shoal-dev/shoal/scheduler"
+)
+
+// api serves the inference endpoints on this node.
+type api struct {
+	node    string
+	cfg     HTTPConfig
+	sched   *scheduler.Scheduler
+	metrics *ops.Metrics
+	logger  *slog.Logger
+}
+
+type decoder func([]byte) (*apiRequest, error)
+
+func (a *api) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		a.metrics.InFlight.Inc()
+		defer a.metrics.InFlight.Dec()
+		model, status := "", 0
+		defer func() {
+			if model == "" {
+				model = "unknown"
+			}
+			a.metrics.ObserveRequest(model, string(endpoint), status, time.Since(start))
+		}()
+		fail := func(err error) {
+			ae := toAPIError(err)
+			status = ae.Status
+			if ae.Status >= 500 {
+				a.logger.Warn("request failed", "request_id", requestID(r.Context()), "model", model, "status", ae.Status, "err", err)
+			}
+			writeError(w, r, ae)
+		}
+		body, aerr := readBody(w, r, a.cfg.MaxBodyBytes)
+		if aerr != nil {
+			fail(aerr)
+			return
+		}
+		req, err := decode(body)
+		if err != nil {
+			fail(err)
+			return
+		}
+		model = req.Model
+		if hp := r.Header.Get("X-Shoal-Priority"); hp != "" {
+			p, err := parsePriority(hp)
+			if err != nil {
+				fail(err)
+				return
+			}
+			req.Priority = p
+		}
+		timeout := a.cfg.RequestTimeout
+		if ht := r.Header.Get("X-Shoal-Timeout"); ht != "" {
+			d, aerr := parseTimeout(ht)
+			if aerr != nil {
+				fail(aerr)
+				return
+			}
+			timeout = min(timeout, d)
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), timeout)
+		defer cancel()
+		status = a.serve(ctx, w, r, req, start)
+	}
+}
+
+// serve runs req on the local scheduler and writes the answer; it returns
+// the status it sent.
+func (a *api) serve(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest, start time.Time) int {
+	id := requestID(r.Context())
+	sreqs := req.requests(id)
+	tasks := make([]*scheduler.Task, 0, len(sreqs))
+	for _, sr := range sreqs {
+		t, err := a.sched.Submit(ctx, sr)
+		if err != nil {
+			ae := toAPIError(err)
+			writeError(w, r, ae)
+			return ae.Status
+		}
+		tasks = append(tasks, t)
+	}
+	if req.Stream {
+		return a.stream(ctx, w, r, req, tasks[0], start)
+	}
+	results := make([]scheduler.Result, len(tasks))
+	for i, t := range tasks {
+		select {
+		case <-t.Done():
+		case <-ctx.Done():
+			// The task ends with the context; wait for it so the error is
+			// the task's own (deadline or cancellation).
+			<-t.Done()
+		}
+		res, err := t.Outcome()
+		if err != nil {
+			ae := toAPIError(err)
+			writeError(w, r, ae)
+			return ae.Status
+		}
+		results[i] = res
+		a.metrics.ObserveTokens(req.Model, res.PromptTokens, res.CompletionTokens, time.Since(start))
+	}
+	writeJSON(w, r, http.StatusOK, a.render(id, req, results))
+	return http.StatusOK
+}
+
+type usage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+	TotalTokens      int `json:"total_tokens"`
+}
+
+func sumUsage(results []scheduler.Result) usage {
+	var u usage
+	for _, r := range results {
+		u.PromptTokens += r.PromptTokens
+		u.CompletionTokens += r.CompletionTokens
+	}
+	u.TotalTokens = u.PromptTokens + u.CompletionTokens
+	return u
+}
+
+type chatChoice struct {
+	Index        int               `json:"index"`
+	Message      scheduler.Message `json:"message"`
+	FinishReason string            `json:"finish_reason"`
+	Logprobs     *struct{}         `json:"logprobs"`
+}
+
+type completionChoice struct {
+	Index        int       `json:"index"`
+	Text         string    `json:"text"`
+	FinishReason string    `json:"finish_reason"`
+	Logprobs     *struct{} `json:"logprobs"`
+}
+
+type inferOutput struct {
+	Index        int    `json:"index"`
+	Text         string `json:"text"`
+	FinishReason string `json:"finish_reason"`
+}
+
+func (a *api) render(id string, req *apiRequest, results []scheduler.Result) any {
+	now := time.Now().Unix()
+	u := sumUsage(results)
+	switch req.Endpoint {
+	case scheduler.EndpointChat:
+		res := results[0]
+		return map[string]any{
+			"id": "chatcmpl-" + id, "object": "chat.completion", "created": now, "model": req.Model,
+			"choices": []chatChoice{{Index: 0, Message: scheduler.Message{Role: "assistant", Content: res.Text}, FinishReason: res.FinishReason}},
+			"usage":   u, "system_fingerprint": a.node,
+		}
+	case scheduler.EndpointCompletion:
+		choices := make([]completionChoice, len(results))
+		for i, res := range results {
+			choices[i] = completionChoice{Index: i, Text: res.Text, FinishReason: res.FinishReason}
+		}
+		return map[string]any{"id": "cmpl-" + id, "object": "text_completion", "created": now, "model": req.Model, "choices": choices, "usage": u}
+	default:
+		outs := make([]inferOutput, len(results))
+		for i, res := range results {
+			outs[i] = inferOutput{Index: i, Text: res.Text, FinishReason: res.FinishReason}
+		}
+		return map[string]any{"id": id, "model": req.Model, "node": a.node, "outputs": outs, "usage": u}
+	}
+}
+
+// stream answers with server-sent events, flushing each chunk as the backend
+// produces it. Nothing is written until the first chunk or the outcome is
+// known, so an early failure still gets a proper status code.
+func (a *api) stream(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest, t *scheduler.Task, start time.Time) int {
+	chunks, finished, err := t.Next(ctx)
+	if err != nil {
+		<-t.Done()
+	}
+	if err != nil || (finished && len(chunks) == 0) {
+		if _, terr := t.Outcome(); terr != nil {
+			ae := toAPIError(terr)
+			writeError(w, r, ae)
+			return ae.Status
+		}
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	sse := &sseWriter{w: w, rc: rc, id: requestID(r.Context()), req: req, created: time.Now().Unix(), node: a.node}
+	sse.begin()
+	for {
+		for _, c := range chunks {
+			sse.delta(c)
+		}
+		_ = rc.Flush()
+		if finished {
+			break
+		}
+		chunks, finished, err = t.Next(ctx)
+		if err != nil {
+			<-t.Done()
+			chunks, finished = nil, true
+		}
+	}
+	res, terr := t.Outcome()
+	if terr != nil {
+		ae := toAPIError(terr)
+		sse.event(ae.body())
+		sse.done()
+		return ae.Status
+	}
+	a.metrics.ObserveTokens(req.Model, res.PromptTokens, res.CompletionTokens, time.Since(start))
+	sse.finish(res)
+	sse.done()
+	return http.StatusOK
+}
+
+// sseWriter frames a stream in the shape of the request's endpoint.
+type sseWriter struct {
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	id      string
+	node    string
+	req     *apiRequest
+	created int64
+}
+
+func (s *sseWriter) event(v any) {
+	b, _ := json.Marshal(v)
+	fmt.Fprintf(s.w, "data: %s\n\n", b)
+}
+
+func (s *sseWriter) chunk(delta map[string]any, text *string, finish *string) map[string]any {
+	switch s.req.Endpoint {
+	case scheduler.EndpointChat:
+		return map[string]any{"id": "chatcmpl-" + s.id, "object": "chat.completion.chunk", "created": s.created, "model": s.req.Model,
+			"choices": []map[string]any{{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": nil}}}
+	case scheduler.EndpointCompletion:
+		t := ""
+		if text != nil {
+			t = *text
+		}
+		return map[string]any{"id": "cmpl-" + s.id, "object": "text_completion", "created": s.created, "model": s.req.Model,
+			"choices": []map[string]any{{"index": 0, "text": t, "finish_reason": finish, "logprobs": nil}}}
+	default:
+		t := ""
+		if text != nil {
+			t = *text
+		}
+		return map[string]any{"id": s.id, "model": s.req.Model, "node": s.node, "index": 0, "text": t, "finish_reason": finish}
+	}
+}
+
+func (s *sseWriter) begin() {
+	if s.req.Endpoint == scheduler.EndpointChat {
+		s.event(s.chunk(map[string]any{"role": "assistant", "content": ""}, nil, nil))
+	}
+}
+
+func (s *sseWriter) delta(text string) {
+	s.event(s.chunk(map[string]any{"content": text}, &text, nil))
+}
+
+func (s *sseWriter) finish(res scheduler.Result) {
+	reason := res.FinishReason
+	empty := ""
+	s.event(s.chunk(map[string]any{}, &empty, &reason))
+	u := sumUsage([]scheduler.Result{res})
+	switch {
+	case s.req.Endpoint == scheduler.EndpointInfer:
+		s.event(map[string]any{"id": s.id, "model": s.req.Model, "node": s.node, "usage": u})
+	case s.req.IncludeUsage:
+		obj := "chat.completion.chunk"
+		prefix := "chatcmpl-"
+		if s.req.Endpoint == scheduler.EndpointCompletion {
+			obj, prefix = "text_completion", "cmpl-"
+		}
+		s.event(map[string]any{"id": prefix + s.id, "object": obj, "created": s.created, "model": s.req.Model, "choices": []any{}, "usage": u})
+	}
+}
+
+func (s *sseWriter) done() {
+	fmt.Fprint(s.w, "data: [DONE]\n\n")
+	_ = s.rc.Flush()
+}
+
+// models answers GET /v1/models in OpenAI's list shape.
+func (a *api) models(w http.ResponseWriter, r *http.Request) {
+	type model struct {
+		ID      string `json:"id"`
+		Object  string `json:"object"`
+		Created int64  `json:"created"`
+		OwnedBy string `json:"owned_by"`
+	}
+	names := a.sched.Models()
+	data := make([]model, 0, len(names))
+	for _, n := range names {
+		data = append(data, model{ID: n, Object: "model", Created: 0, OwnedBy: "shoal"})
+	}
+	writeJSON(w, r, http.StatusOK, map[string]any{"object": "list", "data": data})
+}

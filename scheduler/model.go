@@ -1,0 +1,289 @@
+package scheduler
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// modelQueue batches and dispatches one model's tasks.
+type modelQueue struct {
+	name   string
+	obs    Observer
+	logger interface {
+		Warn(msg string, args ...any)
+	}
+	batch Backend
+	cont  ContinuousBackend
+	// slots bounds concurrent batches for a batch backend.
+	slots chan struct{}
+
+	mu       sync.Mutex
+	settings Settings
+	q        queue
+	running  int // tasks handed to the backend and not finished
+	batches  int // batches in flight
+	idle     *sync.Cond
+
+	wake      chan struct{}
+	stop      chan struct{}
+	closeOnce sync.Once
+}
+
+func (m *modelQueue) signal() {
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// enqueue applies the per-priority share of the queue bound.
+func (m *modelQueue) enqueue(t *Task) error {
+	m.mu.Lock()
+	limit := m.settings.MaxQueue
+	switch t.req.Priority {
+	case PriorityLow:
+		limit = max(1, limit/2)
+	case PriorityNormal:
+		limit = max(1, limit*9/10)
+	}
+	if m.q.len() >= limit {
+		m.mu.Unlock()
+		return ErrQueueFull
+	}
+	m.q.push(t)
+	depth := m.q.len()
+	m.mu.Unlock()
+	m.obs.QueueDepth(m.name, depth)
+	m.signal()
+	return nil
+}
+
+// cancel removes a task whose context ended while it was queued.
+func (m *modelQueue) cancel(t *Task) {
+	m.mu.Lock()
+	removed := m.q.remove(t)
+	depth := m.q.len()
+	if removed && m.idle != nil {
+		m.idle.Broadcast()
+	}
+	m.mu.Unlock()
+	if removed {
+		m.obs.QueueDepth(m.name, depth)
+		t.Finish(Result{}, t.ctx.Err())
+	}
+}
+
+func (m *modelQueue) load() ModelLoad {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return ModelLoad{QueueDepth: m.q.len(), ActiveBatches: m.batches, Running: m.running, Slots: m.settings.Slots}
+}
+
+// runBatches is the dispatcher of a batch backend: it takes a free slot,
+// then waits until the queue holds MaxSize tasks or its oldest task is
+// FlushTimeout old, and runs that batch in the slot.
+func (m *modelQueue) runBatches() {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		select {
+		case m.slots <- struct{}{}:
+		case <-m.stop:
+			return
+		}
+		batch := m.nextBatch(timer)
+		if batch == nil {
+			return
+		}
+		go m.execute(batch)
+	}
+}
+
+// nextBatch blocks until a batch is due; nil means the scheduler stopped.
+func (m *modelQueue) nextBatch(timer *time.Timer) []*Task {
+	for {
+		m.mu.Lock()
+		st := m.settings
+		n := m.q.len()
+		now := time.Now()
+		var wait time.Duration = -1
+		if n > 0 {
+			oldest, _ := m.q.oldest()
+			due := oldest.Add(st.FlushTimeout)
+			if n >= st.MaxSize || !now.Before(due) {
+				batch := m.q.pop(st.MaxSize, now)
+				m.batches++
+				m.running += len(batch)
+				depth := m.q.len()
+				m.mu.Unlock()
+				m.obs.QueueDepth(m.name, depth)
+				return batch
+			}
+			wait = due.Sub(now)
+		}
+		m.mu.Unlock()
+		if wait >= 0 {
+			timer.Reset(wait)
+		}
+		var tc <-chan time.Time
+		if wait >= 0 {
+			tc = timer.C
+		}
+		select {
+		case <-m.wake:
+		case <-tc:
+		case <-m.stop:
+			return nil
+		}
+		if wait >= 0 && !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+	}
+}
+
+func (m *modelQueue) execute(batch []*Task) {
+	start := time.Now()
+	for _, t := range batch {
+		m.obs.QueueWait(m.name, start.Sub(t.enqueued))
+	}
+	m.obs.BatchStarted(m.name, len(batch))
+	ctx, cancel := batchContext(batch)
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				m.logger.Warn("backend panicked", "panic", r)
+			}
+		}()
+		m.batch.Run(ctx, batch)
+	}()
+	cancel()
+	for _, t := range batch {
+		t.Finish(Result{}, ErrBackendDropped)
+	}
+	m.obs.BatchFinished(m.name, len(batch), time.Since(start))
+	m.mu.Lock()
+	m.batches--
+	m.running -= len(batch)
+	if m.idle != nil {
+		m.idle.Broadcast()
+	}
+	m.mu.Unlock()
+	<-m.slots
+	m.signal()
+}
+
+// batchContext ends when every task in the batch has ended, so a backend
+// can abandon a batch nobody waits for.
+func batchContext(batch []*Task) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var mu sync.Mutex
+	left := len(batch)
+	stops := make([]func() bool, 0, len(batch))
+	for _, t := range batch {
+		stops = append(stops, context.AfterFunc(t.ctx, func() {
+			mu.Lock()
+			left--
+			last := left == 0
+			mu.Unlock()
+			if last {
+				cancel()
+			}
+		}))
+	}
+	return ctx, func() {
+		for _, stop := range stops {
+			stop()
+		}
+		cancel()
+	}
+}
+
+// runContinuous is the dispatcher of a continuous backend: it admits queued
+// tasks, highest priority first, whenever the running set has room.
+func (m *modelQueue) runContinuous() {
+	room := m.cont.Room()
+	for {
+		m.mu.Lock()
+		st := m.settings
+		var t *Task
+		if m.q.len() > 0 && m.cont.Active() < st.MaxSize {
+			t = m.q.pop(1, time.Now())[0]
+		}
+		depth := m.q.len()
+		m.mu.Unlock()
+		if t != nil {
+			if t.ctx.Err() != nil {
+				t.Finish(Result{}, t.ctx.Err())
+				continue
+			}
+			m.obs.QueueWait(m.name, time.Since(t.enqueued))
+			m.mu.Lock()
+			m.running++
+			m.mu.Unlock()
+			if m.cont.Admit(t) {
+				m.obs.QueueDepth(m.name, depth)
+				go m.awaitContinuous(t)
+				continue
+			}
+			m.mu.Lock()
+			m.running--
+			m.q.pushFront(t)
+			m.mu.Unlock()
+			select {
+			case <-room:
+			case <-m.stop:
+				return
+			}
+			continue
+		}
+		select {
+		case <-m.wake:
+		case <-room:
+		case <-m.stop:
+			return
+		}
+	}
+}
+
+func (m *modelQueue) awaitContinuous(t *Task) {
+	<-t.Done()
+	m.mu.Lock()
+	m.running--
+	if m.idle != nil {
+		m.idle.Broadcast()
+	}
+	m.mu.Unlock()
+	m.signal()
+}
+
+// drain waits until nothing is queued or running.
+func (m *modelQueue) drain(ctx context.Context) error {
+	m.mu.Lock()
+	if m.idle == nil {
+		m.idle = sync.NewCond(&m.mu)
+	}
+	stop := context.AfterFunc(ctx, func() {
+		m.mu.Lock()
+		m.idle.Broadcast()
+		m.mu.Unlock()
+	})
+	defer stop()
+	for (m.q.len() > 0 || m.running > 0) && ctx.Err() == nil {
+		m.idle.Wait()
+	}
+	m.mu.Unlock()
+	return ctx.Err()
+}
+
+func (m *modelQueue) failQueued(err error) {
+	m.mu.Lock()
+	tasks := m.q.pop(m.q.len(), time.Now())
+	m.mu.Unlock()
+	for _, t := range tasks {
+		t.Finish(Result{}, err)
+	}
+}

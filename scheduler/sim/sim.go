@@ -1,0 +1,232 @@
+// Package sim is a deterministic stand-in for a GPU model server. A batch of
+// n requests costs base + per_item * n^exponent, then tokens stream one per
+// token interval for the whole batch at once, so batching pays the way it
+// does on a GPU. The text is a deterministic function of the model, prompt
+// and parameters, which makes it usable in tests, demos and capacity plans.
+package sim
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"math"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/shoal-dev/shoal/scheduler"
+)
+
+// Config shapes the simulated cost.
+type Config struct {
+	// Model names the model; it seeds the generated text.
+	Model string
+	// Base is the fixed cost of a batch (default 20ms).
+	Base time.Duration
+	// PerItem scales the cost of each batch member (default 8ms).
+	PerItem time.Duration
+	// Exponent is how the per-item cost grows with batch size: 1 is
+	// linear, 0.5 makes a batch of 64 cost 3x a batch of 1 (default 0.5).
+	Exponent float64
+	// TokenInterval is the time per generated token step (default 2ms).
+	TokenInterval time.Duration
+	// DefaultMaxTokens applies when a request sets no max_tokens (default 16).
+	DefaultMaxTokens int
+}
+
+// DefaultConfig returns the defaults documented on Config.
+func DefaultConfig() Config {
+	return Config{Base: 20 * time.Millisecond, PerItem: 8 * time.Millisecond, Exponent: 0.5, TokenInterval: 2 * time.Millisecond, DefaultMaxTokens: 16}
+}
+
+// Validate reports the first out-of-range field.
+func (c Config) Validate() error {
+	switch {
+	case c.Base < 0:
+		return fmt.Errorf("base must not be negative, got %s", c.Base)
+	case c.PerItem < 0:
+		return fmt.Errorf("per_item must not be negative, got %s", c.PerItem)
+	case c.Exponent < 0 || c.Exponent > 2:
+		return fmt.Errorf("exponent must be between 0 and 2, got %g", c.Exponent)
+	case c.TokenInterval < 0:
+		return fmt.Errorf("token_interval must not be negative, got %s", c.TokenInterval)
+	case c.DefaultMaxTokens < 0:
+		return fmt.Errorf("default_max_tokens must not be negative, got %d", c.DefaultMaxTokens)
+	}
+	return nil
+}
+
+// Backend is the simulated model. It implements scheduler.Backend.
+type Backend struct {
+	cfg Config
+}
+
+// New returns a simulated backend.
+func New(cfg Config) (*Backend, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("sim %s: %w", cfg.Model, err)
+	}
+	if cfg.DefaultMaxTokens == 0 {
+		cfg.DefaultMaxTokens = 16
+	}
+	return &Backend{cfg: cfg}, nil
+}
+
+// Cost is the simulated compute time of a batch of n.
+func (b *Backend) Cost(n int) time.Duration {
+	return b.cfg.Base + time.Duration(float64(b.cfg.PerItem)*math.Pow(float64(n), b.cfg.Exponent))
+}
+
+type seq struct {
+	t      *scheduler.Task
+	words  []string
+	stop   []string
+	text   strings.Builder
+	prompt int
+	done   bool
+}
+
+// Run simulates one batch.
+func (b *Backend) Run(ctx context.Context, batch []*scheduler.Task) {
+	if !sleep(ctx, b.Cost(len(batch))) {
+		for _, t := range batch {
+			t.Finish(scheduler.Result{}, ctx.Err())
+		}
+		return
+	}
+	seqs := make([]*seq, len(batch))
+	steps := 0
+	for i, t := range batch {
+		req := t.Request()
+		limit := req.Params.MaxTokens
+		if limit <= 0 {
+			limit = b.cfg.DefaultMaxTokens
+		}
+		s := &seq{t: t, words: b.Words(req, limit), stop: req.Params.Stop, prompt: countTokens(req.PromptText())}
+		seqs[i] = s
+		steps = max(steps, len(s.words))
+	}
+	for step := 0; step < steps; step++ {
+		if b.cfg.TokenInterval > 0 && !sleep(ctx, b.cfg.TokenInterval) {
+			break
+		}
+		for _, s := range seqs {
+			if s.done {
+				continue
+			}
+			if err := s.t.Context().Err(); err != nil {
+				s.done = true
+				s.t.Finish(scheduler.Result{}, err)
+				continue
+			}
+			if step >= len(s.words) {
+				continue
+			}
+			s.emit(step)
+		}
+	}
+	for _, s := range seqs {
+		if s.done {
+			continue
+		}
+		if err := s.t.Context().Err(); err != nil {
+			s.t.Finish(scheduler.Result{}, err)
+			continue
+		}
+		s.finish("length")
+	}
+}
+
+func (s *seq) emit(step int) {
+	w := s.words[step]
+	if step > 0 {
+		w = " " + w
+	}
+	before := s.text.Len()
+	s.text.WriteString(w)
+	if len(s.stop) > 0 {
+		full := s.text.String()
+		for _, stop := range s.stop {
+			if i := strings.Index(full, stop); i >= 0 && stop != "" {
+				if i > before {
+					s.t.Emit(full[before:i])
+				}
+				s.text.Reset()
+				s.text.WriteString(full[:i])
+				s.finish("stop")
+				return
+			}
+		}
+	}
+	s.t.Emit(w)
+	if step == len(s.words)-1 && s.words[step] == endWord {
+		s.finish("stop")
+	}
+}
+
+func (s *seq) finish(reason string) {
+	s.done = true
+	s.t.Finish(scheduler.Result{
+		Text:             s.text.String(),
+		FinishReason:     reason,
+		PromptTokens:     s.prompt,
+		CompletionTokens: countTokens(s.text.String()),
+	}, nil)
+}
+
+// Close implements scheduler.Backend.
+func (b *Backend) Close() error { return nil }
+
+// endWord closes a sentence that ends before max_tokens.
+const endWord = "end."
+
+var vocabulary = strings.Fields(`the a shoal of fish swims through quiet water while light falls on
+sand and stone every node answers fast when load is shared across the cluster small models run
+on many cores batching makes the work cheap cache hits return at once queues stay short routers
+pick the least busy peer gossip carries news raft keeps the log safe tokens flow like a river
+bright silver waves turn together under the moon`)
+
+// Words returns the deterministic output words for a request: up to limit
+// of them, ending with endWord when the text finishes before the limit.
+func (b *Backend) Words(req *scheduler.Request, limit int) []string {
+	h := fnv.New64a()
+	h.Write([]byte(b.cfg.Model))
+	h.Write([]byte{0})
+	h.Write([]byte(req.PromptText()))
+	p := req.Params
+	h.Write([]byte(strconv.FormatFloat(p.Temperature, 'g', -1, 64)))
+	h.Write([]byte(strconv.FormatFloat(p.TopP, 'g', -1, 64)))
+	if p.Seed != nil {
+		h.Write([]byte(strconv.FormatInt(*p.Seed, 10)))
+	}
+	sum := h.Sum64()
+	rng := rand.New(rand.NewPCG(sum, sum>>17|1))
+	natural := 8 + rng.IntN(24)
+	n := min(natural, limit)
+	words := make([]string, n)
+	for i := range words {
+		words[i] = vocabulary[rng.IntN(len(vocabulary))]
+	}
+	if natural <= limit {
+		words[n-1] = endWord
+	}
+	return words
+}
+
+func countTokens(s string) int { return len(strings.Fields(s)) }
+
+// sleep waits d or until ctx ends; it reports whether the full time passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
