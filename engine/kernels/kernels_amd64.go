@@ -1,0 +1,107 @@
+//go:build amd64 && !purego
+
+package kernels
+
+import "golang.org/x/sys/cpu"
+
+// AVX2 returns the AVX2+FMA assembly kernels, and false when the CPU (or
+// the OS) lacks AVX2 or FMA.
+func AVX2() (Set, bool) {
+	if !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
+		return Set{}, false
+	}
+	return Set{Name: "avx2", Dot: dotAVX2Slice, Axpy: axpyAVX2Slice, MatMul: matMulAVX2, MatMulQ8: matMulQ8AVX2}, true
+}
+
+//go:noescape
+func dotAVX2(a, b *float32, n int) float32
+
+//go:noescape
+func axpyAVX2(y, x *float32, a float32, n int)
+
+//go:noescape
+func matmulX4AVX2(out *float32, ldo int, x *float32, ldx int, w *float32, n, rows int)
+
+//go:noescape
+func matmulX1AVX2(out *float32, x *float32, w *float32, n, rows int)
+
+//go:noescape
+func matmulQ8X4AVX2(out *float32, ldo int, x *Block, w *Block, groups, rows int)
+
+//go:noescape
+func matmulQ8X1AVX2(out *float32, x *Block, w *Block, groups, rows int)
+
+func dotAVX2Slice(a, b []float32) float32 {
+	if len(a) == 0 {
+		return 0
+	}
+	_ = b[len(a)-1]
+	return dotAVX2(&a[0], &b[0], len(a))
+}
+
+func axpyAVX2Slice(y []float32, a float32, x []float32) {
+	if len(y) == 0 {
+		return
+	}
+	_ = x[len(y)-1]
+	axpyAVX2(&y[0], &x[0], a, len(y))
+}
+
+// rowBlock is how many weight rows one pass over a batch covers: enough to
+// amortise the loop, few enough that the rows stay in L1 while every
+// activation row streams past them.
+func rowBlock(rowBytes int) int {
+	rb := (32 << 10) / max(rowBytes, 1)
+	rb &^= 1
+	return max(rb, 4)
+}
+
+func matMulAVX2(out []float32, ldo int, x []float32, seqs int, w []float32, n, rows int) {
+	checkMatMul(len(out), ldo, len(x), seqs, len(w), n, rows)
+	if seqs == 0 || rows == 0 {
+		return
+	}
+	if n == 0 {
+		for s := 0; s < seqs; s++ {
+			clear(out[s*ldo : s*ldo+rows])
+		}
+		return
+	}
+	rb := rowBlock(n * 4)
+	for r0 := 0; r0 < rows; r0 += rb {
+		nr := min(rb, rows-r0)
+		wp := &w[r0*n]
+		s := 0
+		for ; s+4 <= seqs; s += 4 {
+			matmulX4AVX2(&out[s*ldo+r0], ldo, &x[s*n], n, wp, n, nr)
+		}
+		for ; s < seqs; s++ {
+			matmulX1AVX2(&out[s*ldo+r0], &x[s*n], wp, n, nr)
+		}
+	}
+}
+
+func matMulQ8AVX2(out []float32, ldo int, x []Block, seqs int, w []Block, groups, rows int) {
+	checkMatMul(len(out), ldo, len(x), seqs, len(w), groups, rows)
+	if seqs == 0 || rows == 0 {
+		return
+	}
+	if groups == 0 {
+		for s := 0; s < seqs; s++ {
+			clear(out[s*ldo : s*ldo+rows])
+		}
+		return
+	}
+	rb := rowBlock(groups * 36)
+	for r0 := 0; r0 < rows; r0 += rb {
+		nr := min(rb, rows-r0)
+		wp := &w[r0*groups]
+		s := 0
+		for ; s+4 <= seqs; s += 4 {
+			matmulQ8X4AVX2(&out[s*ldo+r0], ldo, &x[s*groups], wp, groups, nr)
+		}
+		for ; s < seqs; s++ {
+			matmulQ8X1AVX2(&out[s*ldo+r0], &x[s*groups], wp, groups, nr)
+		}
+	}
+}

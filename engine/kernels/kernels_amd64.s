@@ -1,0 +1,496 @@
+//go:build amd64 && !purego
+
+#include "textflag.h"
+
+// Every dot product keeps one 8-lane accumulator, reduced by HSUM in a fixed
+// order, then adds the n%8 tail products one by one. All kernels below follow
+// that scheme, so a dot product's bits do not depend on which kernel (batched
+// or single row) computed it.
+
+// HSUM reduces the eight lanes of y into the low lane of x (x is y's low
+// half) as ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)), using t as scratch.
+#define HSUM(y, x, t) \
+	VEXTRACTF128 $1, y, t; \
+	VADDPS       t, x, x; \
+	VPERMILPS    $0x4E, x, t; \
+	VADDPS       t, x, x; \
+	VMOVSHDUP    x, t; \
+	VADDSS       t, x, x
+
+// func dotAVX2(a, b *float32, n int) float32
+TEXT ·dotAVX2(SB), NOSPLIT, $0-28
+	MOVQ   a+0(FP), SI
+	MOVQ   b+8(FP), DI
+	MOVQ   n+16(FP), CX
+	MOVQ   CX, DX
+	ANDQ   $-8, DX
+	XORQ   AX, AX
+	VXORPS Y0, Y0, Y0
+	CMPQ   DX, $0
+	JE     reduce
+
+loop:
+	VMOVUPS     (SI)(AX*4), Y1
+	VFMADD231PS (DI)(AX*4), Y1, Y0
+	ADDQ        $8, AX
+	CMPQ        AX, DX
+	JL          loop
+
+reduce:
+	HSUM(Y0, X0, X1)
+
+tail:
+	CMPQ        AX, CX
+	JGE         done
+	VMOVSS      (SI)(AX*4), X1
+	VFMADD231SS (DI)(AX*4), X1, X0
+	INCQ        AX
+	JMP         tail
+
+done:
+	VZEROUPPER
+	MOVSS X0, ret+24(FP)
+	RET
+
+// func axpyAVX2(y, x *float32, a float32, n int)
+TEXT ·axpyAVX2(SB), NOSPLIT, $0-32
+	MOVQ         y+0(FP), DI
+	MOVQ         x+8(FP), SI
+	VBROADCASTSS a+16(FP), Y0
+	MOVQ         n+24(FP), CX
+	MOVQ         CX, DX
+	ANDQ         $-8, DX
+	XORQ         AX, AX
+	CMPQ         DX, $0
+	JE           tail
+
+loop:
+	VMOVUPS     (DI)(AX*4), Y1
+	VFMADD231PS (SI)(AX*4), Y0, Y1
+	VMOVUPS     Y1, (DI)(AX*4)
+	ADDQ        $8, AX
+	CMPQ        AX, DX
+	JL          loop
+
+tail:
+	CMPQ        AX, CX
+	JGE         done
+	VMOVSS      (DI)(AX*4), X1
+	VFMADD231SS (SI)(AX*4), X0, X1
+	VMOVSS      X1, (DI)(AX*4)
+	INCQ        AX
+	JMP         tail
+
+done:
+	VZEROUPPER
+	RET
+
+// func matmulX4AVX2(out *float32, ldo int, x *float32, ldx int, w *float32, n, rows int)
+// out[s*ldo+r] = dot(w[r*n:], x[s*ldx:]) for s < 4, r < rows; two weight
+// rows at a time against four activation rows (eight accumulators).
+TEXT ·matmulX4AVX2(SB), NOSPLIT, $0-56
+	MOVQ out+0(FP), DI
+	MOVQ ldo+8(FP), R8
+	SHLQ $2, R8
+	LEAQ (R8)(R8*2), R15
+	MOVQ x+16(FP), SI
+	MOVQ ldx+24(FP), R9
+	SHLQ $2, R9
+	LEAQ (SI)(R9*1), R10
+	LEAQ (SI)(R9*2), R11
+	LEAQ (R10)(R9*2), R12
+	MOVQ w+32(FP), BX
+	MOVQ n+40(FP), CX
+	MOVQ CX, R13
+	SHLQ $2, R13
+	MOVQ CX, DX
+	ANDQ $-8, DX
+	MOVQ rows+48(FP), R14
+
+pair:
+	CMPQ   R14, $2
+	JL     single
+	LEAQ   (BX)(R13*1), R9
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	XORQ   AX, AX
+	CMPQ   DX, $0
+	JE     pairreduce
+
+pairloop:
+	VMOVUPS     (BX)(AX*4), Y8
+	VMOVUPS     (R9)(AX*4), Y9
+	VMOVUPS     (SI)(AX*4), Y10
+	VFMADD231PS Y10, Y8, Y0
+	VFMADD231PS Y10, Y9, Y4
+	VMOVUPS     (R10)(AX*4), Y11
+	VFMADD231PS Y11, Y8, Y1
+	VFMADD231PS Y11, Y9, Y5
+	VMOVUPS     (R11)(AX*4), Y12
+	VFMADD231PS Y12, Y8, Y2
+	VFMADD231PS Y12, Y9, Y6
+	VMOVUPS     (R12)(AX*4), Y13
+	VFMADD231PS Y13, Y8, Y3
+	VFMADD231PS Y13, Y9, Y7
+	ADDQ        $8, AX
+	CMPQ        AX, DX
+	JL          pairloop
+
+pairreduce:
+	HSUM(Y0, X0, X8)
+	HSUM(Y1, X1, X8)
+	HSUM(Y2, X2, X8)
+	HSUM(Y3, X3, X8)
+	HSUM(Y4, X4, X8)
+	HSUM(Y5, X5, X8)
+	HSUM(Y6, X6, X8)
+	HSUM(Y7, X7, X8)
+
+pairtail:
+	CMPQ        AX, CX
+	JGE         pairstore
+	VMOVSS      (BX)(AX*4), X8
+	VMOVSS      (R9)(AX*4), X9
+	VFMADD231SS (SI)(AX*4), X8, X0
+	VFMADD231SS (SI)(AX*4), X9, X4
+	VFMADD231SS (R10)(AX*4), X8, X1
+	VFMADD231SS (R10)(AX*4), X9, X5
+	VFMADD231SS (R11)(AX*4), X8, X2
+	VFMADD231SS (R11)(AX*4), X9, X6
+	VFMADD231SS (R12)(AX*4), X8, X3
+	VFMADD231SS (R12)(AX*4), X9, X7
+	INCQ        AX
+	JMP         pairtail
+
+pairstore:
+	VMOVSS X0, (DI)
+	VMOVSS X1, (DI)(R8*1)
+	VMOVSS X2, (DI)(R8*2)
+	VMOVSS X3, (DI)(R15*1)
+	VMOVSS X4, 4(DI)
+	VMOVSS X5, 4(DI)(R8*1)
+	VMOVSS X6, 4(DI)(R8*2)
+	VMOVSS X7, 4(DI)(R15*1)
+	ADDQ   $8, DI
+	LEAQ   (BX)(R13*2), BX
+	SUBQ   $2, R14
+	JMP    pair
+
+single:
+	CMPQ   R14, $0
+	JE     done
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	XORQ   AX, AX
+	CMPQ   DX, $0
+	JE     singlereduce
+
+singleloop:
+	VMOVUPS     (BX)(AX*4), Y8
+	VFMADD231PS (SI)(AX*4), Y8, Y0
+	VFMADD231PS (R10)(AX*4), Y8, Y1
+	VFMADD231PS (R11)(AX*4), Y8, Y2
+	VFMADD231PS (R12)(AX*4), Y8, Y3
+	ADDQ        $8, AX
+	CMPQ        AX, DX
+	JL          singleloop
+
+singlereduce:
+	HSUM(Y0, X0, X8)
+	HSUM(Y1, X1, X8)
+	HSUM(Y2, X2, X8)
+	HSUM(Y3, X3, X8)
+
+singletail:
+	CMPQ        AX, CX
+	JGE         singlestore
+	VMOVSS      (BX)(AX*4), X8
+	VFMADD231SS (SI)(AX*4), X8, X0
+	VFMADD231SS (R10)(AX*4), X8, X1
+	VFMADD231SS (R11)(AX*4), X8, X2
+	VFMADD231SS (R12)(AX*4), X8, X3
+	INCQ        AX
+	JMP         singletail
+
+singlestore:
+	VMOVSS X0, (DI)
+	VMOVSS X1, (DI)(R8*1)
+	VMOVSS X2, (DI)(R8*2)
+	VMOVSS X3, (DI)(R15*1)
+
+done:
+	VZEROUPPER
+	RET
+
+// func matmulX1AVX2(out *float32, x *float32, w *float32, n, rows int)
+// out[r] = dot(w[r*n:], x) for r < rows; four weight rows at a time.
+TEXT ·matmulX1AVX2(SB), NOSPLIT, $0-40
+	MOVQ out+0(FP), DI
+	MOVQ x+8(FP), SI
+	MOVQ w+16(FP), BX
+	MOVQ n+24(FP), CX
+	MOVQ rows+32(FP), R14
+	MOVQ CX, R13
+	SHLQ $2, R13
+	MOVQ CX, DX
+	ANDQ $-8, DX
+
+quad:
+	CMPQ   R14, $4
+	JL     single
+	LEAQ   (BX)(R13*1), R9
+	LEAQ   (BX)(R13*2), R10
+	LEAQ   (R9)(R13*2), R11
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	XORQ   AX, AX
+	CMPQ   DX, $0
+	JE     quadreduce
+
+quadloop:
+	VMOVUPS     (SI)(AX*4), Y8
+	VFMADD231PS (BX)(AX*4), Y8, Y0
+	VFMADD231PS (R9)(AX*4), Y8, Y1
+	VFMADD231PS (R10)(AX*4), Y8, Y2
+	VFMADD231PS (R11)(AX*4), Y8, Y3
+	ADDQ        $8, AX
+	CMPQ        AX, DX
+	JL          quadloop
+
+quadreduce:
+	HSUM(Y0, X0, X8)
+	HSUM(Y1, X1, X8)
+	HSUM(Y2, X2, X8)
+	HSUM(Y3, X3, X8)
+
+quadtail:
+	CMPQ        AX, CX
+	JGE         quadstore
+	VMOVSS      (SI)(AX*4), X8
+	VFMADD231SS (BX)(AX*4), X8, X0
+	VFMADD231SS (R9)(AX*4), X8, X1
+	VFMADD231SS (R10)(AX*4), X8, X2
+	VFMADD231SS (R11)(AX*4), X8, X3
+	INCQ        AX
+	JMP         quadtail
+
+quadstore:
+	VMOVSS X0, (DI)
+	VMOVSS X1, 4(DI)
+	VMOVSS X2, 8(DI)
+	VMOVSS X3, 12(DI)
+	ADDQ   $16, DI
+	LEAQ   (BX)(R13*4), BX
+	SUBQ   $4, R14
+	JMP    quad
+
+single:
+	CMPQ   R14, $0
+	JE     done
+	VXORPS Y0, Y0, Y0
+	XORQ   AX, AX
+	CMPQ   DX, $0
+	JE     singlereduce
+
+singleloop:
+	VMOVUPS     (SI)(AX*4), Y8
+	VFMADD231PS (BX)(AX*4), Y8, Y0
+	ADDQ        $8, AX
+	CMPQ        AX, DX
+	JL          singleloop
+
+singlereduce:
+	HSUM(Y0, X0, X8)
+
+singletail:
+	CMPQ        AX, CX
+	JGE         singlestore
+	VMOVSS      (SI)(AX*4), X8
+	VFMADD231SS (BX)(AX*4), X8, X0
+	INCQ        AX
+	JMP         singletail
+
+singlestore:
+	VMOVSS X0, (DI)
+	ADDQ   $4, DI
+	ADDQ   R13, BX
+	DECQ   R14
+	JMP    single
+
+done:
+	VZEROUPPER
+	RET
+
+// Q8 blocks are 36 bytes: the float32 scale at offset 0, then 32 int8.
+// A group's products go through VPMADDUBSW, which multiplies unsigned by
+// signed bytes: |a| times b carrying a's sign gives a*b, and with values in
+// [-127, 127] the int16 pair sums cannot saturate. VPMADDWD against ones then
+// leaves eight exact int32 lanes (lane j = elements 4j..4j+3), converted to
+// float and accumulated with the product of the two scales.
+
+// QDOT accumulates, into acc, the group of the row at (xr)(AX*1) against the
+// weight group whose |w| is in Y9, w in Y8 and scale broadcast in Y10.
+#define QDOT(xr, acc) \
+	VMOVDQU      4(xr)(AX*1), Y11; \
+	VPSIGNB      Y8, Y11, Y11; \
+	VPMADDUBSW   Y11, Y9, Y11; \
+	VPMADDWD     Y15, Y11, Y11; \
+	VCVTDQ2PS    Y11, Y11; \
+	VBROADCASTSS (xr)(AX*1), Y12; \
+	VMULPS       Y10, Y12, Y12; \
+	VFMADD231PS  Y12, Y11, acc
+
+// func matmulQ8X4AVX2(out *float32, ldo int, x *Block, w *Block, groups, rows int)
+// One weight row at a time against four activation rows.
+TEXT ·matmulQ8X4AVX2(SB), NOSPLIT, $0-48
+	MOVQ         out+0(FP), DI
+	MOVQ         ldo+8(FP), R8
+	SHLQ         $2, R8
+	LEAQ         (R8)(R8*2), R15
+	MOVQ         x+16(FP), SI
+	MOVQ         w+24(FP), BX
+	MOVQ         groups+32(FP), CX
+	IMUL3Q       $36, CX, R13
+	LEAQ         (SI)(R13*1), R10
+	LEAQ         (SI)(R13*2), R11
+	LEAQ         (R10)(R13*2), R12
+	MOVQ         rows+40(FP), R14
+	MOVQ         $0x0001000100010001, AX
+	MOVQ         AX, X15
+	VPBROADCASTQ X15, Y15
+
+row:
+	CMPQ   R14, $0
+	JE     done
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	XORQ   AX, AX
+
+group:
+	VMOVDQU      4(BX)(AX*1), Y8
+	VPABSB       Y8, Y9
+	VBROADCASTSS (BX)(AX*1), Y10
+	QDOT(SI, Y0)
+	QDOT(R10, Y1)
+	QDOT(R11, Y2)
+	QDOT(R12, Y3)
+	ADDQ         $36, AX
+	CMPQ         AX, R13
+	JL           group
+
+	HSUM(Y0, X0, X8)
+	HSUM(Y1, X1, X8)
+	HSUM(Y2, X2, X8)
+	HSUM(Y3, X3, X8)
+	VMOVSS X0, (DI)
+	VMOVSS X1, (DI)(R8*1)
+	VMOVSS X2, (DI)(R8*2)
+	VMOVSS X3, (DI)(R15*1)
+	ADDQ   $4, DI
+	ADDQ   R13, BX
+	DECQ   R14
+	JMP    row
+
+done:
+	VZEROUPPER
+	RET
+
+// QROW accumulates, into acc, the weight group at (wr)(AX*1) against the
+// activation group whose |x| is in Y9, x in Y8 and scale broadcast in Y10.
+#define QROW(wr, acc, t, u) \
+	VMOVDQU      4(wr)(AX*1), t; \
+	VPSIGNB      Y8, t, t; \
+	VPMADDUBSW   t, Y9, t; \
+	VPMADDWD     Y15, t, t; \
+	VCVTDQ2PS    t, t; \
+	VBROADCASTSS (wr)(AX*1), u; \
+	VMULPS       Y10, u, u; \
+	VFMADD231PS  u, t, acc
+
+// func matmulQ8X1AVX2(out *float32, x *Block, w *Block, groups, rows int)
+// Four weight rows at a time against one activation row.
+TEXT ·matmulQ8X1AVX2(SB), NOSPLIT, $0-40
+	MOVQ         out+0(FP), DI
+	MOVQ         x+8(FP), SI
+	MOVQ         w+16(FP), BX
+	MOVQ         groups+24(FP), CX
+	IMUL3Q       $36, CX, R13
+	MOVQ         rows+32(FP), R14
+	MOVQ         $0x0001000100010001, AX
+	MOVQ         AX, X15
+	VPBROADCASTQ X15, Y15
+
+quad:
+	CMPQ   R14, $4
+	JL     single
+	LEAQ   (BX)(R13*1), R9
+	LEAQ   (BX)(R13*2), R10
+	LEAQ   (R9)(R13*2), R11
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	XORQ   AX, AX
+
+quadgroup:
+	VMOVDQU      4(SI)(AX*1), Y8
+	VPABSB       Y8, Y9
+	VBROADCASTSS (SI)(AX*1), Y10
+	QROW(BX, Y0, Y11, Y12)
+	QROW(R9, Y1, Y13, Y14)
+	QROW(R10, Y2, Y4, Y5)
+	QROW(R11, Y3, Y6, Y7)
+	ADDQ         $36, AX
+	CMPQ         AX, R13
+	JL           quadgroup
+
+	HSUM(Y0, X0, X8)
+	HSUM(Y1, X1, X8)
+	HSUM(Y2, X2, X8)
+	HSUM(Y3, X3, X8)
+	VMOVSS X0, (DI)
+	VMOVSS X1, 4(DI)
+	VMOVSS X2, 8(DI)
+	VMOVSS X3, 12(DI)
+	ADDQ   $16, DI
+	LEAQ   (BX)(R13*4), BX
+	SUBQ   $4, R14
+	JMP    quad
+
+single:
+	CMPQ   R14, $0
+	JE     done
+	VXORPS Y0, Y0, Y0
+	XORQ   AX, AX
+
+singlegroup:
+	VMOVDQU      4(SI)(AX*1), Y8
+	VPABSB       Y8, Y9
+	VBROADCASTSS (SI)(AX*1), Y10
+	QROW(BX, Y0, Y11, Y12)
+	ADDQ         $36, AX
+	CMPQ         AX, R13
+	JL           singlegroup
+
+	HSUM(Y0, X0, X8)
+	VMOVSS X0, (DI)
+	ADDQ   $4, DI
+	ADDQ   R13, BX
+	DECQ   R14
+	JMP    single
+
+done:
+	VZEROUPPER
+	RET
