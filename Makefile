@@ -1,0 +1,67 @@
+# shoal: build, run, test. `make run` starts a working dev node; `make test` runs every test.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin/shoal
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/shoal-dev/shoal/node.Version=$(VERSION)
+HTTP_ADDR ?= 127.0.0.1:8080
+FUZZTIME ?= 5s
+# Packages with concurrency that CI also runs under the race detector.
+RACE_PKGS ?= ./scheduler/... ./node/... ./router/... ./consensus/... ./gossip/... ./dcache/... ./engine/...
+
+.PHONY: all build build-linux run test test-race bench lint fuzz test-cluster docker-image clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
+
+# A static linux/amd64 binary for the FROM-scratch image.
+build-linux:
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/shoal-linux-amd64 .
+
+run: build
+	@echo
+	@echo "shoal dev node starting on http://$(HTTP_ADDR)  (Ctrl-C to stop). Try:"
+	@echo
+	@echo "  curl -s http://$(HTTP_ADDR)/v1/chat/completions -H 'Content-Type: application/json' \\"
+	@echo "    -d '{\"model\":\"sim-fast\",\"messages\":[{\"role\":\"user\",\"content\":\"Tell me a story\"}],\"max_tokens\":32}'"
+	@echo
+	./$(BIN) node start --dev --http-addr $(HTTP_ADDR)
+
+test:
+	$(GO) test -count=1 -timeout 20m ./...
+
+test-race:
+	$(GO) test -count=1 -race -timeout 30m $(RACE_PKGS)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2s -timeout 30m ./scheduler/... ./node/... ./engine/... ./dcache/... ./router/...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	@if command -v staticcheck >/dev/null 2>&1; then staticcheck ./...; \
+	elif [ -x "$$($(GO) env GOPATH)/bin/staticcheck" ]; then "$$($(GO) env GOPATH)/bin/staticcheck" ./...; \
+	else echo "staticcheck not installed (go install honnef.co/go/tools/cmd/staticcheck@v0.8.2)"; fi
+
+# Runs every fuzz target for FUZZTIME each.
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "fuzz $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; done
+
+docker-image: build-linux
+	docker build -t shoal:dev .
+
+# Starts the docker-compose cluster and runs the multi-host fault tests.
+test-cluster:
+	@if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then \
+	  if [ "$$SHOAL_SKIP_DOCKER" = "1" ]; then echo "docker unavailable: skipping cluster tests (SHOAL_SKIP_DOCKER=1)"; exit 0; fi; \
+	  echo "docker is not available: the cluster tests need Docker Engine (set SHOAL_SKIP_DOCKER=1 to skip)"; exit 1; fi
+	$(MAKE) docker-image
+	SHOAL_DOCKER_TESTS=1 $(GO) test -count=1 -timeout 15m -run 'TestDockerCluster' -v ./node/...
+
+clean:
+	rm -rf bin
