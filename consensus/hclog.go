@@ -1,0 +1,163 @@
+package consensus
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// hclogAdapter lets hashicorp/raft log through a *slog.Logger. hclog's
+// key/value argument convention is slog's, so arguments pass through as-is.
+type hclogAdapter struct {
+	logger  *slog.Logger
+	name    string
+	implied []any
+	// level is shared by loggers derived with With/Named, as in hclog.
+	level *atomic.Int32
+}
+
+var _ hclog.Logger = (*hclogAdapter)(nil)
+
+func newHCLogAdapter(logger *slog.Logger, name string) *hclogAdapter {
+	lvl := &atomic.Int32{}
+	lvl.Store(int32(hclog.Trace))
+	return &hclogAdapter{logger: logger.With("logger", name), name: name, level: lvl}
+}
+
+func slogLevel(l hclog.Level) slog.Level {
+	switch l {
+	case hclog.Trace:
+		return slog.LevelDebug - 4
+	case hclog.Debug:
+		return slog.LevelDebug
+	case hclog.Warn:
+		return slog.LevelWarn
+	case hclog.Error:
+		return slog.LevelError
+	default:
+		return slog.LevelInfo
+	}
+}
+
+func (a *hclogAdapter) enabled(l hclog.Level) bool {
+	if l < hclog.Level(a.level.Load()) {
+		return false
+	}
+	return a.logger.Enabled(context.Background(), slogLevel(l))
+}
+
+// Log implements hclog.Logger.
+func (a *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
+	if level == hclog.Off || !a.enabled(level) {
+		return
+	}
+	a.logger.Log(context.Background(), slogLevel(level), msg, args...)
+}
+
+// Trace implements hclog.Logger.
+func (a *hclogAdapter) Trace(msg string, args ...any) { a.Log(hclog.Trace, msg, args...) }
+
+// Debug implements hclog.Logger.
+func (a *hclogAdapter) Debug(msg string, args ...any) { a.Log(hclog.Debug, msg, args...) }
+
+// Info implements hclog.Logger.
+func (a *hclogAdapter) Info(msg string, args ...any) { a.Log(hclog.Info, msg, args...) }
+
+// Warn implements hclog.Logger.
+func (a *hclogAdapter) Warn(msg string, args ...any) { a.Log(hclog.Warn, msg, args...) }
+
+// Error implements hclog.Logger.
+func (a *hclogAdapter) Error(msg string, args ...any) { a.Log(hclog.Error, msg, args...) }
+
+// IsTrace implements hclog.Logger.
+func (a *hclogAdapter) IsTrace() bool { return a.enabled(hclog.Trace) }
+
+// IsDebug implements hclog.Logger.
+func (a *hclogAdapter) IsDebug() bool { return a.enabled(hclog.Debug) }
+
+// IsInfo implements hclog.Logger.
+func (a *hclogAdapter) IsInfo() bool { return a.enabled(hclog.Info) }
+
+// IsWarn implements hclog.Logger.
+func (a *hclogAdapter) IsWarn() bool { return a.enabled(hclog.Warn) }
+
+// IsError implements hclog.Logger.
+func (a *hclogAdapter) IsError() bool { return a.enabled(hclog.Error) }
+
+// ImpliedArgs implements hclog.Logger.
+func (a *hclogAdapter) ImpliedArgs() []any { return a.implied }
+
+// With implements hclog.Logger.
+func (a *hclogAdapter) With(args ...any) hclog.Logger {
+	c := *a
+	c.logger = a.logger.With(args...)
+	c.implied = append(append([]any(nil), a.implied...), args...)
+	return &c
+}
+
+// Name implements hclog.Logger.
+func (a *hclogAdapter) Name() string { return a.name }
+
+// Named implements hclog.Logger.
+func (a *hclogAdapter) Named(name string) hclog.Logger {
+	if a.name != "" {
+		name = a.name + "." + name
+	}
+	return a.ResetNamed(name)
+}
+
+// ResetNamed implements hclog.Logger. The parent's "logger" attribute stays
+// on the slog logger; the new name is added after it.
+func (a *hclogAdapter) ResetNamed(name string) hclog.Logger {
+	c := *a
+	c.name = name
+	c.logger = a.logger.With("logger", name)
+	return &c
+}
+
+// SetLevel implements hclog.Logger; it can only make logging quieter than
+// the slog handler already is.
+func (a *hclogAdapter) SetLevel(level hclog.Level) { a.level.Store(int32(level)) }
+
+// GetLevel implements hclog.Logger.
+func (a *hclogAdapter) GetLevel() hclog.Level { return hclog.Level(a.level.Load()) }
+
+// StandardLogger implements hclog.Logger.
+func (a *hclogAdapter) StandardLogger(opts *hclog.StandardLoggerOptions) *log.Logger {
+	return log.New(a.StandardWriter(opts), "", 0)
+}
+
+// StandardWriter implements hclog.Logger: each written line is logged, at the
+// level its "[ERROR]"-style prefix names, else at Info.
+func (a *hclogAdapter) StandardWriter(*hclog.StandardLoggerOptions) io.Writer {
+	return stdWriter{a}
+}
+
+type stdWriter struct{ a *hclogAdapter }
+
+func (w stdWriter) Write(p []byte) (int, error) {
+	for line := range bytes.Lines(p) {
+		msg := strings.TrimSpace(string(line))
+		if msg == "" {
+			continue
+		}
+		level := hclog.Info
+		for prefix, l := range map[string]hclog.Level{
+			"[TRACE]": hclog.Trace, "[DEBUG]": hclog.Debug, "[INFO]": hclog.Info,
+			"[WARN]": hclog.Warn, "[ERR]": hclog.Error, "[ERROR]": hclog.Error,
+		} {
+			if strings.HasPrefix(msg, prefix) {
+				level, msg = l, strings.TrimSpace(strings.TrimPrefix(msg, prefix))
+				break
+			}
+		}
+		w.a.Log(level, msg)
+	}
+	return len(p), nil
+}
