@@ -11,6 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shoal-dev/shoal/consensus"
+	"github.com/shoal-dev/shoal/dcache"
+	"github.com/shoal-dev/shoal/gossip"
 	"github.com/shoal-dev/shoal/scheduler/sim"
 )
 
@@ -44,6 +47,10 @@ type Config struct {
 	GPU            GPUConfig
 	Models         []ModelConfig
 
+	// Tuning holds knobs that tests use to speed the cluster up; the zero
+	// value is the production behaviour.
+	Tuning Tuning
+
 	// Logger receives the node's structured logs; nil discards them.
 	Logger *slog.Logger
 	// HTTPListener, when set, is used instead of listening on HTTP.Addr
@@ -51,6 +58,20 @@ type Config struct {
 	HTTPListener net.Listener
 	// RaftListener, when set, is used instead of listening on Raft.Addr.
 	RaftListener net.Listener
+}
+
+// Tuning adjusts components beyond what the configuration file exposes.
+type Tuning struct {
+	// Raft, Gossip and Cache may change the component configs just before
+	// they start (tests tighten timings).
+	Raft   func(*consensus.Config)
+	Gossip func(*gossip.Config)
+	Cache  func(*dcache.Config)
+	// LoadPublishInterval is how often the node checks its load for changes
+	// to gossip (default 50ms).
+	LoadPublishInterval time.Duration
+	// GPUPollInterval is how often nvidia-smi is queried (default 10s).
+	GPUPollInterval time.Duration
 }
 
 // HTTPConfig is the client-facing server.
@@ -237,6 +258,7 @@ func (c *Config) ApplyDev() error {
 	c.Gossip.Addr = "127.0.0.1:7946"
 	c.Raft.Addr = "127.0.0.1:7947"
 	c.Cache.Addr = "127.0.0.1:3320"
+	c.Cache.Backend = "local"
 	if len(c.Models) == 0 {
 		c.Models = DevModels()
 	}

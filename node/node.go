@@ -11,15 +11,20 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/shoal-dev/shoal/consensus"
+	"github.com/shoal-dev/shoal/dcache"
+	"github.com/shoal-dev/shoal/gossip"
 	"github.com/shoal-dev/shoal/ops"
+	"github.com/shoal-dev/shoal/router"
 	"github.com/shoal-dev/shoal/scheduler"
 	"github.com/shoal-dev/shoal/scheduler/sim"
 )
 
-// Version is the shoal release this node runs; main overrides it at build
-// time.
+// Version is the shoal release this node runs; the build sets it with
+// -ldflags "-X github.com/shoal-dev/shoal/node.Version=...".
 var Version = "0.1.0-dev"
 
 // Node is one shoal daemon.
@@ -30,18 +35,37 @@ type Node struct {
 	health  *ops.Health
 	sched   *scheduler.Scheduler
 	api     *api
+	admin   *ops.Admin
+
+	store      *consensus.Store
+	gossip     *gossip.Gossip
+	cache      *dcache.Cache
+	router     *router.Router
+	fwd        *router.Forwarder
+	peerClient *http.Client
+
+	metaMu sync.Mutex
+	meta   gossip.Meta
+	loadMu   sync.Mutex
+	lastLoad gossip.Load
+
+	defaultBatching map[string]consensus.BatchingSettings
+	gpu             atomic.Pointer[ops.GPUCapacity]
+	gpuMetrics      *ops.GPUMetrics
 
 	httpLn  net.Listener
 	httpSrv *http.Server
 
+	draining atomic.Bool
+	cancel   context.CancelFunc
+	bg       sync.WaitGroup
+
 	mu      sync.Mutex
 	started bool
 	stopped bool
-	serveWG sync.WaitGroup
 }
 
-// New builds a node from a validated configuration; it opens no ports until
-// Start.
+// New builds a node from a configuration; it opens no ports until Start.
 func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, &ConfigError{err}
@@ -49,22 +73,38 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Tuning.LoadPublishInterval == 0 {
+		cfg.Tuning.LoadPublishInterval = 50 * time.Millisecond
+	}
+	if cfg.Tuning.GPUPollInterval == 0 {
+		cfg.Tuning.GPUPollInterval = 10 * time.Second
+	}
 	logger := cfg.Logger.With("node", cfg.NodeName)
 	metrics := ops.NewMetrics()
-	n := &Node{
-		cfg:     cfg,
-		logger:  logger,
-		metrics: metrics,
-		health:  ops.NewHealth(cfg.NodeName),
-		sched:   scheduler.New(scheduler.Config{Logger: logger, Observer: metrics}),
+	rt, err := router.New(router.Config{Policy: cfg.Router.Policy})
+	if err != nil {
+		return nil, &ConfigError{err}
 	}
-	n.api = &api{node: cfg.NodeName, cfg: cfg.HTTP, sched: n.sched, metrics: metrics, logger: logger.With("component", "api")}
+	n := &Node{
+		cfg:             cfg,
+		logger:          logger,
+		metrics:         metrics,
+		health:          ops.NewHealth(cfg.NodeName),
+		sched:           scheduler.New(scheduler.Config{Logger: logger, Observer: metrics}),
+		router:          rt,
+		fwd:             router.NewForwarder(router.ForwarderConfig{Self: cfg.NodeName}),
+		peerClient:      &http.Client{Timeout: 15 * time.Second},
+		defaultBatching: map[string]consensus.BatchingSettings{},
+	}
+	n.api = &api{n: n, node: cfg.NodeName, cfg: cfg.HTTP, sched: n.sched, metrics: metrics, logger: logger.With("component", "api")}
+	n.admin = ops.NewAdmin(ops.AdminConfig{Token: cfg.Admin.Token, Open: cfg.Dev && cfg.Admin.Token == "", Backend: adminBackend{n}, Logger: logger})
 	return n, nil
 }
 
-// Start opens the node's ports, starts its models and serves until
-// Shutdown. It returns once the node accepts requests.
-func (n *Node) Start(ctx context.Context) error {
+// Start opens the node's ports, starts its models, joins the cluster and
+// serves until Shutdown. It returns once the node accepts requests; joining
+// and the cache's start continue in the background.
+func (n *Node) Start(ctx context.Context) (err error) {
 	n.mu.Lock()
 	if n.started {
 		n.mu.Unlock()
@@ -72,25 +112,41 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	n.started = true
 	n.mu.Unlock()
+	defer func() {
+		if err != nil {
+			n.closePartial()
+		}
+	}()
 
+	n.detectGPU(ctx)
 	for _, m := range n.cfg.Models {
 		if err := n.startModel(ctx, m); err != nil {
-			n.closePartial()
 			return err
 		}
 	}
-	n.health.Register("scheduler", n.schedulerHealth)
-
 	ln := n.cfg.HTTPListener
 	if ln == nil {
-		var err error
-		ln, err = net.Listen("tcp", n.cfg.HTTP.Addr)
-		if err != nil {
-			n.closePartial()
+		if ln, err = net.Listen("tcp", n.cfg.HTTP.Addr); err != nil {
 			return fmt.Errorf("listen http %s: %w", n.cfg.HTTP.Addr, err)
 		}
 	}
 	n.httpLn = ln
+	host := advertiseHost(n.cfg.Gossip.Advertise, n.cfg.Gossip.Addr)
+	if err := n.startConsensus(host); err != nil {
+		return err
+	}
+	if err := n.newCache(); err != nil {
+		return err
+	}
+	if err := n.startGossip(host); err != nil {
+		return err
+	}
+	n.health.Register("scheduler", n.schedulerHealth)
+	n.health.Register("raft", n.raftHealth)
+	n.health.Register("gossip", n.gossipHealth)
+	n.health.Register("cache", n.cacheHealth)
+	n.health.Register("breakers", n.breakerHealth)
+
 	n.httpSrv = &http.Server{
 		Handler:           n.routes(),
 		ReadHeaderTimeout: n.cfg.HTTP.ReadHeaderTimeout,
@@ -99,50 +155,70 @@ func (n *Node) Start(ctx context.Context) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(n.logger.Handler(), slog.LevelWarn),
 	}
-	n.serveWG.Add(1)
-	go func() {
-		defer n.serveWG.Done()
+	bctx, cancel := context.WithCancel(context.Background())
+	n.cancel = cancel
+	n.goBackground(func() {
 		if err := n.httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.logger.Error("http server stopped", "err", err)
 		}
-	}()
-	n.logger.Info("node started", "http", ln.Addr().String(), "models", n.sched.Models(), "version", Version)
+	})
+	n.goBackground(func() { n.runCluster(bctx) })
+	n.goBackground(func() { n.startCache(bctx) })
+	n.goBackground(func() { n.pollGPU(bctx) })
+	if len(n.cfg.Join) > 0 {
+		n.goBackground(func() { n.joinAtStart(bctx) })
+	}
+	if n.cfg.Raft.BootstrapExpect == 0 && len(n.cfg.Join) == 0 && !n.store.HasExistingState() {
+		n.logger.Warn("no raft.bootstrap_expect and nothing to join: this node waits to be joined (shoal node join) before admin writes work")
+	}
+	n.logger.Info("node started", "http", ln.Addr().String(), "gossip", n.gossip.LocalAddr(), "raft", n.store.Addr(),
+		"models", n.sched.Models(), "version", Version)
 	return nil
 }
 
+func (n *Node) goBackground(f func()) {
+	n.bg.Add(1)
+	go func() {
+		defer n.bg.Done()
+		f()
+	}()
+}
+
 func (n *Node) startModel(ctx context.Context, m ModelConfig) error {
-	maxSize, flush, slots := n.cfg.ModelBatching(m, n.cfg.GPU.Count)
+	maxSize, flush, slots := n.cfg.ModelBatching(m, n.gpuCapacity().Count)
 	st := scheduler.Settings{MaxSize: maxSize, FlushTimeout: flush, MaxQueue: n.cfg.Batching.MaxQueue, Slots: slots}
-	var backend any
-	switch m.Backend {
-	case "sim":
-		sc := m.Sim
-		sc.Model = m.Name
-		b, err := sim.New(sc)
-		if err != nil {
-			return fmt.Errorf("model %q: %w", m.Name, err)
-		}
-		backend = b
-	default:
-		return fmt.Errorf("model %q: backend %q is not available in this build", m.Name, m.Backend)
+	backend, err := n.newBackend(ctx, m)
+	if err != nil {
+		return fmt.Errorf("model %q: %w", m.Name, err)
 	}
 	if err := n.sched.AddModel(m.Name, backend, st); err != nil {
 		return fmt.Errorf("start model %q: %w", m.Name, err)
 	}
+	n.defaultBatching[m.Name] = consensus.BatchingSettings{MaxSize: maxSize, FlushTimeout: flush}
 	n.health.Register("model/"+m.Name, func() ops.Component {
 		l := n.sched.Load()[m.Name]
-		return ops.Component{Status: ops.StatusOK, Critical: false, Data: map[string]any{
-			"backend": m.Backend, "queue_depth": l.QueueDepth, "active_batches": l.ActiveBatches, "slots": l.Slots,
+		return ops.Component{Status: ops.StatusOK, Data: map[string]any{
+			"backend": m.Backend, "queue_depth": l.QueueDepth, "active_batches": l.ActiveBatches, "running": l.Running, "slots": l.Slots,
 		}}
 	})
 	return nil
 }
 
+func (n *Node) newBackend(_ context.Context, m ModelConfig) (any, error) {
+	switch m.Backend {
+	case "sim":
+		sc := m.Sim
+		sc.Model = m.Name
+		return sim.New(sc)
+	}
+	return nil, fmt.Errorf("backend %q is not available in this build", m.Backend)
+}
+
+func (n *Node) setDraining()      { n.draining.Store(true) }
+func (n *Node) isDraining() bool { return n.draining.Load() }
+
 func (n *Node) schedulerHealth() ops.Component {
-	n.mu.Lock()
-	stopped := n.stopped
-	n.mu.Unlock()
-	if stopped {
+	if n.isDraining() {
 		return ops.Component{Status: ops.StatusUnavailable, Critical: true, Detail: "draining"}
 	}
 	depth := 0
@@ -165,6 +241,7 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("/v1/models", methods(n.api.models, http.MethodGet, http.MethodHead))
 	mux.HandleFunc("/health", methods(n.health.ServeHTTP, http.MethodGet, http.MethodHead))
 	mux.HandleFunc("/metrics", methods(n.metrics.Handler().ServeHTTP, http.MethodGet))
+	mux.Handle("/admin/v1/", n.admin)
 	mux.HandleFunc("/", notFound)
 	return middleware(n.cfg.NodeName, newCodec(), n.logger, mux)
 }
@@ -177,25 +254,43 @@ func (n *Node) HTTPAddr() string {
 	return n.httpLn.Addr().String()
 }
 
+// GossipAddr is the gossip address other nodes join.
+func (n *Node) GossipAddr() string {
+	if n.gossip == nil {
+		return ""
+	}
+	return n.gossip.LocalAddr()
+}
+
 // Name is the node's name.
 func (n *Node) Name() string { return n.cfg.NodeName }
 
-// Scheduler exposes the local batcher (for the admin API and tests).
+// Scheduler exposes the local batcher (for tests).
 func (n *Node) Scheduler() *scheduler.Scheduler { return n.sched }
 
-// Shutdown drains the node: it stops accepting connections and new work,
-// lets queued and running requests finish until ctx ends, then releases
-// everything. It is safe to call more than once.
+// Store exposes the Raft store (for tests).
+func (n *Node) Store() *consensus.Store { return n.store }
+
+// Gossip exposes the membership (for tests).
+func (n *Node) Gossip() *gossip.Gossip { return n.gossip }
+
+// Shutdown drains the node: peers stop routing here, it stops accepting
+// connections and new work, lets queued and running requests finish until
+// ctx ends, then releases everything. The node stays a Raft member (a
+// restart rejoins); Leave removes it for good. Safe to call more than once.
 func (n *Node) Shutdown(ctx context.Context) error {
 	n.mu.Lock()
-	if n.stopped {
+	if n.stopped || !n.started {
 		n.mu.Unlock()
 		return nil
 	}
 	n.stopped = true
 	n.mu.Unlock()
 	n.logger.Info("draining")
-	var errs []error
+	n.setDraining()
+	if n.gossip != nil {
+		n.publishLoad()
+	}
 	var httpErr error
 	var wg sync.WaitGroup
 	if n.httpSrv != nil {
@@ -212,14 +307,40 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		n.logger.Warn("drain incomplete", "err", err)
 	}
 	wg.Wait()
-	errs = append(errs, httpErr)
-	n.serveWG.Wait()
+	n.closePartial()
 	n.logger.Info("stopped")
-	return errors.Join(errs...)
+	return httpErr
 }
 
+// closePartial releases whatever Start opened.
 func (n *Node) closePartial() {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	if n.cancel != nil {
+		n.cancel()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	if n.httpSrv == nil && n.httpLn != nil && n.cfg.HTTPListener == nil {
+		_ = n.httpLn.Close()
+	}
+	if n.httpSrv != nil {
+		_ = n.httpSrv.Close()
+	}
 	_ = n.sched.Drain(ctx)
+	if n.gossip != nil {
+		if err := n.gossip.Shutdown(); err != nil {
+			n.logger.Warn("gossip shutdown", "err", err)
+		}
+	}
+	if n.cache != nil {
+		if err := n.cache.Close(ctx); err != nil {
+			n.logger.Warn("cache close", "err", err)
+		}
+	}
+	if n.store != nil {
+		if err := n.store.Shutdown(); err != nil {
+			n.logger.Warn("raft shutdown", "err", err)
+		}
+	}
+	n.fwd.Close()
+	n.bg.Wait()
 }

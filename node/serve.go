@@ -3,17 +3,21 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"sort"
 	"log/slog"
 	"net/http"
 	"time"
 
 	"github.com/shoal-dev/shoal/ops"
+	"github.com/shoal-dev/shoal/router"
 	"github.com/shoal-dev/shoal/scheduler"
 )
 
 // api serves the inference endpoints on this node.
 type api struct {
+	n       *Node
 	node    string
 	cfg     HTTPConfig
 	sched   *scheduler.Scheduler
@@ -73,8 +77,62 @@ func (a *api) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
-		status = a.serve(ctx, w, r, req, start)
+		status = a.dispatch(ctx, w, r, req, body, start)
 	}
+}
+
+// dispatch runs the request here or on the peer the router picks. A
+// request another node already routed is always served here. A forward that
+// fails before any byte reached the client is retried once on another node.
+func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest, body []byte, start time.Time) int {
+	if r.Header.Get(router.HeaderForwarded) != "" {
+		w.Header().Set(router.HeaderRoute, "forwarded")
+		return a.serve(ctx, w, r, req, start)
+	}
+	if !a.n.servedAnywhere(req.Model) {
+		return a.fail(w, r, fmt.Errorf("%w: %q (see GET /v1/models)", scheduler.ErrUnknownModel, req.Model))
+	}
+	tried := map[string]bool{}
+	var lastErr error
+	for attempt := 0; attempt < 2; attempt++ {
+		target, policy, err := a.n.router.Pick(a.n.candidates(req.Model), tried)
+		if err != nil {
+			if lastErr == nil {
+				lastErr = err
+			}
+			break
+		}
+		route := policy
+		if attempt > 0 {
+			route += ",retry"
+		}
+		if target.Local {
+			w.Header().Set(router.HeaderRoute, "local,"+route)
+			return a.serve(ctx, w, r, req, start)
+		}
+		err = a.n.fwd.Forward(ctx, w, r, body, target, "forward,"+route)
+		if err == nil {
+			return http.StatusOK
+		}
+		if !errors.Is(err, router.ErrRetryable) {
+			a.logger.Warn("forward failed", "request_id", requestID(r.Context()), "target", target.Node, "err", err)
+			if ctx.Err() != nil {
+				return a.fail(w, r, ctx.Err())
+			}
+			return http.StatusBadGateway
+		}
+		a.logger.Info("forward failed; retrying elsewhere", "request_id", requestID(r.Context()), "target", target.Node, "err", err)
+		tried[target.Node] = true
+		lastErr = err
+	}
+	return a.fail(w, r, &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "no_healthy_backend",
+		Message: fmt.Sprintf("no healthy node can serve %q now: %v", req.Model, lastErr), RetryAfter: time.Second})
+}
+
+func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) int {
+	ae := toAPIError(err)
+	writeError(w, r, ae)
+	return ae.Status
 }
 
 // serve runs req on the local scheduler and writes the answer; it returns
@@ -306,7 +364,8 @@ func (a *api) models(w http.ResponseWriter, r *http.Request) {
 		Created int64  `json:"created"`
 		OwnedBy string `json:"owned_by"`
 	}
-	names := a.sched.Models()
+	names := a.n.clusterModels()
+	sort.Strings(names)
 	data := make([]model, 0, len(names))
 	for _, n := range names {
 		data = append(data, model{ID: n, Object: "model", Created: 0, OwnedBy: "shoal"})

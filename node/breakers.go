@@ -1,0 +1,53 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/shoal-dev/shoal/consensus"
+	"github.com/shoal-dev/shoal/ops"
+)
+
+// breakerAction forces a breaker: open (for the configured timeout), close
+// or reset (forget its trips). Both close and reset delete the replicated
+// entry, since an absent breaker is closed with no trips.
+func (n *Node) breakerAction(ctx context.Context, node, model, action string) error {
+	cur := n.store.State().Breaker(node, model)
+	switch action {
+	case "open":
+		if cur.State == consensus.BreakerOpen {
+			return nil
+		}
+		now := time.Now()
+		return n.applyCommand(ctx, consensus.BreakerTransition{Node: node, Model: model, From: cur.State, To: consensus.BreakerOpen,
+			At: now, OpenUntil: now.Add(n.cfg.CircuitBreaker.Timeout), Trips: cur.Trips + 1, Reason: "opened by operator"})
+	case "close", "reset":
+		if _, ok := n.store.State().Breakers[consensus.BreakerKey(node, model)]; !ok {
+			return nil
+		}
+		return n.applyCommand(ctx, consensus.DeleteBreaker{Node: node, Model: model})
+	}
+	return fmt.Errorf("breaker action %q: %w", action, ops.ErrAdminBadRequest)
+}
+
+// breakerHealth reports this node's breakers; a node whose every model is
+// behind an open breaker cannot serve.
+func (n *Node) breakerHealth() ops.Component {
+	st := n.store.State()
+	open := []string{}
+	models := n.sched.Models()
+	for _, m := range models {
+		if st.Breaker(n.cfg.NodeName, m).State == consensus.BreakerOpen {
+			open = append(open, m)
+		}
+	}
+	c := ops.Component{Status: ops.StatusOK, Critical: true, Data: map[string]any{"open": open}}
+	switch {
+	case len(models) > 0 && len(open) == len(models):
+		c.Status, c.Detail = ops.StatusUnavailable, "every model's breaker is open"
+	case len(open) > 0:
+		c.Status, c.Detail = ops.StatusDegraded, fmt.Sprintf("%d breaker(s) open", len(open))
+	}
+	return c
+}

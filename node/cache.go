@@ -1,0 +1,95 @@
+package node
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/shoal-dev/shoal/dcache"
+	"github.com/shoal-dev/shoal/ops"
+)
+
+// newCache builds the response cache; its Olric member starts later, in
+// the background, because it joins peers that gossip finds.
+func (n *Node) newCache() error {
+	cc := dcache.DefaultConfig()
+	cc.Backend = n.cfg.Cache.Backend
+	cc.BindAddr = n.cfg.Cache.Addr
+	cc.MemberlistAddr = n.cfg.Cache.MemberlistAddr
+	cc.MaxBytes = n.cfg.Cache.MaxBytes
+	cc.LookupTimeout = n.cfg.Cache.LookupTimeout
+	cc.WaitForPeers = len(n.cfg.Join) > 0
+	cc.Peers = n.cachePeers
+	cc.Logger = n.logger
+	if n.cfg.Tuning.Cache != nil {
+		n.cfg.Tuning.Cache(&cc)
+	}
+	c, err := dcache.New(cc)
+	if err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	n.cache = c
+	return nil
+}
+
+// cachePeers feeds Olric the cache addresses of shoal's live members, so
+// the cache has no seed list of its own to keep in step.
+func (n *Node) cachePeers() []string {
+	if n.gossip == nil {
+		return nil
+	}
+	var out []string
+	for _, m := range n.gossip.Alive() {
+		if m.Name != n.cfg.NodeName && m.Meta.CacheGossipAddr != "" {
+			out = append(out, m.Meta.CacheGossipAddr)
+		}
+	}
+	return out
+}
+
+// startCache starts the cache member and then advertises its addresses.
+func (n *Node) startCache(ctx context.Context) {
+	if err := n.cache.Start(ctx); err != nil {
+		if ctx.Err() == nil {
+			n.logger.Error("cache did not start; requests run uncached", "backend", n.cache.Backend(), "err", err)
+		}
+		return
+	}
+	if n.cache.Backend() != dcache.BackendOlric {
+		return
+	}
+	n.updateMeta(ctx, func(m *metaUpdate) {
+		m.CacheAddr, m.CacheGossipAddr = n.cache.Addr(), n.cache.MemberlistAddr()
+	})
+}
+
+func (n *Node) cacheHealth() ops.Component {
+	h := n.cache.Health()
+	c := ops.Component{Status: ops.StatusOK, Detail: h.Detail, Data: map[string]any{"backend": n.cache.Backend(), "members": h.Members}}
+	st := n.cache.Stats()
+	if total := st.Hits + st.Misses; total > 0 {
+		c.Data["hit_ratio"] = float64(st.Hits) / float64(total)
+	}
+	switch h.Status {
+	case dcache.StatusOK, dcache.StatusOff:
+	default:
+		c.Status = ops.StatusDegraded
+	}
+	return c
+}
+
+func (n *Node) cacheStats(_ context.Context) (any, error) {
+	st := n.cache.Stats()
+	h := n.cache.Health()
+	ratio := 0.0
+	if total := st.Hits + st.Misses; total > 0 {
+		ratio = float64(st.Hits) / float64(total)
+	}
+	return map[string]any{"node": n.cfg.NodeName, "stats": st, "health": h, "hit_ratio": ratio}, nil
+}
+
+func (n *Node) purgeCache(ctx context.Context, model string) error {
+	if err := n.cache.Purge(ctx, model); err != nil {
+		return fmt.Errorf("purge cache %q: %w", model, err)
+	}
+	return nil
+}

@@ -1,0 +1,338 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"time"
+
+	sockaddr "github.com/hashicorp/go-sockaddr"
+
+	"github.com/shoal-dev/shoal/consensus"
+	"github.com/shoal-dev/shoal/gossip"
+	"github.com/shoal-dev/shoal/ops"
+	"github.com/shoal-dev/shoal/router"
+)
+
+// advertiseHost is the address other nodes use for this one: the
+// configured advertise host, else the bind host, else (when the bind host
+// is unspecified) the first private IP, as memberlist itself chooses.
+func advertiseHost(advertise, bind string) string {
+	if advertise != "" {
+		if h, _, err := net.SplitHostPort(advertise); err == nil {
+			return h
+		}
+		return advertise
+	}
+	h, _, _ := net.SplitHostPort(bind)
+	if ip := net.ParseIP(h); h != "" && (ip == nil || !ip.IsUnspecified()) {
+		return h
+	}
+	if ip, err := sockaddr.GetPrivateIP(); err == nil && ip != "" {
+		return ip
+	}
+	return "127.0.0.1"
+}
+
+func hostPort(host string, addr net.Addr) string {
+	_, port, _ := net.SplitHostPort(addr.String())
+	return net.JoinHostPort(host, port)
+}
+
+// startConsensus opens the Raft store on its listener.
+func (n *Node) startConsensus(host string) error {
+	ln := n.cfg.RaftListener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", n.cfg.Raft.Addr); err != nil {
+			return fmt.Errorf("listen raft %s: %w", n.cfg.Raft.Addr, err)
+		}
+	}
+	adv := hostPort(host, ln.Addr())
+	if n.cfg.Raft.Advertise != "" {
+		adv = n.cfg.Raft.Advertise
+	}
+	sc := consensus.Config{
+		NodeID:            n.cfg.NodeName,
+		DataDir:           n.cfg.DataDir,
+		Listener:          ln,
+		Advertise:         adv,
+		BootstrapExpect:   n.cfg.Raft.BootstrapExpect,
+		MaxVoters:         n.cfg.Raft.MaxVoters,
+		DeadServerTimeout: n.cfg.Raft.DeadServerTimeout,
+		Logger:            n.logger,
+	}
+	if n.cfg.Tuning.Raft != nil {
+		n.cfg.Tuning.Raft(&sc)
+	}
+	st, err := consensus.New(sc)
+	if err != nil {
+		return fmt.Errorf("start raft: %w", err)
+	}
+	n.store = st
+	return nil
+}
+
+// startGossip joins memberlist with this node's identity.
+func (n *Node) startGossip(host string) error {
+	meta := gossip.Meta{
+		HTTPAddr:        hostPort(host, n.httpLn.Addr()),
+		RaftAddr:        n.store.Addr(),
+		Version:         Version,
+		BootstrapExpect: n.cfg.Raft.BootstrapExpect,
+		RaftHasState:    n.store.HasExistingState(),
+	}
+	gc := gossip.Config{
+		Name:          n.cfg.NodeName,
+		BindAddr:      n.cfg.Gossip.Addr,
+		AdvertiseAddr: n.cfg.Gossip.Advertise,
+		EncryptKey:    n.cfg.Gossip.EncryptKey,
+		Meta:          meta,
+		Logger:        n.logger,
+	}
+	if n.cfg.Tuning.Gossip != nil {
+		n.cfg.Tuning.Gossip(&gc)
+	}
+	g, err := gossip.New(gc)
+	if err != nil {
+		return fmt.Errorf("start gossip: %w", err)
+	}
+	n.gossip = g
+	n.meta = meta
+	return nil
+}
+
+// runCluster keeps Raft membership in step with gossip, publishes this
+// node's load, and applies replicated settings, until ctx ends.
+func (n *Node) runCluster(ctx context.Context) {
+	events, cancelEvents := n.gossip.Subscribe()
+	defer cancelEvents()
+	changes, cancelChanges := n.store.Subscribe()
+	defer cancelChanges()
+	reconcile := time.NewTicker(time.Second)
+	defer reconcile.Stop()
+	publish := time.NewTicker(n.cfg.Tuning.LoadPublishInterval)
+	defer publish.Stop()
+	n.applyState()
+	n.reconcile(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-events:
+			switch ev.Type {
+			case gossip.EventLoad:
+				n.router.LoadReported(ev.Member.Name)
+			case gossip.EventJoin, gossip.EventLeft, gossip.EventFailed, gossip.EventUpdate:
+				n.reconcile(ctx)
+			}
+		case <-reconcile.C:
+			n.reconcile(ctx)
+		case <-changes:
+			n.applyState()
+		case <-publish.C:
+			n.publishLoad()
+		}
+	}
+}
+
+func (n *Node) reconcile(ctx context.Context) {
+	members := n.gossip.Members()
+	cm := make([]consensus.Member, 0, len(members))
+	for _, m := range members {
+		if m.Meta.RaftAddr == "" {
+			continue
+		}
+		c := consensus.Member{ID: m.Name, RaftAddr: m.Meta.RaftAddr, HasState: m.Meta.RaftHasState}
+		switch m.State {
+		case gossip.StateAlive, gossip.StateSuspect:
+			c.Status = consensus.MemberAlive
+		case gossip.StateLeft:
+			c.Status = consensus.MemberLeft
+		default:
+			c.Status, c.FailedSince = consensus.MemberFailed, m.StateChanged
+		}
+		cm = append(cm, c)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := n.store.Reconcile(rctx, cm); err != nil && ctx.Err() == nil {
+		n.logger.Warn("raft reconcile", "err", err)
+	}
+	if has := n.store.HasExistingState(); has != n.currentMeta().RaftHasState {
+		n.updateMeta(rctx, func(m *metaUpdate) { m.RaftHasState = has })
+	}
+}
+
+// metaUpdate is the node metadata being changed.
+type metaUpdate = gossip.Meta
+
+// updateMeta changes the advertised metadata; callers on different
+// goroutines (cluster loop, cache start) are serialised.
+func (n *Node) updateMeta(ctx context.Context, change func(*metaUpdate)) {
+	n.metaMu.Lock()
+	defer n.metaMu.Unlock()
+	m := n.meta
+	change(&m)
+	if err := n.gossip.UpdateMeta(ctx, m); err != nil {
+		n.logger.Warn("update gossip meta", "err", err)
+		return
+	}
+	n.meta = m
+}
+
+func (n *Node) currentMeta() gossip.Meta {
+	n.metaMu.Lock()
+	defer n.metaMu.Unlock()
+	return n.meta
+}
+
+// applyState makes replicated settings take effect on this node.
+func (n *Node) applyState() {
+	st := n.store.State()
+	for _, m := range n.cfg.Models {
+		want := n.defaultBatching[m.Name]
+		if s, ok := st.Batching[m.Name]; ok {
+			want = s
+		}
+		cur, ok := n.sched.Settings(m.Name)
+		if !ok || (cur.MaxSize == want.MaxSize && cur.FlushTimeout == want.FlushTimeout) {
+			continue
+		}
+		if err := n.sched.SetBatching(m.Name, want.MaxSize, want.FlushTimeout); err != nil {
+			n.logger.Warn("apply batching", "model", m.Name, "err", err)
+			continue
+		}
+		n.logger.Info("batching changed", "model", m.Name, "max_size", want.MaxSize, "flush_timeout", want.FlushTimeout)
+	}
+}
+
+func (n *Node) localLoad() gossip.Load {
+	l := gossip.Load{Models: map[string]gossip.ModelLoad{}}
+	if n.isDraining() {
+		// An empty model list stops peers from routing here at once.
+		return l
+	}
+	for name, ml := range n.sched.Load() {
+		l.Models[name] = gossip.ModelLoad{QueueDepth: ml.QueueDepth, ActiveBatches: ml.ActiveBatches, Slots: ml.Slots, InFlight: ml.Running}
+	}
+	g := n.gpuCapacity()
+	l.GPU = gossip.GPU{Count: g.Count, MemoryTotalMB: g.MemoryTotalMB, MemoryFreeMB: g.MemoryFreeMB, UtilizationPct: g.UtilizationPct}
+	return l
+}
+
+func (n *Node) publishLoad() {
+	n.loadMu.Lock()
+	defer n.loadMu.Unlock()
+	l := n.localLoad()
+	if maps.Equal(l.Models, n.lastLoad.Models) && l.GPU == n.lastLoad.GPU {
+		return
+	}
+	if err := n.gossip.SetLoad(l); err != nil {
+		n.logger.Warn("publish load", "err", err)
+		return
+	}
+	n.lastLoad = l
+}
+
+// candidates lists the nodes that can run model: this node from its own
+// scheduler, peers from their gossiped load.
+func (n *Node) candidates(model string) []router.Candidate {
+	var out []router.Candidate
+	st := n.store.State()
+	now := time.Now()
+	if !n.isDraining() {
+		if l, ok := n.sched.Load()[model]; ok {
+			out = append(out, router.Candidate{Node: n.cfg.NodeName, Local: true, QueueDepth: l.QueueDepth, Running: l.Running, Slots: l.Slots,
+				Open: st.Breaker(n.cfg.NodeName, model).State == consensus.BreakerOpen})
+		}
+	}
+	for _, m := range n.gossip.Alive() {
+		if m.Name == n.cfg.NodeName || m.State != gossip.StateAlive {
+			continue
+		}
+		l, ok := m.Load.Models[model]
+		if !ok {
+			continue
+		}
+		out = append(out, router.Candidate{Node: m.Name, HTTPAddr: m.Meta.HTTPAddr, QueueDepth: l.QueueDepth, Running: l.InFlight, Slots: l.Slots,
+			LoadAge: now.Sub(m.LoadUpdated), Open: st.Breaker(m.Name, model).State == consensus.BreakerOpen})
+	}
+	return out
+}
+
+// servedAnywhere reports whether any live member serves model.
+func (n *Node) servedAnywhere(model string) bool {
+	if n.sched.Has(model) {
+		return true
+	}
+	for _, m := range n.gossip.Alive() {
+		if _, ok := m.Load.Models[model]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// clusterModels lists every model served by a live member.
+func (n *Node) clusterModels() []string {
+	set := map[string]bool{}
+	for _, m := range n.sched.Models() {
+		set[m] = true
+	}
+	for _, m := range n.gossip.Alive() {
+		for name := range m.Load.Models {
+			set[name] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for m := range set {
+		out = append(out, m)
+	}
+	return out
+}
+
+// joinAtStart joins the configured members, retrying with backoff until
+// JoinTimeout.
+func (n *Node) joinAtStart(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.JoinTimeout)
+	defer cancel()
+	joined, err := n.gossip.Join(ctx, n.cfg.Join)
+	if err != nil {
+		n.logger.Error("join failed; the node runs alone until joined (shoal node join)", "addrs", n.cfg.Join, "err", err)
+		return
+	}
+	n.logger.Info("joined cluster", "contacted", joined)
+}
+
+func (n *Node) raftHealth() ops.Component {
+	leader := n.store.LeaderID()
+	c := ops.Component{Status: ops.StatusOK, Data: map[string]any{"leader": leader, "is_leader": n.store.IsLeader(), "applied_index": n.store.AppliedIndex()}}
+	if leader == "" {
+		c.Status, c.Detail = ops.StatusDegraded, "no raft leader: inference works, admin writes do not"
+	}
+	return c
+}
+
+func (n *Node) gossipHealth() ops.Component {
+	alive := len(n.gossip.Alive())
+	return ops.Component{Status: ops.StatusOK, Data: map[string]any{"members": len(n.gossip.Members()), "alive": alive}}
+}
+
+// applyCommand commits cmd through Raft: here when this node leads, else on
+// the leader through its admin API.
+func (n *Node) applyCommand(ctx context.Context, cmd consensus.Command) error {
+	_, err := n.store.Apply(ctx, cmd)
+	if !errors.Is(err, consensus.ErrNotLeader) {
+		return err
+	}
+	leader := n.store.LeaderID()
+	m, ok := n.gossip.Member(leader)
+	if !ok || m.Meta.HTTPAddr == "" {
+		return fmt.Errorf("forward to leader %q: address unknown: %w", leader, consensus.ErrNoLeader)
+	}
+	return n.forwardApply(ctx, m.Meta.HTTPAddr, cmd)
+}
+
