@@ -215,4 +215,3 @@ func (n *Node) Leave(ctx context.Context) error {
 	n.logger.Info("left the cluster")
 	return nil
 }
-

@@ -335,4 +335,3 @@ func (n *Node) applyCommand(ctx context.Context, cmd consensus.Command) error {
 	}
 	return n.forwardApply(ctx, m.Meta.HTTPAddr, cmd)
 }
-

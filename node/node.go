@@ -44,8 +44,8 @@ type Node struct {
 	fwd        *router.Forwarder
 	peerClient *http.Client
 
-	metaMu sync.Mutex
-	meta   gossip.Meta
+	metaMu   sync.Mutex
+	meta     gossip.Meta
 	loadMu   sync.Mutex
 	lastLoad gossip.Load
 
@@ -214,7 +214,7 @@ func (n *Node) newBackend(_ context.Context, m ModelConfig) (any, error) {
 	return nil, fmt.Errorf("backend %q is not available in this build", m.Backend)
 }
 
-func (n *Node) setDraining()      { n.draining.Store(true) }
+func (n *Node) setDraining()     { n.draining.Store(true) }
 func (n *Node) isDraining() bool { return n.draining.Load() }
 
 func (n *Node) schedulerHealth() ops.Component {

@@ -5,9 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"log/slog"
 	"net/http"
+	"sort"
 	"time"
 
 	"github.com/shoal-dev/shoal/ops"
