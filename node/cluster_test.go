@@ -1,0 +1,408 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/stretchr/testify/require"
+
+	"github.com/shoal-dev/shoal/consensus"
+	"github.com/shoal-dev/shoal/gossip"
+)
+
+// clusterWait is generous: the test machine is small and shared.
+const clusterWait = 30 * time.Second
+
+const testToken = "test-admin-token-0123456789"
+
+func listenLoopback(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	return ln
+}
+
+// clusterNodeConfig is a node on loopback ports with tightened gossip and
+// Raft timings, a fast sim model, and the admin token set.
+func clusterNodeConfig(t *testing.T, name string, dataDir string) Config {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.NodeName = name
+	cfg.DataDir = dataDir
+	cfg.HTTPListener = listenLoopback(t)
+	cfg.RaftListener = listenLoopback(t)
+	cfg.Gossip.Addr = "127.0.0.1:0"
+	cfg.Cache.Addr = "127.0.0.1:0"
+	cfg.Cache.Backend = "local"
+	cfg.Admin.Token = testToken
+	cfg.JoinTimeout = clusterWait
+	m := DefaultModelConfig("sim-fast", "sim")
+	m.Sim.Base, m.Sim.PerItem, m.Sim.TokenInterval = 2*time.Millisecond, time.Millisecond, 0
+	m.Sim.DefaultMaxTokens = 4
+	cfg.Models = []ModelConfig{m}
+	cfg.Tuning.Raft = func(c *consensus.Config) {
+		c.HeartbeatTimeout = 300 * time.Millisecond
+		c.ElectionTimeout = 300 * time.Millisecond
+		c.LeaderLeaseTimeout = 200 * time.Millisecond
+		c.CommitTimeout = 10 * time.Millisecond
+	}
+	cfg.Tuning.Gossip = func(c *gossip.Config) {
+		c.Tune = func(mc *memberlist.Config) {
+			mc.ProbeInterval = 200 * time.Millisecond
+			mc.ProbeTimeout = 100 * time.Millisecond
+			mc.SuspicionMult = 2
+			mc.GossipInterval = 20 * time.Millisecond
+			mc.GossipToTheDeadTime = time.Second
+			mc.TCPTimeout = 2 * time.Second
+		}
+	}
+	return cfg
+}
+
+type testCluster struct {
+	t     *testing.T
+	nodes []*Node
+	dirs  []string
+}
+
+// mustNewCluster starts n nodes that bootstrap Raft together
+// (bootstrap_expect = n) and waits until they agree on a leader. mutate may
+// adjust each node's configuration.
+func mustNewCluster(t *testing.T, n int, mutate func(i int, cfg *Config)) *testCluster {
+	t.Helper()
+	tc := &testCluster{t: t}
+	for i := 0; i < n; i++ {
+		tc.dirs = append(tc.dirs, t.TempDir())
+	}
+	tc.start(n, mutate)
+	return tc
+}
+
+func (tc *testCluster) start(n int, mutate func(i int, cfg *Config)) {
+	t := tc.t
+	tc.nodes = nil
+	for i := 0; i < n; i++ {
+		cfg := clusterNodeConfig(t, fmt.Sprintf("n%d", i+1), tc.dirs[i])
+		cfg.Raft.BootstrapExpect = n
+		if i > 0 {
+			cfg.Join = []string{tc.nodes[0].GossipAddr()}
+		}
+		if mutate != nil {
+			mutate(i, &cfg)
+		}
+		nd, err := New(cfg)
+		require.NoError(t, err)
+		require.NoError(t, nd.Start(context.Background()))
+		t.Cleanup(func() { stopNode(nd) })
+		tc.nodes = append(tc.nodes, nd)
+	}
+	tc.waitLeader(tc.nodes...)
+}
+
+func stopNode(nd *Node) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = nd.Shutdown(ctx)
+}
+
+// waitLeader waits until every given node names the same live leader.
+func (tc *testCluster) waitLeader(nodes ...*Node) string {
+	tc.t.Helper()
+	var leader string
+	require.Eventually(tc.t, func() bool {
+		leader = nodes[0].Store().LeaderID()
+		if leader == "" {
+			return false
+		}
+		for _, nd := range nodes {
+			if nd.Store().LeaderID() != leader {
+				return false
+			}
+		}
+		return true
+	}, clusterWait, 20*time.Millisecond, "nodes never agreed on a leader")
+	return leader
+}
+
+func (tc *testCluster) node(name string) *Node {
+	for _, nd := range tc.nodes {
+		if nd.Name() == name {
+			return nd
+		}
+	}
+	tc.t.Fatalf("no node %s", name)
+	return nil
+}
+
+// waitLoads waits until every node has a fresh load report of every other.
+func (tc *testCluster) waitMembers(nodes ...*Node) {
+	tc.t.Helper()
+	require.Eventually(tc.t, func() bool {
+		for _, nd := range nodes {
+			if len(nd.candidates("sim-fast")) != len(nodes) {
+				return false
+			}
+		}
+		return true
+	}, clusterWait, 20*time.Millisecond, "nodes never saw each other's load")
+}
+
+type httpResult struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func doJSON(t *testing.T, method, url, token string, body any) httpResult {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		require.NoError(t, err)
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return httpResult{status: resp.StatusCode, header: resp.Header, body: data}
+}
+
+func infer(t *testing.T, nd *Node, input string) httpResult {
+	t.Helper()
+	return doJSON(t, http.MethodPost, "http://"+nd.HTTPAddr()+"/v1/infer", "", map[string]any{"model": "sim-fast", "input": input})
+}
+
+func TestClusterFormsWithBootstrapExpect(t *testing.T) {
+	tc := mustNewCluster(t, 3, nil)
+	for _, nd := range tc.nodes {
+		servers, err := nd.Store().Configuration()
+		require.NoError(t, err)
+		require.Len(t, servers, 3)
+		for _, s := range servers {
+			require.True(t, s.Voter, "server %s should vote", s.ID)
+		}
+	}
+	tc.waitMembers(tc.nodes...)
+	res := doJSON(t, http.MethodGet, "http://"+tc.nodes[1].HTTPAddr()+"/admin/v1/cluster", testToken, nil)
+	require.Equal(t, http.StatusOK, res.status, string(res.body))
+	var view ClusterView
+	require.NoError(t, json.Unmarshal(res.body, &view))
+	require.Len(t, view.Members, 3)
+	roles := map[string]int{}
+	for _, m := range view.Members {
+		roles[m.Role]++
+		require.Equal(t, "alive", m.State)
+		require.Contains(t, m.Models, "sim-fast")
+	}
+	require.Equal(t, map[string]int{"leader": 1, "voter": 2}, roles)
+}
+
+func TestAdminRequiresToken(t *testing.T) {
+	tc := mustNewCluster(t, 1, nil)
+	base := "http://" + tc.nodes[0].HTTPAddr() + "/admin/v1/cluster"
+	for _, tok := range []string{"", "wrong"} {
+		res := doJSON(t, http.MethodGet, base, tok, nil)
+		require.Equal(t, http.StatusUnauthorized, res.status)
+		require.NotContains(t, string(res.body), testToken)
+	}
+	require.Equal(t, http.StatusOK, doJSON(t, http.MethodGet, base, testToken, nil).status)
+}
+
+func TestBatchingChangeOnFollowerReachesEveryNode(t *testing.T) {
+	tc := mustNewCluster(t, 3, nil)
+	leader := tc.waitLeader(tc.nodes...)
+	var follower *Node
+	for _, nd := range tc.nodes {
+		if nd.Name() != leader {
+			follower = nd
+			break
+		}
+	}
+	url := "http://" + follower.HTTPAddr() + "/admin/v1/batching"
+	res := doJSON(t, http.MethodPut, url, testToken, map[string]any{"model": "sim-fast", "max_size": 7, "flush_timeout": "3ms"})
+	require.Equal(t, http.StatusOK, res.status, string(res.body))
+	require.Eventually(t, func() bool {
+		for _, nd := range tc.nodes {
+			s, _ := nd.Scheduler().Settings("sim-fast")
+			if s.MaxSize != 7 || s.FlushTimeout != 3*time.Millisecond {
+				return false
+			}
+		}
+		return true
+	}, 5*time.Second, 10*time.Millisecond, "the change did not reach every node")
+
+	bad := doJSON(t, http.MethodPut, url, testToken, map[string]any{"model": "sim-fast", "max_size": 0})
+	require.Equal(t, http.StatusBadRequest, bad.status)
+	require.Contains(t, string(bad.body), "max_size")
+	unknown := doJSON(t, http.MethodPut, url, testToken, map[string]any{"model": "nope", "max_size": 2})
+	require.Equal(t, http.StatusNotFound, unknown.status)
+}
+
+func TestFourthNodeJoinsThroughAdminAPI(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		maxVoters int
+		wantVoter bool
+	}{{"as voter", 5, true}, {"as non-voter", 3, false}} {
+		t.Run(tt.name, func(t *testing.T) {
+			tc := mustNewCluster(t, 3, func(_ int, cfg *Config) { cfg.Raft.MaxVoters = tt.maxVoters })
+			cfg := clusterNodeConfig(t, "n4", t.TempDir())
+			cfg.Raft.MaxVoters = tt.maxVoters
+			n4, err := New(cfg)
+			require.NoError(t, err)
+			require.NoError(t, n4.Start(context.Background()))
+			t.Cleanup(func() { stopNode(n4) })
+
+			res := doJSON(t, http.MethodPost, "http://"+n4.HTTPAddr()+"/admin/v1/cluster/join", testToken,
+				map[string]any{"addrs": []string{tc.nodes[1].GossipAddr()}})
+			require.Equal(t, http.StatusOK, res.status, string(res.body))
+			require.Eventually(t, func() bool {
+				servers, err := tc.nodes[0].Store().Configuration()
+				if err != nil {
+					return false
+				}
+				for _, s := range servers {
+					if s.ID == "n4" {
+						return s.Voter == tt.wantVoter
+					}
+				}
+				return false
+			}, clusterWait, 20*time.Millisecond)
+			tc.waitLeader(append(tc.nodes, n4)...)
+		})
+	}
+}
+
+func TestLeaderLossElectsNewLeaderAndServingContinues(t *testing.T) {
+	tc := mustNewCluster(t, 3, nil)
+	tc.waitMembers(tc.nodes...)
+	leader := tc.node(tc.waitLeader(tc.nodes...))
+	start := time.Now()
+	stopNode(leader)
+	var survivors []*Node
+	for _, nd := range tc.nodes {
+		if nd != leader {
+			survivors = append(survivors, nd)
+		}
+	}
+	var newLeader string
+	require.Eventually(t, func() bool {
+		newLeader = tc.waitLeader(survivors...)
+		return newLeader != leader.Name()
+	}, clusterWait, 20*time.Millisecond, "no new leader")
+	t.Logf("new leader %s after %s", newLeader, time.Since(start))
+	for i := 0; i < 30; i++ {
+		res := infer(t, survivors[i%2], fmt.Sprintf("after failover %d", i))
+		require.Equal(t, http.StatusOK, res.status, string(res.body))
+	}
+	res := doJSON(t, http.MethodPut, "http://"+survivors[0].HTTPAddr()+"/admin/v1/batching", testToken, map[string]any{"model": "sim-fast", "max_size": 9})
+	require.Equal(t, http.StatusOK, res.status, string(res.body))
+}
+
+func TestFullRestartKeepsRaftState(t *testing.T) {
+	tc := mustNewCluster(t, 3, nil)
+	res := doJSON(t, http.MethodPut, "http://"+tc.nodes[2].HTTPAddr()+"/admin/v1/batching", testToken, map[string]any{"model": "sim-fast", "max_size": 5, "flush_timeout": "4ms"})
+	require.Equal(t, http.StatusOK, res.status, string(res.body))
+	require.Eventually(t, func() bool {
+		for _, nd := range tc.nodes {
+			if _, ok := nd.Store().State().Batching["sim-fast"]; !ok {
+				return false
+			}
+		}
+		return true
+	}, clusterWait, 10*time.Millisecond)
+	for _, nd := range tc.nodes {
+		stopNode(nd)
+	}
+	// New ports, same data dirs: gossip carries the new Raft addresses.
+	tc.start(3, nil)
+	for _, nd := range tc.nodes {
+		require.Eventually(t, func() bool {
+			s, _ := nd.Scheduler().Settings("sim-fast")
+			return s.MaxSize == 5 && s.FlushTimeout == 4*time.Millisecond
+		}, clusterWait, 10*time.Millisecond)
+	}
+	res = doJSON(t, http.MethodPut, "http://"+tc.nodes[0].HTTPAddr()+"/admin/v1/batching", testToken, map[string]any{"model": "sim-fast", "max_size": 6})
+	require.Equal(t, http.StatusOK, res.status, string(res.body))
+}
+
+func TestRequestsSpreadAndDeadNodeStopsReceiving(t *testing.T) {
+	tc := mustNewCluster(t, 3, func(_ int, cfg *Config) {
+		// A slower model makes queues form, so work spreads.
+		cfg.Models[0].Sim.Base = 20 * time.Millisecond
+		cfg.Models[0].MaxSize = 2
+	})
+	tc.waitMembers(tc.nodes...)
+	served := countServed(t, tc.nodes[0], 60, 12)
+	require.Len(t, served, 3, "work should reach every node: %v", served)
+
+	dead := tc.nodes[2]
+	stopNode(dead)
+	require.Eventually(t, func() bool {
+		for _, c := range tc.nodes[0].candidates("sim-fast") {
+			if c.Node == dead.Name() {
+				return false
+			}
+		}
+		return true
+	}, clusterWait, 10*time.Millisecond, "dead node still a candidate")
+	served = countServed(t, tc.nodes[0], 40, 8)
+	require.NotContains(t, served, dead.Name())
+}
+
+// countServed sends total requests from clients goroutines to nd and counts
+// which node ran each; every request must succeed.
+func countServed(t *testing.T, nd *Node, total, clients int) map[string]int {
+	t.Helper()
+	var mu sync.Mutex
+	served := map[string]int{}
+	var wg sync.WaitGroup
+	errs := make(chan string, total)
+	for c := 0; c < clients; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			for i := c; i < total; i += clients {
+				b, _ := json.Marshal(map[string]any{"model": "sim-fast", "input": fmt.Sprintf("p%d", i)})
+				resp, err := http.Post("http://"+nd.HTTPAddr()+"/v1/infer", "application/json", bytes.NewReader(b))
+				if err != nil {
+					errs <- err.Error()
+					continue
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					errs <- fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(string(body)))
+					continue
+				}
+				mu.Lock()
+				served[resp.Header.Get("X-Shoal-Node")]++
+				mu.Unlock()
+			}
+		}(c)
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Errorf("request failed: %s", e)
+	}
+	return served
+}
