@@ -37,9 +37,19 @@ func (m *modelQueue) signal() {
 	}
 }
 
-// enqueue applies the per-priority share of the queue bound.
+// enqueue applies the per-priority share of the queue bound. Queue depth is
+// reported under the lock throughout, so reports arrive in the order the
+// queue changed and the gauge never sticks at a stale value.
 func (m *modelQueue) enqueue(t *Task) error {
 	m.mu.Lock()
+	select {
+	case <-m.stop:
+		// The dispatcher is gone and the queue was failed; a task pushed
+		// now would wait forever.
+		m.mu.Unlock()
+		return ErrDraining
+	default:
+	}
 	limit := m.settings.MaxQueue
 	switch t.req.Priority {
 	case PriorityLow:
@@ -52,9 +62,8 @@ func (m *modelQueue) enqueue(t *Task) error {
 		return ErrQueueFull
 	}
 	m.q.push(t)
-	depth := m.q.len()
+	m.obs.QueueDepth(m.name, m.q.len())
 	m.mu.Unlock()
-	m.obs.QueueDepth(m.name, depth)
 	m.signal()
 	return nil
 }
@@ -63,13 +72,14 @@ func (m *modelQueue) enqueue(t *Task) error {
 func (m *modelQueue) cancel(t *Task) {
 	m.mu.Lock()
 	removed := m.q.remove(t)
-	depth := m.q.len()
-	if removed && m.idle != nil {
-		m.idle.Broadcast()
+	if removed {
+		m.obs.QueueDepth(m.name, m.q.len())
+		if m.idle != nil {
+			m.idle.Broadcast()
+		}
 	}
 	m.mu.Unlock()
 	if removed {
-		m.obs.QueueDepth(m.name, depth)
 		t.Finish(Result{}, t.ctx.Err())
 	}
 }
@@ -115,9 +125,8 @@ func (m *modelQueue) nextBatch(timer *time.Timer) []*Task {
 				batch := m.q.pop(st.MaxSize, now)
 				m.batches++
 				m.running += len(batch)
-				depth := m.q.len()
+				m.obs.QueueDepth(m.name, m.q.len())
 				m.mu.Unlock()
-				m.obs.QueueDepth(m.name, depth)
 				return batch
 			}
 			wait = due.Sub(now)
@@ -212,8 +221,8 @@ func (m *modelQueue) runContinuous() {
 		var t *Task
 		if m.q.len() > 0 && m.cont.Active() < st.MaxSize {
 			t = m.q.pop(1, time.Now())[0]
+			m.obs.QueueDepth(m.name, m.q.len())
 		}
-		depth := m.q.len()
 		m.mu.Unlock()
 		if t != nil {
 			if t.ctx.Err() != nil {
@@ -225,13 +234,13 @@ func (m *modelQueue) runContinuous() {
 			m.running++
 			m.mu.Unlock()
 			if m.cont.Admit(t) {
-				m.obs.QueueDepth(m.name, depth)
 				go m.awaitContinuous(t)
 				continue
 			}
 			m.mu.Lock()
 			m.running--
 			m.q.pushFront(t)
+			m.obs.QueueDepth(m.name, m.q.len())
 			m.mu.Unlock()
 			select {
 			case <-room:
@@ -282,6 +291,7 @@ func (m *modelQueue) drain(ctx context.Context) error {
 func (m *modelQueue) failQueued(err error) {
 	m.mu.Lock()
 	tasks := m.q.pop(m.q.len(), time.Now())
+	m.obs.QueueDepth(m.name, 0)
 	m.mu.Unlock()
 	for _, t := range tasks {
 		t.Finish(Result{}, err)

@@ -79,19 +79,29 @@ func (b *Backend) Cost(n int) time.Duration {
 }
 
 type seq struct {
-	t      *scheduler.Task
-	words  []string
-	stop   []string
-	text   strings.Builder
-	prompt int
-	done   bool
+	t     *scheduler.Task
+	words []string
+	stop  []string
+	text  strings.Builder
+	// emitted is how much of text the client has been sent; a tail that
+	// may still grow into a stop string is held back.
+	emitted int
+	prompt  int
+	done    bool
 }
 
 // Run simulates one batch.
 func (b *Backend) Run(ctx context.Context, batch []*scheduler.Task) {
 	if !sleep(ctx, b.Cost(len(batch))) {
 		for _, t := range batch {
-			t.Finish(scheduler.Result{}, ctx.Err())
+			// The batch context only says every task ended; each task's
+			// own context says why (deadline or cancellation), which
+			// decides the client's status.
+			err := t.Context().Err()
+			if err == nil {
+				err = ctx.Err()
+			}
+			t.Finish(scheduler.Result{}, err)
 		}
 		return
 	}
@@ -143,29 +153,51 @@ func (s *seq) emit(step int) {
 	if step > 0 {
 		w = " " + w
 	}
-	before := s.text.Len()
 	s.text.WriteString(w)
-	if len(s.stop) > 0 {
-		full := s.text.String()
-		for _, stop := range s.stop {
-			if i := strings.Index(full, stop); i >= 0 && stop != "" {
-				if i > before {
-					s.t.Emit(full[before:i])
-				}
-				s.text.Reset()
-				s.text.WriteString(full[:i])
-				s.finish("stop")
-				return
-			}
+	full := s.text.String()
+	cut := -1
+	for _, stop := range s.stop {
+		if i := strings.Index(full, stop); i >= 0 && stop != "" && (cut < 0 || i < cut) {
+			cut = i
 		}
 	}
-	s.t.Emit(w)
+	if cut >= 0 {
+		s.text.Reset()
+		s.text.WriteString(full[:cut])
+		s.finish("stop")
+		return
+	}
+	// A stop string may span words: what could be its beginning is held
+	// back, so the streamed text always equals the final text.
+	if safe := len(full) - stopPrefixLen(full, s.stop); safe > s.emitted {
+		s.t.Emit(full[s.emitted:safe])
+		s.emitted = safe
+	}
 	if step == len(s.words)-1 && s.words[step] == endWord {
 		s.finish("stop")
 	}
 }
 
+// stopPrefixLen is the length of the longest tail of text that is a proper
+// beginning of a stop string.
+func stopPrefixLen(text string, stops []string) int {
+	n := 0
+	for _, stop := range stops {
+		for k := min(len(stop)-1, len(text)); k > n; k-- {
+			if strings.HasSuffix(text, stop[:k]) {
+				n = k
+				break
+			}
+		}
+	}
+	return n
+}
+
 func (s *seq) finish(reason string) {
+	if text := s.text.String(); len(text) > s.emitted {
+		s.t.Emit(text[s.emitted:])
+		s.emitted = len(text)
+	}
 	s.done = true
 	s.t.Finish(scheduler.Result{
 		Text:             s.text.String(),
