@@ -28,7 +28,8 @@ func newRootCmd() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	nodeCmd := &cobra.Command{Use: "node", Short: "Run and manage cluster nodes"}
 	nodeCmd.AddCommand(newStartCmd())
-	root.AddCommand(nodeCmd, newVersionCmd())
+	nodeCmd.AddCommand(newNodeAdminCmds()...)
+	root.AddCommand(nodeCmd, newAdminCmd(), newVersionCmd())
 	return root
 }
 
