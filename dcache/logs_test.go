@@ -1,0 +1,79 @@
+package dcache
+
+import (
+	"bytes"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestParseLogLine(t *testing.T) {
+	tests := []struct {
+		line  string
+		level slog.Level
+		msg   string
+	}{
+		{"[INFO] Join completed", slog.LevelDebug, "Join completed"},
+		{"[DEBUG] memberlist: Stream connection from=127.0.0.1:1", slog.LevelDebug, "memberlist: Stream connection from=127.0.0.1:1"},
+		{"[WARN] memberlist: Refuting a suspect message\n", slog.LevelWarn, "memberlist: Refuting a suspect message"},
+		{"[ERR] memberlist: Failed to send", slog.LevelWarn, "memberlist: Failed to send"},
+		{"2024/01/02 15:04:05 [ERROR] Join attempt returned error", slog.LevelWarn, "Join attempt returned error"},
+		{"no level at all", slog.LevelDebug, "no level at all"},
+		{"[not a level] text", slog.LevelDebug, "[not a level] text"},
+		{"[WARN", slog.LevelDebug, "[WARN"},
+		{"", slog.LevelDebug, ""},
+	}
+	for _, tc := range tests {
+		level, msg := parseLogLine(tc.line)
+		require.Equal(t, tc.level, level, tc.line)
+		require.Equal(t, tc.msg, msg, tc.line)
+	}
+}
+
+func FuzzParseLogLine(f *testing.F) {
+	for _, s := range []string{"[INFO] x", "[ERR] y", "]]][[[", "[WARN]", "a [DEBUG] b\n", "\x00[\xff]"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, line string) {
+		level, msg := parseLogLine(line)
+		if level != slog.LevelDebug && level != slog.LevelWarn {
+			t.Fatalf("level %v", level)
+		}
+		if !strings.Contains(line, msg) {
+			t.Fatalf("message %q is not part of %q", msg, line)
+		}
+	})
+}
+
+// syncBuffer is a bytes.Buffer safe for the concurrent writes of a slog handler.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestSlogWriterSplitsLines(t *testing.T) {
+	var buf syncBuffer
+	w := slogWriter{log: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	n, err := w.Write([]byte("[INFO] one\n[WARN] two\n\n"))
+	require.NoError(t, err)
+	require.Equal(t, 23, n)
+	out := buf.String()
+	require.Contains(t, out, "level=DEBUG msg=one")
+	require.Contains(t, out, "level=WARN msg=two")
+	require.Equal(t, 2, strings.Count(out, "\n"))
+}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package dcache
+
+const raceDetector = false
