@@ -50,6 +50,7 @@ type Node struct {
 	lastLoad gossip.Load
 
 	defaultBatching map[string]consensus.BatchingSettings
+	flights         flightGroup
 	gpu             atomic.Pointer[ops.GPUCapacity]
 	gpuMetrics      *ops.GPUMetrics
 

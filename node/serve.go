@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/shoal-dev/shoal/ops"
@@ -77,8 +78,41 @@ func (a *api) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
+		if r.Header.Get(router.HeaderForwarded) == "" {
+			// The receiving node looks the answer up, so a hit costs no hop.
+			if a.answerFromCache(ctx, w, r, req) {
+				status = http.StatusOK
+				return
+			}
+		}
 		status = a.dispatch(ctx, w, r, req, body, start)
 	}
+}
+
+// answerFromCache serves a cached answer when the request allows it and one
+// exists, and sets X-Shoal-Cache either way.
+func (a *api) answerFromCache(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest) bool {
+	key, ok := a.n.requestCacheKey(req)
+	pol := parseCacheControl(r.Header.Get("Cache-Control"))
+	if !ok || !pol.lookup {
+		setCacheHeader(w, cacheBypass)
+		return false
+	}
+	lctx, cancel := context.WithTimeout(ctx, a.n.cfg.Cache.LookupTimeout)
+	defer cancel()
+	ans, found := a.n.cacheLookup(lctx, req.Model, key)
+	if !found {
+		setCacheHeader(w, cacheMiss)
+		return false
+	}
+	setCacheHeader(w, cacheHit)
+	w.Header().Set(router.HeaderRoute, "cache")
+	if req.Stream {
+		a.replayStream(w, r, req, ans.Results[0])
+		return true
+	}
+	writeJSON(w, r, http.StatusOK, a.render(requestID(r.Context()), req, ans.Results))
+	return true
 }
 
 // dispatch runs the request here or on the peer the router picks. A
@@ -139,40 +173,72 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) int {
 // the status it sent.
 func (a *api) serve(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest, start time.Time) int {
 	id := requestID(r.Context())
+	key, cacheable := a.n.requestCacheKey(req)
+	pol := parseCacheControl(r.Header.Get("Cache-Control"))
+	if w.Header().Get("X-Shoal-Cache") == "" {
+		if cacheable && pol.lookup {
+			setCacheHeader(w, cacheMiss)
+		} else {
+			setCacheHeader(w, cacheBypass)
+		}
+	}
+	if req.Stream {
+		t, err := a.sched.Submit(ctx, req.requests(id)[0])
+		if err != nil {
+			return a.fail(w, r, err)
+		}
+		res, status := a.stream(ctx, w, r, req, t, start)
+		if status == http.StatusOK && cacheable && pol.store {
+			a.n.cacheStore(req.Model, key, []scheduler.Result{res})
+		}
+		return status
+	}
+	compute := func(cctx context.Context) ([]scheduler.Result, error) {
+		return a.run(cctx, req, id)
+	}
+	var results []scheduler.Result
+	var err error
+	if cacheable && pol.lookup {
+		results, err = a.n.coalesce(ctx, req.Model, key, pol.store, compute)
+	} else {
+		results, err = compute(ctx)
+		if err == nil && cacheable && pol.store {
+			a.n.cacheStore(req.Model, key, results)
+		}
+	}
+	if err != nil {
+		return a.fail(w, r, err)
+	}
+	for _, res := range results {
+		a.metrics.ObserveTokens(req.Model, res.PromptTokens, res.CompletionTokens, time.Since(start))
+	}
+	writeJSON(w, r, http.StatusOK, a.render(id, req, results))
+	return http.StatusOK
+}
+
+// run submits every prompt of req to the scheduler and waits for all.
+func (a *api) run(ctx context.Context, req *apiRequest, id string) ([]scheduler.Result, error) {
 	sreqs := req.requests(id)
 	tasks := make([]*scheduler.Task, 0, len(sreqs))
 	for _, sr := range sreqs {
 		t, err := a.sched.Submit(ctx, sr)
 		if err != nil {
-			ae := toAPIError(err)
-			writeError(w, r, ae)
-			return ae.Status
+			return nil, err
 		}
 		tasks = append(tasks, t)
 	}
-	if req.Stream {
-		return a.stream(ctx, w, r, req, tasks[0], start)
-	}
 	results := make([]scheduler.Result, len(tasks))
 	for i, t := range tasks {
-		select {
-		case <-t.Done():
-		case <-ctx.Done():
-			// The task ends with the context; wait for it so the error is
-			// the task's own (deadline or cancellation).
-			<-t.Done()
-		}
+		// A task always ends, with its context at the latest, so the error
+		// is the task's own (deadline or cancellation).
+		<-t.Done()
 		res, err := t.Outcome()
 		if err != nil {
-			ae := toAPIError(err)
-			writeError(w, r, ae)
-			return ae.Status
+			return nil, err
 		}
 		results[i] = res
-		a.metrics.ObserveTokens(req.Model, res.PromptTokens, res.CompletionTokens, time.Since(start))
 	}
-	writeJSON(w, r, http.StatusOK, a.render(id, req, results))
-	return http.StatusOK
+	return results, nil
 }
 
 type usage struct {
@@ -240,31 +306,22 @@ func (a *api) render(id string, req *apiRequest, results []scheduler.Result) any
 // stream answers with server-sent events, flushing each chunk as the backend
 // produces it. Nothing is written until the first chunk or the outcome is
 // known, so an early failure still gets a proper status code.
-func (a *api) stream(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest, t *scheduler.Task, start time.Time) int {
+func (a *api) stream(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest, t *scheduler.Task, start time.Time) (scheduler.Result, int) {
 	chunks, finished, err := t.Next(ctx)
 	if err != nil {
 		<-t.Done()
 	}
 	if err != nil || (finished && len(chunks) == 0) {
 		if _, terr := t.Outcome(); terr != nil {
-			ae := toAPIError(terr)
-			writeError(w, r, ae)
-			return ae.Status
+			return scheduler.Result{}, a.fail(w, r, terr)
 		}
 	}
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	sse := &sseWriter{w: w, rc: rc, id: requestID(r.Context()), req: req, created: time.Now().Unix(), node: a.node}
-	sse.begin()
+	sse := a.beginStream(w, r, req)
 	for {
 		for _, c := range chunks {
 			sse.delta(c)
 		}
-		_ = rc.Flush()
+		_ = sse.rc.Flush()
 		if finished {
 			break
 		}
@@ -279,12 +336,41 @@ func (a *api) stream(ctx context.Context, w http.ResponseWriter, r *http.Request
 		ae := toAPIError(terr)
 		sse.event(ae.body())
 		sse.done()
-		return ae.Status
+		return res, ae.Status
 	}
 	a.metrics.ObserveTokens(req.Model, res.PromptTokens, res.CompletionTokens, time.Since(start))
 	sse.finish(res)
 	sse.done()
-	return http.StatusOK
+	return res, http.StatusOK
+}
+
+func (a *api) beginStream(w http.ResponseWriter, r *http.Request, req *apiRequest) *sseWriter {
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	sse := &sseWriter{w: w, rc: http.NewResponseController(w), id: requestID(r.Context()), req: req, created: time.Now().Unix(), node: a.node}
+	sse.begin()
+	return sse
+}
+
+// replayStream sends a cached answer as a stream, a word per event, in the
+// same framing as a live one.
+func (a *api) replayStream(w http.ResponseWriter, r *http.Request, req *apiRequest, res scheduler.Result) {
+	sse := a.beginStream(w, r, req)
+	text := res.Text
+	for text != "" {
+		i := strings.IndexByte(text[1:], ' ')
+		if i < 0 {
+			sse.delta(text)
+			break
+		}
+		sse.delta(text[:i+1])
+		text = text[i+1:]
+	}
+	sse.finish(res)
+	sse.done()
 }
 
 // sseWriter frames a stream in the shape of the request's endpoint.

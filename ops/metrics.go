@@ -27,6 +27,15 @@ type Metrics struct {
 	Tokens          *prometheus.CounterVec
 	TokensPerSecond *prometheus.HistogramVec
 	InFlight        prometheus.Gauge
+	CacheHits       *prometheus.CounterVec
+	CacheMisses     *prometheus.CounterVec
+	CacheLookupMs   *prometheus.HistogramVec
+	RateLimited     *prometheus.CounterVec
+	BreakerState    *prometheus.GaugeVec
+	Routed          *prometheus.CounterVec
+	ForwardErrors   *prometheus.CounterVec
+	RouteDecisionUs prometheus.Histogram
+	Retries         *prometheus.CounterVec
 }
 
 // latencyBuckets cover 1 ms to 60 s, dense around the seed's 300/500 ms SLOs.
@@ -68,9 +77,39 @@ func NewMetrics() *Metrics {
 		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "inference_requests_in_flight", Help: "Requests being served by this node's HTTP port now.",
 		}),
+		CacheHits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inference_cache_hits_total", Help: "Response cache lookups that found an answer.",
+		}, []string{"model"}),
+		CacheMisses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inference_cache_misses_total", Help: "Response cache lookups that found nothing (or failed).",
+		}, []string{"model"}),
+		CacheLookupMs: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "inference_cache_lookup_ms", Help: "Response cache lookup time in milliseconds.",
+			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100},
+		}, []string{"model"}),
+		RateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inference_rate_limited_total", Help: "Requests refused by a rate limit, by the policy that refused them.",
+		}, []string{"policy"}),
+		BreakerState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "inference_breaker_state", Help: "Circuit breaker state per node and model: 0 closed, 1 half-open, 2 open.",
+		}, []string{"node", "model"}),
+		Routed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inference_routed_total", Help: "Requests this node routed, by target node and route (local or forward).",
+		}, []string{"target", "route"}),
+		ForwardErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inference_forward_errors_total", Help: "Forwards to a peer that failed, by target node.",
+		}, []string{"target"}),
+		RouteDecisionUs: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "inference_route_decision_us", Help: "Time to pick a target node, in microseconds.",
+			Buckets: []float64{1, 2, 5, 10, 25, 50, 100, 250, 1000},
+		}),
+		Retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inference_retries_total", Help: "Requests retried on another node after a failure before any byte reached the client.",
+		}, []string{"reason"}),
 	}
 	reg.MustRegister(m.RequestDuration, m.Requests, m.QueueDepthGauge, m.ActiveBatches, m.BatchSize,
-		m.QueueWaitMs, m.Tokens, m.TokensPerSecond, m.InFlight,
+		m.QueueWaitMs, m.Tokens, m.TokensPerSecond, m.InFlight, m.CacheHits, m.CacheMisses, m.CacheLookupMs,
+		m.RateLimited, m.BreakerState, m.Routed, m.ForwardErrors, m.RouteDecisionUs, m.Retries,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
