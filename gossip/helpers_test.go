@@ -182,3 +182,12 @@ func containsAll(s string, subs ...string) bool {
 	}
 	return true
 }
+
+// aliveNames lists the members g sees alive.
+func aliveNames(g *Gossip) []string {
+	var names []string
+	for _, m := range g.Alive() {
+		names = append(names, m.Name)
+	}
+	return names
+}
