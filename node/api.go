@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"strings"
 
 	"github.com/shoal-dev/shoal/scheduler"
@@ -54,16 +55,51 @@ func (f *flexString) UnmarshalJSON(b []byte) error {
 	if len(b) > 0 && b[0] == '[' {
 		f.isArr = true
 		if err := json.Unmarshal(b, &f.list); err != nil {
-			return errors.New("must be a string or an array of strings")
+			return typeError[flexString](b)
 		}
 		return nil
 	}
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return errors.New("must be a string or an array of strings")
+		return typeError[flexString](b)
 	}
 	f.list = []string{s}
 	return nil
+}
+
+// typeError reports a value of the wrong JSON type as encoding/json's own
+// type error, which the decoder stamps with the field's path, so the client
+// learns which field was wrong.
+func typeError[T any](b []byte) error {
+	kind := "value"
+	if len(b) > 0 {
+		switch c := b[0]; {
+		case c == '"':
+			kind = "string"
+		case c == '{':
+			kind = "object"
+		case c == '[':
+			kind = "array"
+		case c == 't' || c == 'f':
+			kind = "bool"
+		case c == 'n':
+			kind = "null"
+		default:
+			kind = "number"
+		}
+	}
+	return &json.UnmarshalTypeError{Value: kind, Type: reflect.TypeFor[T]()}
+}
+
+// expected names what a field takes, in the API's terms.
+func expected(t reflect.Type) string {
+	switch t {
+	case reflect.TypeFor[flexString]():
+		return "a string or an array of strings"
+	case reflect.TypeFor[chatContent]():
+		return "a string or an array of content parts"
+	}
+	return t.String()
 }
 
 // chatContent accepts a message's content as a string or as an array of
@@ -80,7 +116,7 @@ func (c *chatContent) UnmarshalJSON(b []byte) error {
 			Text string `json:"text"`
 		}
 		if err := json.Unmarshal(b, &parts); err != nil {
-			return errors.New("must be a string or an array of content parts")
+			return typeError[chatContent](b)
 		}
 		var sb strings.Builder
 		for _, p := range parts {
@@ -96,7 +132,7 @@ func (c *chatContent) UnmarshalJSON(b []byte) error {
 		return nil
 	}
 	if err := json.Unmarshal(b, &c.text); err != nil {
-		return errors.New("must be a string or an array of content parts")
+		return typeError[chatContent](b)
 	}
 	return nil
 }
@@ -165,11 +201,13 @@ func describeJSONError(err error) error {
 	var se *json.SyntaxError
 	switch {
 	case errors.As(err, &te):
-		field := te.Field
+		// Fields promoted from the embedded commonFields carry its name in
+		// the path; the client knows them by their JSON names only.
+		field := strings.TrimPrefix(te.Field, "commonFields.")
 		if field == "" {
 			return badRequest("invalid_json", "request body must be a JSON object")
 		}
-		return badParam(field, fmt.Sprintf("%s: expected %s, got JSON %s", field, te.Type, te.Value))
+		return badParam(field, fmt.Sprintf("%s: expected %s, got JSON %s", field, expected(te.Type), te.Value))
 	case errors.As(err, &se):
 		return badRequest("invalid_json", fmt.Sprintf("malformed JSON at byte %d: %v", se.Offset, se))
 	case strings.Contains(err.Error(), "json: "):
