@@ -130,8 +130,10 @@ func (n *Node) runCluster(ctx context.Context) {
 			}
 		case <-reconcile.C:
 			n.reconcile(ctx)
+			n.breakers.tick()
 		case <-changes:
 			n.applyState()
+			n.exportBreakers()
 		case <-publish.C:
 			n.publishLoad()
 		}

@@ -51,6 +51,8 @@ type Node struct {
 
 	defaultBatching map[string]consensus.BatchingSettings
 	flights         flightGroup
+	breakers        breakers
+	retries         retryBudget
 	gpu             atomic.Pointer[ops.GPUCapacity]
 	gpuMetrics      *ops.GPUMetrics
 
@@ -97,6 +99,8 @@ func New(cfg Config) (*Node, error) {
 		peerClient:      &http.Client{Timeout: 15 * time.Second},
 		defaultBatching: map[string]consensus.BatchingSettings{},
 	}
+	n.breakers.n = n
+	n.retries.tokens = retryTokens
 	n.api = &api{n: n, node: cfg.NodeName, cfg: cfg.HTTP, sched: n.sched, metrics: metrics, logger: logger.With("component", "api")}
 	n.admin = ops.NewAdmin(ops.AdminConfig{Token: cfg.Admin.Token, Open: cfg.Dev && cfg.Admin.Token == "", Backend: adminBackend{n}, Logger: logger})
 	return n, nil

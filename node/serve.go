@@ -116,20 +116,35 @@ func (a *api) answerFromCache(ctx context.Context, w http.ResponseWriter, r *htt
 }
 
 // dispatch runs the request here or on the peer the router picks. A
-// request another node already routed is always served here. A forward that
-// fails before any byte reached the client is retried once on another node.
+// request another node already routed is always served here. A request that
+// fails before any byte reached the client (forward error, backend failure,
+// open breaker) is retried once on another node while the retry budget
+// allows.
 func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest, body []byte, start time.Time) int {
 	if r.Header.Get(router.HeaderForwarded) != "" {
 		w.Header().Set(router.HeaderRoute, "forwarded")
-		return a.serve(ctx, w, r, req, start)
+		status, err := a.serve(ctx, w, r, req, start)
+		if err != nil {
+			// Tell the routing node to try elsewhere.
+			return a.fail(w, r, &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "backend_unavailable",
+				Message: err.Error(), RetryAfter: time.Second})
+		}
+		return status
 	}
 	if !a.n.servedAnywhere(req.Model) {
 		return a.fail(w, r, fmt.Errorf("%w: %q (see GET /v1/models)", scheduler.ErrUnknownModel, req.Model))
 	}
+	a.n.retries.request()
 	tried := map[string]bool{}
 	var lastErr error
 	for attempt := 0; attempt < 2; attempt++ {
+		if attempt > 0 && !a.n.retries.take() {
+			a.n.metrics.Retries.WithLabelValues("budget_exhausted").Inc()
+			break
+		}
+		pickStart := time.Now()
 		target, policy, err := a.n.router.Pick(a.n.candidates(req.Model), tried)
+		a.n.metrics.RouteDecisionUs.Observe(float64(time.Since(pickStart)) / float64(time.Microsecond))
 		if err != nil {
 			if lastErr == nil {
 				lastErr = err
@@ -140,14 +155,24 @@ func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		if attempt > 0 {
 			route += ",retry"
 		}
+		tried[target.Node] = true
 		if target.Local {
+			a.n.metrics.Routed.WithLabelValues(target.Node, "local").Inc()
 			w.Header().Set(router.HeaderRoute, "local,"+route)
-			return a.serve(ctx, w, r, req, start)
+			status, err := a.serve(ctx, w, r, req, start)
+			if err == nil {
+				return status
+			}
+			a.n.metrics.Retries.WithLabelValues("local_failure").Inc()
+			lastErr = err
+			continue
 		}
+		a.n.metrics.Routed.WithLabelValues(target.Node, "forward").Inc()
 		err = a.n.fwd.Forward(ctx, w, r, body, target, "forward,"+route)
 		if err == nil {
 			return http.StatusOK
 		}
+		a.n.metrics.ForwardErrors.WithLabelValues(target.Node).Inc()
 		if !errors.Is(err, router.ErrRetryable) {
 			a.logger.Warn("forward failed", "request_id", requestID(r.Context()), "target", target.Node, "err", err)
 			if ctx.Err() != nil {
@@ -155,9 +180,12 @@ func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			}
 			return http.StatusBadGateway
 		}
-		a.logger.Info("forward failed; retrying elsewhere", "request_id", requestID(r.Context()), "target", target.Node, "err", err)
-		tried[target.Node] = true
+		a.n.metrics.Retries.WithLabelValues("forward_failure").Inc()
+		a.logger.Info("forward failed before responding", "request_id", requestID(r.Context()), "target", target.Node, "err", err)
 		lastErr = err
+	}
+	if ctx.Err() != nil {
+		return a.fail(w, r, ctx.Err())
 	}
 	return a.fail(w, r, &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "no_healthy_backend",
 		Message: fmt.Sprintf("no healthy node can serve %q now: %v", req.Model, lastErr), RetryAfter: time.Second})
@@ -170,9 +198,15 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) int {
 }
 
 // serve runs req on the local scheduler and writes the answer; it returns
-// the status it sent.
-func (a *api) serve(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest, start time.Time) int {
+// the status it sent. A non-nil error means the backend failed (or its
+// breaker is open) before anything was written: the caller may retry the
+// request elsewhere.
+func (a *api) serve(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest, start time.Time) (int, error) {
 	id := requestID(r.Context())
+	done, ok := a.n.breakers.admit(req.Model)
+	if !ok {
+		return 0, fmt.Errorf("%s on %s: %w", req.Model, a.node, errBreakerOpen)
+	}
 	key, cacheable := a.n.requestCacheKey(req)
 	pol := parseCacheControl(r.Header.Get("Cache-Control"))
 	if w.Header().Get("X-Shoal-Cache") == "" {
@@ -185,13 +219,18 @@ func (a *api) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 	if req.Stream {
 		t, err := a.sched.Submit(ctx, req.requests(id)[0])
 		if err != nil {
-			return a.fail(w, r, err)
+			done(err)
+			return a.fail(w, r, err), nil
 		}
-		res, status := a.stream(ctx, w, r, req, t, start)
+		res, status, err := a.stream(ctx, w, r, req, t, start)
+		done(err)
+		if isBackendFailure(err) && status == 0 {
+			return 0, err
+		}
 		if status == http.StatusOK && cacheable && pol.store {
 			a.n.cacheStore(req.Model, key, []scheduler.Result{res})
 		}
-		return status
+		return status, nil
 	}
 	compute := func(cctx context.Context) ([]scheduler.Result, error) {
 		return a.run(cctx, req, id)
@@ -206,14 +245,18 @@ func (a *api) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 			a.n.cacheStore(req.Model, key, results)
 		}
 	}
+	done(err)
 	if err != nil {
-		return a.fail(w, r, err)
+		if isBackendFailure(err) {
+			return 0, err
+		}
+		return a.fail(w, r, err), nil
 	}
 	for _, res := range results {
 		a.metrics.ObserveTokens(req.Model, res.PromptTokens, res.CompletionTokens, time.Since(start))
 	}
 	writeJSON(w, r, http.StatusOK, a.render(id, req, results))
-	return http.StatusOK
+	return http.StatusOK, nil
 }
 
 // run submits every prompt of req to the scheduler and waits for all.
@@ -303,17 +346,20 @@ func (a *api) render(id string, req *apiRequest, results []scheduler.Result) any
 	}
 }
 
-// stream answers with server-sent events, flushing each chunk as the backend
-// produces it. Nothing is written until the first chunk or the outcome is
-// known, so an early failure still gets a proper status code.
-func (a *api) stream(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest, t *scheduler.Task, start time.Time) (scheduler.Result, int) {
+// stream answers with server-sent events. A backend failure before the
+// first chunk returns status 0 and writes nothing, so the request can be
+// retried elsewhere.
+func (a *api) stream(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest, t *scheduler.Task, start time.Time) (scheduler.Result, int, error) {
 	chunks, finished, err := t.Next(ctx)
 	if err != nil {
 		<-t.Done()
 	}
 	if err != nil || (finished && len(chunks) == 0) {
 		if _, terr := t.Outcome(); terr != nil {
-			return scheduler.Result{}, a.fail(w, r, terr)
+			if isBackendFailure(terr) {
+				return scheduler.Result{}, 0, terr
+			}
+			return scheduler.Result{}, a.fail(w, r, terr), terr
 		}
 	}
 	sse := a.beginStream(w, r, req)
@@ -336,12 +382,12 @@ func (a *api) stream(ctx context.Context, w http.ResponseWriter, r *http.Request
 		ae := toAPIError(terr)
 		sse.event(ae.body())
 		sse.done()
-		return res, ae.Status
+		return res, ae.Status, terr
 	}
 	a.metrics.ObserveTokens(req.Model, res.PromptTokens, res.CompletionTokens, time.Since(start))
 	sse.finish(res)
 	sse.done()
-	return res, http.StatusOK
+	return res, http.StatusOK, nil
 }
 
 func (a *api) beginStream(w http.ResponseWriter, r *http.Request, req *apiRequest) *sseWriter {
