@@ -1,0 +1,280 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// Error kinds that have no HTTP status; HTTP failures are keyed by their
+// status code ("429", "503").
+const (
+	errTimeout     = "timeout"
+	errConnection  = "connection"
+	errStream      = "stream_error"
+	errBadResponse = "bad_response"
+	errDropped     = "dropped"
+)
+
+// result is one request's outcome.
+type result struct {
+	scheduled time.Time // when the load model wanted it sent
+	sent      time.Time // when it was actually handed to the transport
+	end       time.Time
+	status    int    // HTTP status; 0 when none arrived
+	errKind   string // empty on success
+	ttft      time.Duration
+	itl       []time.Duration
+	outTokens int
+	cache     string
+	node      string
+}
+
+func (r *result) ok() bool { return r.errKind == "" }
+
+type usage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+}
+
+// body builds the JSON request for endpoint e.
+func body(e Endpoint, model string, p Prompt, maxTokens int, stream bool) ([]byte, error) {
+	temp := 0.0
+	var v any
+	switch e {
+	case EndpointChat:
+		m := map[string]any{"model": model, "messages": p.messages(), "max_tokens": maxTokens, "temperature": temp, "stream": stream}
+		if stream {
+			m["stream_options"] = map[string]bool{"include_usage": true}
+		}
+		v = m
+	case EndpointCompletions:
+		m := map[string]any{"model": model, "prompt": p.text(), "max_tokens": maxTokens, "temperature": temp, "stream": stream}
+		if stream {
+			m["stream_options"] = map[string]bool{"include_usage": true}
+		}
+		v = m
+	default:
+		v = map[string]any{"model": model, "input": p.text(), "stream": stream,
+			"parameters": map[string]any{"max_tokens": maxTokens, "temperature": temp}}
+	}
+	return json.Marshal(v)
+}
+
+// send performs one request and classifies its outcome. The caller sets
+// scheduled; send fills the rest.
+func (r *runner) send(ctx context.Context, res *result, p Prompt) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+	defer cancel()
+	defer func() { res.end = time.Now() }()
+	b, err := body(r.cfg.Endpoint, r.cfg.Model, p, r.cfg.MaxTokens, r.cfg.Stream)
+	if err != nil {
+		res.errKind = errBadResponse
+		return
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.cfg.URL+r.cfg.Endpoint.path(), bytes.NewReader(b))
+	if err != nil {
+		res.errKind = errConnection
+		return
+	}
+	for k, vs := range r.cfg.Headers {
+		for _, v := range vs {
+			req.Header.Add(k, v)
+		}
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if r.cfg.APIKey != "" {
+		req.Header.Set("Authorization", "Bearer "+r.cfg.APIKey)
+	}
+	if r.cfg.Stream {
+		req.Header.Set("Accept", "text/event-stream")
+	}
+	res.sent = time.Now()
+	resp, err := r.client.Do(req)
+	if err != nil {
+		res.errKind = classify(ctx, err)
+		return
+	}
+	defer resp.Body.Close()
+	res.status = resp.StatusCode
+	res.cache = resp.Header.Get("X-Shoal-Cache")
+	res.node = resp.Header.Get("X-Shoal-Node")
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		res.errKind = strconv.Itoa(resp.StatusCode)
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+		return
+	}
+	if r.cfg.Stream {
+		r.readStream(ctx, resp.Body, res)
+		return
+	}
+	var out struct {
+		Usage *usage `json:"usage"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		res.errKind = classifyRead(ctx, err)
+		return
+	}
+	if out.Usage != nil {
+		res.outTokens = out.Usage.CompletionTokens
+	}
+}
+
+// streamChunk covers the chunk shapes of all three endpoints.
+type streamChunk struct {
+	Choices []struct {
+		Delta struct {
+			Content string `json:"content"`
+		} `json:"delta"`
+		Text string `json:"text"`
+	} `json:"choices"`
+	Text  string          `json:"text"`
+	Usage *usage          `json:"usage"`
+	Error json.RawMessage `json:"error"`
+}
+
+// readStream consumes an SSE body, timing each chunk that carries text.
+func (r *runner) readStream(ctx context.Context, body io.Reader, res *result) {
+	var last time.Time
+	chunks, usageTokens := 0, -1
+	done := false
+	err := readSSE(body, func(data []byte) (bool, error) {
+		now := time.Now()
+		if bytes.Equal(data, []byte("[DONE]")) {
+			done = true
+			return true, nil
+		}
+		var c streamChunk
+		if err := json.Unmarshal(data, &c); err != nil {
+			return true, fmt.Errorf("decode chunk: %w", err)
+		}
+		if len(c.Error) > 0 && !bytes.Equal(c.Error, []byte("null")) {
+			return true, errStreamFailed
+		}
+		if c.Usage != nil {
+			usageTokens = c.Usage.CompletionTokens
+		}
+		text := c.Text
+		for _, ch := range c.Choices {
+			text += ch.Delta.Content + ch.Text
+		}
+		if text == "" {
+			return false, nil
+		}
+		chunks++
+		if last.IsZero() {
+			res.ttft = now.Sub(res.scheduled)
+		} else {
+			res.itl = append(res.itl, now.Sub(last))
+		}
+		last = now
+		return false, nil
+	})
+	switch {
+	case errors.Is(err, errStreamFailed):
+		res.errKind = errStream
+	case err != nil:
+		res.errKind = classifyRead(ctx, err)
+	case !done:
+		// The server closed the stream without [DONE]: the answer may be
+		// cut short, so it does not count as a success.
+		res.errKind = errStream
+	}
+	res.outTokens = chunks
+	if usageTokens >= 0 {
+		res.outTokens = usageTokens
+	}
+}
+
+var errStreamFailed = errors.New("server sent an error event")
+
+// maxSSELine bounds one SSE line.
+const maxSSELine = 1 << 20
+
+// readSSE calls fn with the data of each server-sent event until fn asks to
+// stop, the body ends, or a line is malformed. Multi-line data fields are
+// joined with newlines as the SSE specification says.
+func readSSE(body io.Reader, fn func(data []byte) (stop bool, err error)) error {
+	br := bufio.NewReaderSize(body, 16<<10)
+	var data []byte
+	have := false
+	for {
+		line, err := br.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			// Rare long line: gather it whole, bounded.
+			long := append([]byte(nil), line...)
+			for errors.Is(err, bufio.ErrBufferFull) && len(long) <= maxSSELine {
+				line, err = br.ReadSlice('\n')
+				long = append(long, line...)
+			}
+			if len(long) > maxSSELine {
+				return fmt.Errorf("sse line longer than %d bytes", maxSSELine)
+			}
+			line = long
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		eof := errors.Is(err, io.EOF)
+		line = bytes.TrimRight(line, "\r\n")
+		switch {
+		case len(line) == 0:
+			if have {
+				stop, ferr := fn(data)
+				if ferr != nil || stop {
+					return ferr
+				}
+				data, have = data[:0], false
+			}
+		case line[0] == ':':
+			// comment / keep-alive
+		default:
+			field, value, _ := bytes.Cut(line, []byte(":"))
+			value = bytes.TrimPrefix(value, []byte(" "))
+			if string(field) == "data" {
+				if have {
+					data = append(data, '\n')
+				}
+				data = append(data, value...)
+				have = true
+			}
+		}
+		if eof {
+			if have {
+				_, ferr := fn(data)
+				return ferr
+			}
+			return nil
+		}
+	}
+}
+
+// classify names a transport error.
+func classify(ctx context.Context, err error) string {
+	var ne net.Error
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+		return errTimeout
+	}
+	return errConnection
+}
+
+// classifyRead names an error while reading a body.
+func classifyRead(ctx context.Context, err error) string {
+	if ctx.Err() != nil {
+		return errTimeout
+	}
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &se) || errors.As(err, &te) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return errBadResponse
+	}
+	return errConnection
+}

@@ -1,0 +1,231 @@
+package bench
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// runner holds what every request of a run shares.
+type runner struct {
+	cfg    Config
+	client *http.Client
+	picker *picker
+}
+
+// Run benchmarks the server described by cfg and returns the measured
+// phase's report. When ctx ends early the report covers what finished and
+// the error is ctx's.
+func Run(ctx context.Context, cfg Config) (Report, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return Report{}, err
+	}
+	client := cfg.Client
+	if client == nil {
+		tr := newTransport(cfg.conns())
+		defer tr.CloseIdleConnections()
+		client = &http.Client{Transport: tr}
+	}
+	if cfg.Model == "" {
+		m, err := FirstModel(ctx, client, cfg.URL, cfg.APIKey)
+		if err != nil {
+			return Report{}, err
+		}
+		cfg.Model = m
+	}
+	seed := cfg.Seed
+	if seed == 0 {
+		var b [8]byte
+		_, _ = crand.Read(b[:])
+		seed = binary.LittleEndian.Uint64(b[:]) | 1
+	}
+	r := &runner{cfg: cfg, client: client, picker: newPicker(cfg.Prompts, cfg.RepeatRatio, seed)}
+	log := cfg.Logger.With("component", "bench")
+	if cfg.Warmup > 0 {
+		log.Debug("warmup", "duration", cfg.Warmup)
+		// Warm-up is bounded by time only; its results are discarded.
+		r.phase(ctx, true, 0, cfg.Warmup)
+		if err := ctx.Err(); err != nil {
+			return Report{}, err
+		}
+	}
+	log.Debug("measuring", "mode", cfg.Mode(), "requests", cfg.Requests, "duration", cfg.Duration)
+	agg := r.phase(ctx, false, cfg.Requests, cfg.Duration)
+	return agg.report(cfg), ctx.Err()
+}
+
+// newTransport is a keep-alive pool sized to the load, so connection set-up
+// is not measured as server latency.
+func newTransport(conns int) *http.Transport {
+	return &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          conns,
+		MaxIdleConnsPerHost:   conns,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+}
+
+// phase runs one load phase and returns its aggregate.
+func (r *runner) phase(ctx context.Context, warmup bool, requests int, dur time.Duration) *aggregate {
+	agg := newAggregate(r.cfg.Timeout)
+	start := time.Now()
+	agg.start = start
+	stopProgress := r.progress(agg, warmup, requests, dur)
+	defer stopProgress()
+	if r.cfg.Rate > 0 {
+		r.openLoop(ctx, agg, start, requests, dur)
+	} else {
+		r.closedLoop(ctx, agg, start, requests, dur)
+	}
+	return agg
+}
+
+// one sends a request scheduled at `at` and records it, unless the run was
+// cancelled under it (a cancelled request says nothing about the server).
+func (r *runner) one(ctx context.Context, agg *aggregate, at time.Time) {
+	p, _ := r.picker.next()
+	res := result{scheduled: at}
+	r.send(ctx, &res, p)
+	if ctx.Err() != nil && !res.ok() {
+		return
+	}
+	agg.add(&res)
+}
+
+func (r *runner) closedLoop(ctx context.Context, agg *aggregate, start time.Time, requests int, dur time.Duration) {
+	var issued atomic.Int64
+	var deadline time.Time
+	if dur > 0 {
+		deadline = start.Add(dur)
+	}
+	var wg sync.WaitGroup
+	for range r.cfg.Concurrency {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				if requests > 0 && issued.Add(1) > int64(requests) {
+					return
+				}
+				now := time.Now()
+				if !deadline.IsZero() && !now.Before(deadline) {
+					return
+				}
+				r.one(ctx, agg, now)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// openLoop sends at fixed intervals from start, whatever the responses do.
+// Send times are computed from the start, not from the previous send, so a
+// late wake-up is caught up instead of lowering the rate.
+func (r *runner) openLoop(ctx context.Context, agg *aggregate, start time.Time, requests int, dur time.Duration) {
+	sem := make(chan struct{}, r.cfg.MaxInFlight)
+	interval := float64(time.Second) / r.cfg.Rate
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for i := 0; requests == 0 || i < requests; i++ {
+		offset := time.Duration(float64(i) * interval)
+		if dur > 0 && offset >= dur {
+			return
+		}
+		at := start.Add(offset)
+		if wait := time.Until(at); wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				return
+			}
+		} else if ctx.Err() != nil {
+			return
+		}
+		select {
+		case sem <- struct{}{}:
+			wg.Go(func() {
+				defer func() { <-sem }()
+				r.one(ctx, agg, at)
+			})
+		default:
+			agg.drop(at)
+		}
+	}
+}
+
+// progress reports the phase's counters periodically until stopped.
+func (r *runner) progress(agg *aggregate, warmup bool, requests int, dur time.Duration) (stop func()) {
+	if r.cfg.Progress == nil {
+		return func() {}
+	}
+	snap := func() Progress {
+		done, errs := agg.counts()
+		return Progress{Warmup: warmup, Done: done, Errors: errs, Total: int64(requests), Elapsed: time.Since(agg.start), Duration: dur}
+	}
+	quit := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				r.cfg.Progress(snap())
+			case <-quit:
+				return
+			}
+		}
+	})
+	return func() {
+		close(quit)
+		wg.Wait()
+		r.cfg.Progress(snap())
+	}
+}
+
+// FirstModel asks GET /v1/models for the first model the server lists.
+func FirstModel(ctx context.Context, client *http.Client, baseURL, apiKey string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+"/v1/models", nil)
+	if err != nil {
+		return "", fmt.Errorf("list models: %w", err)
+	}
+	if apiKey != "" {
+		req.Header.Set("Authorization", "Bearer "+apiKey)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("list models: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return "", fmt.Errorf("list models: %s: %s", resp.Status, b)
+	}
+	var list struct {
+		Data []struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+		return "", fmt.Errorf("list models: decode: %w", err)
+	}
+	if len(list.Data) == 0 || list.Data[0].ID == "" {
+		return "", ErrNoModel
+	}
+	return list.Data[0].ID, nil
+}
