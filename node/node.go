@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/shoal-dev/shoal/ops"
 	"github.com/shoal-dev/shoal/router"
 	"github.com/shoal-dev/shoal/scheduler"
+	"github.com/shoal-dev/shoal/scheduler/openai"
 	"github.com/shoal-dev/shoal/scheduler/sim"
 )
 
@@ -215,6 +217,13 @@ func (n *Node) newBackend(_ context.Context, m ModelConfig) (any, error) {
 		sc := m.Sim
 		sc.Model = m.Name
 		return sim.New(sc)
+	case "openai":
+		key := ""
+		if m.OpenAI.APIKeyEnv != "" {
+			key = os.Getenv(m.OpenAI.APIKeyEnv)
+		}
+		return openai.New(openai.Config{Model: m.Name, URL: m.OpenAI.URL, UpstreamModel: m.OpenAI.Model, APIKey: key,
+			Timeout: m.OpenAI.Timeout, MaxConns: m.OpenAI.MaxConns, Logger: n.logger})
 	}
 	return nil, fmt.Errorf("backend %q is not available in this build", m.Backend)
 }

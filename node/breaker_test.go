@@ -1,0 +1,140 @@
+package node
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/shoal-dev/shoal/consensus"
+)
+
+// upstream is an in-test OpenAI-compatible model server (outside the
+// project, so a fake is the right stand-in) that can be told to fail.
+type upstream struct {
+	srv     *httptest.Server
+	failing atomic.Bool
+	calls   atomic.Int64
+}
+
+func newUpstream(t *testing.T) *upstream {
+	u := &upstream{}
+	u.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.calls.Add(1)
+		if u.failing.Load() {
+			http.Error(w, `{"error":{"message":"upstream down","type":"server_error"}}`, http.StatusInternalServerError)
+			return
+		}
+		var body struct {
+			Prompt []string `json:"prompt"`
+		}
+		_ = json.NewDecoder(r.Body).Decode(&body)
+		choices := make([]map[string]any, max(1, len(body.Prompt)))
+		for i := range choices {
+			choices[i] = map[string]any{"index": i, "text": "ok", "finish_reason": "stop"}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"id": "x", "object": "text_completion", "choices": choices,
+			"usage": map[string]int{"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+	}))
+	t.Cleanup(u.srv.Close)
+	return u
+}
+
+func openAIModel(url string) ModelConfig {
+	m := DefaultModelConfig("up", "openai")
+	m.OpenAI.URL = url + "/v1"
+	m.OpenAI.Model = "upstream-model"
+	m.OpenAI.Timeout = 5 * time.Second
+	m.FlushTimeout = time.Millisecond
+	return m
+}
+
+func inferUp(t *testing.T, nd *Node, i int) httpResult {
+	t.Helper()
+	// temperature 1 without a seed: never cached, every request runs.
+	return doJSON(t, http.MethodPost, "http://"+nd.HTTPAddr()+"/v1/infer", "", map[string]any{
+		"model": "up", "input": fmt.Sprintf("q%d", i), "parameters": map[string]any{"temperature": 1}})
+}
+
+func TestBreakerOpensOnFailingUpstreamAndClosesAfterRecovery(t *testing.T) {
+	ups := []*upstream{newUpstream(t), newUpstream(t), newUpstream(t)}
+	tc := mustNewCluster(t, 3, func(i int, cfg *Config) {
+		cfg.Models = []ModelConfig{openAIModel(ups[i].srv.URL)}
+		cfg.CircuitBreaker.FailureThreshold = 3
+		cfg.CircuitBreaker.Timeout = 500 * time.Millisecond
+	})
+	require.Eventually(t, func() bool {
+		for _, nd := range tc.nodes {
+			if len(nd.candidates("up")) != 3 {
+				return false
+			}
+		}
+		return true
+	}, clusterWait, 20*time.Millisecond)
+	sick := tc.nodes[0]
+	ups[0].failing.Store(true)
+
+	// Requests keep succeeding while the sick node's backend fails: each
+	// failure is retried on a healthy node.
+	i := 0
+	require.Eventually(t, func() bool {
+		i++
+		res := inferUp(t, sick, i)
+		require.Equal(t, http.StatusOK, res.status, string(res.body))
+		for _, nd := range tc.nodes {
+			if nd.Store().State().Breaker(sick.Name(), "up").State != consensus.BreakerOpen {
+				return false
+			}
+		}
+		return true
+	}, clusterWait, 5*time.Millisecond, "breaker never opened on every node")
+
+	// While open, the sick node gets no work, from any entry node.
+	before := ups[0].calls.Load()
+	for j := 0; j < 30; j++ {
+		res := inferUp(t, tc.nodes[j%3], 1000+j)
+		require.Equal(t, http.StatusOK, res.status, string(res.body))
+		require.NotEqual(t, sick.Name(), res.header.Get("X-Shoal-Node"))
+	}
+	require.LessOrEqual(t, ups[0].calls.Load()-before, int64(1), "an open breaker admits at most one probe")
+
+	// After recovery a half-open probe closes the breaker.
+	ups[0].failing.Store(false)
+	require.Eventually(t, func() bool {
+		i++
+		inferUp(t, sick, i)
+		return sick.Store().State().Breaker(sick.Name(), "up").State == consensus.BreakerClosed
+	}, clusterWait, 20*time.Millisecond, "breaker never closed after the upstream recovered")
+
+	res := doJSON(t, http.MethodGet, "http://"+tc.nodes[2].HTTPAddr()+"/admin/v1/breakers", testToken, nil)
+	require.Equal(t, http.StatusOK, res.status)
+	require.Contains(t, string(res.body), `"state": "closed"`)
+	metrics := doJSON(t, http.MethodGet, "http://"+sick.HTTPAddr()+"/metrics", "", nil)
+	require.Contains(t, string(metrics.body), `inference_breaker_state{model="up",node="n1"} 0`)
+}
+
+func TestFlappingUpstreamStaysWithinTransitionBound(t *testing.T) {
+	up := newUpstream(t)
+	tc := mustNewCluster(t, 1, func(_ int, cfg *Config) {
+		cfg.Models = []ModelConfig{openAIModel(up.srv.URL)}
+		cfg.CircuitBreaker.FailureThreshold = 1
+		cfg.CircuitBreaker.Timeout = 50 * time.Millisecond
+	})
+	nd := tc.nodes[0]
+	start := nd.Store().AppliedIndex()
+	// Flip the upstream on every request for a few seconds.
+	deadline := time.Now().Add(4 * time.Second)
+	for i := 0; time.Now().Before(deadline); i++ {
+		up.failing.Store(i%2 == 0)
+		inferUp(t, nd, i)
+	}
+	transitions := nd.Store().AppliedIndex() - start
+	t.Logf("%d raft entries for a flapping upstream in 4s", transitions)
+	require.LessOrEqual(t, transitions, uint64(breakerTransitionsPerMinute+2))
+}
