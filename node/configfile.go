@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -60,7 +61,7 @@ type fileRaft struct {
 type fileCache struct {
 	Addr           *string `hcl:"addr,optional"`
 	MemberlistAddr *string `hcl:"memberlist_addr,optional"`
-	Backend        *string `hcl:"backend"`
+	Backend        *string `hcl:"backend,optional"`
 	DefaultTTL     *string `hcl:"default_ttl,optional"`
 	MaxBytes       *int64  `hcl:"max_bytes,optional"`
 	Lowercase      *bool   `hcl:"lowercase,optional"`
@@ -159,7 +160,7 @@ func (c *Config) loadHCL(src []byte, filename string) error {
 	}
 	var fc fileConfig
 	if diags := gohcl.DecodeBody(f.Body, nil, &fc); diags.HasErrors() {
-		return &ConfigError{diags}
+		return &ConfigError{nameAttributes(diags, f.Body.(*hclsyntax.Body))}
 	}
 	d := durations{body: f.Body.(*hclsyntax.Body), file: filename}
 	if err := c.merge(&fc, &d); err != nil {
@@ -169,6 +170,39 @@ func (c *Config) loadHCL(src []byte, filename string) error {
 		return &ConfigError{fmt.Errorf("%s", strings.Join(d.errs, "; "))}
 	}
 	return nil
+}
+
+// nameAttributes puts the dotted key in front of each diagnostic that
+// points into an attribute, because gohcl's type errors say only "a number
+// is required" with a line.
+func nameAttributes(diags hcl.Diagnostics, body *hclsyntax.Body) hcl.Diagnostics {
+	for _, d := range diags {
+		if d.Subject == nil {
+			continue
+		}
+		if key := attributeAt(body, *d.Subject, ""); key != "" && !strings.Contains(d.Detail, key) {
+			d.Detail = key + ": " + d.Detail
+		}
+	}
+	return diags
+}
+
+func attributeAt(body *hclsyntax.Body, r hcl.Range, prefix string) string {
+	for name, a := range body.Attributes {
+		if a.SrcRange.ContainsOffset(r.Start.Byte) {
+			return prefix + name
+		}
+	}
+	for _, b := range body.Blocks {
+		if b.Body.SrcRange.ContainsOffset(r.Start.Byte) {
+			p := prefix + b.Type + "."
+			if len(b.Labels) > 0 {
+				p += b.Labels[0] + "."
+			}
+			return attributeAt(b.Body, r, p)
+		}
+	}
+	return ""
 }
 
 // durations parses duration strings and, on failure, finds the line of the
@@ -369,7 +403,9 @@ func (c *Config) ApplyEnv(getenv Env) error {
 	durVar := func(key string, unit time.Duration, dst *time.Duration) {
 		if v, ok := getenv(key); ok {
 			n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err != nil || n < 0 {
+			// NaN, Inf and values past ~292 years would convert to
+			// garbage durations.
+			if err != nil || !(n >= 0) || n*float64(unit) > math.MaxInt64 {
 				errs = append(errs, fmt.Sprintf("%s: not a non-negative number: %q", key, v))
 				return
 			}
