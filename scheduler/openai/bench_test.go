@@ -36,8 +36,9 @@ func BenchmarkRunCompletions64(b *testing.B) {
 					}
 				}
 			}
-			calls, _, _, _ := u.stats()
+			calls, _, _, conns := u.stats()
 			b.ReportMetric(float64(calls)/float64(b.N), "upstream-calls/op")
+			b.ReportMetric(float64(conns), "conns-opened")
 		})
 	}
 }

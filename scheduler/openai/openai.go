@@ -114,6 +114,9 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.UpstreamModel == "" {
 		cfg.UpstreamModel = cfg.Model
 	}
+	if cfg.Model == "" {
+		cfg.Model = cfg.UpstreamModel
+	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultTimeout
 	}
@@ -362,6 +365,11 @@ func (b *Backend) runStream(runCtx context.Context, t *scheduler.Task) {
 		b.finishAll(tasks, nil, b.callError(ctx, callCtx, endpoint, 1, start, err))
 		return
 	}
+	// The answer is complete. A compliant server ends the response right
+	// after [DONE]; give one that does not a short grace for the deferred
+	// drain (which keeps the connection reusable), not a whole timeout,
+	// since Run holds a batch slot until it returns.
+	idle.Reset(min(b.cfg.Timeout, drainGrace))
 	b.logger.Debug("upstream stream done", "endpoint", endpoint, "elapsed", time.Since(start))
 	// Without include_usage support upstream, usage is estimated in words.
 	b.finishAll(tasks, []scheduler.Result{b.result(req, answer{Text: res.Text, FinishReason: res.FinishReason}, res.Usage)}, nil)
@@ -394,8 +402,12 @@ func (b *Backend) call(ctx context.Context, endpoint string, body any, n int, re
 	return answers, u, nil
 }
 
-// maxErrorBody bounds how much of an error answer is read.
-const maxErrorBody = 64 << 10
+const (
+	// maxErrorBody bounds how much of an error answer is read.
+	maxErrorBody = 64 << 10
+	// drainGrace bounds the wait for a stream's end after [DONE].
+	drainGrace = time.Second
+)
 
 // post sends one request. A non-2xx answer comes back as *UpstreamError;
 // transport errors come back raw, for callError to classify.

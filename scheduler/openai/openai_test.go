@@ -446,6 +446,26 @@ func TestSilentStreamTimesOutBetweenEvents(t *testing.T) {
 	require.Contains(t, err.Error(), "no event within 200ms")
 }
 
+func TestStreamThatStaysOpenAfterDoneReleasesTheBatch(t *testing.T) {
+	u := newUpstream(t)
+	u.handler = func(w http.ResponseWriter, r *http.Request, rec recorded) {
+		s := newSSE(w)
+		s.event(chunkJSON(false, "all", "stop"))
+		s.done()
+		<-r.Context().Done() // non-compliant: keeps the response open
+	}
+	// Without the drain grace Run would hold the batch slot for the whole
+	// 60s timeout, past wait's guard.
+	b := newBackend(t, u, func(c *Config) { c.Timeout = 60 * time.Second })
+	batch := tasks(context.Background(), stream(completion("a", scheduler.Params{})))
+
+	wait(t, runAsync(b, batch), "Run to return")
+
+	res, err := outcome(t, batch[0])
+	require.NoError(t, err)
+	require.Equal(t, "all", res.Text)
+}
+
 // blockingUpstream answers nothing: each request signals started, then
 // waits for the client to abort, which closes aborted.
 func blockingUpstream(t *testing.T, streamFirst bool) (u *upstream, started <-chan struct{}, aborted <-chan struct{}) {

@@ -41,6 +41,13 @@ func readStream(r io.Reader, emit func(string)) (streamResult, error) {
 		hasData   bool
 		eventName string
 	)
+	finished := func() streamResult {
+		res.Text = text.String()
+		if res.FinishReason == "" {
+			res.FinishReason = "stop"
+		}
+		return res
+	}
 	dispatch := func() (done bool, err error) {
 		defer func() { data, hasData, eventName = data[:0], false, "" }()
 		if string(data) == "[DONE]" {
@@ -90,11 +97,7 @@ func readStream(r io.Reader, emit func(string)) (streamResult, error) {
 				return streamResult{}, err
 			}
 			if done {
-				res.Text = text.String()
-				if res.FinishReason == "" {
-					res.FinishReason = "stop"
-				}
-				return res, nil
+				return finished(), nil
 			}
 			continue
 		}
@@ -134,11 +137,7 @@ func readStream(r io.Reader, emit func(string)) (streamResult, error) {
 			return streamResult{}, err
 		}
 		if done {
-			res.Text = text.String()
-			if res.FinishReason == "" {
-				res.FinishReason = "stop"
-			}
-			return res, nil
+			return finished(), nil
 		}
 	}
 	return streamResult{}, fmt.Errorf("%w: stream ended before [DONE]", ErrBadResponse)
