@@ -55,18 +55,34 @@ func (f *fsm) Apply(l *raft.Log) any {
 }
 
 func (f *fsm) applyEntry(index uint64, data []byte) any {
-	cur := f.state.Load()
-	next := *cur
-	next.Index = index
+	resp, err := f.tryApplyEntry(index, data)
+	if err != nil {
+		panic(fmt.Sprintf("consensus: committed log entry %d cannot be decoded: %v", index, err))
+	}
+	return resp
+}
+
+// tryApplyEntry is applyEntry returning, instead of panicking on, an entry
+// that does not decode; the state is then left unchanged.
+func (f *fsm) tryApplyEntry(index uint64, data []byte) (any, error) {
 	cmd, err := DecodeCommand(data)
 	if err != nil {
 		if errors.Is(err, ErrUnknownCommand) && CommandType(data[0])&IgnoreUnknownTypeFlag != 0 {
 			f.logger.Warn("skipping unknown command type marked ignorable", "type", data[0], "index", index)
+			next := *f.state.Load()
+			next.Index = index
 			f.state.Store(&next)
-			return nil
+			return nil, nil
 		}
-		panic(fmt.Sprintf("consensus: committed log entry %d cannot be decoded: %v", index, err))
+		return nil, err
 	}
+	return f.applyCommand(index, cmd), nil
+}
+
+func (f *fsm) applyCommand(index uint64, cmd Command) any {
+	cur := f.state.Load()
+	next := *cur
+	next.Index = index
 	// Validated again here so that no proposer, however buggy, can put a
 	// value into the state that the nodes' hot paths would choke on.
 	if err := cmd.Validate(); err != nil {

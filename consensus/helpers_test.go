@@ -192,7 +192,7 @@ func (c *testCluster) running() []*testNode {
 }
 
 // waitLeader waits until one running node is leader and every running
-// node knows it, and returns it.
+// node in its configuration knows it, and returns it.
 func (c *testCluster) waitLeader() *testNode {
 	c.t.Helper()
 	var leader *testNode
@@ -209,14 +209,31 @@ func (c *testCluster) waitLeader() *testNode {
 		if leader == nil {
 			return false
 		}
+		servers, err := leader.store.Configuration()
+		if err != nil {
+			return false
+		}
 		for _, node := range c.running() {
-			if node.store.LeaderID() != leader.id {
-				return false
+			for _, srv := range servers {
+				if srv.ID == node.id && node.store.LeaderID() != leader.id {
+					return false
+				}
 			}
 		}
 		return true
 	}, "a leader known to every running node")
 	return leader
+}
+
+// currentLeader returns the running leader, or nil; unlike waitLeader it
+// never fails the test, so conditions polled by waitFor may call it.
+func (c *testCluster) currentLeader() *testNode {
+	for _, node := range c.running() {
+		if node.store.IsLeader() {
+			return node
+		}
+	}
+	return nil
 }
 
 func (c *testCluster) follower() *testNode {
@@ -262,26 +279,39 @@ func (c *testCluster) waitConverged() *State {
 	c.t.Helper()
 	leader := c.waitLeader()
 	var want *State
+	var members []*testNode
 	waitFor(c.t, func() bool {
 		want = leader.store.State()
+		servers := c.voters(leader)
+		members = nil
 		for _, node := range c.running() {
+			if _, ok := servers[node.id]; !ok {
+				continue
+			}
+			members = append(members, node)
 			if node.store.State().Index != want.Index {
 				return false
 			}
 		}
 		return true
-	}, "all nodes applied the leader's last command")
-	for _, node := range c.running() {
+	}, "all servers applied the leader's last command")
+	for _, node := range members {
 		require.Equal(c.t, want, node.store.State(), "node %s", node.id)
 	}
 	return want
 }
 
+// voters maps the server IDs of node's configuration to their suffrage; it
+// is empty if node cannot read its configuration (shut down).
 func (c *testCluster) voters(node *testNode) map[string]bool {
-	c.t.Helper()
-	servers, err := node.store.Configuration()
-	require.NoError(c.t, err)
 	out := map[string]bool{}
+	if node == nil || node.store == nil {
+		return out
+	}
+	servers, err := node.store.Configuration()
+	if err != nil {
+		return out
+	}
 	for _, s := range servers {
 		out[s.ID] = s.Voter
 	}

@@ -187,6 +187,9 @@ type Store struct {
 	addrs     *addressBook
 	advertise string
 	hadState  bool
+	// provisional is the state described by the local log at start, served
+	// until the FSM catches up with it (see loadProvisional).
+	provisional atomic.Pointer[State]
 
 	// bootstrapped is set once this process bootstrapped the cluster.
 	bootstrapped atomic.Bool
@@ -249,6 +252,7 @@ func New(cfg Config) (_ *Store, err error) {
 		return nil, err
 	}
 	s.advertise = advertise.String()
+	s.addrs.set(cfg.NodeID, s.advertise)
 
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir %s: %w", cfg.DataDir, err)
@@ -297,6 +301,7 @@ func New(cfg Config) (_ *Store, err error) {
 	if f := s.raft.GetConfiguration(); f.Error() == nil {
 		s.addrs.learn(f.Configuration().Servers)
 	}
+	s.loadProvisional(logs)
 
 	s.bg.Add(1)
 	go s.watchLeadership()
@@ -509,10 +514,63 @@ func (s *Store) checkLeader() error {
 	return ErrNoLeader
 }
 
-// State returns the current shared state of this server's FSM. It is
-// immutable and must not be modified (see State); it reflects every command
-// this server has applied, which on a follower may trail the leader.
-func (s *Store) State() *State { return s.fsm.current() }
+// State returns the current shared state of this server. It is immutable
+// and must not be modified (see State). It reflects every command this
+// server has applied, which on a follower may trail the leader. Right after
+// a restart, until this server's FSM has caught up with its own log, it is
+// the state its local log describes (see loadProvisional), so a restarted
+// node keeps its policies even before (or without) a quorum.
+func (s *Store) State() *State {
+	cur := s.fsm.current()
+	if p := s.provisional.Load(); p != nil {
+		if cur.Index < p.Index {
+			return p
+		}
+		s.provisional.CompareAndSwap(p, nil)
+	}
+	return cur
+}
+
+// loadProvisional computes the state this server's log describes. Raft
+// restores the last snapshot at start but applies later entries only once a
+// leader has committed an entry of its own term, which after a full restart
+// takes an election and without a quorum never happens. Until then State
+// serves the snapshot plus every command in the local log. Entries past the
+// commit point may be among them and may later be truncated; they are
+// shown only until the FSM reaches that index, then the FSM's state is.
+func (s *Store) loadProvisional(logs raft.LogStore) {
+	base := s.fsm.current()
+	first, err := logs.FirstIndex()
+	if err != nil {
+		s.logger.Warn("provisional state: read first index", "err", err)
+		return
+	}
+	last, err := logs.LastIndex()
+	if err != nil {
+		s.logger.Warn("provisional state: read last index", "err", err)
+		return
+	}
+	scratch := newFSM(s.logger, func() {})
+	scratch.state.Store(base)
+	for i := max(first, base.Index+1); i <= last && i > 0; i++ {
+		var entry raft.Log
+		if err := logs.GetLog(i, &entry); err != nil {
+			s.logger.Warn("provisional state: read log", "index", i, "err", err)
+			return
+		}
+		if entry.Type != raft.LogCommand {
+			continue
+		}
+		if _, err := scratch.tryApplyEntry(entry.Index, entry.Data); err != nil {
+			s.logger.Warn("provisional state: undecodable entry; serving the snapshot only", "index", i, "err", err)
+			return
+		}
+	}
+	if p := scratch.current(); p.Index > s.fsm.current().Index {
+		s.provisional.Store(p)
+		s.logger.Info("serving state from the local log until the FSM catches up", "index", p.Index)
+	}
+}
 
 // ConsistentState returns the state after every write committed before the
 // call: on the leader it commits a barrier through a quorum first, so the

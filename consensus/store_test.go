@@ -188,16 +188,38 @@ func TestFullRestartKeepsState(t *testing.T) {
 	for _, n := range c.nodes {
 		c.start(n)
 		require.True(t, n.store.HasExistingState())
+		// Before any election the node serves the state its log holds.
+		require.Equal(t, before, n.store.State(), "node %s right after start", n.id)
 	}
 	leader = c.waitLeader()
-	// The new leader commits a no-op of its term first; then every node has
-	// replayed the log.
-	after := c.waitConverged()
-	require.Equal(t, before.Batching, after.Batching)
-	require.Equal(t, before.Cache, after.Cache)
+	// Once the new leader commits an entry of its term, every FSM replays
+	// the log and takes over from the provisional state.
+	for _, n := range c.nodes {
+		waitFor(t, func() bool { return n.store.fsm.current().Index == before.Index }, "%s replayed its log", n.id)
+		require.Equal(t, before, n.store.State())
+		require.Nil(t, n.store.provisional.Load())
+	}
 	_, err = leader.store.Apply(ctxT(t), setBatching("m0", 99))
 	require.NoError(t, err)
 	require.Equal(t, 99, c.waitConverged().Batching["m0"].MaxSize)
+}
+
+func TestRestartedNodeWithoutQuorumServesLocalState(t *testing.T) {
+	c := mustNewCluster(t, 3)
+	_, err := c.waitLeader().store.Apply(ctxT(t), PutTenant{Name: "acme", Limit: TenantLimit{RPM: 5}})
+	require.NoError(t, err)
+	_, err = c.waitLeader().store.Apply(ctxT(t), SetLimitPolicy{Policy: LimitPolicy{AuthRequired: true, Tenants: map[string]TenantLimit{"acme": {RPM: 5}}}})
+	require.NoError(t, err)
+	before := c.waitConverged()
+	for _, n := range c.nodes {
+		c.stop(n)
+	}
+	lone := c.nodes[0]
+	c.start(lone)
+	st := lone.store.State()
+	require.Equal(t, before, st)
+	require.True(t, st.Limits.AuthRequired, "a lone restarted node must not forget auth_required")
+	require.Empty(t, lone.store.LeaderID())
 }
 
 func TestFullRestartOnNewAddresses(t *testing.T) {
@@ -392,7 +414,8 @@ func TestStatsReportRaftAndFSM(t *testing.T) {
 	require.Equal(t, n.addr, st["advertise"])
 	require.Equal(t, strconv.FormatUint(idx, 10), st["fsm_index"])
 	require.GreaterOrEqual(t, n.store.LastIndex(), idx)
-	require.GreaterOrEqual(t, n.store.AppliedIndex(), idx)
+	// raft records the applied index just after the future returns.
+	waitFor(t, func() bool { return n.store.AppliedIndex() >= idx }, "applied index reaches %d", idx)
 }
 
 func TestNewRejectsBadConfig(t *testing.T) {
