@@ -17,25 +17,28 @@ import (
 // receiver's LoadUpdated for the first report carrying that change or a
 // later one. Reported: p50-ms, p99-ms, max-ms over all (receiver, change)
 // pairs. Run with e.g. -bench LoadPropagation -benchtime 200x.
-func BenchmarkLoadPropagation3(b *testing.B) { benchLoadPropagation(b, 3, "", busyPace) }
+func BenchmarkLoadPropagation3(b *testing.B) { benchLoadPropagation(b, 3, "", pace{busyMin, busyMax}) }
 
 // BenchmarkLoadPropagation5 is the yardstick: p99 under 500 ms.
-func BenchmarkLoadPropagation5(b *testing.B) { benchLoadPropagation(b, 5, "", busyPace) }
+func BenchmarkLoadPropagation5(b *testing.B) { benchLoadPropagation(b, 5, "", pace{busyMin, busyMax}) }
 
 // BenchmarkLoadPropagation5Encrypted adds gossip.encrypt_key (AES-256).
 func BenchmarkLoadPropagation5Encrypted(b *testing.B) {
-	benchLoadPropagation(b, 5, "4le0nSsm0KgyKc6dTmBnAA6Tq5pbxI5oWJL0WWHk0Kw=", busyPace)
+	benchLoadPropagation(b, 5, "4le0nSsm0KgyKc6dTmBnAA6Tq5pbxI5oWJL0WWHk0Kw=", pace{busyMin, busyMax})
 }
 
 // BenchmarkLoadPropagation5Sparse paces changes 50-100 ms apart, beyond
 // MinPushInterval, so each is sent at once: the network path alone.
-func BenchmarkLoadPropagation5Sparse(b *testing.B) { benchLoadPropagation(b, 5, "", sparsePace) }
+func BenchmarkLoadPropagation5Sparse(b *testing.B) {
+	benchLoadPropagation(b, 5, "", pace{sparseMin, sparseMax})
+}
 
+// pace is the range of random gaps between load changes.
 type pace struct{ min, max time.Duration }
 
-var (
-	busyPace   = pace{10 * time.Millisecond, 30 * time.Millisecond}
-	sparsePace = pace{50 * time.Millisecond, 100 * time.Millisecond}
+const (
+	busyMin, busyMax     = 10 * time.Millisecond, 30 * time.Millisecond
+	sparseMin, sparseMax = 50 * time.Millisecond, 100 * time.Millisecond
 )
 
 // receipt is when a receiver's state took a report with Seq seq.

@@ -296,9 +296,10 @@ func (g *Gossip) localState(now time.Time) []byte {
 
 // target is a member to send load to.
 type target struct {
-	name string
-	node memberlist.Node
-	peer *peer
+	name  string
+	node  memberlist.Node
+	peer  *peer
+	alive bool // set by Leave only
 }
 
 // targetsLocked lists the members that should get our load.

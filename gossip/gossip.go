@@ -275,24 +275,52 @@ func (g *Gossip) Leave(timeout time.Duration) error {
 	g.self.state = StateLeft
 	g.self.stateChanged = time.Now()
 	targets := g.targetsLocked()
+	for i := range targets {
+		// Copy the state now: p.state is guarded by g.mu.
+		targets[i].alive = targets[i].peer.state == StateAlive
+	}
 	g.mu.Unlock()
 
 	// memberlist's NotifyLeave does not say whether a node left or died,
-	// so announce the intent first: over UDP now, and over TCP in the
-	// background in case a packet is lost. Receivers that see the death
-	// before the intent convert Dead to Left when it arrives.
+	// so announce the intent first: over UDP to every member, and over TCP
+	// to the alive ones in case a packet is lost, waiting for those up to
+	// half the timeout. Receivers that see the death before the intent
+	// convert Dead to Left when it arrives.
+	start := time.Now()
 	msg := encodeLeaveMsg(g.cfg.Name)
+	var sent sync.WaitGroup
 	for _, t := range targets {
 		if err := g.ml.SendBestEffort(&t.node, msg); err != nil {
 			g.log.Debug("send leave intent", "to", t.name, "err", err)
 		}
+		if !t.alive {
+			continue
+		}
 		g.wg.Add(1)
+		sent.Add(1)
 		go func(n memberlist.Node) {
 			defer g.wg.Done()
+			defer sent.Done()
 			if err := g.ml.SendReliable(&n, msg); err != nil {
 				g.log.Debug("send leave intent over tcp", "to", n.Name, "err", err)
 			}
 		}(t.node)
+	}
+	allSent := make(chan struct{})
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		sent.Wait()
+		close(allSent)
+	}()
+	if timeout > 0 {
+		select {
+		case <-allSent:
+		case <-time.After(timeout / 2):
+		}
+		timeout = max(timeout-time.Since(start), time.Millisecond)
+	} else {
+		<-allSent
 	}
 	if err := g.ml.Leave(timeout); err != nil {
 		return fmt.Errorf("gossip leave: %w", err)
@@ -303,7 +331,9 @@ func (g *Gossip) Leave(timeout time.Duration) error {
 
 // Shutdown stops gossip without telling peers (they will detect this node
 // as failed unless Leave ran first), waits for background work, and closes
-// every subscription channel. Calling it again is a no-op.
+// every subscription channel. A leave announcement still in flight to an
+// unreachable peer can hold it up to memberlist's TCPTimeout. Calling it
+// again is a no-op.
 func (g *Gossip) Shutdown() error {
 	g.lifeMu.Lock()
 	defer g.lifeMu.Unlock()

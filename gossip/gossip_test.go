@@ -135,6 +135,20 @@ func TestLeaveMarksLeft(t *testing.T) {
 	require.NotContains(t, aliveNames(nodes[0]), "n2")
 }
 
+func TestLateLeaveIntentTurnsDeadIntoLeft(t *testing.T) {
+	nodes := startCluster(t, 3, nil)
+	require.NoError(t, nodes[2].Shutdown())
+	require.Eventually(t, func() bool { return memberState(nodes[1], "n2") == StateDead }, waitTimeout, 10*time.Millisecond)
+
+	// n2's intent, delivered (here relayed by n0) after n1 saw it die.
+	events, cancel := nodes[1].Subscribe()
+	defer cancel()
+	to := memberlistNode(t, nodes[0], "n1")
+	require.NoError(t, nodes[0].ml.SendReliable(&to, encodeLeaveMsg("n2")))
+	ev := waitEvent(t, events, EventLeft, "n2")
+	require.Equal(t, StateLeft, ev.Member.State)
+}
+
 func TestLeaveStopsJoinAndMetaUpdates(t *testing.T) {
 	nodes := startCluster(t, 2, nil)
 	require.NoError(t, nodes[1].Leave(5*time.Second))
@@ -165,6 +179,24 @@ func TestSuspectWhenLoadReportsStop(t *testing.T) {
 	require.Equal(t, StateSuspect, ev.Member.State)
 	require.Eventually(t, func() bool { return memberState(nodes[1], "n2") == StateSuspect }, waitTimeout, 10*time.Millisecond)
 	require.NotContains(t, aliveNames(nodes[0]), "n2", "a suspect member must not receive work")
+}
+
+func TestSuspectRecoversWhenLoadResumes(t *testing.T) {
+	quiet := testConfig("quiet")
+	quiet.LoadInterval = time.Hour // reports only on change
+	sender := startNode(t, quiet)
+	watchCfg := testConfig("watcher")
+	watchCfg.SuspectAfter = 300 * time.Millisecond
+	watcher := startNode(t, watchCfg)
+	events, cancel := watcher.Subscribe()
+	defer cancel()
+	mustJoin(t, watcher, sender)
+
+	waitEvent(t, events, EventSuspect, "quiet")
+	require.NotContains(t, aliveNames(watcher), "quiet")
+	require.NoError(t, sender.SetLoad(sampleLoad(1)))
+	ev := waitEvent(t, events, EventUpdate, "quiet")
+	require.Equal(t, StateAlive, ev.Member.State)
 }
 
 func TestUpdateMetaPropagates(t *testing.T) {
@@ -222,7 +254,12 @@ func TestNewJoinerLearnsLoadsViaPushPull(t *testing.T) {
 
 func TestEncryptionSameKeyJoins(t *testing.T) {
 	key := "cg8StVXbQJ0gPvMd9o7yrg==" // consul keygen, 16 bytes
-	startCluster(t, 2, func(i int, cfg *Config) { cfg.EncryptKey = key })
+	nodes := startCluster(t, 2, func(i int, cfg *Config) { cfg.EncryptKey = key })
+	require.NoError(t, nodes[0].SetLoad(sampleLoad(4)))
+	require.Eventually(t, func() bool {
+		m, _ := nodes[1].Member("n0")
+		return m.Load.Models["llama-3-8b"].QueueDepth == 4
+	}, waitTimeout, 5*time.Millisecond, "load messages are encrypted too")
 }
 
 func TestEncryptionMismatchCannotJoin(t *testing.T) {
@@ -426,7 +463,7 @@ func TestSetLoadRejectsOversizedLoad(t *testing.T) {
 	require.ErrorIs(t, g.SetLoad(Load{Models: map[string]ModelLoad{strings.Repeat("x", MaxNameLen+1): {}}}), ErrLoadTooLarge)
 }
 
-func TestLargeLoadGoesOverTCP(t *testing.T) {
+func TestLargeLoadArrivesIntact(t *testing.T) {
 	nodes := startCluster(t, 2, nil)
 	models := make(map[string]ModelLoad, 200)
 	for i := range 200 {
