@@ -29,16 +29,16 @@ const (
 // ModelConfig is the shape of a Llama-architecture model, as a llama2.c
 // checkpoint header describes it.
 type ModelConfig struct {
-	Dim       int // transformer width
-	HiddenDim int // feed-forward width
-	Layers    int
-	Heads     int // query heads
-	KVHeads   int // key/value heads; fewer than Heads is grouped-query attention
-	Vocab     int
-	SeqLen    int // longest context, in tokens
+	Dim       int `json:"dim"`        // transformer width
+	HiddenDim int `json:"hidden_dim"` // feed-forward width
+	Layers    int `json:"n_layers"`
+	Heads     int `json:"n_heads"`    // query heads
+	KVHeads   int `json:"n_kv_heads"` // key/value heads; fewer than Heads is grouped-query attention
+	Vocab     int `json:"vocab_size"`
+	SeqLen    int `json:"seq_len"` // longest context, in tokens
 	// SharedClassifier is true when the output layer reuses the token
 	// embedding table (a positive vocab_size in the header).
-	SharedClassifier bool
+	SharedClassifier bool `json:"shared_classifier"`
 }
 
 // HeadSize is the width of one attention head.
@@ -174,15 +174,15 @@ func (c ModelConfig) KVBytesPerSeq() int64 {
 type Info struct {
 	ModelConfig
 	// FileBytes is the checkpoint's size on disk.
-	FileBytes int64
+	FileBytes int64 `json:"file_bytes"`
 	// Params is the number of weights.
-	Params int64
+	Params int64 `json:"params"`
 	// FP32Bytes is the weight memory when serving unquantized.
-	FP32Bytes int64
+	FP32Bytes int64 `json:"fp32_bytes"`
 	// Int8Bytes is the weight memory with quantize="int8".
-	Int8Bytes int64
+	Int8Bytes int64 `json:"int8_bytes"`
 	// KVBytesPerSeq is the KV cache of one sequence at full context.
-	KVBytesPerSeq int64
+	KVBytesPerSeq int64 `json:"kv_bytes_per_seq"`
 }
 
 func infoFor(c ModelConfig) Info {
