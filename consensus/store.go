@@ -235,7 +235,7 @@ func New(cfg Config) (_ *Store, err error) {
 			return
 		}
 		if s.raft != nil {
-			s.raft.Shutdown()
+			_ = s.raft.Shutdown().Error() // waits for raft's goroutines
 		}
 		if s.trans != nil {
 			s.trans.Close()
@@ -303,9 +303,6 @@ func New(cfg Config) (_ *Store, err error) {
 	}
 	s.loadProvisional(logs)
 
-	s.bg.Add(1)
-	go s.watchLeadership()
-
 	s.logger.Info("raft started", "advertise", s.advertise, "existing_state", s.hadState,
 		"bootstrap_expect", cfg.BootstrapExpect)
 	if cfg.BootstrapExpect == 1 && !s.hadState {
@@ -313,6 +310,10 @@ func New(cfg Config) (_ *Store, err error) {
 			return nil, err
 		}
 	}
+	// Started last so that a failed New leaves no goroutine behind; raft
+	// buffers its notifications in leaderCh meanwhile.
+	s.bg.Add(1)
+	go s.watchLeadership()
 	return s, nil
 }
 
@@ -476,7 +477,8 @@ func (s *Store) Configuration() ([]Server, error) {
 // followers reach in State().Index (see WaitApplied). A domain error from the
 // FSM (such as ErrBreakerConflict) is returned as the error. On a follower it
 // returns ErrNotLeader, or ErrNoLeader when no leader is known, without
-// proposing anything.
+// proposing anything. ErrLeadershipLost, or ctx ending first, leaves the
+// outcome unknown: the write may still commit.
 func (s *Store) Apply(ctx context.Context, cmd Command) (uint64, error) {
 	if err := cmd.Validate(); err != nil {
 		return 0, err
