@@ -46,20 +46,12 @@ func (n *Node) cachePeers() []string {
 	return out
 }
 
-// startCache starts the cache member and then advertises its addresses.
+// startCache starts the cache member; until it has, requests run
+// uncached.
 func (n *Node) startCache(ctx context.Context) {
-	if err := n.cache.Start(ctx); err != nil {
-		if ctx.Err() == nil {
-			n.logger.Error("cache did not start; requests run uncached", "backend", n.cache.Backend(), "err", err)
-		}
-		return
+	if err := n.cache.Start(ctx); err != nil && ctx.Err() == nil {
+		n.logger.Error("cache did not start; requests run uncached", "backend", n.cache.Backend(), "err", err)
 	}
-	if n.cache.Backend() != dcache.BackendOlric {
-		return
-	}
-	n.updateMeta(ctx, func(m *metaUpdate) {
-		m.CacheAddr, m.CacheGossipAddr = n.cache.Addr(), n.cache.MemberlistAddr()
-	})
 }
 
 func (n *Node) cacheHealth() ops.Component {

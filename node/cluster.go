@@ -11,6 +11,7 @@ import (
 	sockaddr "github.com/hashicorp/go-sockaddr"
 
 	"github.com/shoal-dev/shoal/consensus"
+	"github.com/shoal-dev/shoal/dcache"
 	"github.com/shoal-dev/shoal/gossip"
 	"github.com/shoal-dev/shoal/ops"
 	"github.com/shoal-dev/shoal/router"
@@ -83,6 +84,10 @@ func (n *Node) startGossip(host string) error {
 		Version:         Version,
 		BootstrapExpect: n.cfg.Raft.BootstrapExpect,
 		RaftHasState:    n.store.HasExistingState(),
+	}
+	if n.cache.Backend() == dcache.BackendOlric {
+		// Known from the cache's New on, so peers can join it at once.
+		meta.CacheAddr, meta.CacheGossipAddr = n.cache.Addr(), n.cache.MemberlistAddr()
 	}
 	gc := gossip.Config{
 		Name:          n.cfg.NodeName,

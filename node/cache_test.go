@@ -1,0 +1,160 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/shoal-dev/shoal/dcache"
+)
+
+// olricCluster starts n nodes sharing an embedded Olric cache and waits
+// until every cache member sees all the others.
+func olricCluster(t *testing.T, n int, mutate func(i int, cfg *Config)) *testCluster {
+	t.Helper()
+	tc := mustNewCluster(t, n, func(i int, cfg *Config) {
+		cfg.Cache.Backend = "olric"
+		cfg.Tuning.Cache = func(c *dcache.Config) {
+			c.Network = "local"
+			c.PartitionCount = 23
+		}
+		if mutate != nil {
+			mutate(i, cfg)
+		}
+	})
+	require.Eventually(t, func() bool {
+		for _, nd := range tc.nodes {
+			if nd.cache.Members() != n || nd.cache.Health().Status != dcache.StatusOK {
+				return false
+			}
+		}
+		return true
+	}, 60*time.Second, 50*time.Millisecond, "olric members never formed one cluster")
+	return tc
+}
+
+func mustCacheKey(t *testing.T, input string) string {
+	t.Helper()
+	req, err := decodeInfer([]byte(`{"model":"sim-fast","input":` + strconv.Quote(input) + `,"parameters":{"temperature":0,"max_tokens":4}}`))
+	require.NoError(t, err)
+	key, ok := cacheKey(req, false)
+	require.True(t, ok)
+	return key
+}
+
+func deterministicInfer(t *testing.T, nd *Node, input string, headers map[string]string) httpResult {
+	t.Helper()
+	b, _ := json.Marshal(map[string]any{"model": "sim-fast", "input": input, "parameters": map[string]any{"temperature": 0, "max_tokens": 4}})
+	req, err := http.NewRequest(http.MethodPost, "http://"+nd.HTTPAddr()+"/v1/infer", bytes.NewReader(b))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return httpResult{status: resp.StatusCode, header: resp.Header, body: body}
+}
+
+func outputText(t *testing.T, body []byte) string {
+	var v struct {
+		Outputs []struct {
+			Text string `json:"text"`
+		} `json:"outputs"`
+	}
+	require.NoError(t, json.Unmarshal(body, &v), string(body))
+	require.NotEmpty(t, v.Outputs)
+	return v.Outputs[0].Text
+}
+
+func TestCacheAnswerComputedOnOneNodeHitsOnAnother(t *testing.T) {
+	tc := olricCluster(t, 3, nil)
+	a, b := tc.nodes[0], tc.nodes[1]
+	first := deterministicInfer(t, a, "shared   question", nil)
+	require.Equal(t, http.StatusOK, first.status, string(first.body))
+	require.Equal(t, cacheMiss, first.header.Get("X-Shoal-Cache"))
+	// The answer is stored in the background; wait until it is there.
+	require.Eventually(t, func() bool {
+		_, found, err := b.cache.Get(context.Background(), "sim-fast", mustCacheKey(t, "shared question"))
+		return err == nil && found
+	}, 10*time.Second, 10*time.Millisecond, "the answer was never stored")
+	// Whitespace differs: normalization makes it the same entry.
+	second := deterministicInfer(t, b, "  shared question ", nil)
+	require.Equal(t, cacheHit, second.header.Get("X-Shoal-Cache"))
+	require.Equal(t, outputText(t, first.body), outputText(t, second.body))
+
+	// no-cache skips the lookup; no-store skips storing.
+	nc := deterministicInfer(t, b, "shared question", map[string]string{"Cache-Control": "no-cache"})
+	require.Equal(t, cacheBypass, nc.header.Get("X-Shoal-Cache"))
+	ns := deterministicInfer(t, a, "never stored", map[string]string{"Cache-Control": "no-store"})
+	require.Equal(t, cacheBypass, ns.header.Get("X-Shoal-Cache"))
+	require.Equal(t, cacheMiss, deterministicInfer(t, b, "never stored", nil).header.Get("X-Shoal-Cache"))
+
+	// Sampling without a seed is never cached.
+	sampled := doJSON(t, http.MethodPost, "http://"+a.HTTPAddr()+"/v1/infer", "", map[string]any{"model": "sim-fast", "input": "x", "parameters": map[string]any{"temperature": 0.7}})
+	require.Equal(t, cacheBypass, sampled.header.Get("X-Shoal-Cache"))
+
+	// The admin API purges a model's entries cluster-wide.
+	res := doJSON(t, http.MethodDelete, "http://"+tc.nodes[2].HTTPAddr()+"/admin/v1/cache?model=sim-fast", testToken, nil)
+	require.Equal(t, http.StatusOK, res.status, string(res.body))
+	require.Equal(t, cacheMiss, deterministicInfer(t, b, "shared question", nil).header.Get("X-Shoal-Cache"))
+}
+
+// tasksRun is how many requests a node's backends ran: the sum of its
+// inference_batch_size histogram.
+func tasksRun(t *testing.T, nd *Node) float64 {
+	t.Helper()
+	mfs, err := nd.metrics.Registry.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() == "inference_batch_size" {
+			sum := 0.0
+			for _, m := range mf.GetMetric() {
+				sum += m.GetHistogram().GetSampleSum()
+			}
+			return sum
+		}
+	}
+	return 0
+}
+
+func TestIdenticalMissesRunTheModelOncePerCluster(t *testing.T) {
+	tc := olricCluster(t, 3, func(_ int, cfg *Config) {
+		// Slow enough that all requests arrive while the first computes.
+		cfg.Models[0].Sim.Base = 300 * time.Millisecond
+	})
+	var wg sync.WaitGroup
+	statuses := make([]int, 100)
+	texts := make([]string, 100)
+	for i := 0; i < 100; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			res := deterministicInfer(t, tc.nodes[i%3], "the same burst", nil)
+			statuses[i] = res.status
+			if res.status == http.StatusOK {
+				texts[i] = outputText(t, res.body)
+			}
+		}(i)
+	}
+	wg.Wait()
+	for i := range statuses {
+		require.Equal(t, http.StatusOK, statuses[i])
+		require.Equal(t, texts[0], texts[i])
+	}
+	total := 0.0
+	for _, nd := range tc.nodes {
+		total += tasksRun(t, nd)
+	}
+	require.Equal(t, 1.0, total, "100 identical concurrent misses over 3 nodes must run the model once")
+}
