@@ -283,7 +283,7 @@ func New(cfg Config) (_ *Store, err error) {
 	s.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		ServerAddressProvider: s.addrs,
 		Logger:                hlog.Named("transport"),
-		Stream:                &streamLayer{Listener: cfg.Listener, advertise: advertise},
+		Stream:                newStreamLayer(cfg.Listener, advertise),
 		MaxPool:               3,
 		Timeout:               10 * time.Second,
 	})
