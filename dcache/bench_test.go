@@ -25,9 +25,7 @@ func BenchmarkGetHit(b *testing.B) {
 	})
 	// Keys spread over three members: about two hits in three cross loopback TCP to the owner.
 	b.Run("olric-3members", func(b *testing.B) {
-		if raceDetector {
-			b.Skip("olric v0.7.0 routing-table push races (olric-data/olric#272)")
-		}
+		skipUnderRaceWithClusteredOlric(b)
 		c := startCluster(b, 3, func(c *Config) { c.LookupTimeout = DefaultLookupTimeout })[0]
 		benchGetHit(b, c)
 	})

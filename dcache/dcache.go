@@ -46,10 +46,10 @@ const (
 // Defaults applied by New to zero Config fields.
 const (
 	DefaultBindAddr       = "0.0.0.0:3320"
-	DefaultPartitionCount = 271
+	DefaultPartitionCount = 71
 	DefaultReplicaCount   = 1
 	DefaultMaxBytes       = 256 << 20
-	DefaultMaxValueBytes  = 1 << 20
+	DefaultMaxValueBytes  = 256 << 10
 	DefaultLookupTimeout  = 50 * time.Millisecond
 	DefaultOpTimeout      = 250 * time.Millisecond
 	DefaultJoinTimeout    = 10 * time.Second
@@ -58,8 +58,8 @@ const (
 	// memberlistPortOffset places Olric's memberlist next to its protocol port (3320 -> 3322),
 	// as Olric's own defaults do.
 	memberlistPortOffset = 2
-	// MaxKeyLen is the longest key accepted; Olric refuses longer ones.
-	MaxKeyLen = 256
+	// MaxKeyLen is the longest key accepted; Olric's storage refuses keys of 256 bytes or more.
+	MaxKeyLen = 255
 	// MaxNamespaceLen is the longest namespace accepted.
 	MaxNamespaceLen = 128
 )
@@ -125,7 +125,9 @@ type Config struct {
 	// counter owned by a member that dies is lost, which a cache tolerates.
 	ReplicaCount int
 
-	// PartitionCount is Olric's partition count. Default 271; small primes suit tests.
+	// PartitionCount is Olric's partition count (a prime). Default 71, plenty for tens of
+	// nodes: Olric allocates a storage table per (DMap, partition) a member owns, and probes
+	// owners partition by partition when the routing table changes, so fewer is cheaper.
 	PartitionCount uint64
 
 	// MinMembers is Olric's member-count quorum: with fewer members visible, this member
@@ -139,7 +141,9 @@ type Config struct {
 	// Default 256 MiB.
 	MaxBytes int64
 
-	// MaxValueBytes is the largest value Set accepts. Default 1 MiB.
+	// MaxValueBytes is the largest value Set accepts; larger responses are not cached
+	// (ErrTooLarge). On olric it also sizes Olric's storage tables, which are allocated whole, per
+	// namespace and partition. Default 256 KiB.
 	MaxValueBytes int
 
 	// LookupTimeout bounds every Get. Default 50ms.
@@ -599,8 +603,11 @@ func (c *Cache) Close(ctx context.Context) error {
 
 // fail records a failed call; unavailability marks the cache degraded for HealthWindow.
 func (c *Cache) fail(err error) {
-	if errors.Is(err, ErrInvalidKey) || errors.Is(err, ErrClosed) || errors.Is(err, ErrLocked) ||
-		errors.Is(err, context.Canceled) && !errors.Is(err, ErrUnavailable) {
+	switch {
+	case errors.Is(err, ErrUnavailable):
+	case errors.Is(err, ErrInvalidKey), errors.Is(err, ErrClosed), errors.Is(err, ErrLocked),
+		errors.Is(err, context.Canceled):
+		// The caller's doing (or a normal answer), not a failure of the cache.
 		return
 	}
 	c.errs.Add(1)

@@ -3,6 +3,7 @@ package dcache
 import (
 	"context"
 	"fmt"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -393,4 +394,22 @@ func TestConfigDefaults(t *testing.T) {
 	cfg, err = Config{BindAddr: "127.0.0.1:0"}.resolve()
 	require.NoError(t, err)
 	require.Equal(t, "127.0.0.1:0", cfg.MemberlistAddr, "a dynamic cache port gets a dynamic memberlist port")
+}
+
+func FuzzSplitHostPort(f *testing.F) {
+	for _, s := range []string{"0.0.0.0:3320", ":0", "[::1]:3322", "localhost:1", "1.2.3.4:65534", "1.2.3.4:-1", "x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, addr string) {
+		host, port, err := splitHostPort(addr)
+		if err != nil {
+			return
+		}
+		if port < 0 || port > 65535-memberlistPortOffset {
+			t.Fatalf("port %d accepted from %q", port, addr)
+		}
+		if net.ParseIP(host) == nil {
+			t.Fatalf("host %q accepted from %q", host, addr)
+		}
+	})
 }

@@ -1,11 +1,13 @@
 package dcache
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -161,8 +163,15 @@ func TestOlricSingleMember(t *testing.T) {
 		require.NoError(t, again(ctx))
 	})
 
-	t.Run("RejectsOversizedValue", func(t *testing.T) {
-		err := c.Set(ctx, "m1", "big", make([]byte, DefaultMaxValueBytes+1), 0)
+	t.Run("StoresTheLargestValueUnderTheLongestKey", func(t *testing.T) {
+		key := strings.Repeat("k", MaxKeyLen)
+		val := bytes.Repeat([]byte{7}, DefaultMaxValueBytes)
+		require.NoError(t, c.Set(ctx, "m1", key, val, 0))
+		got, ok, err := c.Get(ctx, "m1", key)
+		require.NoError(t, err)
+		require.True(t, ok)
+		require.Equal(t, val, got)
+		err = c.Set(ctx, "m1", "big", make([]byte, DefaultMaxValueBytes+1), 0)
 		require.ErrorIs(t, err, ErrTooLarge)
 	})
 
