@@ -25,7 +25,7 @@ run: build
 	@echo "shoal dev node starting on http://$(HTTP_ADDR)  (Ctrl-C to stop). Try:"
 	@echo
 	@echo "  curl -s http://$(HTTP_ADDR)/v1/chat/completions -H 'Content-Type: application/json' \\"
-	@echo "    -d '{\"model\":\"sim-fast\",\"messages\":[{\"role\":\"user\",\"content\":\"Tell me a story\"}],\"max_tokens\":32}'"
+	@echo "    -d '{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"Tell me a story\"}],\"max_tokens\":32}'"
 	@echo
 	./$(BIN) node start --dev --http-addr $(HTTP_ADDR)
 

@@ -239,9 +239,10 @@ func DefaultConfig() Config {
 	}
 }
 
-// DevModels are what --dev serves when no model is configured.
+// DevModels are what --dev serves when no model is configured: the
+// embedded engine's built-in model and a sim model.
 func DevModels() []ModelConfig {
-	return []ModelConfig{DefaultModelConfig("sim-fast", "sim")}
+	return []ModelConfig{DefaultModelConfig("tiny", "engine"), DefaultModelConfig("sim-fast", "sim")}
 }
 
 // ApplyDev turns cfg into a dev node: temporary data, loopback addresses,

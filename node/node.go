@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/consensus"
+	"github.com/shoal-dev/shoal/engine"
 	"github.com/shoal-dev/shoal/dcache"
 	"github.com/shoal-dev/shoal/gossip"
 	"github.com/shoal-dev/shoal/ops"
@@ -211,8 +212,12 @@ func (n *Node) startModel(ctx context.Context, m ModelConfig) error {
 	return nil
 }
 
-func (n *Node) newBackend(_ context.Context, m ModelConfig) (any, error) {
+func (n *Node) newBackend(ctx context.Context, m ModelConfig) (any, error) {
 	switch m.Backend {
+	case "engine":
+		e := m.Engine
+		return engine.New(ctx, engine.Config{Checkpoint: e.Checkpoint, Tokenizer: e.Tokenizer, DataDir: n.cfg.DataDir,
+			Quantize: e.Quantize, MaxSequences: e.MaxSequences, Threads: e.Threads, KVCacheBytes: int64(e.KVCacheMB) << 20, Logger: n.logger})
 	case "sim":
 		sc := m.Sim
 		sc.Model = m.Name
