@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/consensus"
-	"github.com/shoal-dev/shoal/engine"
 	"github.com/shoal-dev/shoal/dcache"
+	"github.com/shoal-dev/shoal/engine"
 	"github.com/shoal-dev/shoal/gossip"
 	"github.com/shoal-dev/shoal/ops"
 	"github.com/shoal-dev/shoal/router"
