@@ -81,6 +81,9 @@ var (
 	ErrNotStarted = errors.New("cache not started")
 	// ErrClosed is returned by every call after Close.
 	ErrClosed = errors.New("cache closed")
+
+	// errNoPeersYet makes Olric retry its join: membership has not listed any peer yet.
+	errNoPeersYet = errors.New("membership lists no cache peers yet")
 )
 
 // Config configures a Cache. Zero fields take the defaults above.
@@ -100,8 +103,9 @@ type Config struct {
 	MemberlistAddr string
 
 	// Peers returns the Olric memberlist addresses of the other nodes, from shoal's membership.
-	// It is Olric's peer discovery: called each time Olric tries to join, so it may change
-	// between calls. Entries equal to this node's own address are ignored. Nil means no peers.
+	// It is Olric's peer discovery: called on each join attempt (and by Health, to compare
+	// membership with Olric's view), so it may change between calls; it must be cheap and safe
+	// for concurrent use. Entries equal to this node's own address are ignored. Nil: no peers.
 	Peers func() []string
 
 	// WaitForPeers makes Start treat an empty Peers list as "membership not converged yet" and

@@ -1,14 +1,10 @@
 package dcache
 
 import (
-	"errors"
 	"log"
 	"log/slog"
 	"slices"
 )
-
-// errNoPeersYet makes Olric retry its join: membership has not listed any peer yet.
-var errNoPeersYet = errors.New("membership lists no cache peers yet")
 
 // peerDiscovery is Olric's ServiceDiscovery plugin backed by shoal's membership. Olric calls
 // DiscoverPeers on every join attempt, so the peers are always the current ones; shoal's
