@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -88,7 +87,9 @@ func toAPIError(err error) *apiError {
 		}
 		return e
 	}
-	return &apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: "internal_error", Message: fmt.Sprintf("internal error: %v", err)}
+	// What remains is a backend failure (an unreachable or broken upstream,
+	// a backend that dropped the task): the details stay in the node's log.
+	return &apiError{Status: http.StatusBadGateway, Type: "server_error", Code: "backend_error", Message: "the model backend failed; retry shortly", RetryAfter: time.Second}
 }
 
 func writeError(w http.ResponseWriter, r *http.Request, err *apiError) {

@@ -187,8 +187,9 @@ func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	if ctx.Err() != nil {
 		return a.fail(w, r, ctx.Err())
 	}
+	a.logger.Warn("no node could serve the request", "request_id", requestID(r.Context()), "model", req.Model, "err", lastErr)
 	return a.fail(w, r, &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "no_healthy_backend",
-		Message: fmt.Sprintf("no healthy node can serve %q now: %v", req.Model, lastErr), RetryAfter: time.Second})
+		Message: fmt.Sprintf("no healthy node can serve %q now; retry shortly", req.Model), RetryAfter: time.Second})
 }
 
 func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) int {
