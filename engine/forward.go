@@ -11,7 +11,9 @@ import (
 const kvPageTokens = 16
 
 // kvSeq is one sequence's key/value cache: pages of kvPageTokens positions,
-// each laid out as [layer][keys, values][position in page][kv_dim].
+// each laid out as [layer][keys, values][kv head][position in page][head
+// size], so one head's keys (or values) in a page are contiguous rows that a
+// single kernel call covers.
 type kvSeq struct {
 	pages [][]float32
 }
@@ -298,10 +300,14 @@ func (r *runner) ropeRow(_, i int) {
 		}
 	}
 	page := rw.kv.pages[rw.pos/kvPageTokens]
-	off := r.layer*2*kvPageTokens*kvd + (rw.pos%kvPageTokens)*kvd
-	copy(page[off:off+kvd], k)
-	off += kvPageTokens * kvd
-	copy(page[off:off+kvd], r.vv[i*kvd:(i+1)*kvd])
+	v := r.vv[i*kvd : (i+1)*kvd]
+	base := r.layer*2*kvPageTokens*kvd + (rw.pos%kvPageTokens)*hs
+	for g := 0; g < c.KVHeads; g++ {
+		off := base + g*kvPageTokens*hs
+		copy(page[off:off+hs], k[g*hs:(g+1)*hs])
+		off += kvPageTokens * kvd
+		copy(page[off:off+hs], v[g*hs:(g+1)*hs])
+	}
 }
 
 // attnItem is one head of one row: scaled dot-product attention over the
@@ -314,20 +320,23 @@ func (r *runner) attnItem(worker, item int) {
 	q := r.q[i*dim+h*hs : i*dim+(h+1)*hs]
 	att := r.att[worker][:rw.pos+1]
 	scale := float32(math.Sqrt(float64(hs)))
-	kvOff := (h/(c.Heads/c.KVHeads))*hs + r.layer*2*kvPageTokens*kvd
-	vOff := kvOff + kvPageTokens*kvd
+	kOff := r.layer*2*kvPageTokens*kvd + (h/(c.Heads/c.KVHeads))*kvPageTokens*hs
+	vOff := kOff + kvPageTokens*kvd
+	for t0 := 0; t0 < len(att); t0 += kvPageTokens {
+		n := min(kvPageTokens, len(att)-t0)
+		page := rw.kv.pages[t0/kvPageTokens]
+		r.k.MatMul(att[t0:t0+n], n, q, 1, page[kOff:kOff+n*hs], hs, n)
+	}
 	for t := range att {
-		page := rw.kv.pages[t/kvPageTokens]
-		o := kvOff + (t%kvPageTokens)*kvd
-		att[t] = r.k.Dot(q, page[o:o+hs]) / scale
+		att[t] /= scale
 	}
 	softmax(att)
 	xb := r.xb[i*dim+h*hs : i*dim+(h+1)*hs]
 	clear(xb)
-	for t, a := range att {
-		page := rw.kv.pages[t/kvPageTokens]
-		o := vOff + (t%kvPageTokens)*kvd
-		r.k.Axpy(xb, a, page[o:o+hs])
+	for t0 := 0; t0 < len(att); t0 += kvPageTokens {
+		n := min(kvPageTokens, len(att)-t0)
+		page := rw.kv.pages[t0/kvPageTokens]
+		r.k.AxpyRows(xb, att[t0:t0+n], page[vOff:vOff+n*hs], hs)
 	}
 }
 

@@ -37,3 +37,25 @@ func BenchmarkMatMul(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkMatMulStreaming multiplies a 32 MiB weight matrix, too big for
+// the caches, like a whole model's weights in one step.
+func BenchmarkMatMulStreaming(b *testing.B) {
+	r := rand.New(rand.NewPCG(1, 1))
+	const rows, n = 28672, 288
+	w := randVec(r, rows*n)
+	set := Best()
+	for _, seqs := range []int{1, 4, 16, 32} {
+		x := randVec(r, seqs*n)
+		out := make([]float32, seqs*rows)
+		b.Run(fmt.Sprintf("%s/seqs=%d", set.Name, seqs), func(b *testing.B) {
+			for b.Loop() {
+				for r0 := 0; r0 < rows; r0 += 64 {
+					set.MatMul(out[r0:], rows, x, seqs, w[r0*n:(r0+64)*n], n, 64)
+				}
+			}
+			b.ReportMetric(float64(b.N)*rows*n*float64(seqs)/b.Elapsed().Seconds()/1e9, "GMAC/s")
+			b.ReportMetric(float64(b.N)*rows*n*4/b.Elapsed().Seconds()/1e9, "GB/s")
+		})
+	}
+}

@@ -31,6 +31,9 @@ type Set struct {
 	Dot func(a, b []float32) float32
 	// Axpy adds a*x[i] to y[i] for i < len(y).
 	Axpy func(y []float32, a float32, x []float32)
+	// AxpyRows adds sum over r < len(a) of a[r]*x[r*ldx+i] to y[i] for
+	// i < len(y): the weighted sum of value rows in attention.
+	AxpyRows func(y []float32, a []float32, x []float32, ldx int)
 	// MatMul sets out[s*ldo+r] to the dot product of weight row r (w[r*n:])
 	// with activation row s (x[s*n:]) for r < rows and s < seqs.
 	MatMul func(out []float32, ldo int, x []float32, seqs int, w []float32, n, rows int)
@@ -40,7 +43,7 @@ type Set struct {
 
 // Generic returns the portable pure-Go kernels.
 func Generic() Set {
-	return Set{Name: "go", Dot: DotGo, Axpy: AxpyGo, MatMul: MatMulGo, MatMulQ8: MatMulQ8Go}
+	return Set{Name: "go", Dot: DotGo, Axpy: AxpyGo, AxpyRows: AxpyRowsGo, MatMul: MatMulGo, MatMulQ8: MatMulQ8Go}
 }
 
 // Best returns the fastest kernels this CPU supports.
@@ -103,6 +106,31 @@ func AxpyGo(y []float32, a float32, x []float32) {
 	x = x[:len(y)]
 	for i := range y {
 		y[i] += a * x[i]
+	}
+}
+
+func checkAxpyRows(ny, na, nx, ldx int) {
+	if na == 0 || ny == 0 {
+		return
+	}
+	if ldx < ny || nx < (na-1)*ldx+ny {
+		panic(fmt.Sprintf("kernels: axpyrows x too short: %d < (%d-1)*%d+%d", nx, na, ldx, ny))
+	}
+}
+
+// AxpyRowsGo is the pure-Go AxpyRows. Each y[i] sums its terms in row
+// order, as the AVX2 kernel does.
+func AxpyRowsGo(y []float32, a []float32, x []float32, ldx int) {
+	checkAxpyRows(len(y), len(a), len(x), ldx)
+	if len(a) == 0 {
+		return
+	}
+	for i := range y {
+		acc := y[i]
+		for r, ar := range a {
+			acc += ar * x[r*ldx+i]
+		}
+		y[i] = acc
 	}
 }
 

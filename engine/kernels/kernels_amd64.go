@@ -10,7 +10,7 @@ func AVX2() (Set, bool) {
 	if !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
 		return Set{}, false
 	}
-	return Set{Name: "avx2", Dot: dotAVX2Slice, Axpy: axpyAVX2Slice, MatMul: matMulAVX2, MatMulQ8: matMulQ8AVX2}, true
+	return Set{Name: "avx2", Dot: dotAVX2Slice, Axpy: axpyAVX2Slice, AxpyRows: axpyRowsAVX2Slice, MatMul: matMulAVX2, MatMulQ8: matMulQ8AVX2}, true
 }
 
 //go:noescape
@@ -18,6 +18,9 @@ func dotAVX2(a, b *float32, n int) float32
 
 //go:noescape
 func axpyAVX2(y, x *float32, a float32, n int)
+
+//go:noescape
+func axpyRowsAVX2(y *float32, n int, a *float32, rows int, x *float32, ldx int)
 
 //go:noescape
 func matmulX4AVX2(out *float32, ldo int, x *float32, ldx int, w *float32, n, rows int)
@@ -45,6 +48,14 @@ func axpyAVX2Slice(y []float32, a float32, x []float32) {
 	}
 	_ = x[len(y)-1]
 	axpyAVX2(&y[0], &x[0], a, len(y))
+}
+
+func axpyRowsAVX2Slice(y []float32, a []float32, x []float32, ldx int) {
+	checkAxpyRows(len(y), len(a), len(x), ldx)
+	if len(a) == 0 || len(y) == 0 {
+		return
+	}
+	axpyRowsAVX2(&y[0], len(y), &a[0], len(a), &x[0], ldx)
 }
 
 // rowBlock is how many weight rows one pass over a batch covers: enough to

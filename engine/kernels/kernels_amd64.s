@@ -92,7 +92,6 @@ TEXT ·matmulX4AVX2(SB), NOSPLIT, $0-56
 	MOVQ out+0(FP), DI
 	MOVQ ldo+8(FP), R8
 	SHLQ $2, R8
-	LEAQ (R8)(R8*2), R15
 	MOVQ x+16(FP), SI
 	MOVQ ldx+24(FP), R9
 	SHLQ $2, R9
@@ -111,6 +110,7 @@ pair:
 	CMPQ   R14, $2
 	JL     single
 	LEAQ   (BX)(R13*1), R9
+	LEAQ   (BX)(R13*4), R15
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
@@ -124,6 +124,9 @@ pair:
 	JE     pairreduce
 
 pairloop:
+	// Two row pairs ahead (contiguous rows), one cache line per step:
+	// streaming weights overlap the arithmetic on the current pair.
+	PREFETCHT0  (R15)(AX*8)
 	VMOVUPS     (BX)(AX*4), Y8
 	VMOVUPS     (R9)(AX*4), Y9
 	VMOVUPS     (SI)(AX*4), Y10
@@ -169,14 +172,15 @@ pairtail:
 	JMP         pairtail
 
 pairstore:
+	LEAQ   (DI)(R8*2), AX
 	VMOVSS X0, (DI)
 	VMOVSS X1, (DI)(R8*1)
 	VMOVSS X2, (DI)(R8*2)
-	VMOVSS X3, (DI)(R15*1)
+	VMOVSS X3, (AX)(R8*1)
 	VMOVSS X4, 4(DI)
 	VMOVSS X5, 4(DI)(R8*1)
 	VMOVSS X6, 4(DI)(R8*2)
-	VMOVSS X7, 4(DI)(R15*1)
+	VMOVSS X7, 4(AX)(R8*1)
 	ADDQ   $8, DI
 	LEAQ   (BX)(R13*2), BX
 	SUBQ   $2, R14
@@ -221,10 +225,11 @@ singletail:
 	JMP         singletail
 
 singlestore:
+	LEAQ   (DI)(R8*2), AX
 	VMOVSS X0, (DI)
 	VMOVSS X1, (DI)(R8*1)
 	VMOVSS X2, (DI)(R8*2)
-	VMOVSS X3, (DI)(R15*1)
+	VMOVSS X3, (AX)(R8*1)
 
 done:
 	VZEROUPPER
@@ -249,6 +254,8 @@ quad:
 	LEAQ   (BX)(R13*1), R9
 	LEAQ   (BX)(R13*2), R10
 	LEAQ   (R9)(R13*2), R11
+	LEAQ   (BX)(R13*8), R12
+	LEAQ   (R12)(R13*2), R15
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
@@ -258,6 +265,9 @@ quad:
 	JE     quadreduce
 
 quadloop:
+	// Rows eight ahead, as two contiguous pairs, one line each per step.
+	PREFETCHT0  (R12)(AX*8)
+	PREFETCHT0  (R15)(AX*8)
 	VMOVUPS     (SI)(AX*4), Y8
 	VFMADD231PS (BX)(AX*4), Y8, Y0
 	VFMADD231PS (R9)(AX*4), Y8, Y1
@@ -372,6 +382,7 @@ TEXT ·matmulQ8X4AVX2(SB), NOSPLIT, $0-48
 row:
 	CMPQ   R14, $0
 	JE     done
+	LEAQ   (BX)(R13*2), R9
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
@@ -379,6 +390,7 @@ row:
 	XORQ   AX, AX
 
 group:
+	PREFETCHT0   (R9)(AX*1)
 	VMOVDQU      4(BX)(AX*1), Y8
 	VPABSB       Y8, Y9
 	VBROADCASTSS (BX)(AX*1), Y10
@@ -438,6 +450,7 @@ quad:
 	LEAQ   (BX)(R13*1), R9
 	LEAQ   (BX)(R13*2), R10
 	LEAQ   (R9)(R13*2), R11
+	LEAQ   (BX)(R13*8), R12
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
@@ -445,6 +458,10 @@ quad:
 	XORQ   AX, AX
 
 quadgroup:
+	// Rows eight ahead are contiguous: 4*36 bytes of them per group.
+	PREFETCHT0   (R12)(AX*4)
+	PREFETCHT0   64(R12)(AX*4)
+	PREFETCHT0   128(R12)(AX*4)
 	VMOVDQU      4(SI)(AX*1), Y8
 	VPABSB       Y8, Y9
 	VBROADCASTSS (SI)(AX*1), Y10
@@ -490,6 +507,88 @@ singlegroup:
 	ADDQ   R13, BX
 	DECQ   R14
 	JMP    single
+
+done:
+	VZEROUPPER
+	RET
+
+// func axpyRowsAVX2(y *float32, n int, a *float32, rows int, x *float32, ldx int)
+// y[i] += a[0]*x[i] + a[1]*x[ldx+i] + ... in row order, 32 columns at a
+// time (four independent accumulators), then 8, then one.
+TEXT ·axpyRowsAVX2(SB), NOSPLIT, $0-48
+	MOVQ y+0(FP), DI
+	MOVQ n+8(FP), CX
+	MOVQ a+16(FP), SI
+	MOVQ rows+24(FP), R8
+	MOVQ x+32(FP), BX
+	MOVQ ldx+40(FP), R9
+	SHLQ $2, R9
+	XORQ AX, AX
+
+blk32:
+	LEAQ    32(AX), DX
+	CMPQ    DX, CX
+	JG      blk8
+	VMOVUPS (DI)(AX*4), Y0
+	VMOVUPS 32(DI)(AX*4), Y1
+	VMOVUPS 64(DI)(AX*4), Y2
+	VMOVUPS 96(DI)(AX*4), Y3
+	LEAQ    (BX)(AX*4), R10
+	XORQ    R11, R11
+
+row32:
+	VBROADCASTSS (SI)(R11*4), Y4
+	VFMADD231PS  (R10), Y4, Y0
+	VFMADD231PS  32(R10), Y4, Y1
+	VFMADD231PS  64(R10), Y4, Y2
+	VFMADD231PS  96(R10), Y4, Y3
+	ADDQ         R9, R10
+	INCQ         R11
+	CMPQ         R11, R8
+	JL           row32
+	VMOVUPS      Y0, (DI)(AX*4)
+	VMOVUPS      Y1, 32(DI)(AX*4)
+	VMOVUPS      Y2, 64(DI)(AX*4)
+	VMOVUPS      Y3, 96(DI)(AX*4)
+	MOVQ         DX, AX
+	JMP          blk32
+
+blk8:
+	LEAQ    8(AX), DX
+	CMPQ    DX, CX
+	JG      tail
+	VMOVUPS (DI)(AX*4), Y0
+	LEAQ    (BX)(AX*4), R10
+	XORQ    R11, R11
+
+row8:
+	VBROADCASTSS (SI)(R11*4), Y4
+	VFMADD231PS  (R10), Y4, Y0
+	ADDQ         R9, R10
+	INCQ         R11
+	CMPQ         R11, R8
+	JL           row8
+	VMOVUPS      Y0, (DI)(AX*4)
+	MOVQ         DX, AX
+	JMP          blk8
+
+tail:
+	CMPQ   AX, CX
+	JGE    done
+	VMOVSS (DI)(AX*4), X0
+	LEAQ   (BX)(AX*4), R10
+	XORQ   R11, R11
+
+row1:
+	VMOVSS      (SI)(R11*4), X4
+	VFMADD231SS (R10), X4, X0
+	ADDQ        R9, R10
+	INCQ        R11
+	CMPQ        R11, R8
+	JL          row1
+	VMOVSS      X0, (DI)(AX*4)
+	INCQ        AX
+	JMP         tail
 
 done:
 	VZEROUPPER

@@ -249,3 +249,28 @@ func TestMatMulPanicsOnShortSlices(t *testing.T) {
 		require.Panics(t, func() { set.MatMul(make([]float32, 3), 4, make([]float32, 8), 2, make([]float32, 16), 4, 4) }, set.Name)
 	}
 }
+
+func TestAxpyRowsMatchesReference(t *testing.T) {
+	r := rand.New(rand.NewPCG(17, 18))
+	for _, set := range sets(t) {
+		for _, n := range []int{1, 5, 8, 13, 32, 45, 48, 70} {
+			for _, rows := range []int{1, 3, 16} {
+				ldx := n + r.IntN(3)
+				x := randVec(r, (rows-1)*ldx+n)
+				a := randVec(r, rows)
+				y := randVec(r, n)
+				got := append([]float32(nil), y...)
+				set.AxpyRows(got, a, x, ldx)
+				for i := range y {
+					want, scale := float64(y[i]), math.Abs(float64(y[i]))
+					for k := range a {
+						p := float64(a[k]) * float64(x[k*ldx+i])
+						want += p
+						scale += math.Abs(p)
+					}
+					requireClose(t, want, float64(got[i]), scale, 1e-5, "%s axpyrows n=%d rows=%d i=%d", set.Name, n, rows, i)
+				}
+			}
+		}
+	}
+}
