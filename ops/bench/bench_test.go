@@ -282,3 +282,15 @@ func TestWriteJSONToFailingWriter(t *testing.T) {
 type failWriter struct{}
 
 func (failWriter) Write([]byte) (int, error) { return 0, io.ErrClosedPipe }
+
+func TestRunCountsCacheHits(t *testing.T) {
+	n := fastNode(t)
+	// One worker, so every repeat refers to an answer already stored.
+	rep := run(t, bench.Config{URL: n.URL, Model: "sim-fast", Requests: 200, Concurrency: 1, RepeatRatio: 0.5, MaxTokens: 2, Seed: 7})
+	require.EqualValues(t, 200, rep.OK, "errors: %v", rep.ErrorsByStatus)
+	require.True(t, rep.Cache.Seen)
+	require.EqualValues(t, 200, rep.Cache.Hits+rep.Cache.Misses+rep.Cache.Bypass)
+	require.InDelta(t, 0.5, rep.Cache.HitRatio, 0.1, "hits %d misses %d", rep.Cache.Hits, rep.Cache.Misses)
+	require.Equal(t, rep.Cache.HitRatio, rep.SLO[3].Value)
+	require.NotEqual(t, bench.StatusSkip, rep.SLO[3].Status)
+}

@@ -6,7 +6,9 @@ package benchtest
 
 import (
 	"context"
+	"encoding/json"
 	"net"
+	"net/http"
 	"testing"
 	"time"
 
@@ -50,10 +52,9 @@ func Start(t testing.TB, name string, models ...Model) *Node {
 	cfg := node.DefaultConfig()
 	cfg.NodeName = name
 	cfg.DataDir = t.TempDir()
-	cfg.Dev = true
 	cfg.Raft.BootstrapExpect = 1
+	cfg.RaftListener = listen(t)
 	cfg.Gossip.Addr = "127.0.0.1:0"
-	cfg.Raft.Addr = "127.0.0.1:0"
 	cfg.Cache.Addr = "127.0.0.1:0"
 	cfg.Cache.Backend = "local"
 	cfg.Admin.Token = AdminToken
@@ -66,9 +67,7 @@ func Start(t testing.TB, name string, models ...Model) *Node {
 		mc.MaxSize, mc.FlushTimeout, mc.MaxConcurrentBatches = m.MaxSize, m.FlushTimeout, m.Slots
 		cfg.Models = append(cfg.Models, mc)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	cfg.HTTPListener = ln
+	cfg.HTTPListener = listen(t)
 	n, err := node.New(cfg)
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -79,5 +78,33 @@ func Start(t testing.TB, name string, models ...Model) *Node {
 		defer cancel()
 		_ = n.Shutdown(ctx)
 	})
-	return &Node{Node: n, URL: "http://" + n.HTTPAddr()}
+	bn := &Node{Node: n, URL: "http://" + n.HTTPAddr()}
+	// The admin API needs a Raft leader; a one-node cluster elects itself
+	// shortly after Start returns.
+	require.Eventually(t, bn.hasLeader, time.Minute, 20*time.Millisecond, "node %s never became leader", name)
+	return bn
+}
+
+func (n *Node) hasLeader() bool {
+	req, err := http.NewRequest(http.MethodGet, n.URL+"/admin/v1/cluster", nil)
+	if err != nil {
+		return false
+	}
+	req.Header.Set("Authorization", "Bearer "+AdminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	var c struct {
+		Leader string `json:"leader"`
+	}
+	return resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&c) == nil && c.Leader != ""
+}
+
+func listen(t testing.TB) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	return ln
 }
