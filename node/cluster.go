@@ -128,8 +128,6 @@ func (n *Node) runCluster(ctx context.Context) {
 			return
 		case ev := <-events:
 			switch ev.Type {
-			case gossip.EventLoad:
-				n.router.LoadReported(ev.Member.Name)
 			case gossip.EventJoin, gossip.EventLeft, gossip.EventFailed, gossip.EventUpdate:
 				n.reconcile(ctx)
 			}
@@ -265,7 +263,7 @@ func (n *Node) candidates(model string) []router.Candidate {
 			continue
 		}
 		out = append(out, router.Candidate{Node: m.Name, HTTPAddr: m.Meta.HTTPAddr, QueueDepth: l.QueueDepth, Running: l.InFlight, Slots: l.Slots,
-			LoadAge: now.Sub(m.LoadUpdated), Open: st.Breaker(m.Name, model).State == consensus.BreakerOpen})
+			LoadAge: now.Sub(m.LoadUpdated), LoadAt: m.LoadUpdated, Open: st.Breaker(m.Name, model).State == consensus.BreakerOpen})
 	}
 	return out
 }

@@ -25,7 +25,7 @@ const clusterWait = 30 * time.Second
 
 const testToken = "test-admin-token-0123456789"
 
-func listenLoopback(t *testing.T) net.Listener {
+func listenLoopback(t testing.TB) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -34,7 +34,7 @@ func listenLoopback(t *testing.T) net.Listener {
 
 // clusterNodeConfig is a node on loopback ports with tightened gossip and
 // Raft timings, a fast sim model, and the admin token set.
-func clusterNodeConfig(t *testing.T, name string, dataDir string) Config {
+func clusterNodeConfig(t testing.TB, name string, dataDir string) Config {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.NodeName = name
@@ -70,7 +70,7 @@ func clusterNodeConfig(t *testing.T, name string, dataDir string) Config {
 }
 
 type testCluster struct {
-	t     *testing.T
+	t     testing.TB
 	nodes []*Node
 	dirs  []string
 }
@@ -78,7 +78,7 @@ type testCluster struct {
 // mustNewCluster starts n nodes that bootstrap Raft together
 // (bootstrap_expect = n) and waits until they agree on a leader. mutate may
 // adjust each node's configuration.
-func mustNewCluster(t *testing.T, n int, mutate func(i int, cfg *Config)) *testCluster {
+func mustNewCluster(t testing.TB, n int, mutate func(i int, cfg *Config)) *testCluster {
 	t.Helper()
 	tc := &testCluster{t: t}
 	for i := 0; i < n; i++ {

@@ -40,6 +40,9 @@ type Candidate struct {
 	Slots      int
 	// LoadAge is how old the load report is.
 	LoadAge time.Duration
+	// LoadAt is when the load report was produced (local clock); sends
+	// after it are not in the report, so the router adds them.
+	LoadAt time.Time
 	// Open marks a target whose breaker for the model is open.
 	Open bool
 }
@@ -63,9 +66,12 @@ type Router struct {
 	mu  sync.Mutex
 	rng *rand.Rand
 	rr  map[string]int
-	// sent counts requests sent to a node since its last load report.
-	sent map[string]int
+	// sent holds the times of recent sends to each node, oldest first.
+	sent map[string][]time.Time
 }
+
+// maxTrackedSends bounds the send history kept per node.
+const maxTrackedSends = 4096
 
 // New returns a router.
 func New(cfg Config) (*Router, error) {
@@ -84,7 +90,7 @@ func New(cfg Config) (*Router, error) {
 	if seed == 0 {
 		seed = rand.Uint64()
 	}
-	return &Router{policy: cfg.Policy, stale: cfg.StaleAfter, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), rr: map[string]int{}, sent: map[string]int{}}, nil
+	return &Router{policy: cfg.Policy, stale: cfg.StaleAfter, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), rr: map[string]int{}, sent: map[string][]time.Time{}}, nil
 }
 
 // Policy returns the configured policy.
@@ -109,9 +115,29 @@ func (r *Router) score(c Candidate) float64 {
 	slots := max(c.Slots, 1)
 	work := c.QueueDepth + c.Running
 	if !c.Local {
-		work += r.sent[c.Node]
+		work += r.sentSince(c.Node, c.LoadAt)
 	}
 	return float64(work) / float64(slots)
+}
+
+// sentSince counts sends to node after t.
+func (r *Router) sentSince(node string, t time.Time) int {
+	s := r.sent[node]
+	i := len(s)
+	for i > 0 && s[i-1].After(t) {
+		i--
+	}
+	return len(s) - i
+}
+
+func (r *Router) recordSend(node string, now time.Time) {
+	s := r.sent[node]
+	// Sends older than a stale report can no longer matter.
+	cut := 0
+	for cut < len(s) && (now.Sub(s[cut]) > r.stale || len(s)-cut >= maxTrackedSends) {
+		cut++
+	}
+	r.sent[node] = append(s[cut:], now)
 }
 
 // Pick chooses a target among cands for one request and records the send.
@@ -142,7 +168,7 @@ func (r *Router) Pick(cands []Candidate, exclude map[string]bool) (Candidate, st
 		pick = r.pickLeastQueued(cands)
 	}
 	if !pick.Local {
-		r.sent[pick.Node]++
+		r.recordSend(pick.Node, time.Now())
 	}
 	return pick, r.policy, nil
 }
@@ -170,12 +196,4 @@ func (r *Router) pickLeastQueued(cands []Candidate) Candidate {
 		}
 	}
 	return best
-}
-
-// LoadReported resets the count of sends to node: its new report includes
-// them.
-func (r *Router) LoadReported(node string) {
-	r.mu.Lock()
-	delete(r.sent, node)
-	r.mu.Unlock()
 }

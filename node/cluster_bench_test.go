@@ -1,0 +1,182 @@
+package node
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/stretchr/testify/require"
+)
+
+// These benchmarks measure the cluster as a whole; run them with
+// -benchtime 1x (each iteration is a full scenario):
+//
+//	go test ./node -run '^$' -bench 'Routing|ForwardHop|Scaling' -benchtime 1x
+
+// loadResult summarises a load run.
+type loadResult struct {
+	hist    *hdrhistogram.Histogram
+	served  map[string]int
+	errors  int
+	elapsed time.Duration
+}
+
+// runLoad sends total requests from clients goroutines; each request goes
+// to targets[i % len(targets)].
+func runLoad(tb testing.TB, targets []*Node, model string, total, clients int) loadResult {
+	tb.Helper()
+	tr := &http.Transport{MaxIdleConnsPerHost: clients, MaxConnsPerHost: clients}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 60 * time.Second}
+	res := loadResult{hist: hdrhistogram.New(1, 60_000_000, 3), served: map[string]int{}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	next := make(chan int, total)
+	for i := 0; i < total; i++ {
+		next <- i
+	}
+	close(next)
+	start := time.Now()
+	for c := 0; c < clients; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				body, _ := json.Marshal(map[string]any{"model": model, "input": fmt.Sprintf("request %d", i), "parameters": map[string]any{"temperature": 1}})
+				t0 := time.Now()
+				resp, err := client.Post("http://"+targets[i%len(targets)].HTTPAddr()+"/v1/infer", "application/json", bytes.NewReader(body))
+				if err != nil {
+					mu.Lock()
+					res.errors++
+					mu.Unlock()
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				us := time.Since(t0).Microseconds()
+				mu.Lock()
+				if resp.StatusCode != http.StatusOK {
+					res.errors++
+				} else {
+					_ = res.hist.RecordValue(us)
+					res.served[resp.Header.Get("X-Shoal-Node")]++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	res.elapsed = time.Since(start)
+	return res
+}
+
+func shares(served map[string]int) string {
+	total := 0
+	names := make([]string, 0, len(served))
+	for n, c := range served {
+		total += c
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var b bytes.Buffer
+	for _, n := range names {
+		fmt.Fprintf(&b, "%s=%.0f%% ", n, 100*float64(served[n])/float64(max(total, 1)))
+	}
+	return b.String()
+}
+
+// BenchmarkRoutingPolicies: three nodes whose sim models run at 1x, 1x and
+// 4x slower; 1000 requests at concurrency 32, all sent to the first node.
+func BenchmarkRoutingPolicies(b *testing.B) {
+	for _, policy := range []string{"least-queued", "round-robin", "random"} {
+		b.Run(policy, func(b *testing.B) {
+			tc := mustNewCluster(b, 3, func(i int, cfg *Config) {
+				cfg.Router.Policy = policy
+				m := &cfg.Models[0]
+				m.Sim.Base, m.Sim.PerItem, m.Sim.Exponent, m.Sim.TokenInterval = 10*time.Millisecond, 2*time.Millisecond, 1, 0
+				if i == 2 {
+					m.Sim.Base, m.Sim.PerItem = 40*time.Millisecond, 8*time.Millisecond
+				}
+				m.MaxSize, m.FlushTimeout = 4, time.Millisecond
+			})
+			tc.waitMembers(tc.nodes...)
+			for i := 0; i < b.N; i++ {
+				r := runLoad(b, tc.nodes[:1], "sim-fast", 1000, 32)
+				b.ReportMetric(float64(r.hist.ValueAtQuantile(50))/1000, "p50-ms")
+				b.ReportMetric(float64(r.hist.ValueAtQuantile(99))/1000, "p99-ms")
+				b.ReportMetric(float64(r.served["n3"])/10, "slow-node-%")
+				b.ReportMetric(float64(r.errors), "errors")
+				b.Logf("%s: p50 %.1fms p99 %.1fms shares %s errors %d", policy,
+					float64(r.hist.ValueAtQuantile(50))/1000, float64(r.hist.ValueAtQuantile(99))/1000, shares(r.served), r.errors)
+			}
+		})
+	}
+}
+
+// BenchmarkForwardHop: the latency one forwarding hop adds, over a
+// zero-cost sim model: requests sent to the node that serves the model
+// versus to a node that must forward them there.
+func BenchmarkForwardHop(b *testing.B) {
+	tc := mustNewCluster(b, 2, func(i int, cfg *Config) {
+		m := &cfg.Models[0]
+		m.Sim.Base, m.Sim.PerItem, m.Sim.TokenInterval = 0, 0, 0
+		m.MaxSize, m.FlushTimeout = 64, 0
+		if i == 0 {
+			// The entry node serves another model only, so it must forward.
+			m.Name = "elsewhere"
+		}
+	})
+	require.Eventually(b, func() bool { return len(tc.nodes[0].candidates("sim-fast")) == 1 }, clusterWait, 10*time.Millisecond)
+	for i := 0; i < b.N; i++ {
+		direct := runLoad(b, tc.nodes[1:], "sim-fast", 2000, 1)
+		hop := runLoad(b, tc.nodes[:1], "sim-fast", 2000, 1)
+		require.Zero(b, direct.errors+hop.errors)
+		d50, d99 := float64(direct.hist.ValueAtQuantile(50)), float64(direct.hist.ValueAtQuantile(99))
+		h50, h99 := float64(hop.hist.ValueAtQuantile(50)), float64(hop.hist.ValueAtQuantile(99))
+		b.ReportMetric(d50, "direct-p50-us")
+		b.ReportMetric(d99, "direct-p99-us")
+		b.ReportMetric(h50, "hop-p50-us")
+		b.ReportMetric(h99, "hop-p99-us")
+		b.Logf("direct p50 %.0fus p99 %.0fus; via one hop p50 %.0fus p99 %.0fus; added p50 %.0fus p99 %.0fus", d50, d99, h50, h99, h50-d50, h99-d99)
+	}
+}
+
+// BenchmarkHorizontalScaling: throughput of 1, 2, 3 and 5 nodes whose sim
+// models have a fixed capacity (one batch slot of at most 4 requests, 20 ms
+// a batch: 200 requests/s per node), with clients spread over all nodes.
+func BenchmarkHorizontalScaling(b *testing.B) {
+	var base float64
+	for _, n := range []int{1, 2, 3, 5} {
+		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
+			tc := mustNewCluster(b, n, func(_ int, cfg *Config) {
+				m := &cfg.Models[0]
+				m.Sim.Base, m.Sim.PerItem, m.Sim.TokenInterval = 20*time.Millisecond, 0, 0
+				m.MaxSize, m.FlushTimeout = 4, 2*time.Millisecond
+			})
+			tc.waitMembers(tc.nodes...)
+			for i := 0; i < b.N; i++ {
+				r := runLoad(b, tc.nodes, "sim-fast", 400*n, 12*n)
+				total := 0
+				for _, c := range r.served {
+					total += c
+				}
+				rps := float64(total) / r.elapsed.Seconds()
+				if n == 1 {
+					base = rps
+				}
+				b.ReportMetric(rps, "req/s")
+				if base > 0 {
+					b.ReportMetric(rps/float64(n)/base, "per-node-vs-1")
+				}
+				b.Logf("%d nodes: %.0f req/s (%.2f of one node's rate per node), errors %d, shares %s", n, rps, rps/float64(n)/max(base, 1), r.errors, shares(r.served))
+			}
+		})
+	}
+}
