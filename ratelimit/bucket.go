@@ -44,6 +44,7 @@ type bucket struct {
 	failed    bool // the last counter call failed: decide by the fallback share
 	retryAt   time.Time
 	lastLease int    // tokens granted by the last lease, for the prefetch threshold
+	boost     int    // MaxBlock multiplier for a key whose rate outruns its prefetches
 	need      int    // tokens a waiting request needs beyond balance
 	inflight  *lease // nil when no lease runs
 	lastUse   time.Time
@@ -79,6 +80,7 @@ func (b *bucket) roll(idx int64) {
 	b.idx = idx
 	b.balance, b.used, b.debt, b.seen, b.lastLease, b.need = 0, 0, 0, 0, 0, 0
 	b.exhausted = false
+	b.boost /= 2 // demand carries over to the next window, decaying
 	// A lease for the old window finishes on its own and finds the window changed.
 	b.inflight = nil
 	if !b.failed {
@@ -91,6 +93,9 @@ func (b *bucket) roll(idx int64) {
 func (b *bucket) remaining() int {
 	return min(b.limit, max(0, b.limit-b.seen)+b.balance)
 }
+
+// maxBoost bounds how far a hot key's blocks grow past MaxBlock.
+const maxBoost = 64
 
 type outcome int
 
@@ -150,6 +155,11 @@ func (b *bucket) take(l *Limiter, r Rule, now time.Time, fallback bool) takeOut 
 			l.startLease(b, now)
 		}
 		return out
+	}
+	if b.inflight != nil && b.lastLease > 0 {
+		// The balance ran dry while a prefetch was in flight: this key's rate outruns its
+		// blocks, so lease bigger ones.
+		b.boost = min(max(2*b.boost, 2), maxBoost)
 	}
 	b.need = max(b.need, cost-b.balance)
 	if b.inflight == nil && !l.startLease(b, now) {
@@ -254,7 +264,8 @@ func (b *bucket) charge(l *Limiter, r Rule, now time.Time, n int) bool {
 //
 // The block is a share of what the counter had left at the last look, split so that every node
 // could take two more blocks: remaining / (2 * nodes), within 1..MaxBlock, and at least what a
-// waiting request needs. Blocks shrink geometrically as the window fills, which bounds the
+// waiting request needs; a key that ran dry while its prefetch was in flight gets up to maxBoost
+// times MaxBlock. Blocks shrink geometrically as the window fills, which bounds the
 // tokens stranded on nodes that stop seeing the key.
 func (l *Limiter) startLease(b *bucket, now time.Time) bool {
 	if !l.startCall() {
@@ -264,7 +275,7 @@ func (l *Limiter) startLease(b *bucket, now time.Time) bool {
 	b.inflight = ls
 	size := 0
 	if !b.exhausted {
-		size = min(max((b.limit-b.seen)/(2*l.nodes()), 1), l.cfg.MaxBlock)
+		size = min(max((b.limit-b.seen)/(2*l.nodes()), 1), l.cfg.MaxBlock*max(b.boost, 1))
 		size = max(size, b.need)
 	}
 	go l.runLease(b, ls, b.idx, size, b.debt, ttlFor(b.idx, b.id.window, now))

@@ -211,7 +211,7 @@ type Stats struct {
 	Allowed, Denied int64
 	// FallbackAllowed counts requests admitted from the local fallback share.
 	FallbackAllowed int64
-	// Waits counts requests that waited for a lease.
+	// Waits counts requests that waited for a lease (at most LeaseTimeout).
 	Waits int64
 	// Leases counts successful counter calls that leased tokens or settled charges;
 	// LeasedTokens the tokens they granted.
@@ -304,14 +304,14 @@ func (l *Limiter) Allow(ctx context.Context, rules []Rule) Decision {
 	var takenBuf [8]taken
 	took := takenBuf[:0]
 	var best ruleResult
-	haveBest := false
-	var deadline time.Time
+	haveBest, degraded := false, false
+	st := allowState{now: l.cfg.Now()}
 	for i := range rules {
 		r := rules[i]
 		if !r.normalize() {
 			continue
 		}
-		res, ok := l.decide(ctx, r, &took, &deadline, rules[i+1:])
+		res, t, ok := l.decide(ctx, r, &st, rules[i+1:])
 		if !ok {
 			l.putBack(took)
 			l.denied.Add(1)
@@ -320,16 +320,15 @@ func (l *Limiter) Allow(ctx context.Context, rules []Rule) Decision {
 				Key:        r.Key,
 				Limit:      r.Limit,
 				Reset:      res.reset,
-				RetryAfter: max(0, res.reset.Sub(l.cfg.Now())),
+				RetryAfter: max(0, res.reset.Sub(st.now)),
 				Degraded:   res.degraded,
 			}
 		}
+		took = append(took, t)
+		degraded = degraded || res.degraded
 		if !haveBest || res.remaining < best.remaining ||
 			res.remaining == best.remaining && r.Limit < best.rule.Limit {
 			best, haveBest = res, true
-		}
-		if res.degraded {
-			best.degraded = true
 		}
 	}
 	l.allowed.Add(1)
@@ -343,53 +342,43 @@ func (l *Limiter) Allow(ctx context.Context, rules []Rule) Decision {
 		Limit:     best.rule.Limit,
 		Remaining: best.remaining,
 		Reset:     best.reset,
-		Degraded:  best.degraded,
+		Degraded:  degraded,
 	}
+}
+
+// allowState is what the rules of one Allow share: the clock reading (refreshed after a
+// wait) and one LeaseTimeout deadline for all their waits.
+type allowState struct {
+	now      time.Time
+	deadline time.Time // zero until the first wait
 }
 
 // decide takes r.Cost tokens for one rule, waiting for a lease if need be. later are the rules
 // still to be decided; their leases are started before this one waits, so that a request
 // whose rules are all cold waits about one round trip, not one per rule.
-func (l *Limiter) decide(ctx context.Context, r Rule, took *[]taken, deadline *time.Time, later []Rule) (ruleResult, bool) {
-	waited := false
+func (l *Limiter) decide(ctx context.Context, r Rule, st *allowState, later []Rule) (ruleResult, taken, bool) {
+	fallback := false
 	for {
-		now := l.cfg.Now()
 		b := l.bucketFor(r.id())
-		out := b.take(l, r, now, false)
+		out := b.take(l, r, st.now, fallback)
 		switch out.kind {
 		case outDead:
 			l.buckets.CompareAndDelete(r.id(), b)
 			continue
 		case outOK:
-			*took = append(*took, out.t)
-			return ruleResult{rule: r, remaining: out.remaining, reset: out.reset, degraded: out.degraded}, true
+			return ruleResult{rule: r, remaining: out.remaining, reset: out.reset, degraded: out.degraded}, out.t, true
 		case outDeny:
-			return ruleResult{rule: r, reset: out.reset, degraded: out.degraded}, false
+			return ruleResult{rule: r, reset: out.reset, degraded: out.degraded}, taken{}, false
 		}
-		// outWait: a lease is on its way.
-		if !waited {
-			waited = true
+		// outWait: a lease is on its way (never with fallback set).
+		if st.deadline.IsZero() {
+			st.deadline = time.Now().Add(l.cfg.LeaseTimeout)
 			l.waits.Add(1)
-			l.warm(later, now)
+			l.warm(later, st.now)
 		}
-		if deadline.IsZero() {
-			*deadline = time.Now().Add(l.cfg.LeaseTimeout)
-		}
-		if wait(ctx, out.wait, *deadline) {
-			continue
-		}
-		// No lease in time: the fallback share decides.
-		out = b.take(l, r, l.cfg.Now(), true)
-		switch out.kind {
-		case outDead:
-			l.buckets.CompareAndDelete(r.id(), b)
-			continue
-		case outOK:
-			*took = append(*took, out.t)
-			return ruleResult{rule: r, remaining: out.remaining, reset: out.reset, degraded: out.degraded}, true
-		default:
-			return ruleResult{rule: r, reset: out.reset, degraded: out.degraded}, false
-		}
+		// Without a lease in time, the fallback share decides.
+		fallback = !wait(ctx, out.wait, st.deadline)
+		st.now = l.cfg.Now()
 	}
 }
 
