@@ -198,23 +198,35 @@ func (r *runner) progress(agg *aggregate, warmup bool, requests int, dur time.Du
 
 // FirstModel asks GET /v1/models for the first model the server lists.
 func FirstModel(ctx context.Context, client *http.Client, baseURL, apiKey string) (string, error) {
+	models, err := Models(ctx, client, baseURL, apiKey)
+	if err != nil {
+		return "", err
+	}
+	if len(models) == 0 || models[0] == "" {
+		return "", ErrNoModel
+	}
+	return models[0], nil
+}
+
+// Models lists the model IDs of GET /v1/models in the server's order.
+func Models(ctx context.Context, client *http.Client, baseURL, apiKey string) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+"/v1/models", nil)
 	if err != nil {
-		return "", fmt.Errorf("list models: %w", err)
+		return nil, fmt.Errorf("list models: %w", err)
 	}
 	if apiKey != "" {
 		req.Header.Set("Authorization", "Bearer "+apiKey)
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return "", fmt.Errorf("list models: %w", err)
+		return nil, fmt.Errorf("list models: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return "", fmt.Errorf("list models: %s: %s", resp.Status, b)
+		return nil, fmt.Errorf("list models: %s: %s", resp.Status, b)
 	}
 	var list struct {
 		Data []struct {
@@ -222,10 +234,11 @@ func FirstModel(ctx context.Context, client *http.Client, baseURL, apiKey string
 		} `json:"data"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
-		return "", fmt.Errorf("list models: decode: %w", err)
+		return nil, fmt.Errorf("list models: decode: %w", err)
 	}
-	if len(list.Data) == 0 || list.Data[0].ID == "" {
-		return "", ErrNoModel
+	ids := make([]string, len(list.Data))
+	for i, d := range list.Data {
+		ids[i] = d.ID
 	}
-	return list.Data[0].ID, nil
+	return ids, nil
 }
