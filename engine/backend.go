@@ -492,7 +492,7 @@ func (b *Backend) step() {
 		if s.logit < 0 {
 			continue
 		}
-		tok := s.sampler.sample(b.run.logitsRow(s.logit))
+		tok := s.sampler.sample(b.run.logitsRow(s.logit), &b.run.k)
 		if b.accept(s, tok) {
 			b.running[i] = nil
 		}

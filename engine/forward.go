@@ -193,12 +193,7 @@ func (r *runner) mmItem(_, item int) {
 	r.mm(-slotFFN13, c.r0, c.r1)
 	hid := r.cfg.HiddenDim
 	for s := range r.rows {
-		h := r.hb[s*hid+c.r0 : s*hid+c.r1]
-		h3 := r.hb2[s*hid+c.r0 : s*hid+c.r1]
-		for i, v := range h {
-			v *= 1 / (1 + float32(math.Exp(float64(-v))))
-			h[i] = v * h3[i]
-		}
+		r.k.SiLUMul(r.hb[s*hid+c.r0:s*hid+c.r1], r.hb2[s*hid+c.r0:s*hid+c.r1])
 	}
 }
 
@@ -330,7 +325,7 @@ func (r *runner) attnItem(worker, item int) {
 	for t := range att {
 		att[t] /= scale
 	}
-	softmax(att)
+	softmax(att, &r.k)
 	xb := r.xb[i*dim+h*hs : i*dim+(h+1)*hs]
 	clear(xb)
 	for t0 := 0; t0 < len(att); t0 += kvPageTokens {

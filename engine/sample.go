@@ -1,8 +1,9 @@
 package engine
 
 import (
-	"math"
 	"sort"
+
+	"github.com/shoal-dev/shoal/engine/kernels"
 )
 
 // zeroSeedState replaces a zero seed: xorshift never leaves state 0.
@@ -44,14 +45,14 @@ func (s *sampler) randomU32() uint32 {
 func (s *sampler) randomF32() float32 { return float32(s.randomU32()>>8) / 16777216.0 }
 
 // sample picks a token; it overwrites logits.
-func (s *sampler) sample(logits []float32) int {
+func (s *sampler) sample(logits []float32, k *kernels.Set) int {
 	if s.temperature == 0 {
 		return argmax(logits)
 	}
 	for i := range logits {
 		logits[i] /= s.temperature
 	}
-	softmax(logits)
+	softmax(logits, k)
 	coin := s.randomF32()
 	if s.topP <= 0 || s.topP >= 1 {
 		return sampleMult(logits, coin)
@@ -70,20 +71,15 @@ func argmax(v []float32) int {
 	return bi
 }
 
-// softmax normalises x in place as run.c does.
-func softmax(x []float32) {
+// softmax normalises x in place as run.c does, with the kernels' exp.
+func softmax(x []float32, k *kernels.Set) {
 	m := x[0]
 	for _, v := range x[1:] {
 		if v > m {
 			m = v
 		}
 	}
-	var sum float32
-	for i, v := range x {
-		e := float32(math.Exp(float64(v - m)))
-		x[i] = e
-		sum += e
-	}
+	sum := k.ExpSum(x, x, m)
 	for i := range x {
 		x[i] /= sum
 	}

@@ -34,6 +34,12 @@ type Set struct {
 	// AxpyRows adds sum over r < len(a) of a[r]*x[r*ldx+i] to y[i] for
 	// i < len(y): the weighted sum of value rows in attention.
 	AxpyRows func(y []float32, a []float32, x []float32, ldx int)
+	// ExpSum sets dst[i] = e^(src[i]-shift) for i < len(dst) and returns
+	// their sum: softmax's numerators and denominator.
+	ExpSum func(dst, src []float32, shift float32) float32
+	// SiLUMul sets h[i] = silu(h[i]) * g[i] for i < len(h), silu(v) being
+	// v/(1+e^-v): SwiGLU's gate.
+	SiLUMul func(h, g []float32)
 	// MatMul sets out[s*ldo+r] to the dot product of weight row r (w[r*n:])
 	// with activation row s (x[s*n:]) for r < rows and s < seqs.
 	MatMul func(out []float32, ldo int, x []float32, seqs int, w []float32, n, rows int)
@@ -43,7 +49,7 @@ type Set struct {
 
 // Generic returns the portable pure-Go kernels.
 func Generic() Set {
-	return Set{Name: "go", Dot: DotGo, Axpy: AxpyGo, AxpyRows: AxpyRowsGo, MatMul: MatMulGo, MatMulQ8: MatMulQ8Go}
+	return Set{Name: "go", Dot: DotGo, Axpy: AxpyGo, AxpyRows: AxpyRowsGo, ExpSum: ExpSumGo, SiLUMul: SiLUMulGo, MatMul: MatMulGo, MatMulQ8: MatMulQ8Go}
 }
 
 // Best returns the fastest kernels this CPU supports.

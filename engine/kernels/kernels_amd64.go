@@ -10,7 +10,7 @@ func AVX2() (Set, bool) {
 	if !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
 		return Set{}, false
 	}
-	return Set{Name: "avx2", Dot: dotAVX2Slice, Axpy: axpyAVX2Slice, AxpyRows: axpyRowsAVX2Slice, MatMul: matMulAVX2, MatMulQ8: matMulQ8AVX2}, true
+	return Set{Name: "avx2", Dot: dotAVX2Slice, Axpy: axpyAVX2Slice, AxpyRows: axpyRowsAVX2Slice, ExpSum: expSumAVX2Slice, SiLUMul: siluMulAVX2Slice, MatMul: matMulAVX2, MatMulQ8: matMulQ8AVX2}, true
 }
 
 //go:noescape
@@ -23,7 +23,13 @@ func axpyAVX2(y, x *float32, a float32, n int)
 func axpyRowsAVX2(y *float32, n int, a *float32, rows int, x *float32, ldx int)
 
 //go:noescape
-func matmulX4AVX2(out *float32, ldo int, x *float32, ldx int, w *float32, n, rows int)
+func expSumAVX2(dst, src *float32, n int, shift float32) float32
+
+//go:noescape
+func siluMulAVX2(h, gate *float32, n int)
+
+//go:noescape
+func matmulX4AVX2(out *float32, ldo int, x *float32, ldx int, w *float32, n, rows, pf int)
 
 //go:noescape
 func matmulX1AVX2(out *float32, x *float32, w *float32, n, rows int)
@@ -58,6 +64,34 @@ func axpyRowsAVX2Slice(y []float32, a []float32, x []float32, ldx int) {
 	axpyRowsAVX2(&y[0], len(y), &a[0], len(a), &x[0], ldx)
 }
 
+// expSumAVX2Slice does whole vectors in assembly and the tail in Go, in
+// the same order every time.
+func expSumAVX2Slice(dst, src []float32, shift float32) float32 {
+	n := len(dst)
+	src = src[:n]
+	n8 := n &^ 7
+	var s float32
+	if n8 > 0 {
+		s = expSumAVX2(&dst[0], &src[0], n8, shift)
+	}
+	for i := n8; i < n; i++ {
+		e := Expf(src[i] - shift)
+		dst[i] = e
+		s += e
+	}
+	return s
+}
+
+func siluMulAVX2Slice(h, g []float32) {
+	n := len(h)
+	g = g[:n]
+	n8 := n &^ 7
+	if n8 > 0 {
+		siluMulAVX2(&h[0], &g[0], n8)
+	}
+	SiLUMulGo(h[n8:], g[n8:])
+}
+
 // rowBlock is how many weight rows one pass over a batch covers: enough to
 // amortise the loop, few enough that the rows stay in L1 while every
 // activation row streams past them.
@@ -79,12 +113,20 @@ func matMulAVX2(out []float32, ldo int, x []float32, seqs int, w []float32, n, r
 		return
 	}
 	rb := rowBlock(n * 4)
+	// With several passes over each row block (eight or more rows of x),
+	// every pass prefetches the next block, which then arrives while this
+	// one is still in use. A single pass streams: there, rows a few pairs
+	// ahead arrive in time without evicting the rows in use (measured).
+	pf := 4 * n * 4
+	if seqs >= 8 {
+		pf = rb * n * 4
+	}
 	for r0 := 0; r0 < rows; r0 += rb {
 		nr := min(rb, rows-r0)
 		wp := &w[r0*n]
 		s := 0
 		for ; s+4 <= seqs; s += 4 {
-			matmulX4AVX2(&out[s*ldo+r0], ldo, &x[s*n], n, wp, n, nr)
+			matmulX4AVX2(&out[s*ldo+r0], ldo, &x[s*n], n, wp, n, nr, pf)
 		}
 		for ; s < seqs; s++ {
 			matmulX1AVX2(&out[s*ldo+r0], &x[s*n], wp, n, nr)

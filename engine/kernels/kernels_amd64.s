@@ -85,10 +85,11 @@ done:
 	VZEROUPPER
 	RET
 
-// func matmulX4AVX2(out *float32, ldo int, x *float32, ldx int, w *float32, n, rows int)
+// func matmulX4AVX2(out *float32, ldo int, x *float32, ldx int, w *float32, n, rows, pf int)
 // out[s*ldo+r] = dot(w[r*n:], x[s*ldx:]) for s < 4, r < rows; two weight
-// rows at a time against four activation rows (eight accumulators).
-TEXT ·matmulX4AVX2(SB), NOSPLIT, $0-56
+// rows at a time against four activation rows (eight accumulators). While
+// working on a row pair it prefetches the pair pf bytes further on.
+TEXT ·matmulX4AVX2(SB), NOSPLIT, $0-64
 	MOVQ out+0(FP), DI
 	MOVQ ldo+8(FP), R8
 	SHLQ $2, R8
@@ -110,7 +111,8 @@ pair:
 	CMPQ   R14, $2
 	JL     single
 	LEAQ   (BX)(R13*1), R9
-	LEAQ   (BX)(R13*4), R15
+	MOVQ   pf+56(FP), R15
+	ADDQ   BX, R15
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
@@ -124,8 +126,8 @@ pair:
 	JE     pairreduce
 
 pairloop:
-	// Two row pairs ahead (contiguous rows), one cache line per step:
-	// streaming weights overlap the arithmetic on the current pair.
+	// The pair pf bytes on (contiguous rows), one cache line per step,
+	// so streaming weights overlap the arithmetic.
 	PREFETCHT0  (R15)(AX*8)
 	VMOVUPS     (BX)(AX*4), Y8
 	VMOVUPS     (R9)(AX*4), Y9
@@ -591,5 +593,201 @@ row1:
 	JMP         tail
 
 done:
+	VZEROUPPER
+	RET
+
+// Constants of the vector exp, each repeated in eight lanes so packed
+// instructions can take them straight from memory.
+DATA expc<>+0(SB)/4, $0x3fb8aa3b  // log2(e)
+DATA expc<>+4(SB)/4, $0x3fb8aa3b
+DATA expc<>+8(SB)/4, $0x3fb8aa3b
+DATA expc<>+12(SB)/4, $0x3fb8aa3b
+DATA expc<>+16(SB)/4, $0x3fb8aa3b
+DATA expc<>+20(SB)/4, $0x3fb8aa3b
+DATA expc<>+24(SB)/4, $0x3fb8aa3b
+DATA expc<>+28(SB)/4, $0x3fb8aa3b
+DATA expc<>+32(SB)/4, $0x3f000000  // 0.5
+DATA expc<>+36(SB)/4, $0x3f000000
+DATA expc<>+40(SB)/4, $0x3f000000
+DATA expc<>+44(SB)/4, $0x3f000000
+DATA expc<>+48(SB)/4, $0x3f000000
+DATA expc<>+52(SB)/4, $0x3f000000
+DATA expc<>+56(SB)/4, $0x3f000000
+DATA expc<>+60(SB)/4, $0x3f000000
+DATA expc<>+64(SB)/4, $0x3f318000  // ln2 high: 0.693359375
+DATA expc<>+68(SB)/4, $0x3f318000
+DATA expc<>+72(SB)/4, $0x3f318000
+DATA expc<>+76(SB)/4, $0x3f318000
+DATA expc<>+80(SB)/4, $0x3f318000
+DATA expc<>+84(SB)/4, $0x3f318000
+DATA expc<>+88(SB)/4, $0x3f318000
+DATA expc<>+92(SB)/4, $0x3f318000
+DATA expc<>+96(SB)/4, $0xb95e8083  // ln2 low: -2.12194440e-4
+DATA expc<>+100(SB)/4, $0xb95e8083
+DATA expc<>+104(SB)/4, $0xb95e8083
+DATA expc<>+108(SB)/4, $0xb95e8083
+DATA expc<>+112(SB)/4, $0xb95e8083
+DATA expc<>+116(SB)/4, $0xb95e8083
+DATA expc<>+120(SB)/4, $0xb95e8083
+DATA expc<>+124(SB)/4, $0xb95e8083
+DATA expc<>+128(SB)/4, $0x39506967  // 1.9875691500e-4
+DATA expc<>+132(SB)/4, $0x39506967
+DATA expc<>+136(SB)/4, $0x39506967
+DATA expc<>+140(SB)/4, $0x39506967
+DATA expc<>+144(SB)/4, $0x39506967
+DATA expc<>+148(SB)/4, $0x39506967
+DATA expc<>+152(SB)/4, $0x39506967
+DATA expc<>+156(SB)/4, $0x39506967
+DATA expc<>+160(SB)/4, $0x3ab743ce  // 1.3981999507e-3
+DATA expc<>+164(SB)/4, $0x3ab743ce
+DATA expc<>+168(SB)/4, $0x3ab743ce
+DATA expc<>+172(SB)/4, $0x3ab743ce
+DATA expc<>+176(SB)/4, $0x3ab743ce
+DATA expc<>+180(SB)/4, $0x3ab743ce
+DATA expc<>+184(SB)/4, $0x3ab743ce
+DATA expc<>+188(SB)/4, $0x3ab743ce
+DATA expc<>+192(SB)/4, $0x3c088908  // 8.3334519073e-3
+DATA expc<>+196(SB)/4, $0x3c088908
+DATA expc<>+200(SB)/4, $0x3c088908
+DATA expc<>+204(SB)/4, $0x3c088908
+DATA expc<>+208(SB)/4, $0x3c088908
+DATA expc<>+212(SB)/4, $0x3c088908
+DATA expc<>+216(SB)/4, $0x3c088908
+DATA expc<>+220(SB)/4, $0x3c088908
+DATA expc<>+224(SB)/4, $0x3d2aa9c1  // 4.1665795894e-2
+DATA expc<>+228(SB)/4, $0x3d2aa9c1
+DATA expc<>+232(SB)/4, $0x3d2aa9c1
+DATA expc<>+236(SB)/4, $0x3d2aa9c1
+DATA expc<>+240(SB)/4, $0x3d2aa9c1
+DATA expc<>+244(SB)/4, $0x3d2aa9c1
+DATA expc<>+248(SB)/4, $0x3d2aa9c1
+DATA expc<>+252(SB)/4, $0x3d2aa9c1
+DATA expc<>+256(SB)/4, $0x3e2aaaaa  // 1.6666665459e-1
+DATA expc<>+260(SB)/4, $0x3e2aaaaa
+DATA expc<>+264(SB)/4, $0x3e2aaaaa
+DATA expc<>+268(SB)/4, $0x3e2aaaaa
+DATA expc<>+272(SB)/4, $0x3e2aaaaa
+DATA expc<>+276(SB)/4, $0x3e2aaaaa
+DATA expc<>+280(SB)/4, $0x3e2aaaaa
+DATA expc<>+284(SB)/4, $0x3e2aaaaa
+DATA expc<>+288(SB)/4, $0x3f000000  // 5.0000001201e-1
+DATA expc<>+292(SB)/4, $0x3f000000
+DATA expc<>+296(SB)/4, $0x3f000000
+DATA expc<>+300(SB)/4, $0x3f000000
+DATA expc<>+304(SB)/4, $0x3f000000
+DATA expc<>+308(SB)/4, $0x3f000000
+DATA expc<>+312(SB)/4, $0x3f000000
+DATA expc<>+316(SB)/4, $0x3f000000
+DATA expc<>+320(SB)/4, $0x3f800000  // 1
+DATA expc<>+324(SB)/4, $0x3f800000
+DATA expc<>+328(SB)/4, $0x3f800000
+DATA expc<>+332(SB)/4, $0x3f800000
+DATA expc<>+336(SB)/4, $0x3f800000
+DATA expc<>+340(SB)/4, $0x3f800000
+DATA expc<>+344(SB)/4, $0x3f800000
+DATA expc<>+348(SB)/4, $0x3f800000
+DATA expc<>+352(SB)/4, $0xc2ae0000  // -87
+DATA expc<>+356(SB)/4, $0xc2ae0000
+DATA expc<>+360(SB)/4, $0xc2ae0000
+DATA expc<>+364(SB)/4, $0xc2ae0000
+DATA expc<>+368(SB)/4, $0xc2ae0000
+DATA expc<>+372(SB)/4, $0xc2ae0000
+DATA expc<>+376(SB)/4, $0xc2ae0000
+DATA expc<>+380(SB)/4, $0xc2ae0000
+DATA expc<>+384(SB)/4, $0x42b00000  // 88
+DATA expc<>+388(SB)/4, $0x42b00000
+DATA expc<>+392(SB)/4, $0x42b00000
+DATA expc<>+396(SB)/4, $0x42b00000
+DATA expc<>+400(SB)/4, $0x42b00000
+DATA expc<>+404(SB)/4, $0x42b00000
+DATA expc<>+408(SB)/4, $0x42b00000
+DATA expc<>+412(SB)/4, $0x42b00000
+DATA expc<>+416(SB)/4, $0x0000007f  // 127 (int)
+DATA expc<>+420(SB)/4, $0x0000007f
+DATA expc<>+424(SB)/4, $0x0000007f
+DATA expc<>+428(SB)/4, $0x0000007f
+DATA expc<>+432(SB)/4, $0x0000007f
+DATA expc<>+436(SB)/4, $0x0000007f
+DATA expc<>+440(SB)/4, $0x0000007f
+DATA expc<>+444(SB)/4, $0x0000007f
+GLOBL expc<>(SB), RODATA|NOPTR, $448
+
+// VEXP sets y = e^y for eight lanes as Expf does (clamped to [-87, 88],
+// where callers' inputs live: softmax arguments are <= 0 and saturate to 0
+// well before -87). t1 and t2 are scratch.
+#define VEXP(y, t1, t2) \
+	VMAXPS       expc<>+352(SB), y, y; \
+	VMINPS       expc<>+384(SB), y, y; \
+	VBROADCASTSS expc<>+0(SB), t1; \
+	VBROADCASTSS expc<>+32(SB), t2; \
+	VFMADD213PS  t2, y, t1; \
+	VROUNDPS     $1, t1, t1; \
+	VBROADCASTSS expc<>+64(SB), t2; \
+	VFNMADD231PS t2, t1, y; \
+	VBROADCASTSS expc<>+96(SB), t2; \
+	VFNMADD231PS t2, t1, y; \
+	VCVTPS2DQ    t1, t1; \
+	VPBROADCASTD expc<>+416(SB), t2; \
+	VPADDD       t2, t1, t1; \
+	VPSLLD       $23, t1, t1; \
+	VBROADCASTSS expc<>+128(SB), t2; \
+	VFMADD213PS  expc<>+160(SB), y, t2; \
+	VFMADD213PS  expc<>+192(SB), y, t2; \
+	VFMADD213PS  expc<>+224(SB), y, t2; \
+	VFMADD213PS  expc<>+256(SB), y, t2; \
+	VFMADD213PS  expc<>+288(SB), y, t2; \
+	VMULPS       y, t2, t2; \
+	VFMADD213PS  expc<>+320(SB), y, t2; \
+	VADDPS       t2, y, y; \
+	VMULPS       t1, y, y
+
+// func expSumAVX2(dst, src *float32, n int, shift float32) float32
+// n is a multiple of 8.
+TEXT ·expSumAVX2(SB), NOSPLIT, $0-36
+	MOVQ         dst+0(FP), DI
+	MOVQ         src+8(FP), SI
+	MOVQ         n+16(FP), CX
+	VBROADCASTSS shift+24(FP), Y5
+	VXORPS       Y0, Y0, Y0
+	XORQ         AX, AX
+
+loop:
+	VMOVUPS (SI)(AX*4), Y1
+	VSUBPS  Y5, Y1, Y1
+	VEXP(Y1, Y2, Y3)
+	VMOVUPS Y1, (DI)(AX*4)
+	VADDPS  Y1, Y0, Y0
+	ADDQ    $8, AX
+	CMPQ    AX, CX
+	JL      loop
+
+	HSUM(Y0, X0, X1)
+	VZEROUPPER
+	MOVSS X0, ret+32(FP)
+	RET
+
+// func siluMulAVX2(h, gate *float32, n int)
+// n is a multiple of 8.
+TEXT ·siluMulAVX2(SB), NOSPLIT, $0-24
+	MOVQ         h+0(FP), DI
+	MOVQ         gate+8(FP), SI
+	MOVQ         n+16(FP), CX
+	VBROADCASTSS expc<>+320(SB), Y6
+	VXORPS       Y7, Y7, Y7
+	XORQ         AX, AX
+
+loop:
+	VMOVUPS (DI)(AX*4), Y0
+	VSUBPS  Y0, Y7, Y1
+	VEXP(Y1, Y2, Y3)
+	VADDPS  Y6, Y1, Y1
+	VDIVPS  Y1, Y6, Y1
+	VMULPS  Y1, Y0, Y0
+	VMULPS  (SI)(AX*4), Y0, Y0
+	VMOVUPS Y0, (DI)(AX*4)
+	ADDQ    $8, AX
+	CMPQ    AX, CX
+	JL      loop
+
 	VZEROUPPER
 	RET

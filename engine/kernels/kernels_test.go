@@ -274,3 +274,54 @@ func TestAxpyRowsMatchesReference(t *testing.T) {
 		}
 	}
 }
+
+func TestExpfWithinTwoUlp(t *testing.T) {
+	for x := float32(-90); x < 90; x += 0.0137 {
+		want := math.Exp(float64(x))
+		got := float64(Expf(x))
+		if want < math.SmallestNonzeroFloat32*(1<<23) || want > math.MaxFloat32 {
+			continue
+		}
+		ulp := float64(math.Nextafter32(float32(want), float32(math.Inf(1))) - float32(want))
+		require.LessOrEqual(t, math.Abs(got-want), 2*ulp, "x=%g", x)
+	}
+	require.True(t, math.IsInf(float64(Expf(100)), 1))
+	require.Equal(t, float32(0), Expf(-200))
+	require.True(t, math.IsNaN(float64(Expf(float32(math.NaN())))))
+	require.Equal(t, float32(1), Expf(0))
+}
+
+func TestExpSumAndSiLUMatchFloat64(t *testing.T) {
+	r := rand.New(rand.NewPCG(19, 20))
+	for _, set := range sets(t) {
+		for _, n := range []int{1, 7, 8, 9, 31, 300, 4096} {
+			src := randVec(r, n)
+			for i := range src {
+				src[i] *= 8
+			}
+			dst := make([]float32, n)
+			shift := float32(3)
+			sum := set.ExpSum(dst, src, shift)
+			var want float64
+			for i := range src {
+				e := math.Exp(float64(src[i] - shift))
+				want += e
+				require.InEpsilon(t, e, float64(dst[i]), 4e-7, "%s exp n=%d i=%d", set.Name, n, i)
+			}
+			require.InEpsilon(t, want, float64(sum), 1e-5, "%s sum n=%d", set.Name, n)
+
+			h := randVec(r, n)
+			g := randVec(r, n)
+			for i := range h {
+				h[i] *= 4
+			}
+			got := append([]float32(nil), h...)
+			set.SiLUMul(got, g)
+			for i := range h {
+				v := float64(h[i])
+				w := v / (1 + math.Exp(-v)) * float64(g[i])
+				require.InDelta(t, w, float64(got[i]), 1e-6*(math.Abs(w)+1e-3), "%s silu n=%d i=%d v=%g", set.Name, n, i, v)
+			}
+		}
+	}
+}
