@@ -162,9 +162,13 @@ func TestAggregateCountsCacheHeaders(t *testing.T) {
 		at := time.Now()
 		a.add(&result{scheduled: at, sent: at, end: at.Add(time.Millisecond), status: 200, cache: c, node: "n1"})
 	}
-	r := a.report(Config{URL: "http://x", Concurrency: 1})
+	r := a.report(Config{URL: "http://x", Concurrency: 1, RepeatRatio: 0.5})
 	require.Equal(t, CacheStats{Hits: 3, Misses: 1, Bypass: 1, HitRatio: 0.75, Seen: true}, r.Cache)
 	require.Equal(t, StatusPass, r.SLO[3].Status)
+	unique := a.report(Config{URL: "http://x", Concurrency: 1})
+	require.Equal(t, StatusSkip, unique.SLO[3].Status, "unique generated prompts cannot hit the cache")
+	fromFile := a.report(Config{URL: "http://x", Concurrency: 1, Prompts: []Prompt{{Prompt: "p"}}})
+	require.Equal(t, StatusPass, fromFile.SLO[3].Status, "a prompts file may repeat itself")
 }
 
 func TestAggregateMeasuresFromScheduledTime(t *testing.T) {
@@ -192,7 +196,7 @@ func TestCheckSLO(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := Report{Requests: 100, OK: 100, ErrorRate: tt.errs, Latency: Percentiles{P95: tt.p95, P99: tt.p99},
+			r := Report{Requests: 100, OK: 100, ErrorRate: tt.errs, Latency: Percentiles{P95: tt.p95, P99: tt.p99}, Prompts: "file",
 				Cache: CacheStats{Hits: 1, Misses: 1, HitRatio: tt.hit, Seen: true}}
 			rows := CheckSLO(r, s)
 			got := make([]Status, len(rows))

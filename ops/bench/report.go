@@ -82,6 +82,11 @@ type Report struct {
 	OutputTokens       int64        `json:"output_tokens"`
 	OutputTokensPerSec float64      `json:"output_tokens_per_sec"`
 
+	// Prompts is "generated" (unique per request unless repeated) or
+	// "file"; RepeatRatio is the configured share of repeats.
+	Prompts     string  `json:"prompts"`
+	RepeatRatio float64 `json:"repeat_ratio"`
+
 	Cache CacheStats       `json:"cache"`
 	Nodes map[string]int64 `json:"nodes"`
 	SLO   []SLOResult      `json:"slo"`
@@ -225,6 +230,10 @@ func (a *aggregate) report(cfg Config) Report {
 		OutputTokens: a.outTokens,
 		MaxSendLagMs: float64(a.maxLag) / float64(time.Millisecond),
 		Samples:      a.samples,
+	}
+	r.Prompts, r.RepeatRatio = "generated", cfg.RepeatRatio
+	if len(cfg.Prompts) > 0 {
+		r.Prompts = "file"
 	}
 	if cfg.Rate > 0 {
 		r.Rate = cfg.Rate

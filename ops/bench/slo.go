@@ -66,8 +66,9 @@ func above(v, target, critical float64) Status {
 }
 
 // CheckSLO grades a report against s. Latency rows are skipped when no
-// request succeeded, and the cache row when the server sent no
-// X-Shoal-Cache header.
+// request succeeded; the cache row when the server sent no X-Shoal-Cache
+// hit or miss, or when every prompt was generated unique (no
+// RepeatRatio), since such a run cannot hit the cache by design.
 func CheckSLO(r Report, s SLO) []SLOResult {
 	ms := func(v float64) string { return fmt.Sprintf("%.0fms", v) }
 	pct := func(v float64) string { return fmt.Sprintf("%.1f%%", v*100) }
@@ -88,8 +89,11 @@ func CheckSLO(r Report, s SLO) []SLOResult {
 	if r.Requests+r.Dropped == 0 {
 		rows[2].Status, rows[2].Display = StatusSkip, "n/a"
 	}
-	if r.Cache.Hits+r.Cache.Misses == 0 {
+	switch {
+	case r.Cache.Hits+r.Cache.Misses == 0:
 		rows[3].Status, rows[3].Display = StatusSkip, "n/a (no X-Shoal-Cache hit/miss)"
+	case r.Prompts == "generated" && r.RepeatRatio == 0:
+		rows[3].Status, rows[3].Display = StatusSkip, "n/a (unique prompts; see --repeat-ratio)"
 	}
 	return rows
 }

@@ -69,6 +69,8 @@ func Render(w io.Writer, f Frame) error {
 	switch {
 	case len(notClosed) > 0:
 		fmt.Fprintf(&b, "breakers: %s\n", strings.Join(notClosed, ", "))
+	case len(f.Breakers) == 0:
+		b.WriteString("breakers: none tripped yet\n")
 	default:
 		fmt.Fprintf(&b, "breakers: all %d closed\n", len(f.Breakers))
 	}
