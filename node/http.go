@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"mime"
 	"net/http"
 	"strings"
@@ -226,7 +227,12 @@ func parseTimeout(v string) (time.Duration, *apiError) {
 		if e := json.Unmarshal([]byte(v), &secs); e != nil {
 			return 0, badParam("X-Shoal-Timeout", "X-Shoal-Timeout must be a duration like 2s or 500ms, got "+v)
 		}
-		d = time.Duration(secs * float64(time.Second))
+		// Past ~292 years the conversion would wrap negative; any such
+		// value means "as long as the server allows".
+		d = time.Duration(math.MaxInt64)
+		if ns := secs * float64(time.Second); ns < math.MaxInt64 {
+			d = time.Duration(ns)
+		}
 	}
 	if d <= 0 {
 		return 0, badParam("X-Shoal-Timeout", "X-Shoal-Timeout must be positive, got "+v)
