@@ -573,7 +573,11 @@ func TestChatStreamFraming(t *testing.T) {
 	n := startTestNode(t, withSimModel(time.Millisecond, 0, time.Millisecond))
 	req := map[string]any{"model": testModel, "temperature": 0, "max_tokens": 12,
 		"messages": []map[string]any{{"role": "user", "content": "stream to me"}}}
-	plain := postJSON(t, n, "/v1/chat/completions", req)
+	// no-store keeps the response cache out, so both answers come from
+	// the backend.
+	noCache := map[string]string{"Cache-Control": "no-store"}
+	body, _ := json.Marshal(req)
+	plain := send(t, http.MethodPost, baseURL(n)+"/v1/chat/completions", body, noCache)
 	require.Equal(t, http.StatusOK, plain.status)
 	var want struct {
 		Choices []chatChoice `json:"choices"`
@@ -583,8 +587,10 @@ func TestChatStreamFraming(t *testing.T) {
 
 	req["stream"] = true
 	req["stream_options"] = map[string]any{"include_usage": true}
-	r := postJSON(t, n, "/v1/chat/completions", req)
+	body, _ = json.Marshal(req)
+	r := send(t, http.MethodPost, baseURL(n)+"/v1/chat/completions", body, noCache)
 	require.Equal(t, http.StatusOK, r.status)
+	require.NotEqual(t, "hit", r.header.Get("X-Shoal-Cache"))
 	require.Equal(t, "text/event-stream", r.header.Get("Content-Type"))
 	require.Empty(t, r.header.Get("Content-Encoding"), "streams are never compressed")
 	events := sseEvents(t, r.body)
