@@ -60,7 +60,8 @@ func (s Settings) Validate() error {
 }
 
 // Observer receives the scheduler's measurements. Calls come from the
-// scheduler's goroutines and must not block.
+// scheduler's goroutines, QueueDepth with the model's queue locked (so the
+// depths arrive in order); they must not block or call the Scheduler.
 type Observer interface {
 	QueueDepth(model string, depth int)
 	QueueWait(model string, wait time.Duration)
