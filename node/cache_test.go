@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -133,6 +134,24 @@ func TestIdenticalMissesRunTheModelOncePerCluster(t *testing.T) {
 		// Slow enough that all requests arrive while the first computes.
 		cfg.Models[0].Sim.Base = 300 * time.Millisecond
 	})
+	// Olric settles partition ownership shortly after members join; wait
+	// until every member agrees who holds this key's lock.
+	key := mustCacheKey(t, "the same burst")
+	require.Eventually(t, func() bool {
+		ctx := context.Background()
+		unlock, err := tc.nodes[0].cache.Lock(ctx, "sim-fast", "lock:"+key, time.Second)
+		if err != nil {
+			return false
+		}
+		defer func() { _ = unlock(ctx) }()
+		for _, nd := range tc.nodes[1:] {
+			if _, err := nd.cache.Lock(ctx, "sim-fast", "lock:"+key, time.Second); !errors.Is(err, dcache.ErrLocked) {
+				return false
+			}
+		}
+		return true
+	}, 30*time.Second, 50*time.Millisecond, "olric members never agreed on the lock owner")
+
 	var wg sync.WaitGroup
 	statuses := make([]int, 100)
 	texts := make([]string, 100)

@@ -154,18 +154,22 @@ func (n *Node) cacheStore(model, key string, results []scheduler.Result) {
 	if n.cache.Backend() == dcache.BackendOff {
 		return
 	}
+	n.goBackground(func() { n.cacheStoreSync(context.Background(), model, key, results) })
+}
+
+// cacheStoreSync saves an answer, bounded in time; failures only cost a
+// future hit.
+func (n *Node) cacheStoreSync(ctx context.Context, model, key string, results []scheduler.Result) {
 	data, err := json.Marshal(cachedAnswer{Results: results, Node: n.cfg.NodeName})
 	if err != nil {
 		return
 	}
 	ttl, _ := n.cacheSettings()
-	n.goBackground(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if err := n.cache.Set(ctx, model, key, data, ttl); err != nil {
-			n.logger.Debug("cache store", "err", err)
-		}
-	})
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := n.cache.Set(ctx, model, key, data, ttl); err != nil {
+		n.logger.Debug("cache store", "err", err)
+	}
 }
 
 // lockLease bounds how long a node holds the cluster-wide lock that makes
@@ -178,20 +182,32 @@ const lockLease = 5 * time.Second
 // compute themselves if it does not within the lease.
 func (n *Node) coalesce(ctx context.Context, model, key string, store bool, compute func(context.Context) ([]scheduler.Result, error)) ([]scheduler.Result, error) {
 	return n.flights.do(ctx, key, func(fctx context.Context) ([]scheduler.Result, error) {
-		if n.cache.Backend() == dcache.BackendOlric {
-			unlock, lerr := n.cache.Lock(fctx, model, "lock:"+key, lockLease)
-			switch {
-			case lerr == nil:
-				defer func() { _ = unlock(context.WithoutCancel(fctx)) }()
-			case errors.Is(lerr, dcache.ErrLocked):
-				if a, ok := n.waitForAnswer(fctx, model, key); ok {
-					return a.Results, nil
-				}
+		if n.cache.Backend() != dcache.BackendOlric {
+			res, err := compute(fctx)
+			if err == nil && store {
+				n.cacheStore(model, key, res)
+			}
+			return res, err
+		}
+		unlock, lerr := n.cache.Lock(fctx, model, "lock:"+key, lockLease)
+		switch {
+		case lerr == nil:
+			defer func() { _ = unlock(context.WithoutCancel(fctx)) }()
+			// The previous holder may have stored the answer between our
+			// miss and our lock.
+			if a, ok := n.cacheLookup(fctx, model, key); ok {
+				return a.Results, nil
+			}
+		case errors.Is(lerr, dcache.ErrLocked):
+			if a, ok := n.waitForAnswer(fctx, model, key); ok {
+				return a.Results, nil
 			}
 		}
 		res, err := compute(fctx)
 		if err == nil && store {
-			n.cacheStore(model, key, res)
+			// Stored before the lock is released, so a node that takes the
+			// lock next finds the answer instead of computing it again.
+			n.cacheStoreSync(fctx, model, key, res)
 		}
 		return res, err
 	})
