@@ -17,8 +17,6 @@ type queue struct {
 
 func (q *queue) len() int { return q.n }
 
-func (q *queue) lenAt(p Priority) int { return len(q.levels[p]) }
-
 func (q *queue) push(t *Task) {
 	p := t.req.Priority
 	q.levels[p] = append(q.levels[p], t)
