@@ -412,7 +412,9 @@ func TestPanickingBackendDoesNotKillScheduler(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, "fine", res.Text)
 	}
-	require.Equal(t, 0, s.Load()["m"].ActiveBatches, "the panicked batch gave its slot back")
+	// With one slot, the three answers above already prove the panicked
+	// batch gave its slot back; the count settles once the last batch ends.
+	require.Eventually(t, func() bool { return s.Load()["m"].ActiveBatches == 0 }, waitFor, time.Millisecond)
 }
 
 func TestSubmitUnknownModel(t *testing.T) {
