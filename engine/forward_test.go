@@ -148,3 +148,20 @@ func TestInt8MatchesAcrossKernels(t *testing.T) {
 		requireLogitsClose(t, a[pos], b[pos], 1e-3, fmt.Sprintf("pos %d", pos))
 	}
 }
+
+// The pool runs every item exactly once per phase, phase after phase, with
+// workers that may wake late.
+func TestPoolRunsEveryItemOncePerPhase(t *testing.T) {
+	p := newPool(3)
+	defer p.close()
+	for phase := 0; phase < 2000; phase++ {
+		items := 1 + phase%17
+		counts := make([]int32, items)
+		p.run(items, func(_, i int) {
+			counts[i]++ // one claimant per item, so no race
+		})
+		for i, c := range counts {
+			require.Equal(t, int32(1), c, "phase %d item %d", phase, i)
+		}
+	}
+}

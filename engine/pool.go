@@ -1,25 +1,37 @@
 package engine
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
 )
 
+// ticket packs a phase's generation, item count and next unclaimed item
+// into one word, so that claiming an item is one compare-and-swap that also
+// proves the phase is still the current one.
+const (
+	ticketBits = 20
+	ticketMask = 1<<ticketBits - 1
+	maxItems   = ticketMask
+)
+
 // pool is a fixed set of worker goroutines that split each parallel phase
-// of a step. A phase is a number of items; participants (the workers and the
-// caller) claim items from an atomic counter until none are left, so uneven
-// items balance themselves. Workers live as long as the pool, so a step
-// costs one wake-up per worker per phase, not a goroutine per row.
+// of a step. A phase is a number of items; the caller and the workers claim
+// items until none are left, so uneven items balance themselves. Workers
+// live as long as the pool: a step costs a wake-up signal per worker per
+// phase, not a goroutine per row. The caller never waits for a worker to
+// wake up, only for items a worker has claimed and is running: on a busy
+// machine a worker that is late simply finds no work and sleeps again.
 type pool struct {
 	size  int
 	start []chan struct{}
-	wg    sync.WaitGroup
 	quit  chan struct{}
 	done  sync.WaitGroup
 
-	job   func(worker, item int)
-	items int64
-	next  atomic.Int64
+	ticket    atomic.Uint64
+	completed atomic.Int64
+	gen       uint64
+	job       func(worker, item int)
 }
 
 // newPool starts size-1 workers; the caller of run is the last participant.
@@ -40,20 +52,27 @@ func (p *pool) worker(id int, start <-chan struct{}) {
 		select {
 		case <-start:
 			p.work(id)
-			p.wg.Done()
 		case <-p.quit:
 			return
 		}
 	}
 }
 
+// work claims and runs items of the current phase until none are left.
 func (p *pool) work(id int) {
 	for {
-		i := p.next.Add(1) - 1
-		if i >= p.items {
+		t := p.ticket.Load()
+		next, items := t&ticketMask, (t>>ticketBits)&ticketMask
+		if next >= items {
 			return
 		}
-		p.job(id, int(i))
+		if !p.ticket.CompareAndSwap(t, t+1) {
+			continue
+		}
+		// The phase cannot end (nor p.job change) before this item is
+		// counted as completed.
+		p.job(id, int(next))
+		p.completed.Add(1)
 	}
 }
 
@@ -65,23 +84,27 @@ func (p *pool) run(items int, job func(worker, item int)) {
 	if items <= 0 {
 		return
 	}
-	if items == 1 || p.size == 1 {
+	if items == 1 || p.size == 1 || items > maxItems {
 		for i := 0; i < items; i++ {
 			job(0, i)
 		}
 		return
 	}
 	p.job = job
-	p.items = int64(items)
-	p.next.Store(0)
-	helpers := min(len(p.start), items-1)
-	p.wg.Add(helpers)
-	for _, c := range p.start[:helpers] {
-		c <- struct{}{}
+	p.completed.Store(0)
+	p.gen++
+	p.ticket.Store(p.gen<<(2*ticketBits) | uint64(items)<<ticketBits)
+	for _, c := range p.start[:min(len(p.start), items-1)] {
+		select {
+		case c <- struct{}{}:
+		default: // already signalled; it will see this phase when it runs
+		}
 	}
 	p.work(0)
-	p.wg.Wait()
-	p.job = nil
+	// Only claimed items remain, and they are running right now.
+	for p.completed.Load() < int64(items) {
+		runtime.Gosched()
+	}
 }
 
 // close stops the workers.
