@@ -28,6 +28,8 @@ type modelQueue struct {
 	wake      chan struct{}
 	stop      chan struct{}
 	closeOnce sync.Once
+	// backendOnce closes the backend once, however often Drain runs.
+	backendOnce sync.Once
 }
 
 func (m *modelQueue) signal() {

@@ -274,15 +274,19 @@ func (s *Scheduler) close() {
 	s.wg.Wait()
 	for _, m := range models {
 		m.failQueued(ErrDraining)
-		var err error
-		if m.cont != nil {
-			err = m.cont.Close()
-		} else {
-			err = m.batch.Close()
-		}
-		if err != nil {
-			s.logger.Warn("close backend", "model", m.name, "err", err)
-		}
+		// Drain may run more than once (a node's Shutdown, then its
+		// cleanup); a backend is closed only the first time.
+		m.backendOnce.Do(func() {
+			var err error
+			if m.cont != nil {
+				err = m.cont.Close()
+			} else {
+				err = m.batch.Close()
+			}
+			if err != nil {
+				s.logger.Warn("close backend", "model", m.name, "err", err)
+			}
+		})
 	}
 }
 

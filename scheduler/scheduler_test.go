@@ -357,6 +357,8 @@ func TestDrainFinishesQueuedWorkThenRejects(t *testing.T) {
 		require.NoError(t, err)
 	}
 	require.EqualValues(t, 1, be.closed.Load(), "drain closes the backend")
+	require.NoError(t, s.Drain(context.Background()))
+	require.EqualValues(t, 1, be.closed.Load(), "a second drain does not close it again")
 	require.NotContains(t, be.ranPrompts(), "late")
 }
 
