@@ -45,6 +45,7 @@ type bucket struct {
 	retryAt   time.Time
 	lastLease int    // tokens granted by the last lease, for the prefetch threshold
 	boost     int    // MaxBlock multiplier for a key whose rate outruns its prefetches
+	probes    int    // looks at an exhausted counter that found no room, for backoff
 	need      int    // tokens a waiting request needs beyond balance
 	inflight  *lease // nil when no lease runs
 	lastUse   time.Time
@@ -80,6 +81,7 @@ func (b *bucket) roll(idx int64) {
 	b.idx = idx
 	b.balance, b.used, b.debt, b.seen, b.lastLease, b.need = 0, 0, 0, 0, 0, 0
 	b.exhausted = false
+	b.probes = 0
 	b.boost /= 2 // demand carries over to the next window, decaying
 	// A lease for the old window finishes on its own and finds the window changed.
 	b.inflight = nil
@@ -94,8 +96,13 @@ func (b *bucket) remaining() int {
 	return min(b.limit, max(0, b.limit-b.seen)+b.balance)
 }
 
-// maxBoost bounds how far a hot key's blocks grow past MaxBlock.
-const maxBoost = 64
+const (
+	// maxBoost bounds how far a hot key's blocks grow past MaxBlock.
+	maxBoost = 64
+	// maxProbeBackoff bounds the doubling of the interval between looks at an exhausted
+	// window: at most RetryEvery << (maxProbeBackoff-1), 2s with the defaults.
+	maxProbeBackoff = 4
+)
 
 type outcome int
 
@@ -338,10 +345,21 @@ func (b *bucket) finishLease(l *Limiter, ls *lease, idx int64, size, debt, t int
 	b.lastLease = got
 	l.leased.Add(int64(got))
 	if got < size || b.seen >= b.limit {
+		// Look again later for tokens other nodes give back, less often each time nothing
+		// came back: a denied client must not turn into counter traffic.
 		b.exhausted = true
-		b.retryAt = now.Add(l.cfg.RetryEvery)
+		if got == 0 {
+			b.probes = min(b.probes+1, maxProbeBackoff)
+		}
+		b.retryAt = now.Add(l.cfg.RetryEvery << max(b.probes-1, 0))
 	} else {
 		b.exhausted = false
+		b.probes = 0
+	}
+	if b.debt != 0 {
+		// Charged or put back while this lease was in flight: send it now, not whenever the
+		// next request comes.
+		l.startLease(b, now)
 	}
 	return back
 }

@@ -366,3 +366,28 @@ func TestPastWindowsAreForgotten(t *testing.T) {
 	clock.Advance(time.Minute)
 	require.Eventually(t, func() bool { return l.Stats().Buckets == 0 }, waitTimeout, waitTick)
 }
+
+func TestChargeDuringLeaseIsSentAfterIt(t *testing.T) {
+	clock := newFakeClock()
+	cache := localCache(t)
+	block := make(chan struct{})
+	gated := &slowCounter{c: cache, block: block}
+	l := newLimiter(t, Config{Counter: gated, Nodes: nodes(1), Now: clock.Now, CallTimeout: waitTimeout})
+	rule := Rule{Policy: PolicyKeyTPM, Key: "k", Limit: 1000, Window: time.Minute}
+	l.Charge(context.Background(), rule, 300) // starts a lease, held at the gate
+	l.Charge(context.Background(), rule, 200) // arrives while it is in flight
+	close(block)
+	require.Eventually(t, func() bool {
+		balance, debt := held(l, rule)
+		return debt == 0 && counterValue(t, cache, rule, clock.Now())-balance == 500
+	}, waitTimeout, waitTick, "both charges reach the counter without another request")
+}
+
+// held returns what this node holds for rule: leased tokens and debt not yet sent.
+func held(l *Limiter, rule Rule) (balance, debt int) {
+	rule.normalize()
+	b := l.bucketFor(rule.id())
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.balance, b.debt
+}
