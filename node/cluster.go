@@ -120,6 +120,8 @@ func (n *Node) runCluster(ctx context.Context) {
 	defer reconcile.Stop()
 	publish := time.NewTicker(n.cfg.Tuning.LoadPublishInterval)
 	defer publish.Stop()
+	reconnect := time.NewTicker(reconnectInterval)
+	defer reconnect.Stop()
 	n.applyState()
 	n.reconcile(ctx)
 	for {
@@ -139,7 +141,34 @@ func (n *Node) runCluster(ctx context.Context) {
 			n.exportBreakers()
 		case <-publish.C:
 			n.publishLoad()
+		case <-reconnect.C:
+			n.goBackground(func() { n.reconnectFailed(ctx) })
 		}
+	}
+}
+
+// reconnectInterval is how often the node tries to reach members that gossip
+// declared dead.
+const reconnectInterval = 5 * time.Second
+
+// reconnectFailed tries to join members that gossip declared dead but that
+// did not leave, as Serf's reconnector does: memberlist stops talking to a
+// dead member after a while, so without this a partition longer than that
+// would never heal by itself.
+func (n *Node) reconnectFailed(ctx context.Context) {
+	var addrs []string
+	for _, m := range n.gossip.Members() {
+		if m.State == gossip.StateDead && m.Name != n.cfg.NodeName {
+			addrs = append(addrs, m.Addr)
+		}
+	}
+	if len(addrs) == 0 {
+		return
+	}
+	jctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if joined, err := n.gossip.Join(jctx, addrs); err == nil {
+		n.logger.Info("reconnected to failed members", "contacted", joined)
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -421,10 +420,6 @@ func (c *Config) ModelBatching(m ModelConfig, gpus int) (maxSize int, flush time
 		slots = max(1, gpus)
 	}
 	return maxSize, flush, slots
-}
-
-func (c *Config) modelDataDir(name string) string {
-	return filepath.Join(c.DataDir, "models", name)
 }
 
 // DefaultSimConfig is the sim backend's defaults.
