@@ -96,7 +96,6 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-
 func TestPrometheusServerScrapesNode(t *testing.T) {
 	bin := requireTool(t, requirePromtool, promHint, "prometheus")
 	n := benchtest.Start(t, "prom-node", benchtest.Model{Name: "sim-fast", Sim: benchtest.FastSim(), MaxSize: 16, FlushTimeout: time.Millisecond})
