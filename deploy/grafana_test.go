@@ -130,12 +130,12 @@ func TestSeriesNames(t *testing.T) {
 	tests := map[string][]string{
 		`sum by (model) (rate(inference_requests_total{code=~"5..", model="a b"}[5m]))`: {"inference_requests_total"},
 		`histogram_quantile(0.95, sum by (le) (rate(x_bucket[5m]))) > 300`:              {"x_bucket"},
-		`a / on(instance) group_left b offset 5m`:                                        {"a", "b"},
-		`process_resident_memory_bytes > 6 * 1024 * 1e9`:                                 {"process_resident_memory_bytes"},
-		`(sum(rate(h[5m])) or vector(0)) / sum(rate(m[5m]))`:                             {"h", "m"},
-		`up{job="shoal", instance=~"$instance"} == bool 0`:                               {"up"},
-		`label_values(inference_requests_total, instance)`:                               {"inference_requests_total"},
-		`shoal:inference_request_duration_ms:p95_5m`:                                     {"shoal:inference_request_duration_ms:p95_5m"},
+		`a / on(instance) group_left b offset 5m`:                                       {"a", "b"},
+		`process_resident_memory_bytes > 6 * 1024 * 1e9`:                                {"process_resident_memory_bytes"},
+		`(sum(rate(h[5m])) or vector(0)) / sum(rate(m[5m]))`:                            {"h", "m"},
+		`up{job="shoal", instance=~"$instance"} == bool 0`:                              {"up"},
+		`label_values(inference_requests_total, instance)`:                              {"inference_requests_total"},
+		`shoal:inference_request_duration_ms:p95_5m`:                                    {"shoal:inference_request_duration_ms:p95_5m"},
 	}
 	for expr, want := range tests {
 		require.Equal(t, want, seriesNames(expr), expr)
