@@ -29,7 +29,7 @@ func expSumAVX2(dst, src *float32, n int, shift float32) float32
 func siluMulAVX2(h, gate *float32, n int)
 
 //go:noescape
-func matmulX4AVX2(out *float32, ldo int, x *float32, ldx int, w *float32, n, rows, pf int)
+func matmulX4AVX2(out *float32, ldo int, x *float32, ldx int, w *float32, n, rows, blocks, pf int)
 
 //go:noescape
 func matmulX1AVX2(out *float32, x *float32, w *float32, n, rows int)
@@ -112,23 +112,19 @@ func matMulAVX2(out []float32, ldo int, x []float32, seqs int, w []float32, n, r
 		}
 		return
 	}
-	rb := rowBlock(n * 4)
-	// With several passes over each row block (eight or more rows of x),
-	// every pass prefetches the next block, which then arrives while this
-	// one is still in use. A single pass streams: there, rows a few pairs
-	// ahead arrive in time without evicting the rows in use (measured).
+	// Row blocks keep a block of weights in cache for the activation rows
+	// left over after the groups of four; the X4 kernel itself uses each
+	// weight row pair for all groups right after loading it.
+	rb := max(rowBlock(n*4), 64)
 	pf := 4 * n * 4
-	if seqs >= 8 {
-		pf = rb * n * 4
-	}
+	blocks := seqs / 4
 	for r0 := 0; r0 < rows; r0 += rb {
 		nr := min(rb, rows-r0)
 		wp := &w[r0*n]
-		s := 0
-		for ; s+4 <= seqs; s += 4 {
-			matmulX4AVX2(&out[s*ldo+r0], ldo, &x[s*n], n, wp, n, nr, pf)
+		if blocks > 0 {
+			matmulX4AVX2(&out[r0], ldo, &x[0], n, wp, n, nr, blocks, pf)
 		}
-		for ; s < seqs; s++ {
+		for s := 4 * blocks; s < seqs; s++ {
 			matmulX1AVX2(&out[s*ldo+r0], &x[s*n], wp, n, nr)
 		}
 	}

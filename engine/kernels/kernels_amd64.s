@@ -85,20 +85,17 @@ done:
 	VZEROUPPER
 	RET
 
-// func matmulX4AVX2(out *float32, ldo int, x *float32, ldx int, w *float32, n, rows, pf int)
-// out[s*ldo+r] = dot(w[r*n:], x[s*ldx:]) for s < 4, r < rows; two weight
-// rows at a time against four activation rows (eight accumulators). While
-// working on a row pair it prefetches the pair pf bytes further on.
-TEXT ·matmulX4AVX2(SB), NOSPLIT, $0-64
+// func matmulX4AVX2(out *float32, ldo int, x *float32, ldx int, w *float32, n, rows, blocks, pf int)
+// out[s*ldo+r] = dot(w[r*n:], x[s*ldx:]) for s < 4*blocks, r < rows. Two
+// weight rows at a time (one at the end) against four activation rows
+// (eight accumulators); each weight row pair is used for every group of four
+// activation rows right after it is loaded, so weights stream from memory
+// once and evenly, while the activations stay in cache. While working on a
+// pair it prefetches the rows pf bytes further on.
+TEXT ·matmulX4AVX2(SB), NOSPLIT, $16-72
 	MOVQ out+0(FP), DI
 	MOVQ ldo+8(FP), R8
 	SHLQ $2, R8
-	MOVQ x+16(FP), SI
-	MOVQ ldx+24(FP), R9
-	SHLQ $2, R9
-	LEAQ (SI)(R9*1), R10
-	LEAQ (SI)(R9*2), R11
-	LEAQ (R10)(R9*2), R12
 	MOVQ w+32(FP), BX
 	MOVQ n+40(FP), CX
 	MOVQ CX, R13
@@ -108,11 +105,22 @@ TEXT ·matmulX4AVX2(SB), NOSPLIT, $0-64
 	MOVQ rows+48(FP), R14
 
 pair:
-	CMPQ   R14, $2
-	JL     single
-	LEAQ   (BX)(R13*1), R9
-	MOVQ   pf+56(FP), R15
-	ADDQ   BX, R15
+	CMPQ R14, $2
+	JL   single
+	LEAQ (BX)(R13*1), R9
+	MOVQ pf+64(FP), R15
+	ADDQ BX, R15
+	MOVQ x+16(FP), SI
+	MOVQ DI, obase-8(SP)
+	MOVQ blocks+56(FP), AX
+	MOVQ AX, left-16(SP)
+
+pairtile:
+	MOVQ   ldx+24(FP), AX
+	SHLQ   $2, AX
+	LEAQ   (SI)(AX*1), R10
+	LEAQ   (SI)(AX*2), R11
+	LEAQ   (R10)(AX*2), R12
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
@@ -126,8 +134,7 @@ pair:
 	JE     pairreduce
 
 pairloop:
-	// The pair pf bytes on (contiguous rows), one cache line per step,
-	// so streaming weights overlap the arithmetic.
+	// The rows pf bytes on (contiguous), one cache line per step.
 	PREFETCHT0  (R15)(AX*8)
 	VMOVUPS     (BX)(AX*4), Y8
 	VMOVUPS     (R9)(AX*4), Y9
@@ -183,14 +190,32 @@ pairstore:
 	VMOVSS X5, 4(DI)(R8*1)
 	VMOVSS X6, 4(DI)(R8*2)
 	VMOVSS X7, 4(AX)(R8*1)
+	// Next four activation rows: x += 4*ldx (R12 is row 3), out += 4*ldo.
+	LEAQ   (DI)(R8*4), DI
+	MOVQ   ldx+24(FP), AX
+	SHLQ   $2, AX
+	LEAQ   (R12)(AX*1), SI
+	DECQ   left-16(SP)
+	JNZ    pairtile
+	MOVQ   obase-8(SP), DI
 	ADDQ   $8, DI
 	LEAQ   (BX)(R13*2), BX
 	SUBQ   $2, R14
 	JMP    pair
 
 single:
-	CMPQ   R14, $0
-	JE     done
+	CMPQ R14, $0
+	JE   done
+	MOVQ x+16(FP), SI
+	MOVQ blocks+56(FP), AX
+	MOVQ AX, left-16(SP)
+
+singletile:
+	MOVQ   ldx+24(FP), AX
+	SHLQ   $2, AX
+	LEAQ   (SI)(AX*1), R10
+	LEAQ   (SI)(AX*2), R11
+	LEAQ   (R10)(AX*2), R12
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
@@ -232,6 +257,12 @@ singlestore:
 	VMOVSS X1, (DI)(R8*1)
 	VMOVSS X2, (DI)(R8*2)
 	VMOVSS X3, (AX)(R8*1)
+	LEAQ   (DI)(R8*4), DI
+	MOVQ   ldx+24(FP), AX
+	SHLQ   $2, AX
+	LEAQ   (R12)(AX*1), SI
+	DECQ   left-16(SP)
+	JNZ    singletile
 
 done:
 	VZEROUPPER
