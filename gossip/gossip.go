@@ -27,10 +27,11 @@ const maxStrangers = 256
 // Gossip is one node's membership in the cluster. All methods are safe for
 // concurrent use.
 type Gossip struct {
-	cfg      Config
-	log      *slog.Logger
-	ml       *memberlist.Memberlist
-	udpLimit int // largest load message sent over UDP; larger go over TCP
+	cfg       Config
+	log       *slog.Logger
+	ml        *memberlist.Memberlist
+	udpLimit  int // largest load message sent over UDP; larger go over TCP
+	localAddr string
 
 	meta   atomic.Pointer[metaBlob]
 	metaMu sync.Mutex // serializes UpdateMeta
@@ -157,6 +158,9 @@ func New(cfg Config) (*Gossip, error) {
 	g.ml = ml
 	g.wg.Add(2)
 	go g.pushLoop()
+	// memberlist rewrites its local node on UpdateNode without a lock the
+	// caller can take, so the address is read once, here.
+	g.localAddr = g.ml.LocalNode().Address()
 	go g.watchLoop()
 	logger.Info("gossip started", "addr", g.LocalAddr(), "encrypted", key != nil)
 	return g, nil
@@ -167,7 +171,7 @@ func (g *Gossip) LocalName() string { return g.cfg.Name }
 
 // LocalAddr returns the host:port other nodes reach this node's gossip at:
 // the advertised address, with the real port when bound to port 0.
-func (g *Gossip) LocalAddr() string { return g.ml.LocalNode().Address() }
+func (g *Gossip) LocalAddr() string { return g.localAddr }
 
 // Join contacts the given gossip addresses (host:port) and merges this
 // node into their cluster, retrying with backoff (100 ms doubling to 5 s)

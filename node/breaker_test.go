@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -112,9 +113,11 @@ func TestBreakerOpensOnFailingUpstreamAndClosesAfterRecovery(t *testing.T) {
 		return sick.Store().State().Breaker(sick.Name(), "up").State == consensus.BreakerClosed
 	}, clusterWait, 20*time.Millisecond, "breaker never closed after the upstream recovered")
 
-	res := doJSON(t, http.MethodGet, "http://"+tc.nodes[2].HTTPAddr()+"/admin/v1/breakers", testToken, nil)
-	require.Equal(t, http.StatusOK, res.status)
-	require.Contains(t, string(res.body), `"state": "closed"`)
+	// Every node sees it closed (replication takes a moment).
+	require.Eventually(t, func() bool {
+		res := doJSON(t, http.MethodGet, "http://"+tc.nodes[2].HTTPAddr()+"/admin/v1/breakers", testToken, nil)
+		return res.status == http.StatusOK && strings.Contains(string(res.body), `"state": "closed"`)
+	}, 5*time.Second, 10*time.Millisecond, "node 3 never saw the breaker closed")
 	metrics := doJSON(t, http.MethodGet, "http://"+sick.HTTPAddr()+"/metrics", "", nil)
 	require.Contains(t, string(metrics.body), `inference_breaker_state{model="up",node="n1"} 0`)
 }
