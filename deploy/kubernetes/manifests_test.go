@@ -174,10 +174,12 @@ func TestStrictDecodingRejectsTypos(t *testing.T) {
 	data, err := os.ReadFile("statefulset.yaml")
 	require.NoError(t, err)
 	for name, mutate := range map[string]func(string) string{
-		"unknown field":   func(s string) string { return strings.Replace(s, "podManagementPolicy:", "podManagmentPolicy:", 1) },
-		"wrong type":      func(s string) string { return strings.Replace(s, "replicas: 3", "replicas: three", 1) },
-		"duplicate field": func(s string) string { return strings.Replace(s, "  replicas: 3\n", "  replicas: 3\n  replicas: 4\n", 1) },
-		"unknown kind":    func(s string) string { return strings.Replace(s, "kind: StatefulSet", "kind: StatefulSets", 1) },
+		"unknown field": func(s string) string { return strings.Replace(s, "podManagementPolicy:", "podManagmentPolicy:", 1) },
+		"wrong type":    func(s string) string { return strings.Replace(s, "replicas: 3", "replicas: three", 1) },
+		"duplicate field": func(s string) string {
+			return strings.Replace(s, "  replicas: 3\n", "  replicas: 3\n  replicas: 4\n", 1)
+		},
+		"unknown kind": func(s string) string { return strings.Replace(s, "kind: StatefulSet", "kind: StatefulSets", 1) },
 	} {
 		t.Run(name, func(t *testing.T) {
 			bad := mutate(string(data))
