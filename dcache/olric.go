@@ -242,12 +242,6 @@ func (o *olricStore) olricConfig(ready func()) (*config.Config, error) {
 	return oc, nil
 }
 
-// olricStarting serialises member starts within one process. Olric counts start
-// checkpoints in a package-level variable, so two members starting at once in one process
-// (tests run whole clusters in one) race on it; production runs one member per process and
-// never waits here.
-var olricStarting sync.Mutex
-
 // start runs the member: Olric's Start blocks for the member's lifetime, so it runs in a
 // goroutine, and readiness is Olric's Started callback.
 func (o *olricStore) start(ctx context.Context) error {
@@ -269,15 +263,6 @@ func (o *olricStore) start(ctx context.Context) error {
 	// The port goes back to the OS just before Olric binds it. If Olric's bind fails after
 	// olric.New, Olric's process-wide start checkpoint stays unbalanced and no later member in
 	// this process ever gets its Started callback; New's reservation keeps that window tiny.
-	olricStarting.Lock()
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			olricStarting.Unlock()
-		}
-	}
-	defer release()
 	_ = o.reserve.Close()
 	db, err := olric.New(oc)
 	if err != nil {
@@ -305,7 +290,6 @@ func (o *olricStore) start(ctx context.Context) error {
 		o.abort()
 		return fmt.Errorf("olric start on %s: no Started callback: %w", name, ctx.Err())
 	}
-	release()
 
 	o.embedded = db.NewEmbeddedClient()
 	ccfg := config.NewClient()
