@@ -150,7 +150,9 @@ func (b *bucket) take(l *Limiter, r Rule, now time.Time, fallback bool) takeOut 
 	if fallback && b.inflight != nil {
 		b.inflight.slow = true
 	}
-	if b.failed || fallback || b.inflight != nil && b.inflight.slow {
+	// The share decides while the counter is failing or a lease is overdue; once a lease is
+	// in, its outcome decides even for a request that gave up waiting.
+	if b.failed || b.inflight != nil && b.inflight.slow {
 		if b.failed && b.inflight == nil && !now.Before(b.retryAt) {
 			l.startLease(b, now)
 		}

@@ -15,6 +15,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// The node passes its *dcache.Cache as the counter.
+var _ Counter = (*dcache.Cache)(nil)
+
 // Generous bounds: the suite must not flake on a loaded 2-core machine.
 const (
 	waitTimeout = 30 * time.Second

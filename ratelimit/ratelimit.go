@@ -540,7 +540,9 @@ func (l *Limiter) sweeper(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		l.sweep(ctx)
+		// Not ctx: Close cancels it, and a give-back cut off mid-call may still be applied
+		// and then be sent a second time by Close. Close waits for this sweep instead.
+		l.sweep(context.Background())
 	}
 }
 
