@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sort"
 	"sync"
 	"time"
 )
@@ -99,7 +100,7 @@ func (r *Router) Policy() string { return r.policy }
 // Filter drops candidates that must not receive work: open breakers,
 // excluded nodes (already tried) and remote nodes with stale load.
 func (r *Router) Filter(cands []Candidate, exclude map[string]bool) []Candidate {
-	out := cands[:0:0]
+	out := make([]Candidate, 0, len(cands))
 	for _, c := range cands {
 		if c.Open || exclude[c.Node] || (!c.Local && c.LoadAge > r.stale) {
 			continue
@@ -120,24 +121,22 @@ func (r *Router) score(c Candidate) float64 {
 	return float64(work) / float64(slots)
 }
 
-// sentSince counts sends to node after t.
+// sentSince counts sends to node after t; the history is in time order.
 func (r *Router) sentSince(node string, t time.Time) int {
 	s := r.sent[node]
-	i := len(s)
-	for i > 0 && s[i-1].After(t) {
-		i--
-	}
-	return len(s) - i
+	return len(s) - sort.Search(len(s), func(i int) bool { return s[i].After(t) })
 }
 
+// recordSend appends a send. Sends older than a stale report can no longer
+// matter; they are dropped in bulk, so a send costs O(1) amortised.
 func (r *Router) recordSend(node string, now time.Time) {
-	s := r.sent[node]
-	// Sends older than a stale report can no longer matter.
-	cut := 0
-	for cut < len(s) && (now.Sub(s[cut]) > r.stale || len(s)-cut >= maxTrackedSends) {
-		cut++
+	s := append(r.sent[node], now)
+	if len(s) > 2*maxTrackedSends || now.Sub(s[0]) > 2*r.stale {
+		cut := sort.Search(len(s), func(i int) bool { return now.Sub(s[i]) <= r.stale })
+		cut = max(cut, len(s)-maxTrackedSends)
+		s = append(s[:0:0], s[cut:]...)
 	}
-	r.sent[node] = append(s[cut:], now)
+	r.sent[node] = s
 }
 
 // Pick chooses a target among cands for one request and records the send.
