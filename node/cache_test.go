@@ -177,3 +177,25 @@ func TestIdenticalMissesRunTheModelOncePerCluster(t *testing.T) {
 	}
 	require.Equal(t, 1.0, total, "100 identical concurrent misses over 3 nodes must run the model once")
 }
+
+func TestRequestsSucceedUncachedWhenTheCacheIsDown(t *testing.T) {
+	tc := olricCluster(t, 1, nil)
+	nd := tc.nodes[0]
+	require.NoError(t, nd.cache.Close(context.Background()))
+	for i := 0; i < 3; i++ {
+		res := deterministicInfer(t, nd, "cache is down", nil)
+		require.Equal(t, http.StatusOK, res.status, string(res.body))
+		require.Equal(t, cacheMiss, res.header.Get("X-Shoal-Cache"))
+	}
+	h := doJSON(t, http.MethodGet, "http://"+nd.HTTPAddr()+"/health", "", nil)
+	require.Equal(t, http.StatusOK, h.status, "a degraded cache must not make the node unavailable")
+	var rep struct {
+		Status     string `json:"status"`
+		Components map[string]struct {
+			Status string `json:"status"`
+		} `json:"components"`
+	}
+	require.NoError(t, json.Unmarshal(h.body, &rep))
+	require.Equal(t, "degraded", rep.Components["cache"].Status)
+	require.Equal(t, "degraded", rep.Status)
+}
