@@ -184,7 +184,7 @@ scrape_configs:
 		} `json:"data"`
 	}
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&rulesAnswer))
-	require.Len(t, rulesAnswer.Data.Groups, 3)
+	require.Len(t, rulesAnswer.Data.Groups, 2)
 	require.Eventually(t, func() bool {
 		resp, err := http.Get(base + "/api/v1/rules")
 		if err != nil {
