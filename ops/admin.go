@@ -193,6 +193,22 @@ func (a *Admin) ctx(r *http.Request) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(r.Context(), 10*time.Second)
 }
 
+// apply validates cmd and commits it through Raft, answering the error if
+// either fails; it reports whether the caller should write its answer.
+func (a *Admin) apply(w http.ResponseWriter, r *http.Request, cmd consensus.Command) bool {
+	if err := cmd.Validate(); err != nil {
+		a.fail(w, err)
+		return false
+	}
+	ctx, cancel := a.ctx(r)
+	defer cancel()
+	if err := a.cfg.Backend.Apply(ctx, cmd); err != nil {
+		a.fail(w, err)
+		return false
+	}
+	return true
+}
+
 func (a *Admin) cluster(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := a.ctx(r)
 	defer cancel()
@@ -274,14 +290,7 @@ func (a *Admin) putBatching(w http.ResponseWriter, r *http.Request) {
 		cur.FlushTimeout = d
 	}
 	cmd := consensus.SetBatching{Model: body.Model, Settings: cur}
-	if err := cmd.Validate(); err != nil {
-		a.fail(w, err)
-		return
-	}
-	ctx, cancel := a.ctx(r)
-	defer cancel()
-	if err := a.cfg.Backend.Apply(ctx, cmd); err != nil {
-		a.fail(w, err)
+	if !a.apply(w, r, cmd) {
 		return
 	}
 	writeAdminJSON(w, http.StatusOK, map[string]any{"model": body.Model, "max_size": cur.MaxSize, "flush_timeout": cur.FlushTimeout.String()})
@@ -309,14 +318,7 @@ func (a *Admin) putLimits(w http.ResponseWriter, r *http.Request) {
 		p.Keys = a.cfg.Backend.Limits().Keys
 	}
 	cmd := consensus.SetLimitPolicy{Policy: p}
-	if err := cmd.Validate(); err != nil {
-		a.fail(w, err)
-		return
-	}
-	ctx, cancel := a.ctx(r)
-	defer cancel()
-	if err := a.cfg.Backend.Apply(ctx, cmd); err != nil {
-		a.fail(w, err)
+	if !a.apply(w, r, cmd) {
 		return
 	}
 	writeAdminJSON(w, http.StatusOK, a.cfg.Backend.Limits())
@@ -337,14 +339,7 @@ func (a *Admin) putKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	cmd := consensus.NewPutKey(body.Key, consensus.KeyLimit{RPM: body.RPM, TPM: body.TPM, Tenant: body.Tenant})
-	if err := cmd.Validate(); err != nil {
-		a.fail(w, err)
-		return
-	}
-	ctx, cancel := a.ctx(r)
-	defer cancel()
-	if err := a.cfg.Backend.Apply(ctx, cmd); err != nil {
-		a.fail(w, err)
+	if !a.apply(w, r, cmd) {
 		return
 	}
 	writeAdminJSON(w, http.StatusOK, map[string]any{"id": cmd.Hash, "prefix": consensus.KeyPrefix(body.Key), "rpm": body.RPM, "tpm": body.TPM, "tenant": body.Tenant})
@@ -352,14 +347,7 @@ func (a *Admin) putKey(w http.ResponseWriter, r *http.Request) {
 
 func (a *Admin) deleteKey(w http.ResponseWriter, r *http.Request) {
 	cmd := consensus.DeleteKey{Hash: r.PathValue("id")}
-	if err := cmd.Validate(); err != nil {
-		a.fail(w, err)
-		return
-	}
-	ctx, cancel := a.ctx(r)
-	defer cancel()
-	if err := a.cfg.Backend.Apply(ctx, cmd); err != nil {
-		a.fail(w, err)
+	if !a.apply(w, r, cmd) {
 		return
 	}
 	writeAdminJSON(w, http.StatusOK, map[string]any{"deleted": cmd.Hash})
