@@ -130,6 +130,8 @@ func TestFlappingUpstreamStaysWithinTransitionBound(t *testing.T) {
 		cfg.CircuitBreaker.Timeout = 50 * time.Millisecond
 	})
 	nd := tc.nodes[0]
+	// The leader seeds the limit policy once; count only what follows.
+	require.Eventually(t, func() bool { return nd.Store().State().Limits != nil }, clusterWait, 10*time.Millisecond)
 	start := nd.Store().AppliedIndex()
 	// Flip the upstream on every request for a few seconds.
 	deadline := time.Now().Add(4 * time.Second)

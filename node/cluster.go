@@ -136,6 +136,7 @@ func (n *Node) runCluster(ctx context.Context) {
 		case <-reconcile.C:
 			n.reconcile(ctx)
 			n.breakers.tick()
+			n.seedLimits(ctx)
 		case <-changes:
 			n.applyState()
 			n.exportBreakers()
@@ -221,6 +222,22 @@ func (n *Node) currentMeta() gossip.Meta {
 	n.metaMu.Lock()
 	defer n.metaMu.Unlock()
 	return n.meta
+}
+
+// seedLimits writes the configured default limits into Raft once, on the
+// leader of a cluster that has no policy yet, so later changes (an API key,
+// an endpoint limit) start from the configured defaults. After that the
+// replicated policy wins; change it with the admin API.
+func (n *Node) seedLimits(ctx context.Context) {
+	if !n.store.IsLeader() || n.store.State().Limits != nil {
+		return
+	}
+	cmd := consensus.SetLimitPolicy{Policy: consensus.LimitPolicy{DefaultRPM: n.cfg.RateLimit.RPM, AuthRequired: n.cfg.Auth.Required}}
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := n.store.Apply(actx, cmd); err != nil && ctx.Err() == nil {
+		n.logger.Warn("seed limit policy", "err", err)
+	}
 }
 
 // applyState makes replicated settings take effect on this node.
