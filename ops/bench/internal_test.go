@@ -237,3 +237,32 @@ func TestParseEndpoint(t *testing.T) {
 	_, err := ParseEndpoint("embeddings")
 	require.ErrorIs(t, err, ErrBadEndpoint)
 }
+
+// BenchmarkAggregateAdd is the per-response cost of recording a result,
+// paid under a lock by every worker.
+func BenchmarkAggregateAdd(b *testing.B) {
+	a := newAggregate(30 * time.Second)
+	a.start = time.Now()
+	at := a.start
+	r := &result{scheduled: at, sent: at, end: at.Add(42 * time.Millisecond), status: 200, cache: "miss", node: "n1",
+		ttft: 5 * time.Millisecond, itl: []time.Duration{time.Millisecond, 2 * time.Millisecond}, outTokens: 3}
+	b.ReportAllocs()
+	for b.Loop() {
+		a.add(r)
+	}
+}
+
+// BenchmarkReadSSE parses a 64-token chat stream.
+func BenchmarkReadSSE(b *testing.B) {
+	var sb strings.Builder
+	for range 64 {
+		sb.WriteString(`data: {"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":" word"}}]}` + "\n\n")
+	}
+	sb.WriteString("data: [DONE]\n\n")
+	stream := sb.String()
+	b.SetBytes(int64(len(stream)))
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = readSSE(strings.NewReader(stream), func([]byte) (bool, error) { return false, nil })
+	}
+}
