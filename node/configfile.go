@@ -386,7 +386,7 @@ func DefaultModelConfig(name, backend string) ModelConfig {
 type Env func(key string) (string, bool)
 
 // ApplyEnv applies the seed guide's environment variables (and
-// SHOAL_ADMIN_TOKEN) over c. A malformed value is an error naming the
+// SHOAL_ADMIN_TOKEN, SHOAL_GOSSIP_KEY) over c. A malformed value is an error naming the
 // variable.
 func (c *Config) ApplyEnv(getenv Env) error {
 	var errs []string
@@ -428,6 +428,9 @@ func (c *Config) ApplyEnv(getenv Env) error {
 	durVar("CIRCUIT_BREAKER_TIMEOUT_SEC", time.Second, &c.CircuitBreaker.Timeout)
 	if v, ok := getenv("SHOAL_ADMIN_TOKEN"); ok {
 		c.Admin.Token = v
+	}
+	if v, ok := getenv("SHOAL_GOSSIP_KEY"); ok {
+		c.Gossip.EncryptKey = strings.TrimSpace(v)
 	}
 	if len(errs) > 0 {
 		return &ConfigError{fmt.Errorf("environment: %s", strings.Join(errs, "; "))}

@@ -20,6 +20,7 @@ import (
 	"github.com/shoal-dev/shoal/engine"
 	"github.com/shoal-dev/shoal/gossip"
 	"github.com/shoal-dev/shoal/ops"
+	"github.com/shoal-dev/shoal/ratelimit"
 	"github.com/shoal-dev/shoal/router"
 	"github.com/shoal-dev/shoal/scheduler"
 	"github.com/shoal-dev/shoal/scheduler/openai"
@@ -43,6 +44,7 @@ type Node struct {
 	store      *consensus.Store
 	gossip     *gossip.Gossip
 	cache      *dcache.Cache
+	limiter    *ratelimit.Limiter
 	router     *router.Router
 	fwd        *router.Forwarder
 	peerClient *http.Client
@@ -144,6 +146,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return err
 	}
 	if err := n.newCache(); err != nil {
+		return err
+	}
+	if err := n.newLimiter(); err != nil {
 		return err
 	}
 	if err := n.startGossip(host); err != nil {
@@ -348,6 +353,11 @@ func (n *Node) closePartial() {
 	if n.gossip != nil {
 		if err := n.gossip.Shutdown(); err != nil {
 			n.logger.Warn("gossip shutdown", "err", err)
+		}
+	}
+	if n.limiter != nil {
+		if err := n.limiter.Close(ctx); err != nil {
+			n.logger.Warn("rate limiter close", "err", err)
 		}
 	}
 	if n.cache != nil {

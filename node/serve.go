@@ -79,6 +79,11 @@ func (a *api) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
 		if r.Header.Get(router.HeaderForwarded) == "" {
+			// Limits are checked where a request enters the cluster.
+			if err := a.admit(ctx, w, r, req); err != nil {
+				fail(err)
+				return
+			}
 			// The receiving node looks the answer up, so a hit costs no hop.
 			if a.answerFromCache(ctx, w, r, req) {
 				status = http.StatusOK

@@ -1,0 +1,114 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/shoal-dev/shoal/consensus"
+	"github.com/shoal-dev/shoal/ratelimit"
+)
+
+// newLimiter builds the cluster-wide rate limiter over the shared cache's
+// counters.
+func (n *Node) newLimiter() error {
+	l, err := ratelimit.New(ratelimit.Config{Counter: n.cache, Node: n.cfg.NodeName, Nodes: n.clusterSize, Logger: n.logger})
+	if err != nil {
+		return fmt.Errorf("rate limiter: %w", err)
+	}
+	n.limiter = l
+	return nil
+}
+
+// clusterSize is the size the limiter's fallback share divides limits by:
+// the configured servers, so a partitioned minority never grants itself the
+// whole limit.
+func (n *Node) clusterSize() int {
+	size := n.cfg.Raft.BootstrapExpect
+	if servers, err := n.store.Configuration(); err == nil {
+		size = max(size, len(servers))
+	}
+	return max(size, 1)
+}
+
+// limitPolicy is the replicated policy, or the configured defaults until
+// the leader has seeded it.
+func (n *Node) limitPolicy() *consensus.LimitPolicy {
+	if p := n.store.State().Limits; p != nil {
+		return p
+	}
+	return &consensus.LimitPolicy{DefaultRPM: n.cfg.RateLimit.RPM, AuthRequired: n.cfg.Auth.Required}
+}
+
+// bearerKey returns the API key of Authorization: Bearer <key>.
+func bearerKey(r *http.Request) string {
+	k, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return ""
+	}
+	return strings.TrimSpace(k)
+}
+
+// admit applies authentication and the rate limits to a request entering
+// the cluster here. It sets the X-RateLimit headers and returns the error
+// to answer with, if any. Token limits count max_tokens (or a default)
+// plus a prompt estimate up front, as OpenAI does, so a request never
+// overdraws them.
+func (a *api) admit(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest) error {
+	p := a.n.limitPolicy()
+	key := bearerKey(r)
+	hash := ""
+	if key != "" {
+		hash = consensus.HashKey(key)
+	}
+	if p.AuthRequired {
+		if _, ok := p.Keys[hash]; !ok || hash == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="shoal"`)
+			return &apiError{Status: http.StatusUnauthorized, Type: "invalid_request_error", Code: "invalid_api_key",
+				Message: "a valid API key is required: Authorization: Bearer <key>"}
+		}
+	}
+	ip, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		ip = r.RemoteAddr
+	}
+	rules := ratelimit.RulesFor(p, ratelimit.Request{
+		Path: r.URL.Path, KeyHash: hash, IP: ip,
+		// Every inference endpoint generates tokens, so token limits
+		// apply to all of them.
+		LLM:    true,
+		Tokens: estimateTokens(req),
+	})
+	if len(rules) == 0 {
+		return nil
+	}
+	d := a.n.limiter.Allow(ctx, rules)
+	d.SetHeaders(w.Header())
+	if d.Allowed {
+		return nil
+	}
+	a.metrics.RateLimited.WithLabelValues(d.Policy).Inc()
+	return &apiError{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "rate_limit_exceeded",
+		Message: fmt.Sprintf("rate limit exceeded (%s: %d per window); retry after %s", d.Policy, d.Limit, d.RetryAfter.Round(time.Second)),
+		RetryAfter: max(d.RetryAfter, time.Second)}
+}
+
+// estimateTokens is a request's token cost for token-per-minute limits:
+// about four bytes a token of prompt, plus the completion it may produce.
+func estimateTokens(req *apiRequest) int {
+	n := 0
+	for _, p := range req.Prompts {
+		n += len(p)
+	}
+	for _, m := range req.Messages {
+		n += len(m.Content) + len(m.Role)
+	}
+	completion := req.Params.MaxTokens
+	if completion == 0 {
+		completion = 128
+	}
+	return n/4 + completion*max(1, len(req.Prompts))
+}

@@ -1,0 +1,119 @@
+package node
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/shoal-dev/shoal/consensus"
+)
+
+func putLimits(t *testing.T, nd *Node, policy map[string]any) {
+	t.Helper()
+	res := doJSON(t, http.MethodPut, "http://"+nd.HTTPAddr()+"/admin/v1/limits", testToken, policy)
+	require.Equal(t, http.StatusOK, res.status, string(res.body))
+}
+
+func waitPolicy(t *testing.T, nodes []*Node, ok func(*consensus.LimitPolicy) bool) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		for _, nd := range nodes {
+			p := nd.Store().State().Limits
+			if p == nil || !ok(p) {
+				return false
+			}
+		}
+		return true
+	}, 5*time.Second, 10*time.Millisecond, "the policy change did not reach every node")
+}
+
+func inferWithKey(t *testing.T, nd *Node, key string) httpResult {
+	t.Helper()
+	b, _ := json.Marshal(map[string]any{"model": "sim-fast", "input": "limited", "parameters": map[string]any{"temperature": 1, "max_tokens": 2}})
+	req, _ := http.NewRequest(http.MethodPost, "http://"+nd.HTTPAddr()+"/v1/infer", bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/json")
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return httpResult{status: resp.StatusCode, header: resp.Header, body: body}
+}
+
+// A client spreading its requests over three nodes gets the limit once, not
+// three times: per window at most 110% of it is admitted, and at least 95%
+// when the client asked for more.
+func TestEndpointLimitIsEnforcedClusterWide(t *testing.T) {
+	tc := olricCluster(t, 3, nil)
+	const limit = 60
+	// Set through a follower: the change applies everywhere.
+	putLimits(t, tc.nodes[1], map[string]any{"default_rpm": 0, "endpoints": map[string]any{"/v1/infer": map[string]any{"rpm": limit}}})
+	waitPolicy(t, tc.nodes, func(p *consensus.LimitPolicy) bool { return p.Endpoints["/v1/infer"].RPM == limit })
+
+	var mu sync.Mutex
+	admitted := map[string]int{} // by window (X-RateLimit-Reset)
+	denied := map[string]int{}
+	var wg sync.WaitGroup
+	for c := 0; c < 6; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			for i := 0; i < 40; i++ {
+				res := inferWithKey(t, tc.nodes[(c+i)%3], "")
+				window := res.header.Get("X-RateLimit-Reset")
+				mu.Lock()
+				switch res.status {
+				case http.StatusOK:
+					admitted[window]++
+				case http.StatusTooManyRequests:
+					denied[window]++
+					require.NotEmpty(t, res.header.Get("Retry-After"))
+					require.Contains(t, string(res.body), "rate_limit_exceeded")
+				default:
+					t.Errorf("unexpected status %d: %s", res.status, res.body)
+				}
+				mu.Unlock()
+				require.Equal(t, strconv.Itoa(limit), res.header.Get("X-RateLimit-Limit"))
+			}
+		}(c)
+	}
+	wg.Wait()
+	saturated := 0
+	for window, n := range admitted {
+		t.Logf("window ending %s: %d admitted, %d denied", window, n, denied[window])
+		require.LessOrEqual(t, n, limit*110/100, "window %s admitted too many", window)
+		if denied[window] > 0 {
+			saturated++
+			require.GreaterOrEqual(t, n, limit*95/100, "window %s admitted too few", window)
+		}
+	}
+	require.Positive(t, saturated, "the client never exceeded the limit")
+	metrics := doJSON(t, http.MethodGet, "http://"+tc.nodes[0].HTTPAddr()+"/metrics", "", nil)
+	require.Contains(t, string(metrics.body), `inference_rate_limited_total{policy="endpoint"}`)
+}
+
+func TestAuthRequiredRejectsUnknownKeys(t *testing.T) {
+	tc := mustNewCluster(t, 1, nil)
+	nd := tc.nodes[0]
+	const key = "sk-test-key-0123456789abcdef"
+	res := doJSON(t, http.MethodPost, "http://"+nd.HTTPAddr()+"/admin/v1/keys", testToken, map[string]any{"key": key, "rpm": 100})
+	require.Equal(t, http.StatusOK, res.status, string(res.body))
+	require.NotContains(t, string(res.body), key, "the raw key must not be echoed")
+	putLimits(t, nd, map[string]any{"default_rpm": 1000, "auth_required": true})
+	waitPolicy(t, tc.nodes, func(p *consensus.LimitPolicy) bool { return p.AuthRequired && len(p.Keys) == 1 })
+
+	require.Equal(t, http.StatusUnauthorized, inferWithKey(t, nd, "").status)
+	require.Equal(t, http.StatusUnauthorized, inferWithKey(t, nd, "sk-unknown-key-000000000000").status)
+	ok := inferWithKey(t, nd, key)
+	require.Equal(t, http.StatusOK, ok.status, string(ok.body))
+	require.Equal(t, "100", ok.header.Get("X-RateLimit-Limit"), "the key's own limit applies")
+}
