@@ -199,3 +199,17 @@ func TestRequestsSucceedUncachedWhenTheCacheIsDown(t *testing.T) {
 	require.Equal(t, "degraded", rep.Components["cache"].Status)
 	require.Equal(t, "degraded", rep.Status)
 }
+
+func TestCachedAnswersExpireAfterTheirTTL(t *testing.T) {
+	tc := mustNewCluster(t, 1, func(_ int, cfg *Config) { cfg.Cache.DefaultTTL = time.Second })
+	nd := tc.nodes[0]
+	require.Equal(t, cacheMiss, deterministicInfer(t, nd, "short lived", nil).header.Get("X-Shoal-Cache"))
+	require.Eventually(t, func() bool {
+		return deterministicInfer(t, nd, "short lived", nil).header.Get("X-Shoal-Cache") == cacheHit
+	}, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool {
+		_, found, _ := nd.cache.Get(context.Background(), "sim-fast", mustCacheKey(t, "short lived"))
+		return !found
+	}, 10*time.Second, 50*time.Millisecond, "the entry never expired")
+	require.Equal(t, cacheMiss, deterministicInfer(t, nd, "short lived", nil).header.Get("X-Shoal-Cache"))
+}

@@ -412,3 +412,19 @@ func countServed(t *testing.T, nd *Node, total, clients int) map[string]int {
 	}
 	return served
 }
+
+func TestSlowNodeGetsASmallerShare(t *testing.T) {
+	tc := mustNewCluster(t, 3, func(i int, cfg *Config) {
+		m := &cfg.Models[0]
+		m.Sim.Base, m.Sim.PerItem, m.Sim.Exponent = 10*time.Millisecond, 2*time.Millisecond, 1
+		if i == 2 {
+			m.Sim.Base, m.Sim.PerItem = 60*time.Millisecond, 12*time.Millisecond
+		}
+		m.MaxSize, m.FlushTimeout = 4, time.Millisecond
+	})
+	tc.waitMembers(tc.nodes...)
+	served := countServed(t, tc.nodes[0], 240, 16)
+	t.Logf("served: %v", served)
+	require.Less(t, served["n3"], served["n1"])
+	require.Less(t, served["n3"], served["n2"])
+}
