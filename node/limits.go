@@ -92,7 +92,7 @@ func (a *api) admit(ctx context.Context, w http.ResponseWriter, r *http.Request,
 	}
 	a.metrics.RateLimited.WithLabelValues(d.Policy).Inc()
 	return &apiError{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "rate_limit_exceeded",
-		Message: fmt.Sprintf("rate limit exceeded (%s: %d per window); retry after %s", d.Policy, d.Limit, d.RetryAfter.Round(time.Second)),
+		Message:    fmt.Sprintf("rate limit exceeded (%s: %d per window); retry after %s", d.Policy, d.Limit, d.RetryAfter.Round(time.Second)),
 		RetryAfter: max(d.RetryAfter, time.Second)}
 }
 
