@@ -131,6 +131,11 @@ func (b *bucket) take(l *Limiter, r Rule, now time.Time, fallback bool) takeOut 
 		return takeOut{kind: outDead}
 	}
 	b.roll(windowIndex(now, r.Window))
+	if r.Limit > b.limit {
+		// A raised limit (a policy change) makes room at once; a lowered one applies to the
+		// tokens not leased yet.
+		b.exhausted, b.probes = false, 0
+	}
 	b.limit = r.Limit
 	b.lastUse = now
 	out := takeOut{kind: outDeny, reset: windowEnd(b.idx, r.Window)}

@@ -391,3 +391,14 @@ func held(l *Limiter, rule Rule) (balance, debt int) {
 	defer b.mu.Unlock()
 	return b.balance, b.debt
 }
+
+func TestLimitChangeAppliesWithinTheWindow(t *testing.T) {
+	clock := newFakeClock()
+	l := newLimiter(t, Config{Counter: localCache(t), Nodes: nodes(1), Now: clock.Now})
+	rule := Rule{Policy: PolicyEndpoint, Key: "/v1/infer", Limit: 5, Window: time.Minute}
+	require.Equal(t, 5, admitAll(t, l, rule))
+	rule.Limit = 8
+	require.Equal(t, 3, admitAll(t, l, rule), "a raised limit admits the difference at once")
+	rule.Limit = 4
+	require.Zero(t, admitAll(t, l, rule), "a lowered limit below the count denies")
+}
