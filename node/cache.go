@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/shoal-dev/shoal/dcache"
 	"github.com/shoal-dev/shoal/ops"
@@ -17,6 +18,9 @@ func (n *Node) newCache() error {
 	cc.MemberlistAddr = n.cfg.Cache.MemberlistAddr
 	cc.MaxBytes = n.cfg.Cache.MaxBytes
 	cc.LookupTimeout = n.cfg.Cache.LookupTimeout
+	// Counter leases for the rate limiter run in the background; a timed-out
+	// lease that lands anyway strands its tokens, so give writes time.
+	cc.OpTimeout = time.Second
 	cc.WaitForPeers = len(n.cfg.Join) > 0
 	cc.Peers = n.cachePeers
 	cc.Logger = n.logger

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/consensus"
+	"github.com/shoal-dev/shoal/ops"
 	"github.com/shoal-dev/shoal/ratelimit"
 )
 
@@ -32,6 +33,15 @@ func (n *Node) clusterSize() int {
 		size = max(size, len(servers))
 	}
 	return max(size, 1)
+}
+
+func (n *Node) limiterHealth() ops.Component {
+	st := n.limiter.Stats()
+	c := ops.Component{Status: ops.StatusOK, Data: map[string]any{"allowed": st.Allowed, "denied": st.Denied}}
+	if st.Degraded {
+		c.Status, c.Detail = ops.StatusDegraded, "shared counters unreachable: each node enforces its share of every limit"
+	}
+	return c
 }
 
 // limitPolicy is the replicated policy, or the configured defaults until

@@ -159,6 +159,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.health.Register("gossip", n.gossipHealth)
 	n.health.Register("cache", n.cacheHealth)
 	n.health.Register("breakers", n.breakerHealth)
+	n.health.Register("ratelimit", n.limiterHealth)
 
 	n.httpSrv = &http.Server{
 		Handler:           n.routes(),
