@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,7 +35,9 @@ const (
 // Config configures a Backend.
 type Config struct {
 	// Checkpoint and Tokenizer are paths to a llama2.c model.bin and
-	// tokenizer.bin. Leave both empty to serve the built-in synthetic model
+	// tokenizer.bin, or Checkpoint is a GGUF file (llama architecture; F32,
+	// F16 or Q8_0 tensors) whose own vocabulary is used when Tokenizer is
+	// empty. Leave both empty to serve the built-in synthetic model
 	// from DataDir/models/default/, generated there on first start: random
 	// weights that produce word salad, not meaning. Real llama2.c weights
 	// (for example stories15M.bin with llama2.c's tokenizer.bin) give real
@@ -68,9 +71,12 @@ func (c Config) Validate() error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
 	}
+	gguf := strings.HasSuffix(strings.ToLower(c.Checkpoint), ".gguf")
 	switch {
-	case (c.Checkpoint == "") != (c.Tokenizer == ""):
-		return bad("checkpoint %q and tokenizer %q: set both or neither", c.Checkpoint, c.Tokenizer)
+	case c.Checkpoint == "" && c.Tokenizer != "":
+		return bad("tokenizer %q without a checkpoint", c.Tokenizer)
+	case c.Checkpoint != "" && c.Tokenizer == "" && !gguf:
+		return bad("checkpoint %q needs a tokenizer (only .gguf files carry their own)", c.Checkpoint)
 	case c.Checkpoint == "" && c.DataDir == "":
 		return bad("data_dir is required for the built-in model when no checkpoint is set")
 	case c.Quantize != "" && c.Quantize != quantizeNone && c.Quantize != quantInt8:
@@ -219,13 +225,8 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("load model: %w", err)
 	}
 	start := time.Now()
-	w, err := loadWeights(ckpt, cfg.Quantize == quantInt8)
+	w, tok, err := loadModel(ckpt, tokPath, cfg.Quantize == quantInt8)
 	if err != nil {
-		return nil, err
-	}
-	tok, err := ReadTokenizer(tokPath, w.cfg.Vocab)
-	if err != nil {
-		_ = w.close()
 		return nil, err
 	}
 	b, err := newBackend(cfg, log, w, tok)

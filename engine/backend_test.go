@@ -334,6 +334,7 @@ func TestConcurrentAdmitsAllFinish(t *testing.T) {
 func TestConfigValidateNamesBadField(t *testing.T) {
 	cases := map[string]Config{
 		"checkpoint":         {Checkpoint: "m.bin"},
+		"tokenizer":          {Tokenizer: "t.bin", DataDir: "d"},
 		"data_dir":           {},
 		"quantize":           {DataDir: "d", Quantize: "int4"},
 		"max_sequences":      {DataDir: "d", MaxSequences: -1},
@@ -349,6 +350,7 @@ func TestConfigValidateNamesBadField(t *testing.T) {
 	}
 	require.NoError(t, Config{DataDir: "d"}.Validate())
 	require.NoError(t, Config{Checkpoint: "m", Tokenizer: "t", Quantize: "int8"}.Validate())
+	require.NoError(t, Config{Checkpoint: "m.gguf"}.Validate())
 }
 
 func TestNewRejectsBudgetBelowOneSequence(t *testing.T) {

@@ -202,8 +202,8 @@ func checkSize(c ModelConfig, size int64) error {
 	return nil
 }
 
-// Inspect reads a llama2.c checkpoint's header and reports its shapes,
-// parameter count and memory needs without loading the weights.
+// Inspect reads a checkpoint's header (llama2.c or GGUF) and reports its
+// shapes, parameter count and memory needs without loading the weights.
 func Inspect(path string) (Info, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -212,6 +212,9 @@ func Inspect(path string) (Info, error) {
 	defer f.Close()
 	var hdr [headerSize]byte
 	n, err := io.ReadFull(f, hdr[:])
+	if isGGUF(hdr[:n]) {
+		return inspectGGUF(path)
+	}
 	if err != nil && n < headerSize {
 		return Info{}, fmt.Errorf("inspect %s: %w: %d bytes, header needs %d", path, ErrTruncated, n, headerSize)
 	}
@@ -252,9 +255,11 @@ type weights struct {
 	layers   []layerWeights
 	rmsFinal []float32
 	cls      *matrix
-	// ropeCos and ropeSin hold cos/sin of pos*freq for every position and
-	// every pair of a head (seq_len x head_size/2), computed as run.c does.
-	ropeCos, ropeSin []float32
+	// normEps is RMSNorm's epsilon (1e-5 in llama2.c).
+	normEps float32
+	// ropeFreqs holds RoPE's frequency for each pair of a head
+	// (head_size/2), computed as run.c does.
+	ropeFreqs []float32
 	release          func() error
 }
 
@@ -295,6 +300,53 @@ func floatsOf(b []byte) []float32 {
 		out[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
 	}
 	return out
+}
+
+// loadModel maps a checkpoint — llama2.c or GGUF, told apart by GGUF's
+// magic — and builds the model and its tokenizer: from tokPath, or for GGUF
+// with an empty tokPath from the file's own vocabulary. The mapping stays
+// only while weights alias it.
+func loadModel(ckpt, tokPath string, quantize bool) (*weights, *Tokenizer, error) {
+	data, release, err := mapFile(ckpt)
+	if err != nil {
+		return nil, nil, fmt.Errorf("load checkpoint: %w", err)
+	}
+	var w *weights
+	var tok *Tokenizer
+	aliased := !quantize
+	if isGGUF(data) {
+		var f *ggufFile
+		if f, err = parseGGUF(data); err == nil {
+			w, aliased, err = weightsFromGGUF(f, quantize)
+		}
+		if err == nil && tokPath == "" {
+			if tok, err = f.tokenizer(); err == nil && tok.VocabSize() != w.cfg.Vocab {
+				err = fmt.Errorf("%w: tokenizer has %d pieces, model has %d", ErrVocabMismatch, tok.VocabSize(), w.cfg.Vocab)
+			}
+		}
+	} else {
+		w, err = weightsFromBytes(data, quantize)
+	}
+	if err != nil {
+		_ = release()
+		return nil, nil, fmt.Errorf("load checkpoint %s: %w", ckpt, err)
+	}
+	if tok == nil {
+		if tokPath == "" {
+			_ = release()
+			return nil, nil, fmt.Errorf("load checkpoint %s: %w: a llama2.c checkpoint needs a tokenizer file", ckpt, ErrInvalidConfig)
+		}
+		if tok, err = ReadTokenizer(tokPath, w.cfg.Vocab); err != nil {
+			_ = release()
+			return nil, nil, err
+		}
+	}
+	if aliased {
+		w.release = release
+	} else if err := release(); err != nil {
+		return nil, nil, fmt.Errorf("unmap checkpoint %s: %w", ckpt, err)
+	}
+	return w, tok, nil
 }
 
 // loadWeights maps a llama2.c checkpoint and builds the model from it,
@@ -383,31 +435,29 @@ func weightsFromFloats(c ModelConfig, fl []float32, quantize bool) *weights {
 		cls := mat(lo.cls, c.Vocab, dim)
 		w.cls = &cls
 	}
-	w.ropeCos, w.ropeSin = ropeTables(c)
+	w.normEps = llamaNormEps
+	w.ropeFreqs = ropeFreqs(c, llamaRopeTheta)
 	return w
 }
 
-// ropeTables computes RoPE's rotation for every position and pair the way
-// run.c does in float32: freq = 1/powf(10000, head_dim/head_size), then
-// cosf/sinf of pos*freq.
-func ropeTables(c ModelConfig) (cos, sin []float32) {
+// llama2.c's fixed RMSNorm epsilon and RoPE base; GGUF files may set others.
+const (
+	llamaNormEps   = 1e-5
+	llamaRopeTheta = 10000
+)
+
+// ropeFreqs computes RoPE's frequency for each pair of a head the way run.c
+// does in float32: 1/powf(theta, head_dim/head_size). Rows turn them into
+// cos/sin of pos*freq each step (see runner.forward), so nothing here grows
+// with seq_len.
+func ropeFreqs(c ModelConfig, theta float64) []float32 {
 	hs := c.HeadSize()
-	half := hs / 2
-	cos = make([]float32, c.SeqLen*half)
-	sin = make([]float32, c.SeqLen*half)
-	freqs := make([]float32, half)
+	freqs := make([]float32, hs/2)
 	for i := range freqs {
 		e := float32(2*i) / float32(hs)
-		freqs[i] = 1 / float32(math.Pow(10000, float64(e)))
+		freqs[i] = 1 / float32(math.Pow(theta, float64(e)))
 	}
-	for pos := 0; pos < c.SeqLen; pos++ {
-		for i, f := range freqs {
-			v := float64(float32(pos) * f)
-			cos[pos*half+i] = float32(math.Cos(v))
-			sin[pos*half+i] = float32(math.Sin(v))
-		}
-	}
-	return cos, sin
+	return freqs
 }
 
 // writeCheckpoint writes a checkpoint: the header, then weights, which
@@ -436,4 +486,33 @@ func writeCheckpoint(w io.Writer, c ModelConfig, floats []float32) error {
 		return fmt.Errorf("write checkpoint: %w", err)
 	}
 	return nil
+}
+
+// unsafePointer is the address of b's first byte, or nil.
+func unsafePointer(b []byte) unsafe.Pointer {
+	if len(b) == 0 {
+		return nil
+	}
+	return unsafe.Pointer(&b[0])
+}
+
+// inspectGGUF parses a GGUF file's header (mapped, so the tensor data is
+// not read).
+func inspectGGUF(path string) (Info, error) {
+	data, release, err := mapFile(path)
+	if err != nil {
+		return Info{}, fmt.Errorf("inspect checkpoint: %w", err)
+	}
+	defer func() { _ = release() }()
+	f, err := parseGGUF(data)
+	if err != nil {
+		return Info{}, fmt.Errorf("inspect %s: %w", path, err)
+	}
+	c, _, err := f.config()
+	if err != nil {
+		return Info{}, fmt.Errorf("inspect %s: %w", path, err)
+	}
+	info := infoFor(c)
+	info.FileBytes = int64(len(data))
+	return info, nil
 }

@@ -22,6 +22,11 @@ var (
 	// ErrPromptTooLong means a prompt has more tokens than the model's
 	// context (seq_len).
 	ErrPromptTooLong = errors.New("prompt longer than the model context")
+	// ErrBadGGUF means a GGUF file is malformed.
+	ErrBadGGUF = errors.New("invalid GGUF file")
+	// ErrUnsupported means a well-formed model uses something the engine
+	// does not implement (another architecture, tensor type or tokenizer).
+	ErrUnsupported = errors.New("unsupported model")
 	// ErrClosed means the backend was closed before the task finished.
 	ErrClosed = errors.New("engine closed")
 )

@@ -59,6 +59,8 @@ type runner struct {
 	xq, hq                         []kernels.Block
 	xl                             []float32
 	xlq                            []kernels.Block
+	// rowCos and rowSin are RoPE's rotation for each row's position.
+	rowCos, rowSin []float32
 	logits                         []float32
 	att                            [][]float32
 
@@ -85,6 +87,8 @@ func newRunner(w *weights, k kernels.Set, p *pool, maxRows, maxLogits int) *runn
 	r.hb = make([]float32, maxRows*hid)
 	r.hb2 = make([]float32, maxRows*hid)
 	r.xl = make([]float32, maxLogits*dim)
+	r.rowCos = make([]float32, maxRows*len(w.ropeFreqs))
+	r.rowSin = make([]float32, maxRows*len(w.ropeFreqs))
 	r.logits = make([]float32, maxLogits*c.Vocab)
 	if w.quant {
 		r.xq = make([]kernels.Block, maxRows*kernels.Groups(dim))
@@ -136,10 +140,17 @@ func (r *runner) forward(rows []row) {
 	dim := c.Dim
 	r.rows = rows
 	r.nlog = 0
+	half := len(r.w.ropeFreqs)
 	for i, rw := range rows {
 		r.w.embedding(r.x[i*dim:], rw.token)
 		if rw.logit >= 0 {
 			r.nlog = max(r.nlog, rw.logit+1)
+		}
+		// run.c: val = pos * freq in float32, then cosf/sinf.
+		for j, f := range r.w.ropeFreqs {
+			v := float64(float32(rw.pos) * f)
+			r.rowCos[i*half+j] = float32(math.Cos(v))
+			r.rowSin[i*half+j] = float32(math.Sin(v))
 		}
 	}
 	for l := 0; l < c.Layers; l++ {
@@ -234,14 +245,14 @@ func (r *runner) mm(slot, r0, r1 int) {
 	r.k.MatMul(out[r0:], ldo, in[:n*m.cols], n, m.f[r0*m.cols:r1*m.cols], m.cols, r1-r0)
 }
 
-// rmsnorm is run.c's RMSNorm: o = w * x / sqrt(mean(x^2) + 1e-5).
-func rmsnorm(o, x, w []float32) {
+// rmsnorm is run.c's RMSNorm: o = w * x / sqrt(mean(x^2) + eps).
+func rmsnorm(o, x, w []float32, eps float32) {
 	var ss float32
 	for _, v := range x {
 		ss += v * v
 	}
 	ss /= float32(len(x))
-	ss += 1e-5
+	ss += eps
 	ss = 1 / float32(math.Sqrt(float64(ss)))
 	o = o[:len(x)]
 	w = w[:len(x)]
@@ -265,7 +276,7 @@ func (r *runner) preAttn(_, i int) {
 			x[j] += v
 		}
 	}
-	rmsnorm(r.xb[i*dim:(i+1)*dim], x, r.w.layers[r.layer].rmsAtt)
+	rmsnorm(r.xb[i*dim:(i+1)*dim], x, r.w.layers[r.layer].rmsAtt, r.w.normEps)
 	if r.w.quant {
 		r.quantRow(r.xq, r.xb, dim, i)
 	}
@@ -280,8 +291,8 @@ func (r *runner) ropeRow(_, i int) {
 	rw := r.rows[i]
 	q := r.q[i*dim : (i+1)*dim]
 	k := r.kk[i*kvd : (i+1)*kvd]
-	cs := r.w.ropeCos[rw.pos*half : (rw.pos+1)*half]
-	sn := r.w.ropeSin[rw.pos*half : (rw.pos+1)*half]
+	cs := r.rowCos[i*half : (i+1)*half]
+	sn := r.rowSin[i*half : (i+1)*half]
 	for j := 0; j < dim; j += 2 {
 		hd := (j % hs) / 2
 		fcr, fci := cs[hd], sn[hd]
@@ -343,7 +354,7 @@ func (r *runner) preFFN(_, i int) {
 	for j, v := range r.xb2[i*dim : (i+1)*dim] {
 		x[j] += v
 	}
-	rmsnorm(r.xb[i*dim:(i+1)*dim], x, r.w.layers[r.layer].rmsFFN)
+	rmsnorm(r.xb[i*dim:(i+1)*dim], x, r.w.layers[r.layer].rmsFFN, r.w.normEps)
 	if r.w.quant {
 		r.quantRow(r.xq, r.xb, dim, i)
 	}
@@ -361,7 +372,7 @@ func (r *runner) finalRow(_, i int) {
 	for j, v := range r.xb[i*dim : (i+1)*dim] {
 		x[j] += v
 	}
-	rmsnorm(r.xl[rw.logit*dim:(rw.logit+1)*dim], x, r.w.rmsFinal)
+	rmsnorm(r.xl[rw.logit*dim:(rw.logit+1)*dim], x, r.w.rmsFinal, r.w.normEps)
 	if r.w.quant {
 		r.quantRow(r.xlq, r.xl, dim, rw.logit)
 	}

@@ -111,26 +111,32 @@ func TestInt8LogitsCloseToFloat32(t *testing.T) {
 		q := engineLogits(wq, k, 2, tokens, 4)
 		same := 0
 		for pos := range tokens {
-			var maxDiff, mean, sq, dsq float64
-			for i := range f[pos] {
-				d := float64(f[pos][i] - q[pos][i])
-				maxDiff = max(maxDiff, math.Abs(d))
-				dsq += d * d
-				mean += float64(f[pos][i])
-				sq += float64(f[pos][i]) * float64(f[pos][i])
-			}
-			n := float64(len(f[pos]))
-			std := math.Sqrt(sq/n - (mean/n)*(mean/n))
-			rms := math.Sqrt(dsq / n)
-			t.Logf("%s pos %d: int8 error rms %.4f max %.4f of spread %.3f", k.Name, pos, rms/std, maxDiff/std, std)
-			require.Less(t, rms, 0.04*std, "%s pos %d: int8 logits off by %g rms, spread %g", k.Name, pos, rms, std)
-			require.Less(t, maxDiff, 0.10*std, "%s pos %d: int8 logits off by %g, spread %g", k.Name, pos, maxDiff, std)
+			requireInt8Close(t, f[pos], q[pos], fmt.Sprintf("%s pos %d", k.Name, pos))
 			if argmax(f[pos]) == argmax(q[pos]) {
 				same++
 			}
 		}
 		require.GreaterOrEqual(t, same, len(tokens)*3/4, k.Name)
 	}
+}
+
+// requireInt8Close bounds int8 logits against float32 ones: error within 4%
+// rms and 10% max of the float32 logits' spread.
+func requireInt8Close(t *testing.T, f, q []float32, msg string) {
+	t.Helper()
+	var maxDiff, mean, sq, dsq float64
+	for i := range f {
+		d := float64(f[i] - q[i])
+		maxDiff = max(maxDiff, math.Abs(d))
+		dsq += d * d
+		mean += float64(f[i])
+		sq += float64(f[i]) * float64(f[i])
+	}
+	n := float64(len(f))
+	std := math.Sqrt(sq/n - (mean/n)*(mean/n))
+	rms := math.Sqrt(dsq / n)
+	require.Less(t, rms, 0.04*std, "%s: int8 logits off by %g rms, spread %g", msg, rms, std)
+	require.Less(t, maxDiff, 0.10*std, "%s: int8 logits off by %g, spread %g", msg, maxDiff, std)
 }
 
 func TestInt8MatchesAcrossKernels(t *testing.T) {
