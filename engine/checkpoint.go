@@ -260,7 +260,7 @@ type weights struct {
 	// ropeFreqs holds RoPE's frequency for each pair of a head
 	// (head_size/2), computed as run.c does.
 	ropeFreqs []float32
-	release          func() error
+	release   func() error
 }
 
 // close releases the mapped file, if any.

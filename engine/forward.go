@@ -61,8 +61,8 @@ type runner struct {
 	xlq                            []kernels.Block
 	// rowCos and rowSin are RoPE's rotation for each row's position.
 	rowCos, rowSin []float32
-	logits                         []float32
-	att                            [][]float32
+	logits         []float32
+	att            [][]float32
 
 	rows  []row
 	nlog  int

@@ -138,7 +138,9 @@ func ggufBytes(c ModelConfig, tt *testTensors, typ uint32, meta []ggufKV) ([]byt
 	if !c.SharedClassifier {
 		add("output.weight", tt.cls, d, c.Vocab, &back.cls)
 	}
-	per := func(dst, src []float32, n, l int) ([]float32, []float32) { return dst[l*n : (l+1)*n], src[l*n : (l+1)*n] }
+	per := func(dst, src []float32, n, l int) ([]float32, []float32) {
+		return dst[l*n : (l+1)*n], src[l*n : (l+1)*n]
+	}
 	layerDst := map[string][]float32{}
 	for l := 0; l < c.Layers; l++ {
 		for _, m := range []struct {
