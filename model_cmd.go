@@ -71,7 +71,7 @@ func newModelInfoCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "info FILE",
-		Short: "Print a llama2.c checkpoint's shapes, parameter count and memory needs",
+		Short: "Print a checkpoint's (llama2.c or GGUF) shapes, parameter count and memory needs",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			info, err := engine.Inspect(args[0])
