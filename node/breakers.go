@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/consensus"
+	"github.com/shoal-dev/shoal/engine"
 	"github.com/shoal-dev/shoal/ops"
 	"github.com/shoal-dev/shoal/scheduler"
 )
@@ -79,7 +80,8 @@ func isBackendFailure(err error) bool {
 	switch {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, scheduler.ErrQueueFull), errors.Is(err, scheduler.ErrDraining),
-		errors.Is(err, scheduler.ErrUnknownModel), errors.Is(err, errBreakerOpen), errors.As(err, &ae):
+		errors.Is(err, scheduler.ErrUnknownModel), errors.Is(err, errBreakerOpen), errors.As(err, &ae),
+		errors.Is(err, engine.ErrPromptTooLong):
 		return false
 	case errors.As(err, &us):
 		return us.HTTPStatus() >= 500

@@ -387,8 +387,9 @@ func (c *Config) Validate() error {
 			if e.Quantize != "none" && e.Quantize != "int8" {
 				bad(key+".engine.quantize", `must be "none" or "int8", got %q`, e.Quantize)
 			}
-			if (e.Checkpoint == "") != (e.Tokenizer == "") {
-				bad(key+".engine", "checkpoint and tokenizer must be set together (or neither, for the built-in model)")
+			gguf := strings.HasSuffix(strings.ToLower(e.Checkpoint), ".gguf")
+			if (e.Checkpoint == "" && e.Tokenizer != "") || (e.Checkpoint != "" && e.Tokenizer == "" && !gguf) {
+				bad(key+".engine", "checkpoint and tokenizer must be set together (a .gguf checkpoint carries its own vocabulary; neither means the built-in model)")
 			}
 			if e.MaxSequences < 1 || e.MaxSequences > 1024 {
 				bad(key+".engine.max_sequences", "must be between 1 and 1024, got %d", e.MaxSequences)

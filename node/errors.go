@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/shoal-dev/shoal/engine"
 	"github.com/shoal-dev/shoal/scheduler"
 )
 
@@ -67,6 +68,8 @@ func toAPIError(err error) *apiError {
 	switch {
 	case errors.Is(err, scheduler.ErrUnknownModel):
 		return &apiError{Status: http.StatusNotFound, Type: "invalid_request_error", Code: "model_not_found", Param: "model", Message: err.Error()}
+	case errors.Is(err, engine.ErrPromptTooLong):
+		return &apiError{Status: http.StatusBadRequest, Type: "invalid_request_error", Code: "context_length_exceeded", Message: err.Error()}
 	case errors.Is(err, scheduler.ErrQueueFull):
 		return &apiError{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "queue_full", Message: "the model's queue is full; retry later", RetryAfter: time.Second}
 	case errors.Is(err, scheduler.ErrDraining):
