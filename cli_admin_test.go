@@ -65,8 +65,12 @@ func TestNodeJoinAndMembersCommands(t *testing.T) {
 	_, err = runCLI(t, "node", "members", "--node", n1.HTTPAddr(), "--token", "wrong")
 	require.ErrorContains(t, err, "401")
 
-	out, err = runCLI(t, "admin", "batching", "set", "--node", n2.HTTPAddr(), "--token", "cli-test-token-0123456789", "--model", "sim-fast", "--max-size", "16", "--flush-timeout", "5ms")
-	require.NoError(t, err, out)
+	// A node that just joined may not know the leader yet and answers 503
+	// (Retry-After); a client retries.
+	require.Eventually(t, func() bool {
+		out, err = runCLI(t, "admin", "batching", "set", "--node", n2.HTTPAddr(), "--token", "cli-test-token-0123456789", "--model", "sim-fast", "--max-size", "16", "--flush-timeout", "5ms")
+		return err == nil
+	}, 30*time.Second, 100*time.Millisecond, "batching set kept failing: %v %s", err, out)
 	require.Eventually(t, func() bool {
 		s, _ := n1.Scheduler().Settings("sim-fast")
 		return s.MaxSize == 16 && s.FlushTimeout == 5*time.Millisecond
