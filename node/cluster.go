@@ -2,10 +2,12 @@ package node
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"maps"
 	"net"
+	"net/http"
 	"time"
 
 	sockaddr "github.com/hashicorp/go-sockaddr"
@@ -385,4 +387,35 @@ func (n *Node) applyCommand(ctx context.Context, cmd consensus.Command) error {
 		return fmt.Errorf("forward to leader %q: address unknown: %w", leader, consensus.ErrNoLeader)
 	}
 	return n.forwardApply(ctx, m.Meta.HTTPAddr, cmd)
+}
+
+// forwardSecret signs requests one node forwards to another. It derives
+// from the admin token and the gossip key, which every node of a cluster
+// shares; with neither configured there is no secret and trustedForward
+// falls back to checking the sender's address.
+func forwardSecret(cfg Config) []byte {
+	if cfg.Admin.Token == "" && cfg.Gossip.EncryptKey == "" {
+		return nil
+	}
+	sum := sha256.Sum256([]byte("shoal-forward\x00" + cfg.Admin.Token + "\x00" + cfg.Gossip.EncryptKey))
+	return sum[:]
+}
+
+// trustedForward reports whether a request claiming to be forwarded by a
+// peer really is, so a client cannot skip routing and rate limits by
+// setting the header itself.
+func (n *Node) trustedForward(r *http.Request) bool {
+	if n.fwdSecret != nil {
+		return router.VerifyForward(n.fwdSecret, r.Header)
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	for _, m := range n.gossip.Alive() {
+		if h, _, err := net.SplitHostPort(m.Meta.HTTPAddr); err == nil && h == host && m.Name != n.cfg.NodeName {
+			return true
+		}
+	}
+	return false
 }

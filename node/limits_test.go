@@ -117,3 +117,25 @@ func TestAuthRequiredRejectsUnknownKeys(t *testing.T) {
 	require.Equal(t, http.StatusOK, ok.status, string(ok.body))
 	require.Equal(t, "100", ok.header.Get("X-RateLimit-Limit"), "the key's own limit applies")
 }
+
+// A client that claims its request was already routed by a peer is not
+// believed: limits still apply.
+func TestSpoofedForwardHeaderDoesNotSkipLimits(t *testing.T) {
+	tc := mustNewCluster(t, 1, nil)
+	nd := tc.nodes[0]
+	putLimits(t, nd, map[string]any{"default_rpm": 0, "endpoints": map[string]any{"/v1/infer": map[string]any{"rpm": 2}}})
+	waitPolicy(t, tc.nodes, func(p *consensus.LimitPolicy) bool { return p.Endpoints["/v1/infer"].RPM == 2 })
+	statuses := map[int]int{}
+	for i := 0; i < 4; i++ {
+		b, _ := json.Marshal(map[string]any{"model": "sim-fast", "input": "spoof"})
+		req, _ := http.NewRequest(http.MethodPost, "http://"+nd.HTTPAddr()+"/v1/infer", bytes.NewReader(b))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Shoal-Forwarded-By", "n9")
+		req.Header.Set("X-Shoal-Forward-Auth", "00")
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		statuses[resp.StatusCode]++
+	}
+	require.Equal(t, map[int]int{http.StatusOK: 2, http.StatusTooManyRequests: 2}, statuses)
+}

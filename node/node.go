@@ -47,6 +47,7 @@ type Node struct {
 	limiter    *ratelimit.Limiter
 	router     *router.Router
 	fwd        *router.Forwarder
+	fwdSecret  []byte
 	peerClient *http.Client
 
 	metaMu   sync.Mutex
@@ -100,10 +101,11 @@ func New(cfg Config) (*Node, error) {
 		health:          ops.NewHealth(cfg.NodeName),
 		sched:           scheduler.New(scheduler.Config{Logger: logger, Observer: metrics}),
 		router:          rt,
-		fwd:             router.NewForwarder(router.ForwarderConfig{Self: cfg.NodeName}),
+		fwdSecret:       forwardSecret(cfg),
 		peerClient:      &http.Client{Timeout: 15 * time.Second},
 		defaultBatching: map[string]consensus.BatchingSettings{},
 	}
+	n.fwd = router.NewForwarder(router.ForwarderConfig{Self: cfg.NodeName, Secret: n.fwdSecret})
 	n.breakers.n = n
 	n.retries.tokens = retryTokens
 	n.api = &api{n: n, node: cfg.NodeName, cfg: cfg.HTTP, sched: n.sched, metrics: metrics, logger: logger.With("component", "api")}

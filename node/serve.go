@@ -78,7 +78,9 @@ func (a *api) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
-		if r.Header.Get(router.HeaderForwarded) == "" {
+		forwarded := r.Header.Get(router.HeaderForwarded) != "" && a.n.trustedForward(r)
+		if !forwarded {
+			r.Header.Del(router.HeaderForwarded)
 			// Limits are checked where a request enters the cluster.
 			if err := a.admit(ctx, w, r, req); err != nil {
 				fail(err)
@@ -127,6 +129,7 @@ func (a *api) answerFromCache(ctx context.Context, w http.ResponseWriter, r *htt
 // allows.
 func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest, body []byte, start time.Time) int {
 	if r.Header.Get(router.HeaderForwarded) != "" {
+		// Only a verified forward reaches here with the header (handler).
 		w.Header().Set(router.HeaderRoute, "forwarded")
 		status, err := a.serve(ctx, w, r, req, start)
 		if err != nil {

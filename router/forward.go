@@ -3,6 +3,9 @@ package router
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -17,9 +20,33 @@ const (
 	// HeaderForwarded marks a request that another node already routed; the
 	// receiver serves it locally and never forwards it again.
 	HeaderForwarded = "X-Shoal-Forwarded-By"
+	// HeaderForwardAuth proves HeaderForwarded came from a cluster member:
+	// an HMAC of the sender and request ID under the cluster secret.
+	HeaderForwardAuth = "X-Shoal-Forward-Auth"
 	// HeaderRoute tells the client how its request was routed.
 	HeaderRoute = "X-Shoal-Route"
 )
+
+// ForwardMAC is the HeaderForwardAuth value for a request forwarded by
+// node with the given request ID.
+func ForwardMAC(secret []byte, node, requestID string) string {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(node))
+	m.Write([]byte{0})
+	m.Write([]byte(requestID))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// VerifyForward reports whether a request's forwarding headers were made by
+// a node holding secret.
+func VerifyForward(secret []byte, h http.Header) bool {
+	node, mac := h.Get(HeaderForwarded), h.Get(HeaderForwardAuth)
+	if node == "" || mac == "" {
+		return false
+	}
+	want := ForwardMAC(secret, node, h.Get("X-Request-ID"))
+	return hmac.Equal([]byte(mac), []byte(want))
+}
 
 // ErrRetryable wraps a forward failure that happened before any byte
 // reached the client, so the request may go to another node.
@@ -29,6 +56,9 @@ var ErrRetryable = errors.New("forward failed before responding")
 type ForwarderConfig struct {
 	// Self is this node's name, sent in HeaderForwarded.
 	Self string
+	// Secret signs forwarded requests (HeaderForwardAuth), so a client
+	// cannot claim a request was already routed to skip rate limits.
+	Secret []byte
 	// DialTimeout bounds connecting to a peer (default 2s).
 	DialTimeout time.Duration
 	// MaxConnsPerHost bounds pooled connections per peer (default 256).
@@ -39,6 +69,7 @@ type ForwarderConfig struct {
 // connections and streams their answers back.
 type Forwarder struct {
 	self   string
+	secret []byte
 	client *http.Client
 }
 
@@ -59,7 +90,7 @@ func NewForwarder(cfg ForwarderConfig) *Forwarder {
 		ResponseHeaderTimeout: 0, // the request deadline bounds the wait; a long generation may send headers late
 		DisableCompression:    true,
 	}
-	return &Forwarder{self: cfg.Self, client: &http.Client{Transport: tr}}
+	return &Forwarder{self: cfg.Self, secret: cfg.Secret, client: &http.Client{Transport: tr}}
 }
 
 // passHeaders are copied from the client's request to the peer.
@@ -94,6 +125,7 @@ func (f *Forwarder) Forward(ctx context.Context, w http.ResponseWriter, r *http.
 		req.Header.Set("X-Forwarded-For", host)
 	}
 	req.Header.Set(HeaderForwarded, f.self)
+	req.Header.Set(HeaderForwardAuth, ForwardMAC(f.secret, f.self, req.Header.Get("X-Request-ID")))
 	resp, err := f.client.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
