@@ -136,6 +136,7 @@ func (n *Node) runCluster(ctx context.Context) {
 				n.reconcile(ctx)
 			}
 		case <-reconcile.C:
+			n.updateTokenRates()
 			n.reconcile(ctx)
 			n.breakers.tick()
 			n.seedLimits(ctx)
@@ -226,6 +227,39 @@ func (n *Node) currentMeta() gossip.Meta {
 	return n.meta
 }
 
+// updateTokenRates turns the completion token counts into per-second
+// rates, once a second, for /metrics and the gossiped load.
+func (n *Node) updateTokenRates() {
+	now := time.Now()
+	n.rateMu.Lock()
+	defer n.rateMu.Unlock()
+	if n.rates == nil {
+		n.rates = map[string]tokenRate{}
+	}
+	for _, m := range n.sched.Models() {
+		total := n.metrics.CompletionTokens(m)
+		prev, ok := n.rates[m]
+		r := tokenRate{total: total, at: now, perSec: prev.perSec}
+		if ok && now.After(prev.at) {
+			r.perSec = float64(total-prev.total) / now.Sub(prev.at).Seconds()
+		}
+		n.rates[m] = r
+		n.metrics.TokenRate.WithLabelValues(m).Set(r.perSec)
+	}
+}
+
+func (n *Node) tokenRate(model string) float64 {
+	n.rateMu.Lock()
+	defer n.rateMu.Unlock()
+	return n.rates[model].perSec
+}
+
+type tokenRate struct {
+	total  int64
+	at     time.Time
+	perSec float64
+}
+
 // seedLimits writes the configured default limits into Raft once, on the
 // leader of a cluster that has no policy yet, so later changes (an API key,
 // an endpoint limit) start from the configured defaults. After that the
@@ -269,7 +303,8 @@ func (n *Node) localLoad() gossip.Load {
 		return l
 	}
 	for name, ml := range n.sched.Load() {
-		l.Models[name] = gossip.ModelLoad{QueueDepth: ml.QueueDepth, ActiveBatches: ml.ActiveBatches, Slots: ml.Slots, InFlight: ml.Running}
+		l.Models[name] = gossip.ModelLoad{QueueDepth: ml.QueueDepth, ActiveBatches: ml.ActiveBatches, Slots: ml.Slots, InFlight: ml.Running,
+			TokensPerSec: n.tokenRate(name)}
 	}
 	g := n.gpuCapacity()
 	l.GPU = gossip.GPU{Count: g.Count, MemoryTotalMB: g.MemoryTotalMB, MemoryFreeMB: g.MemoryFreeMB, UtilizationPct: g.UtilizationPct}

@@ -50,8 +50,11 @@ type Node struct {
 	fwdSecret  []byte
 	peerClient *http.Client
 
-	metaMu   sync.Mutex
-	meta     gossip.Meta
+	metaMu sync.Mutex
+	meta   gossip.Meta
+	rateMu sync.Mutex
+	rates  map[string]tokenRate
+
 	loadMu   sync.Mutex
 	lastLoad gossip.Load
 

@@ -5,6 +5,8 @@ package ops
 import (
 	"net/http"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,6 +38,10 @@ type Metrics struct {
 	ForwardErrors   *prometheus.CounterVec
 	RouteDecisionUs prometheus.Histogram
 	Retries         *prometheus.CounterVec
+	TokenRate       *prometheus.GaugeVec
+
+	// completion counts generated tokens per model, for rates.
+	completion sync.Map // model -> *atomic.Int64
 }
 
 // latencyBuckets cover 1 ms to 60 s, dense around the seed's 300/500 ms SLOs.
@@ -103,13 +109,16 @@ func NewMetrics() *Metrics {
 			Name: "inference_route_decision_us", Help: "Time to pick a target node, in microseconds.",
 			Buckets: []float64{1, 2, 5, 10, 25, 50, 100, 250, 1000},
 		}),
+		TokenRate: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "inference_tokens_per_second", Help: "Completion tokens this node generated per second, over the last second, by model.",
+		}, []string{"model"}),
 		Retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "inference_retries_total", Help: "Requests retried on another node after a failure before any byte reached the client.",
 		}, []string{"reason"}),
 	}
 	reg.MustRegister(m.RequestDuration, m.Requests, m.QueueDepthGauge, m.ActiveBatches, m.BatchSize,
 		m.QueueWaitMs, m.Tokens, m.TokensPerSecond, m.InFlight, m.CacheHits, m.CacheMisses, m.CacheLookupMs,
-		m.RateLimited, m.BreakerState, m.Routed, m.ForwardErrors, m.RouteDecisionUs, m.Retries,
+		m.RateLimited, m.BreakerState, m.Routed, m.ForwardErrors, m.RouteDecisionUs, m.Retries, m.TokenRate,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -128,11 +137,21 @@ func (m *Metrics) ObserveRequest(model, endpoint string, code int, took time.Dur
 
 // ObserveTokens records a finished generation.
 func (m *Metrics) ObserveTokens(model string, prompt, completion int, took time.Duration) {
+	c, _ := m.completion.LoadOrStore(model, new(atomic.Int64))
+	c.(*atomic.Int64).Add(int64(completion))
 	m.Tokens.WithLabelValues(model, "prompt").Add(float64(prompt))
 	m.Tokens.WithLabelValues(model, "completion").Add(float64(completion))
 	if completion > 0 && took > 0 {
 		m.TokensPerSecond.WithLabelValues(model).Observe(float64(completion) / took.Seconds())
 	}
+}
+
+// CompletionTokens is the number of tokens generated for model so far.
+func (m *Metrics) CompletionTokens(model string) int64 {
+	if c, ok := m.completion.Load(model); ok {
+		return c.(*atomic.Int64).Load()
+	}
+	return 0
 }
 
 // QueueDepth implements scheduler.Observer.
