@@ -428,3 +428,34 @@ func TestSlowNodeGetsASmallerShare(t *testing.T) {
 	require.Less(t, served["n3"], served["n1"])
 	require.Less(t, served["n3"], served["n2"])
 }
+
+func TestGracefulLeaveRemovesTheNodeFromRaft(t *testing.T) {
+	tc := mustNewCluster(t, 3, nil)
+	leader := tc.waitLeader(tc.nodes...)
+	var leaving *Node
+	for _, nd := range tc.nodes {
+		if nd.Name() != leader {
+			leaving = nd
+			break
+		}
+	}
+	res := doJSON(t, http.MethodPost, "http://"+leaving.HTTPAddr()+"/admin/v1/cluster/leave", testToken, nil)
+	require.Equal(t, http.StatusOK, res.status, string(res.body))
+	other := tc.node(leader)
+	require.Eventually(t, func() bool {
+		servers, err := other.Store().Configuration()
+		if err != nil {
+			return false
+		}
+		for _, s := range servers {
+			if s.ID == leaving.Name() {
+				return false
+			}
+		}
+		m, ok := other.Gossip().Member(leaving.Name())
+		return ok && m.State == gossip.StateLeft
+	}, clusterWait, 20*time.Millisecond, "the node that left is still a Raft server")
+	for _, c := range other.candidates("sim-fast") {
+		require.NotEqual(t, leaving.Name(), c.Node)
+	}
+}
