@@ -17,6 +17,9 @@ func kernelSets(t *testing.T) []kernels.Set {
 	} else {
 		t.Log("no AVX2+FMA here: only the Go kernels are tested")
 	}
+	if s, ok := kernels.AVX512(); ok {
+		sets = append(sets, s)
+	}
 	return sets
 }
 

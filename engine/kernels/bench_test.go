@@ -17,6 +17,9 @@ func BenchmarkMatMul(b *testing.B) {
 	if s, ok := AVX2(); ok {
 		all = append(all, s)
 	}
+	if s, ok := AVX512(); ok {
+		all = append(all, s)
+	}
 	for _, set := range all {
 		for _, seqs := range []int{1, 4, 16} {
 			x := randVec(r, seqs*n)

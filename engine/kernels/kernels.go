@@ -25,7 +25,7 @@ type Block struct {
 // Set is one implementation of the kernels. All functions panic only on
 // slices shorter than the sizes they are given, which is a caller bug.
 type Set struct {
-	// Name says which implementation this is ("avx2" or "go").
+	// Name says which implementation this is ("avx512", "avx2" or "go").
 	Name string
 	// Dot returns the dot product of a and b[:len(a)].
 	Dot func(a, b []float32) float32
@@ -54,6 +54,9 @@ func Generic() Set {
 
 // Best returns the fastest kernels this CPU supports.
 func Best() Set {
+	if s, ok := AVX512(); ok {
+		return s
+	}
 	if s, ok := AVX2(); ok {
 		return s
 	}

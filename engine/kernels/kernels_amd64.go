@@ -13,6 +13,20 @@ func AVX2() (Set, bool) {
 	return Set{Name: "avx2", Dot: dotAVX2Slice, Axpy: axpyAVX2Slice, AxpyRows: axpyRowsAVX2Slice, ExpSum: expSumAVX2Slice, SiLUMul: siluMulAVX2Slice, MatMul: matMulAVX2, MatMulQ8: matMulQ8AVX2}, true
 }
 
+// AVX512 returns the AVX2 kernels with the fp32 MatMul replaced by one that
+// multiplies eight activation rows at a time with 512-bit FMAs, and false
+// when the CPU (or the OS) lacks AVX-512F/VL or the AVX2 kernels. Its
+// results are bit-identical to the AVX2 set's.
+func AVX512() (Set, bool) {
+	s, ok := AVX2()
+	if !ok || !cpu.X86.HasAVX512F || !cpu.X86.HasAVX512VL {
+		return Set{}, false
+	}
+	s.Name = "avx512"
+	s.MatMul = matMulAVX512
+	return s, true
+}
+
 //go:noescape
 func dotAVX2(a, b *float32, n int) float32
 
@@ -30,6 +44,9 @@ func siluMulAVX2(h, gate *float32, n int)
 
 //go:noescape
 func matmulX4AVX2(out *float32, ldo int, x *float32, ldx int, w *float32, n, rows, blocks, pf int)
+
+//go:noescape
+func matmulX8AVX512(out *float32, ldo int, x *float32, ldx int, w *float32, n, rows, blocks int)
 
 //go:noescape
 func matmulX1AVX2(out *float32, x *float32, w *float32, n, rows int)
@@ -151,6 +168,49 @@ func matMulQ8AVX2(out []float32, ldo int, x []Block, seqs int, w []Block, groups
 		}
 		for ; s < seqs; s++ {
 			matmulQ8X1AVX2(&out[s*ldo+r0], &x[s*groups], wp, groups, nr)
+		}
+	}
+}
+
+// matMulAVX512 is matMulAVX2 with the groups of eight activation rows done
+// by matmulX8AVX512, which loads each weight row once per eight activation
+// rows instead of once per four. Weight rows past a multiple of four in a
+// row block and activation rows past a multiple of eight go to the AVX2
+// kernels, which round identically.
+func matMulAVX512(out []float32, ldo int, x []float32, seqs int, w []float32, n, rows int) {
+	checkMatMul(len(out), ldo, len(x), seqs, len(w), n, rows)
+	if seqs == 0 || rows == 0 {
+		return
+	}
+	if n == 0 {
+		for s := 0; s < seqs; s++ {
+			clear(out[s*ldo : s*ldo+rows])
+		}
+		return
+	}
+	rb := max(rowBlock(n*4), 64)
+	pf := 4 * n * 4
+	blocks8 := seqs / 8
+	for r0 := 0; r0 < rows; r0 += rb {
+		nr := min(rb, rows-r0)
+		wp := &w[r0*n]
+		s := 0
+		if blocks8 > 0 {
+			r4 := nr &^ 3
+			if r4 > 0 {
+				matmulX8AVX512(&out[r0], ldo, &x[0], n, wp, n, r4, blocks8)
+			}
+			if r4 < nr {
+				matmulX4AVX2(&out[r0+r4], ldo, &x[0], n, &w[(r0+r4)*n], n, nr-r4, 2*blocks8, pf)
+			}
+			s = 8 * blocks8
+		}
+		if b4 := (seqs - s) / 4; b4 > 0 {
+			matmulX4AVX2(&out[s*ldo+r0], ldo, &x[s*n], n, wp, n, nr, b4, pf)
+			s += 4 * b4
+		}
+		for ; s < seqs; s++ {
+			matmulX1AVX2(&out[s*ldo+r0], &x[s*n], wp, n, nr)
 		}
 	}
 }

@@ -822,3 +822,300 @@ loop:
 
 	VZEROUPPER
 	RET
+
+// HSUMZ is HSUM for registers only EVEX can name (X16-X31): the same
+// additions in the same order, so its sums are bit-identical to HSUM's.
+#define HSUMZ(y, x, t) \
+	VEXTRACTF32X4 $1, y, t; \
+	VADDPS        t, x, x; \
+	VPERMILPS     $0x4E, x, t; \
+	VADDPS        t, x, x; \
+	VMOVSHDUP     x, t; \
+	VADDSS        t, x, x
+
+// func matmulX8AVX512(out *float32, ldo int, x *float32, ldx int, w *float32, n, rows, blocks int)
+// out[s*ldo+r] = dot(w[r*n:], x[s*ldx:]) for s < 8*blocks, r < rows, rows a
+// multiple of four and blocks > 0. Each 512-bit accumulator holds two dot
+// products side by side: weight row r in the low 256 bits and row r+1 in the
+// high 256, against one activation row broadcast to both halves. So every
+// lane does the same fused multiply-adds, in the same order, as the 8-lane
+// AVX2 kernels, and the results are bit-identical to theirs, while one FMA
+// does the work of two. Four weight rows (two pairs) meet eight activation
+// rows: 16 accumulators in Z0-Z15, the weight pairs in Z16/Z17 and the
+// broadcast activations in Z18/Z19. A weight quad is used for every group of
+// eight activation rows right after it is loaded, so weights stream from
+// memory once while the activations stay in cache; meanwhile the next quad
+// (contiguous, 4n floats) is prefetched, two cache lines per step. AX is a
+// byte offset so that AX*4 spans the next quad while AX spans one row. The
+// upper halves of Z16-Z31 cause no SSE transition penalty, so the
+// VZEROUPPER at the end suffices.
+TEXT ·matmulX8AVX512(SB), NOSPLIT, $64-64
+	MOVQ w+32(FP), AX
+	MOVQ AX, wq-8(SP)
+	MOVQ out+0(FP), AX
+	MOVQ AX, oq-16(SP)
+	MOVQ rows+48(FP), AX
+	MOVQ AX, rl-48(SP)
+	MOVQ n+40(FP), AX
+	SHLQ $2, AX
+	MOVQ AX, nb-64(SP)
+	ANDQ $-32, AX
+	MOVQ AX, lim-56(SP)
+
+x8quad:
+	CMPQ rl-48(SP), $4
+	JL   x8done
+	MOVQ x+16(FP), AX
+	MOVQ AX, xt-24(SP)
+	MOVQ oq-16(SP), AX
+	MOVQ AX, ot-32(SP)
+	MOVQ blocks+56(FP), AX
+	MOVQ AX, left-40(SP)
+
+x8tile:
+	MOVQ ldx+24(FP), DX
+	SHLQ $2, DX
+	MOVQ xt-24(SP), SI
+	LEAQ (SI)(DX*1), DI
+	LEAQ (SI)(DX*2), R8
+	LEAQ (DI)(DX*2), R12
+	LEAQ (R8)(DX*2), R13
+	LEAQ (R12)(DX*2), R14
+	LEAQ (R13)(DX*2), R15
+	LEAQ (R14)(DX*2), CX
+	MOVQ nb-64(SP), DX
+	MOVQ wq-8(SP), BX
+	LEAQ (BX)(DX*1), R9
+	LEAQ (BX)(DX*2), R10
+	LEAQ (R9)(DX*2), R11
+	LEAQ (BX)(DX*4), DX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	VXORPS Y8, Y8, Y8
+	VXORPS Y9, Y9, Y9
+	VXORPS Y10, Y10, Y10
+	VXORPS Y11, Y11, Y11
+	VXORPS Y12, Y12, Y12
+	VXORPS Y13, Y13, Y13
+	VXORPS Y14, Y14, Y14
+	VXORPS Y15, Y15, Y15
+	XORQ   AX, AX
+	CMPQ   lim-56(SP), $0
+	JE     x8reduce
+
+x8loop:
+	PREFETCHT0      (DX)(AX*4)
+	PREFETCHT0      64(DX)(AX*4)
+	VMOVUPS         (BX)(AX*1), Y16
+	VINSERTF64X4    $1, (R9)(AX*1), Z16, Z16
+	VMOVUPS         (R10)(AX*1), Y17
+	VINSERTF64X4    $1, (R11)(AX*1), Z17, Z17
+	VBROADCASTF64X4 (SI)(AX*1), Z18
+	VFMADD231PS     Z18, Z16, Z0
+	VFMADD231PS     Z18, Z17, Z8
+	VBROADCASTF64X4 (DI)(AX*1), Z19
+	VFMADD231PS     Z19, Z16, Z1
+	VFMADD231PS     Z19, Z17, Z9
+	VBROADCASTF64X4 (R8)(AX*1), Z18
+	VFMADD231PS     Z18, Z16, Z2
+	VFMADD231PS     Z18, Z17, Z10
+	VBROADCASTF64X4 (R12)(AX*1), Z19
+	VFMADD231PS     Z19, Z16, Z3
+	VFMADD231PS     Z19, Z17, Z11
+	VBROADCASTF64X4 (R13)(AX*1), Z18
+	VFMADD231PS     Z18, Z16, Z4
+	VFMADD231PS     Z18, Z17, Z12
+	VBROADCASTF64X4 (R14)(AX*1), Z19
+	VFMADD231PS     Z19, Z16, Z5
+	VFMADD231PS     Z19, Z17, Z13
+	VBROADCASTF64X4 (R15)(AX*1), Z18
+	VFMADD231PS     Z18, Z16, Z6
+	VFMADD231PS     Z18, Z17, Z14
+	VBROADCASTF64X4 (CX)(AX*1), Z19
+	VFMADD231PS     Z19, Z16, Z7
+	VFMADD231PS     Z19, Z17, Z15
+	ADDQ            $32, AX
+	CMPQ            AX, lim-56(SP)
+	JL              x8loop
+
+x8reduce:
+	// Weight rows r, r+1: low halves to X0-X7, high halves to X20-X27.
+	VEXTRACTF64X4 $1, Z0, Y20
+	VEXTRACTF64X4 $1, Z1, Y21
+	VEXTRACTF64X4 $1, Z2, Y22
+	VEXTRACTF64X4 $1, Z3, Y23
+	VEXTRACTF64X4 $1, Z4, Y24
+	VEXTRACTF64X4 $1, Z5, Y25
+	VEXTRACTF64X4 $1, Z6, Y26
+	VEXTRACTF64X4 $1, Z7, Y27
+	HSUMZ(Y0, X0, X28)
+	HSUMZ(Y1, X1, X28)
+	HSUMZ(Y2, X2, X28)
+	HSUMZ(Y3, X3, X28)
+	HSUMZ(Y4, X4, X28)
+	HSUMZ(Y5, X5, X28)
+	HSUMZ(Y6, X6, X28)
+	HSUMZ(Y7, X7, X28)
+	HSUMZ(Y20, X20, X28)
+	HSUMZ(Y21, X21, X28)
+	HSUMZ(Y22, X22, X28)
+	HSUMZ(Y23, X23, X28)
+	HSUMZ(Y24, X24, X28)
+	HSUMZ(Y25, X25, X28)
+	HSUMZ(Y26, X26, X28)
+	HSUMZ(Y27, X27, X28)
+
+x8tailA:
+	CMPQ   AX, nb-64(SP)
+	JGE    x8storeA
+	VMOVSS (BX)(AX*1), X16
+	VMOVSS (R9)(AX*1), X17
+	VFMADD231SS (SI)(AX*1), X16, X0
+	VFMADD231SS (SI)(AX*1), X17, X20
+	VFMADD231SS (DI)(AX*1), X16, X1
+	VFMADD231SS (DI)(AX*1), X17, X21
+	VFMADD231SS (R8)(AX*1), X16, X2
+	VFMADD231SS (R8)(AX*1), X17, X22
+	VFMADD231SS (R12)(AX*1), X16, X3
+	VFMADD231SS (R12)(AX*1), X17, X23
+	VFMADD231SS (R13)(AX*1), X16, X4
+	VFMADD231SS (R13)(AX*1), X17, X24
+	VFMADD231SS (R14)(AX*1), X16, X5
+	VFMADD231SS (R14)(AX*1), X17, X25
+	VFMADD231SS (R15)(AX*1), X16, X6
+	VFMADD231SS (R15)(AX*1), X17, X26
+	VFMADD231SS (CX)(AX*1), X16, X7
+	VFMADD231SS (CX)(AX*1), X17, X27
+	ADDQ   $4, AX
+	JMP    x8tailA
+
+x8storeA:
+	// BX and R9 are free once the first pair's tail is done.
+	MOVQ ot-32(SP), BX
+	MOVQ ldo+8(FP), R9
+	SHLQ $2, R9
+	VMOVSS X0, (BX)
+	VMOVSS X20, 4(BX)
+	ADDQ   R9, BX
+	VMOVSS X1, (BX)
+	VMOVSS X21, 4(BX)
+	ADDQ   R9, BX
+	VMOVSS X2, (BX)
+	VMOVSS X22, 4(BX)
+	ADDQ   R9, BX
+	VMOVSS X3, (BX)
+	VMOVSS X23, 4(BX)
+	ADDQ   R9, BX
+	VMOVSS X4, (BX)
+	VMOVSS X24, 4(BX)
+	ADDQ   R9, BX
+	VMOVSS X5, (BX)
+	VMOVSS X25, 4(BX)
+	ADDQ   R9, BX
+	VMOVSS X6, (BX)
+	VMOVSS X26, 4(BX)
+	ADDQ   R9, BX
+	VMOVSS X7, (BX)
+	VMOVSS X27, 4(BX)
+	// Weight rows r+2, r+3: low halves to X8-X15, high halves to X20-X27.
+	MOVQ lim-56(SP), AX
+	VEXTRACTF64X4 $1, Z8, Y20
+	VEXTRACTF64X4 $1, Z9, Y21
+	VEXTRACTF64X4 $1, Z10, Y22
+	VEXTRACTF64X4 $1, Z11, Y23
+	VEXTRACTF64X4 $1, Z12, Y24
+	VEXTRACTF64X4 $1, Z13, Y25
+	VEXTRACTF64X4 $1, Z14, Y26
+	VEXTRACTF64X4 $1, Z15, Y27
+	HSUMZ(Y8, X8, X28)
+	HSUMZ(Y9, X9, X28)
+	HSUMZ(Y10, X10, X28)
+	HSUMZ(Y11, X11, X28)
+	HSUMZ(Y12, X12, X28)
+	HSUMZ(Y13, X13, X28)
+	HSUMZ(Y14, X14, X28)
+	HSUMZ(Y15, X15, X28)
+	HSUMZ(Y20, X20, X28)
+	HSUMZ(Y21, X21, X28)
+	HSUMZ(Y22, X22, X28)
+	HSUMZ(Y23, X23, X28)
+	HSUMZ(Y24, X24, X28)
+	HSUMZ(Y25, X25, X28)
+	HSUMZ(Y26, X26, X28)
+	HSUMZ(Y27, X27, X28)
+
+x8tailB:
+	CMPQ   AX, nb-64(SP)
+	JGE    x8storeB
+	VMOVSS (R10)(AX*1), X16
+	VMOVSS (R11)(AX*1), X17
+	VFMADD231SS (SI)(AX*1), X16, X8
+	VFMADD231SS (SI)(AX*1), X17, X20
+	VFMADD231SS (DI)(AX*1), X16, X9
+	VFMADD231SS (DI)(AX*1), X17, X21
+	VFMADD231SS (R8)(AX*1), X16, X10
+	VFMADD231SS (R8)(AX*1), X17, X22
+	VFMADD231SS (R12)(AX*1), X16, X11
+	VFMADD231SS (R12)(AX*1), X17, X23
+	VFMADD231SS (R13)(AX*1), X16, X12
+	VFMADD231SS (R13)(AX*1), X17, X24
+	VFMADD231SS (R14)(AX*1), X16, X13
+	VFMADD231SS (R14)(AX*1), X17, X25
+	VFMADD231SS (R15)(AX*1), X16, X14
+	VFMADD231SS (R15)(AX*1), X17, X26
+	VFMADD231SS (CX)(AX*1), X16, X15
+	VFMADD231SS (CX)(AX*1), X17, X27
+	ADDQ   $4, AX
+	JMP    x8tailB
+
+x8storeB:
+	MOVQ ot-32(SP), BX
+	VMOVSS X8, 8(BX)
+	VMOVSS X20, 12(BX)
+	ADDQ   R9, BX
+	VMOVSS X9, 8(BX)
+	VMOVSS X21, 12(BX)
+	ADDQ   R9, BX
+	VMOVSS X10, 8(BX)
+	VMOVSS X22, 12(BX)
+	ADDQ   R9, BX
+	VMOVSS X11, 8(BX)
+	VMOVSS X23, 12(BX)
+	ADDQ   R9, BX
+	VMOVSS X12, 8(BX)
+	VMOVSS X24, 12(BX)
+	ADDQ   R9, BX
+	VMOVSS X13, 8(BX)
+	VMOVSS X25, 12(BX)
+	ADDQ   R9, BX
+	VMOVSS X14, 8(BX)
+	VMOVSS X26, 12(BX)
+	ADDQ   R9, BX
+	VMOVSS X15, 8(BX)
+	VMOVSS X27, 12(BX)
+	ADDQ   R9, BX
+	// Next eight activation rows: x += 8*ldx (CX is row 7), out += 8*ldo.
+	MOVQ BX, ot-32(SP)
+	MOVQ ldx+24(FP), AX
+	SHLQ $2, AX
+	ADDQ CX, AX
+	MOVQ AX, xt-24(SP)
+	DECQ left-40(SP)
+	JNZ  x8tile
+	// Next four weight rows and output columns.
+	MOVQ nb-64(SP), AX
+	SHLQ $2, AX
+	ADDQ AX, wq-8(SP)
+	ADDQ $16, oq-16(SP)
+	SUBQ $4, rl-48(SP)
+	JMP  x8quad
+
+x8done:
+	VZEROUPPER
+	RET
