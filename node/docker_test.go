@@ -131,6 +131,13 @@ func startLoad(services []string, clients int) *clientLoad {
 	return l
 }
 
+// await waits until the load has sent n more requests.
+func (l *clientLoad) await(t *testing.T, n int64) {
+	t.Helper()
+	target := l.total.Load() + n
+	require.Eventually(t, func() bool { return l.total.Load() >= target }, time.Minute, 20*time.Millisecond)
+}
+
 func (l *clientLoad) finish(t *testing.T, what string) {
 	close(l.stop)
 	l.wg.Wait()
@@ -199,9 +206,8 @@ func TestDockerCluster(t *testing.T) {
 		failover := time.Since(killed)
 		t.Logf("new leader %s after %s", newLeader, failover.Round(time.Millisecond))
 		require.Less(t, failover, 10*time.Second)
-		// Keep the load on a little longer, with the old leader gone.
-		deadline := time.Now().Add(3 * time.Second)
-		require.Eventually(t, func() bool { return time.Now().After(deadline) }, 10*time.Second, 100*time.Millisecond)
+		// Keep the load on for another 200 requests with the old leader gone.
+		load.await(t, 200)
 		load.finish(t, "during leader failover")
 
 		_, err = docker(t, "start", id)
@@ -245,9 +251,8 @@ func TestDockerCluster(t *testing.T) {
 			res = putBatching(majority[0], 5)
 			return res.status == http.StatusOK
 		}, 30*time.Second, 100*time.Millisecond, "the majority refused a write: %d %s", res.status, res.body)
-		// Keep the load on the majority a little longer while cut off.
-		deadline := time.Now().Add(3 * time.Second)
-		require.Eventually(t, func() bool { return time.Now().After(deadline) }, 10*time.Second, 100*time.Millisecond)
+		// Keep the load on the majority for another 200 requests while cut off.
+		load.await(t, 200)
 		load.finish(t, "during the partition")
 		for _, s := range majority {
 			v, err := dockerView(s)
