@@ -200,16 +200,13 @@ func (n *Node) reconcile(ctx context.Context) {
 		n.logger.Warn("raft reconcile", "err", err)
 	}
 	if has := n.store.HasExistingState(); has != n.currentMeta().RaftHasState {
-		n.updateMeta(rctx, func(m *metaUpdate) { m.RaftHasState = has })
+		n.updateMeta(rctx, func(m *gossip.Meta) { m.RaftHasState = has })
 	}
 }
 
-// metaUpdate is the node metadata being changed.
-type metaUpdate = gossip.Meta
-
 // updateMeta changes the advertised metadata; callers on different
 // goroutines (cluster loop, cache start) are serialised.
-func (n *Node) updateMeta(ctx context.Context, change func(*metaUpdate)) {
+func (n *Node) updateMeta(ctx context.Context, change func(*gossip.Meta)) {
 	n.metaMu.Lock()
 	defer n.metaMu.Unlock()
 	m := n.meta

@@ -12,6 +12,7 @@ import (
 	"math"
 	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -129,18 +130,13 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *api
 	switch {
 	case errors.As(err, &mbe) || int64(len(data)) > limit:
 		return nil, &apiError{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request_error", Code: "body_too_large",
-			Message: "request body is larger than the node's limit of " + itoa64(limit) + " bytes"}
+			Message: "request body is larger than the node's limit of " + strconv.FormatInt(limit, 10) + " bytes"}
 	case err != nil:
 		return nil, badRequest("invalid_body", "reading request body: "+err.Error())
 	case len(bytes.TrimSpace(data)) == 0:
 		return nil, badRequest("invalid_json", "request body is empty; send a JSON object")
 	}
 	return data, nil
-}
-
-func itoa64(n int64) string {
-	b, _ := json.Marshal(n)
-	return string(b)
 }
 
 type requestIDKey struct{}

@@ -139,7 +139,10 @@ func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		}
 		return status
 	}
-	if !a.n.servedAnywhere(req.Model) {
+	// One snapshot of the candidates serves the first try and the retry:
+	// the retry only excludes the node that failed.
+	cands := a.n.candidates(req.Model)
+	if len(cands) == 0 && !a.n.servedAnywhere(req.Model) {
 		return a.fail(w, r, fmt.Errorf("%w: %q (see GET /v1/models)", scheduler.ErrUnknownModel, req.Model))
 	}
 	a.n.retries.request()
@@ -151,7 +154,7 @@ func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			break
 		}
 		pickStart := time.Now()
-		target, policy, err := a.n.router.Pick(a.n.candidates(req.Model), tried)
+		target, policy, err := a.n.router.Pick(cands, tried)
 		a.n.metrics.RouteDecisionUs.Observe(float64(time.Since(pickStart)) / float64(time.Microsecond))
 		if err != nil {
 			if lastErr == nil {
