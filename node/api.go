@@ -334,17 +334,8 @@ func decodeCompletion(body []byte) (*apiRequest, error) {
 	if err := decodeStrict(body, &b); err != nil {
 		return nil, err
 	}
-	if err := checkModel(b.Model); err != nil {
-		return nil, err
-	}
 	if err := checkN(b.N); err != nil {
 		return nil, err
-	}
-	if err := checkPrompts("prompt", b.Prompt); err != nil {
-		return nil, err
-	}
-	if b.Stream && len(b.Prompt.list) > 1 {
-		return nil, badParam("prompt", "stream supports a single prompt")
 	}
 	maxTok := b.MaxTokens
 	if maxTok == nil {
@@ -352,18 +343,8 @@ func decodeCompletion(body []byte) (*apiRequest, error) {
 		d := 16
 		maxTok = &d
 	}
-	p, err := parseParams(maxTok, b.Temperature, b.TopP, b.Seed, b.Stop)
-	if err != nil {
-		return nil, err
-	}
-	prio, err := parsePriority(b.Priority)
-	if err != nil {
-		return nil, err
-	}
-	return &apiRequest{
-		Endpoint: scheduler.EndpointCompletion, Model: b.Model, Prompts: b.Prompt.list, PromptList: b.Prompt.isArr,
-		Params: p, Stream: b.Stream, IncludeUsage: b.StreamOptions != nil && b.StreamOptions.IncludeUsage, Priority: prio,
-	}, nil
+	return promptRequest(scheduler.EndpointCompletion, "prompt", b.Model, b.Prompt, b.Stream, b.Priority,
+		b.StreamOptions != nil && b.StreamOptions.IncludeUsage, maxTok, b.Temperature, b.TopP, b.Seed, b.Stop)
 }
 
 // decodeInfer parses a /v1/infer body.
@@ -372,28 +353,35 @@ func decodeInfer(body []byte) (*apiRequest, error) {
 	if err := decodeStrict(body, &b); err != nil {
 		return nil, err
 	}
-	if err := checkModel(b.Model); err != nil {
-		return nil, err
-	}
-	if err := checkPrompts("input", b.Input); err != nil {
-		return nil, err
-	}
-	if b.Stream && len(b.Input.list) > 1 {
-		return nil, badParam("input", "stream supports a single input")
-	}
 	pp := b.Parameters
-	p, err := parseParams(pp.MaxTokens, pp.Temperature, pp.TopP, pp.Seed, pp.Stop)
+	return promptRequest(scheduler.EndpointInfer, "input", b.Model, b.Input, b.Stream, b.Priority, false,
+		pp.MaxTokens, pp.Temperature, pp.TopP, pp.Seed, pp.Stop)
+}
+
+// promptRequest validates the fields completions and infer share: a model,
+// one or more prompts (one only when streaming), generation parameters and
+// a priority.
+func promptRequest(ep scheduler.Endpoint, field, model string, prompts flexString, stream bool, priority string, includeUsage bool,
+	maxTok *int, temp, topP *float64, seed *int64, stop flexString) (*apiRequest, error) {
+	if err := checkModel(model); err != nil {
+		return nil, err
+	}
+	if err := checkPrompts(field, prompts); err != nil {
+		return nil, err
+	}
+	if stream && len(prompts.list) > 1 {
+		return nil, badParam(field, "stream supports a single "+field)
+	}
+	p, err := parseParams(maxTok, temp, topP, seed, stop)
 	if err != nil {
 		return nil, err
 	}
-	prio, err := parsePriority(b.Priority)
+	prio, err := parsePriority(priority)
 	if err != nil {
 		return nil, err
 	}
-	return &apiRequest{
-		Endpoint: scheduler.EndpointInfer, Model: b.Model, Prompts: b.Input.list, PromptList: b.Input.isArr,
-		Params: p, Stream: b.Stream, Priority: prio,
-	}, nil
+	return &apiRequest{Endpoint: ep, Model: model, Prompts: prompts.list, PromptList: prompts.isArr,
+		Params: p, Stream: stream, IncludeUsage: includeUsage, Priority: prio}, nil
 }
 
 func checkPrompts(field string, f flexString) error {
