@@ -112,8 +112,10 @@ func seriesNames(expr string) []string {
 	}
 	e := promString.ReplaceAllString(expr, `""`)
 	e = promMatchers.ReplaceAllString(e, "{}")
-	e = promRange.ReplaceAllString(e, "")
-	e = promGrouping.ReplaceAllString(e, "")
+	// A space, not nothing, where text is cut: "a[5m]0" must not become
+	// the identifier "a0".
+	e = promRange.ReplaceAllString(e, " ")
+	e = promGrouping.ReplaceAllString(e, " ")
 	var out []string
 	for _, loc := range promIdent.FindAllStringIndex(e, -1) {
 		name := e[loc[0]:loc[1]]
