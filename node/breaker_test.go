@@ -143,3 +143,26 @@ func TestFlappingUpstreamStaysWithinTransitionBound(t *testing.T) {
 	t.Logf("%d raft entries for a flapping upstream in 4s", transitions)
 	require.LessOrEqual(t, transitions, uint64(breakerTransitionsPerMinute+2))
 }
+
+// An overloaded upstream's own Retry-After reaches the client, for a 429
+// passed through and for a 5xx answered as 502.
+func TestUpstreamRetryAfterReachesClient(t *testing.T) {
+	var status atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "7")
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(int(status.Load()))
+		_, _ = w.Write([]byte(`{"error":{"message":"busy","type":"overloaded"}}`))
+	}))
+	t.Cleanup(srv.Close)
+	tc := mustNewCluster(t, 1, func(i int, cfg *Config) {
+		cfg.Models = []ModelConfig{openAIModel(srv.URL)}
+		cfg.CircuitBreaker.FailureThreshold = 1000
+	})
+	for upstream, want := range map[int]int{http.StatusTooManyRequests: http.StatusTooManyRequests, http.StatusServiceUnavailable: http.StatusBadGateway} {
+		status.Store(int64(upstream))
+		res := inferUp(t, tc.nodes[0], upstream)
+		require.Equal(t, want, res.status, string(res.body))
+		require.Equal(t, "7", res.header.Get("Retry-After"))
+	}
+}

@@ -57,6 +57,12 @@ type UpstreamStatus interface {
 	HTTPStatus() int
 }
 
+// retryAfterHinter is implemented by upstream errors that carry the
+// upstream's own Retry-After; it replaces the node's one-second default.
+type retryAfterHinter interface {
+	RetryAfterHint() time.Duration
+}
+
 // toAPIError maps every error of the request path to its HTTP answer, in
 // one place.
 func toAPIError(err error) *apiError {
@@ -87,6 +93,10 @@ func toAPIError(err error) *apiError {
 			e.RetryAfter = time.Second
 		case st >= 500:
 			e.Status, e.RetryAfter = http.StatusBadGateway, time.Second
+		}
+		var hint retryAfterHinter
+		if e.RetryAfter > 0 && errors.As(err, &hint) && hint.RetryAfterHint() > 0 {
+			e.RetryAfter = hint.RetryAfterHint()
 		}
 		return e
 	}

@@ -199,6 +199,12 @@ func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		return a.fail(w, r, ctx.Err())
 	}
 	a.logger.Warn("no node could serve the request", "request_id", requestID(r.Context()), "model", req.Model, "err", lastErr)
+	var us UpstreamStatus
+	if errors.As(lastErr, &us) {
+		// The upstream's own answer (its status class, message and
+		// Retry-After) tells the client more than "no healthy node".
+		return a.fail(w, r, lastErr)
+	}
 	return a.fail(w, r, &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "no_healthy_backend",
 		Message: fmt.Sprintf("no healthy node can serve %q now; retry shortly", req.Model), RetryAfter: time.Second})
 }

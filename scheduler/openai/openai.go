@@ -440,7 +440,9 @@ func (b *Backend) post(ctx context.Context, endpoint string, body any, stream bo
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 		closeBody(resp.Body)
-		return nil, decodeError(resp.StatusCode, raw)
+		ue := decodeError(resp.StatusCode, raw)
+		ue.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		return nil, ue
 	}
 	return resp, nil
 }

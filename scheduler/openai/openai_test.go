@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -319,6 +320,25 @@ func TestStreamFromServerThatIgnoresStreamFlag(t *testing.T) {
 	res, err := batch[0].Outcome()
 	require.NoError(t, err)
 	require.Equal(t, "re: hi there", res.Text)
+}
+
+func TestUpstreamRetryAfterIsKept(t *testing.T) {
+	for _, status := range []int{http.StatusTooManyRequests, http.StatusServiceUnavailable} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			u := newUpstream(t)
+			u.handler = func(w http.ResponseWriter, r *http.Request, rec recorded) {
+				w.Header().Set("Retry-After", "7")
+				writeErr(w, status, "overloaded", "busy")
+			}
+			b := newBackend(t, u, nil)
+			batch := tasks(context.Background(), completion("x", scheduler.Params{}))
+			b.Run(context.Background(), batch)
+			_, err := outcome(t, batch[0])
+			var ue *UpstreamError
+			require.ErrorAs(t, err, &ue)
+			require.Equal(t, 7*time.Second, ue.RetryAfterHint())
+		})
+	}
 }
 
 func TestUpstreamErrorStatusesMapToUpstreamError(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
 	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
@@ -94,14 +95,14 @@ func TestDecodeErrorShapes(t *testing.T) {
 		body   string
 		want   UpstreamError
 	}{
-		{"openai", 400, `{"error":{"message":"bad max_tokens","type":"invalid_request_error","param":"max_tokens","code":null}}`, UpstreamError{400, "bad max_tokens", "invalid_request_error"}},
-		{"vllm top level", 400, `{"object":"error","message":"too long","type":"BadRequestError","param":null,"code":400}`, UpstreamError{400, "too long", "BadRequestError"}},
-		{"tgi", 422, `{"error":"Input validation error","error_type":"validation"}`, UpstreamError{422, "Input validation error", "validation"}},
-		{"llama.cpp", 503, `{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}`, UpstreamError{503, "Loading model", "unavailable_error"}},
-		{"plain text", 502, "Bad Gateway\n", UpstreamError{502, "Bad Gateway", ""}},
-		{"empty", 429, "", UpstreamError{429, "Too Many Requests", ""}},
-		{"status from code", 0, `{"error":{"message":"m","code":429}}`, UpstreamError{429, "m", ""}},
-		{"code not a status", 0, `{"error":{"message":"m","code":"context_length_exceeded"}}`, UpstreamError{500, "m", ""}},
+		{"openai", 400, `{"error":{"message":"bad max_tokens","type":"invalid_request_error","param":"max_tokens","code":null}}`, UpstreamError{Status: 400, Message: "bad max_tokens", Type: "invalid_request_error"}},
+		{"vllm top level", 400, `{"object":"error","message":"too long","type":"BadRequestError","param":null,"code":400}`, UpstreamError{Status: 400, Message: "too long", Type: "BadRequestError"}},
+		{"tgi", 422, `{"error":"Input validation error","error_type":"validation"}`, UpstreamError{Status: 422, Message: "Input validation error", Type: "validation"}},
+		{"llama.cpp", 503, `{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}`, UpstreamError{Status: 503, Message: "Loading model", Type: "unavailable_error"}},
+		{"plain text", 502, "Bad Gateway\n", UpstreamError{Status: 502, Message: "Bad Gateway", Type: ""}},
+		{"empty", 429, "", UpstreamError{Status: 429, Message: "Too Many Requests", Type: ""}},
+		{"status from code", 0, `{"error":{"message":"m","code":429}}`, UpstreamError{Status: 429, Message: "m", Type: ""}},
+		{"code not a status", 0, `{"error":{"message":"m","code":"context_length_exceeded"}}`, UpstreamError{Status: 500, Message: "m", Type: ""}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			require.Equal(t, &tc.want, decodeError(tc.status, []byte(tc.body)))
@@ -213,4 +214,24 @@ func requireProtocolError(t *testing.T, err error) {
 		return
 	}
 	require.ErrorIs(t, err, ErrBadResponse)
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	for in, want := range map[string]time.Duration{
+		"":                              0,
+		"7":                             7 * time.Second,
+		" 12 ":                          12 * time.Second,
+		"0":                             0,
+		"-3":                            0,
+		"1.5":                           0,
+		"soon":                          0,
+		"99999999999999999999":          maxRetryAfter,
+		"86400":                         maxRetryAfter,
+		"Fri, 27 Nov 2026 12:00:30 GMT": 30 * time.Second,
+		"Fri, 27 Nov 2026 11:00:00 GMT": 0,
+		"Sat, 28 Nov 2026 12:00:00 GMT": maxRetryAfter,
+	} {
+		require.Equal(t, want, parseRetryAfter(in, now), "%q", in)
+	}
 }
