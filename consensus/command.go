@@ -217,6 +217,14 @@ func (c DeleteBatching) apply(st *State) error {
 type SetLimitPolicy struct {
 	// Policy is the new policy.
 	Policy LimitPolicy `json:"policy"`
+	// KeepKeys keeps the API keys the state holds when the command is
+	// applied, ignoring Policy.Keys. The merge happens in the FSM, not on
+	// the proposing node, whose copy may not yet hold a key just added.
+	KeepKeys bool `json:"keep_keys,omitempty"`
+	// IfUnset makes the command a no-op when a policy exists at apply
+	// time: it seeds configured defaults without racing a write that an
+	// operator made meanwhile.
+	IfUnset bool `json:"if_unset,omitempty"`
 }
 
 // Type returns SetLimitPolicyType.
@@ -254,7 +262,24 @@ func (c SetLimitPolicy) Validate() error {
 }
 
 func (c SetLimitPolicy) apply(st *State) error {
-	st.Limits = c.Policy.Clone()
+	if c.IfUnset && st.Limits != nil {
+		return nil
+	}
+	p := c.Policy.Clone()
+	if c.KeepKeys {
+		p.Keys = map[string]KeyLimit{}
+		if st.Limits != nil {
+			p.Keys = st.Limits.Clone().Keys
+		}
+		for _, h := range sortedKeys(p.Keys) {
+			if t := p.Keys[h].Tenant; t != "" {
+				if _, ok := p.Tenants[t]; !ok {
+					return invalid(fmt.Sprintf("keys[%q].tenant", h), "names tenant %q, which the new policy drops", t)
+				}
+			}
+		}
+	}
+	st.Limits = p
 	return nil
 }
 

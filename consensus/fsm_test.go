@@ -25,6 +25,21 @@ func applyAll(t testing.TB, f *fsm, cmds ...Command) []any {
 	return out
 }
 
+// Keeping keys is decided at apply time, so a key whose tenant the new
+// policy drops fails the command there, and the state is unchanged.
+func TestSetLimitPolicyKeepingKeysRejectsADroppedTenant(t *testing.T) {
+	key := HashKey("sk-0123456789abcdefghij")
+	f := newFSM(discardLogger(), func() {})
+	applyAll(t, f, PutTenant{Name: "acme"}, PutKey{Hash: key, Limit: KeyLimit{Tenant: "acme"}})
+	before := f.current().Limits
+	out := applyAll(t, f, SetLimitPolicy{Policy: LimitPolicy{DefaultRPM: 1}, KeepKeys: true})
+	err, _ := out[0].(error)
+	var ve *ValidationError
+	require.ErrorAs(t, err, &ve)
+	require.Contains(t, err.Error(), `keys["`+key+`"].tenant`)
+	require.Equal(t, before, f.current().Limits)
+}
+
 func TestFSMAppliesEveryCommand(t *testing.T) {
 	key := HashKey("sk-0123456789abcdefghij")
 	tests := []struct {
@@ -54,6 +69,32 @@ func TestFSMAppliesEveryCommand(t *testing.T) {
 			cmd:   SetLimitPolicy{Policy: LimitPolicy{DefaultRPM: 60, AuthRequired: true}},
 			check: func(t *testing.T, st *State) {
 				require.Equal(t, &LimitPolicy{DefaultRPM: 60, AuthRequired: true, Endpoints: map[string]EndpointLimit{}, Keys: map[string]KeyLimit{}, Tenants: map[string]TenantLimit{}}, st.Limits)
+			},
+		},
+		{
+			name:  "set limit policy keeping keys keeps the applied keys",
+			setup: []Command{PutTenant{Name: "acme"}, PutKey{Hash: key, Limit: KeyLimit{TPM: 5, Tenant: "acme"}}},
+			cmd:   SetLimitPolicy{Policy: LimitPolicy{DefaultRPM: 7, Tenants: map[string]TenantLimit{"acme": {RPM: 3}}}, KeepKeys: true},
+			check: func(t *testing.T, st *State) {
+				require.Equal(t, map[string]KeyLimit{key: {TPM: 5, Tenant: "acme"}}, st.Limits.Keys)
+				require.Equal(t, 7, st.Limits.DefaultRPM)
+			},
+		},
+		{
+			name:  "set limit policy if unset leaves an existing policy",
+			setup: []Command{PutKey{Hash: key, Limit: KeyLimit{RPM: 1}}},
+			cmd:   SetLimitPolicy{Policy: LimitPolicy{DefaultRPM: 60}, IfUnset: true},
+			check: func(t *testing.T, st *State) {
+				require.Equal(t, 0, st.Limits.DefaultRPM)
+				require.Len(t, st.Limits.Keys, 1)
+			},
+		},
+		{
+			name: "set limit policy if unset seeds an empty state",
+			cmd:  SetLimitPolicy{Policy: LimitPolicy{DefaultRPM: 60}, IfUnset: true},
+			check: func(t *testing.T, st *State) {
+				require.Equal(t, 60, st.Limits.DefaultRPM)
+				require.NotNil(t, st.Limits.Keys)
 			},
 		},
 		{

@@ -265,7 +265,7 @@ func (n *Node) seedLimits(ctx context.Context) {
 	if !n.store.IsLeader() || n.store.State().Limits != nil {
 		return
 	}
-	cmd := consensus.SetLimitPolicy{Policy: consensus.LimitPolicy{DefaultRPM: n.cfg.RateLimit.RPM, AuthRequired: n.cfg.Auth.Required}}
+	cmd := consensus.SetLimitPolicy{Policy: consensus.LimitPolicy{DefaultRPM: n.cfg.RateLimit.RPM, AuthRequired: n.cfg.Auth.Required}, IfUnset: true}
 	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if _, err := n.store.Apply(actx, cmd); err != nil && ctx.Err() == nil {

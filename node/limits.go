@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/ops"
 	"github.com/shoal-dev/shoal/ratelimit"
+	"github.com/shoal-dev/shoal/router"
+	"github.com/shoal-dev/shoal/scheduler"
 )
 
 // newLimiter builds the cluster-wide rate limiter over the shared cache's
@@ -66,7 +69,7 @@ func bearerKey(r *http.Request) string {
 // the cluster here. It sets the X-RateLimit headers and returns the error
 // to answer with, if any. Token limits count max_tokens (or a default)
 // plus a prompt estimate up front, as OpenAI does, so a request never
-// overdraws them.
+// overdraws them; settleTokens corrects the charge once the answer is done.
 func (a *api) admit(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest) error {
 	p := a.n.limitPolicy()
 	key := bearerKey(r)
@@ -104,6 +107,52 @@ func (a *api) admit(ctx context.Context, w http.ResponseWriter, r *http.Request,
 	return &apiError{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "rate_limit_exceeded",
 		Message:    fmt.Sprintf("rate limit exceeded (%s: %d per window); retry after %s", d.Policy, d.Limit, d.RetryAfter.Round(time.Second)),
 		RetryAfter: max(d.RetryAfter, time.Second)}
+}
+
+// settleTokens corrects the up-front charge of req's token-per-minute rules
+// (see admit) to the tokens its answer used. It runs on the node that
+// admitted the request, which alone holds the charge, once the outcome is
+// final: used is the answer's usage (a forwarded answer's comes back in
+// router.HeaderUsage), or 0 when no answer was delivered. An answer whose
+// usage is unknown (a stream cut short after its first byte) keeps the
+// estimate.
+func (a *api) settleTokens(ctx context.Context, r *http.Request, req *apiRequest, used int) {
+	key := bearerKey(r)
+	if key == "" {
+		return // token limits are per key; without one there is nothing to settle
+	}
+	est := estimateTokens(req)
+	if used == est {
+		return
+	}
+	rules := ratelimit.RulesFor(a.n.limitPolicy(), ratelimit.Request{
+		Path: r.URL.Path, KeyHash: consensus.HashKey(key), LLM: true, Tokens: est,
+	})
+	for _, rule := range rules {
+		if rule.TokenBased() {
+			a.n.limiter.Charge(ctx, rule, used-est)
+		}
+	}
+}
+
+// tokensUsed accounts for the tokens req's answer used (nil results: none).
+// A forwarded request reports them to the node that admitted it, in a
+// header, or in a trailer once the answer's header is out; any other
+// settles here.
+func (a *api) tokensUsed(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest, results []scheduler.Result, headerSent bool) {
+	used := 0
+	for _, res := range results {
+		used += res.PromptTokens + res.CompletionTokens
+	}
+	if r.Header.Get(router.HeaderForwarded) == "" {
+		a.settleTokens(ctx, r, req, used)
+		return
+	}
+	name := router.HeaderUsage
+	if headerSent {
+		name = http.TrailerPrefix + name
+	}
+	w.Header().Set(name, strconv.Itoa(used))
 }
 
 // estimateTokens is a request's token cost for token-per-minute limits:

@@ -139,3 +139,51 @@ func TestSpoofedForwardHeaderDoesNotSkipLimits(t *testing.T) {
 	}
 	require.Equal(t, map[int]int{http.StatusOK: 2, http.StatusTooManyRequests: 2}, statuses)
 }
+
+// A tokens-per-minute limit charges max_tokens up front, then settles to
+// the tokens the answer used, on whichever node ran it: a key whose
+// requests ask for far more than they use is not held to the estimate.
+// Node 0 serves no sim-fast, so every request it admits is forwarded and
+// settled by node 1; streams settle as well.
+func TestTokenLimitSettlesToTrueUsage(t *testing.T) {
+	tc := olricCluster(t, 2, func(i int, cfg *Config) {
+		if i == 0 {
+			cfg.Models[0].Name = "elsewhere"
+		}
+	})
+	entry := tc.nodes[0]
+	const key = "sk-tpm-key-0123456789abcdef"
+	res := doJSON(t, http.MethodPost, "http://"+entry.HTTPAddr()+"/admin/v1/keys", testToken, map[string]any{"key": key, "tpm": 2000})
+	require.Equal(t, http.StatusOK, res.status, string(res.body))
+	putLimits(t, entry, map[string]any{"default_rpm": 0})
+	waitPolicy(t, tc.nodes, func(p *consensus.LimitPolicy) bool { return len(p.Keys) == 1 })
+	require.Eventually(t, func() bool { return len(entry.candidates("sim-fast")) == 1 }, clusterWait, 10*time.Millisecond)
+
+	// Each request is estimated at about 900 tokens, so without settling
+	// two fit in a minute's window; each uses at most a few dozen.
+	ok, i := 0, 0
+	require.Eventually(t, func() bool {
+		i++
+		b, _ := json.Marshal(map[string]any{"model": "sim-fast", "prompt": "tpm " + strconv.Itoa(i), "max_tokens": 900,
+			"temperature": 1, "stream": i%2 == 0})
+		req, _ := http.NewRequest(http.MethodPost, "http://"+entry.HTTPAddr()+"/v1/completions", bytes.NewReader(b))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch resp.StatusCode {
+		case http.StatusOK:
+			ok++
+			require.Contains(t, resp.Header.Get("X-Shoal-Route"), "forward", "node 0 cannot serve sim-fast itself")
+			require.Empty(t, resp.Header.Get("X-Shoal-Usage"), "internal header leaked")
+			require.Empty(t, resp.Trailer.Get("X-Shoal-Usage"), "internal trailer leaked")
+		case http.StatusTooManyRequests:
+			require.Contains(t, string(body), "key_tpm")
+		default:
+			t.Fatalf("status %d: %s", resp.StatusCode, body)
+		}
+		return ok >= 8
+	}, 40*time.Second, 20*time.Millisecond, "too few requests admitted: the estimate was never settled")
+}

@@ -114,6 +114,7 @@ func (a *api) answerFromCache(ctx context.Context, w http.ResponseWriter, r *htt
 	}
 	setCacheHeader(w, cacheHit)
 	w.Header().Set(router.HeaderRoute, "cache")
+	a.tokensUsed(ctx, w, r, req, ans.Results, false)
 	if req.Stream {
 		a.replayStream(w, r, req, ans.Results[0])
 		return true
@@ -179,8 +180,11 @@ func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			continue
 		}
 		a.n.metrics.Routed.WithLabelValues(target.Node, "forward").Inc()
-		err = a.n.fwd.Forward(ctx, w, r, body, target, "forward,"+route)
+		reply, err := a.n.fwd.Forward(ctx, w, r, body, target, "forward,"+route)
 		if err == nil {
+			if reply.Tokens >= 0 {
+				a.settleTokens(ctx, r, req, reply.Tokens)
+			}
 			return http.StatusOK
 		}
 		a.n.metrics.ForwardErrors.WithLabelValues(target.Node).Inc()
@@ -195,6 +199,9 @@ func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		a.logger.Info("forward failed before responding", "request_id", requestID(r.Context()), "target", target.Node, "err", err)
 		lastErr = err
 	}
+	// No node answered: whatever the up-front token charge was, nothing
+	// was delivered.
+	a.settleTokens(ctx, r, req, 0)
 	if ctx.Err() != nil {
 		return a.fail(w, r, ctx.Err())
 	}
@@ -238,6 +245,7 @@ func (a *api) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 		t, err := a.sched.Submit(ctx, req.requests(id)[0])
 		if err != nil {
 			done(err)
+			a.tokensUsed(ctx, w, r, req, nil, false)
 			return a.fail(w, r, err), nil
 		}
 		res, status, err := a.stream(ctx, w, r, req, t, start)
@@ -268,8 +276,10 @@ func (a *api) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 		if isBackendFailure(err) {
 			return 0, err
 		}
+		a.tokensUsed(ctx, w, r, req, nil, false)
 		return a.fail(w, r, err), nil
 	}
+	a.tokensUsed(ctx, w, r, req, results, false)
 	for _, res := range results {
 		a.metrics.ObserveTokens(req.Model, res.PromptTokens, res.CompletionTokens, time.Since(start))
 	}
@@ -377,6 +387,7 @@ func (a *api) stream(ctx context.Context, w http.ResponseWriter, r *http.Request
 			if isBackendFailure(terr) {
 				return scheduler.Result{}, 0, terr
 			}
+			a.tokensUsed(ctx, w, r, req, nil, false)
 			return scheduler.Result{}, a.fail(w, r, terr), terr
 		}
 	}
@@ -403,6 +414,7 @@ func (a *api) stream(ctx context.Context, w http.ResponseWriter, r *http.Request
 		return res, ae.Status, terr
 	}
 	a.metrics.ObserveTokens(req.Model, res.PromptTokens, res.CompletionTokens, time.Since(start))
+	a.tokensUsed(ctx, w, r, req, []scheduler.Result{res}, true)
 	sse.finish(res)
 	sse.done()
 	return res, http.StatusOK, nil

@@ -312,12 +312,10 @@ func (a *Admin) putLimits(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p := body.LimitPolicy
+	cmd := consensus.SetLimitPolicy{Policy: p, KeepKeys: body.Keys == nil}
 	if body.Keys != nil {
-		p.Keys = *body.Keys
-	} else {
-		p.Keys = a.cfg.Backend.Limits().Keys
+		cmd.Policy.Keys = *body.Keys
 	}
-	cmd := consensus.SetLimitPolicy{Policy: p}
 	if !a.apply(w, r, cmd) {
 		return
 	}

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -25,6 +26,11 @@ const (
 	HeaderForwardAuth = "X-Shoal-Forward-Auth"
 	// HeaderRoute tells the client how its request was routed.
 	HeaderRoute = "X-Shoal-Route"
+	// HeaderUsage carries the tokens a forwarded request's answer used
+	// (prompt plus completion) from the node that ran it back to the node
+	// that admitted it, which settles token-per-minute limits with it: a
+	// header on a plain answer, a trailer on a stream. Clients never see it.
+	HeaderUsage = "X-Shoal-Usage"
 )
 
 // ForwardMAC is the HeaderForwardAuth value for a request forwarded by
@@ -100,15 +106,24 @@ var passHeaders = []string{"Content-Type", "Accept", "Accept-Encoding", "Authori
 // hopHeaders are never copied back to the client.
 var hopHeaders = map[string]bool{"Connection": true, "Keep-Alive": true, "Transfer-Encoding": true, "Te": true, "Trailer": true, "Upgrade": true, "Content-Length": true}
 
+// Reply is what the forwarding node learns of a peer's answer besides the
+// bytes it copied to the client.
+type Reply struct {
+	// Tokens is the peer's HeaderUsage, or -1 when it sent none (an answer
+	// cut short).
+	Tokens int
+}
+
 // Forward sends body to target's path and copies the answer to w. If it
 // fails before writing anything to w, the error wraps ErrRetryable and the
 // caller may try another node. A 502 or 503 from the peer counts as such a
 // failure: the peer could not run the request.
-func (f *Forwarder) Forward(ctx context.Context, w http.ResponseWriter, r *http.Request, body []byte, target Candidate, route string) error {
+func (f *Forwarder) Forward(ctx context.Context, w http.ResponseWriter, r *http.Request, body []byte, target Candidate, route string) (Reply, error) {
+	reply := Reply{Tokens: -1}
 	url := "http://" + target.HTTPAddr + r.URL.RequestURI()
 	req, err := http.NewRequestWithContext(ctx, r.Method, url, bytes.NewReader(body))
 	if err != nil {
-		return fmt.Errorf("forward to %s: %w", target.Node, err)
+		return reply, fmt.Errorf("forward to %s: %w", target.Node, err)
 	}
 	for _, h := range passHeaders {
 		if v := r.Header.Get(h); v != "" {
@@ -129,18 +144,18 @@ func (f *Forwarder) Forward(ctx context.Context, w http.ResponseWriter, r *http.
 	resp, err := f.client.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("forward to %s: %w", target.Node, ctx.Err())
+			return reply, fmt.Errorf("forward to %s: %w", target.Node, ctx.Err())
 		}
-		return fmt.Errorf("forward to %s: %w: %w", target.Node, ErrRetryable, err)
+		return reply, fmt.Errorf("forward to %s: %w: %w", target.Node, ErrRetryable, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusServiceUnavailable {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		return fmt.Errorf("forward to %s: %w: status %d", target.Node, ErrRetryable, resp.StatusCode)
+		return reply, fmt.Errorf("forward to %s: %w: status %d", target.Node, ErrRetryable, resp.StatusCode)
 	}
 	dst := w.Header()
 	for k, vs := range resp.Header {
-		if hopHeaders[k] {
+		if hopHeaders[k] || k == HeaderUsage {
 			continue
 		}
 		dst[k] = vs
@@ -154,17 +169,26 @@ func (f *Forwarder) Forward(ctx context.Context, w http.ResponseWriter, r *http.
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {
 			if _, werr := w.Write(buf[:n]); werr != nil {
-				return fmt.Errorf("forward to %s: client write: %w", target.Node, werr)
+				return reply, fmt.Errorf("forward to %s: client write: %w", target.Node, werr)
 			}
 			if stream {
 				_ = rc.Flush()
 			}
 		}
 		if rerr == io.EOF {
-			return nil
+			// Trailers are read once the body is; a plain answer has it
+			// in its header.
+			v := resp.Trailer.Get(HeaderUsage)
+			if v == "" {
+				v = resp.Header.Get(HeaderUsage)
+			}
+			if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+				reply.Tokens = n
+			}
+			return reply, nil
 		}
 		if rerr != nil {
-			return fmt.Errorf("forward to %s: read answer: %w", target.Node, rerr)
+			return reply, fmt.Errorf("forward to %s: read answer: %w", target.Node, rerr)
 		}
 	}
 }
