@@ -3,6 +3,7 @@ package consensus
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -57,7 +58,29 @@ func (a *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
 	if level == hclog.Off || !a.enabled(level) {
 		return
 	}
-	a.logger.Log(context.Background(), slogLevel(level), msg, args...)
+	a.logger.Log(context.Background(), slogLevel(level), msg, formatArgs(args)...)
+}
+
+// formatArgs renders hclog's deferred formatting values (hclog.Fmt, which
+// raft uses for its configuration) the way hclog would; slog would print
+// the format string and its arguments as a list.
+func formatArgs(args []any) []any {
+	out, copied := args, false
+	for i := 1; i < len(args); i += 2 {
+		f, ok := args[i].(hclog.Format)
+		if !ok || len(f) == 0 {
+			continue
+		}
+		if !copied {
+			out, copied = append([]any(nil), args...), true
+		}
+		if format, ok := f[0].(string); ok {
+			out[i] = fmt.Sprintf(format, f[1:]...)
+		} else {
+			out[i] = fmt.Sprint(f...)
+		}
+	}
+	return out
 }
 
 // Trace implements hclog.Logger.

@@ -222,7 +222,7 @@ func New(cfg Config) (_ *Store, err error) {
 	}
 	s := &Store{
 		cfg:          cfg,
-		logger:       cfg.Logger.With("component", "consensus", "node", cfg.NodeID),
+		logger:       cfg.Logger.With("component", "consensus"),
 		addrs:        newAddressBook(),
 		subs:         map[*subscription]struct{}{},
 		leaderCh:     make(chan bool, 16),

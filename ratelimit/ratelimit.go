@@ -260,7 +260,7 @@ func New(cfg Config) (*Limiter, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &Limiter{
 		cfg:   cfg,
-		log:   cfg.Logger.With("component", "ratelimit", "node", cfg.Node),
+		log:   cfg.Logger.With("component", "ratelimit"),
 		stop:  cancel,
 		swept: make(chan struct{}),
 	}
