@@ -64,7 +64,14 @@ func TestOlricWaitsForPeersListedLate(t *testing.T) {
 	started := make(chan error, 1)
 	go func() { started <- late.Start(context.Background()) }()
 
-	require.Eventually(t, func() bool { return asked.Load() >= 3 }, waitTimeout, waitTick,
+	require.Eventually(t, func() bool {
+		select {
+		case err := <-started:
+			t.Fatalf("started early: %v", err)
+		default:
+		}
+		return asked.Load() >= 3
+	}, waitTimeout, waitTick,
 		"the member did not retry while membership listed nobody")
 	listed.Store(true)
 	require.NoError(t, <-started)

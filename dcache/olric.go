@@ -7,6 +7,7 @@ import (
 	"log"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"net"
 	"slices"
 	"strconv"
@@ -227,6 +228,7 @@ func (o *olricStore) olricConfig(ready func()) (*config.Config, error) {
 	}
 	oc.Client = config.NewClient()
 	oc.Client.DialTimeout = time.Second
+	oc.Started = ready
 
 	// Olric replaces Logger's output with LogOutput, then filters it by LogLevel.
 	w := slogWriter{log: o.log.With("component", "olric")}
@@ -238,12 +240,18 @@ func (o *olricStore) olricConfig(ready func()) (*config.Config, error) {
 		oc.LogLevel = config.LogLevelDebug
 		oc.LogVerbosity = 3
 	}
-	oc.Started = ready
 	return oc, nil
 }
 
+// errStartFailed marks a start that failed inside Olric's Start: typically two members that
+// booted together and each took itself for the coordinator ("unrecognized cluster
+// coordinator"), where a fresh attempt moments later joins the one that won; or a port
+// taken in the instant between New's reservation and Olric's bind.
+var errStartFailed = errors.New("olric start failed")
+
 // start runs the member: Olric's Start blocks for the member's lifetime, so it runs in a
-// goroutine, and readiness is Olric's Started callback.
+// goroutine. A start that Olric itself fails is retried with a fresh instance on the same
+// ports until StartTimeout, so a node that lost a boot race still gets its cache.
 func (o *olricStore) start(ctx context.Context) error {
 	o.startMu.Lock()
 	defer o.startMu.Unlock()
@@ -251,46 +259,120 @@ func (o *olricStore) start(ctx context.Context) error {
 		return errors.New("olric start: already called")
 	}
 	o.begun = true
+	ctx, cancel := context.WithTimeout(ctx, o.cfg.StartTimeout)
+	defer cancel()
+	for attempt := 1; ; attempt++ {
+		var err error
+		if attempt > 1 {
+			err = o.rebind()
+		}
+		if err == nil {
+			var db *olric.Olric
+			if db, err = o.startOnce(ctx); err == nil {
+				return o.finishStart(db)
+			}
+			if !errors.Is(err, errStartFailed) {
+				return err
+			}
+		}
+		o.log.Warn("olric start failed; retrying with a fresh member", "attempt", attempt, "err", err)
+		wait := min(time.Duration(attempt), 10) * (o.timing.joinRetry + time.Duration(rand.Int64N(int64(o.timing.joinRetry))))
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (gave up after %d attempts: %w)", err, attempt, ctx.Err())
+		case <-time.After(wait):
+		}
+	}
+}
 
+// rebind takes the member's ports again for another attempt: the failed member's shutdown
+// released both. The ports stay the ones New took, since shoal's membership advertises them.
+func (o *olricStore) rebind() error {
+	ln, err := net.Listen("tcp", net.JoinHostPort(o.host, strconv.Itoa(o.port)))
+	if err != nil {
+		return fmt.Errorf("%w: cache addr %s:%d: %w", errStartFailed, o.host, o.port, err)
+	}
+	nt, err := newTransport(o.mlHost, o.mlPort, o.stdlog)
+	if err != nil {
+		_ = ln.Close()
+		return fmt.Errorf("%w: cache memberlist addr %s:%d: %w", errStartFailed, o.mlHost, o.mlPort, err)
+	}
+	o.reserve, o.transport = ln, nt
+	return nil
+}
+
+// startOnce creates and starts one Olric instance and waits until it is ready: Olric's
+// Started callback, or the member answering as fully operable, whichever comes first. The
+// callback alone is not enough: Olric counts started services in a process-wide checkpoint
+// that one failed start leaves unbalanced, after which the callback never comes, for a retry
+// or for any other member in the process.
+func (o *olricStore) startOnce(ctx context.Context) (*olric.Olric, error) {
 	readyCh := make(chan struct{})
 	var once sync.Once
-	oc, err := o.olricConfig(func() { once.Do(func() { close(readyCh) }) })
+	markReady := func() { once.Do(func() { close(readyCh) }) }
+	oc, err := o.olricConfig(markReady)
 	if err != nil {
 		_ = o.reserve.Close()
 		shutdownTransport(o.transport)
-		return fmt.Errorf("olric config: %w", err)
+		return nil, fmt.Errorf("olric config: %w", err)
 	}
-	// The port goes back to the OS just before Olric binds it. If Olric's bind fails after
-	// olric.New, Olric's process-wide start checkpoint stays unbalanced and no later member in
-	// this process ever gets its Started callback; New's reservation keeps that window tiny.
+	// The port goes back to the OS just before Olric binds it; New's reservation keeps the
+	// window in which another process could take it tiny.
 	_ = o.reserve.Close()
 	db, err := olric.New(oc)
 	if err != nil {
 		shutdownTransport(o.transport)
-		return fmt.Errorf("olric new: %w", err)
+		return nil, fmt.Errorf("olric new: %w", err)
 	}
 	name := oc.MemberlistConfig.Name
 	o.name.Store(&name)
 	o.db = db
-	o.running = make(chan struct{})
+	// Each attempt's goroutines keep their own channel: a retry replaces o.running.
+	running := make(chan struct{})
+	o.running = running
 	startErr := make(chan error, 1)
 	go func() {
-		defer close(o.running)
+		defer close(running)
 		startErr <- db.Start()
 	}()
-
-	ctx, cancel := context.WithTimeout(ctx, o.cfg.StartTimeout)
-	defer cancel()
+	go probeReady(ctx, db, running, markReady)
 	select {
 	case <-readyCh:
+		return db, nil
 	case err := <-startErr:
 		o.abort()
-		return fmt.Errorf("olric start on %s: %w", name, err)
+		return nil, fmt.Errorf("%w on %s: %w", errStartFailed, name, err)
 	case <-ctx.Done():
 		o.abort()
-		return fmt.Errorf("olric start on %s: no Started callback: %w", name, ctx.Err())
+		return nil, fmt.Errorf("olric start on %s: not ready: %w", name, ctx.Err())
 	}
+}
 
+// probeReady calls ready once db answers a read as an operable member: joined,
+// bootstrapped and with MinMembers in sight. (A read, not Stats: Olric's stats walk its
+// member table without the lock.)
+func probeReady(ctx context.Context, db *olric.Olric, running <-chan struct{}, ready func()) {
+	e := db.NewEmbeddedClient()
+	for {
+		if dm, err := e.NewDMap(metaDMap); err == nil {
+			if _, err := dm.Get(ctx, "shoal.probe"); err == nil || errors.Is(err, olric.ErrKeyNotFound) {
+				ready()
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-running:
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// finishStart connects the clients of a started member and begins its background work.
+func (o *olricStore) finishStart(db *olric.Olric) error {
+	name := *o.name.Load()
 	o.embedded = db.NewEmbeddedClient()
 	ccfg := config.NewClient()
 	// A retried INCR could be applied twice.
