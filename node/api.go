@@ -8,6 +8,7 @@ import (
 	"math"
 	"reflect"
 	"strings"
+	"time"
 
 	"github.com/shoal-dev/shoal/scheduler"
 )
@@ -35,6 +36,9 @@ type apiRequest struct {
 	// PromptList records that the prompt/input came as an array, so infer
 	// and completions answer with one output per element.
 	PromptList bool
+	// admitted is when this node charged the request to its limits
+	// (settleTokens needs the window that holds the charge).
+	admitted time.Time
 }
 
 // flexString accepts a JSON string, or an array of strings (for prompt,

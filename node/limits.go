@@ -101,6 +101,7 @@ func (a *api) admit(ctx context.Context, w http.ResponseWriter, r *http.Request,
 	d := a.n.limiter.Allow(ctx, rules)
 	d.SetHeaders(w.Header())
 	if d.Allowed {
+		req.admitted = time.Now()
 		return nil
 	}
 	a.metrics.RateLimited.WithLabelValues(d.Policy).Inc()
@@ -114,8 +115,8 @@ func (a *api) admit(ctx context.Context, w http.ResponseWriter, r *http.Request,
 // admitted the request, which alone holds the charge, once the outcome is
 // final: used is the answer's usage (a forwarded answer's comes back in
 // router.HeaderUsage), or 0 when no answer was delivered. An answer whose
-// usage is unknown (a stream cut short after its first byte) keeps the
-// estimate.
+// usage is unknown (a stream cut short after its first byte), or that ends
+// in a later window than it was admitted in, keeps the estimate.
 func (a *api) settleTokens(ctx context.Context, r *http.Request, req *apiRequest, used int) {
 	key := bearerKey(r)
 	if key == "" {
@@ -128,10 +129,18 @@ func (a *api) settleTokens(ctx context.Context, r *http.Request, req *apiRequest
 	rules := ratelimit.RulesFor(a.n.limitPolicy(), ratelimit.Request{
 		Path: r.URL.Path, KeyHash: consensus.HashKey(key), LLM: true, Tokens: est,
 	})
+	now := time.Now()
 	for _, rule := range rules {
-		if rule.TokenBased() {
-			a.n.limiter.Charge(ctx, rule, used-est)
+		if !rule.TokenBased() {
+			continue
 		}
+		w := int64(rule.Window)
+		if used < est && req.admitted.UnixNano()/w != now.UnixNano()/w {
+			// The charge is in a window that has ended; a refund now would
+			// make room in the current one, which was never charged.
+			continue
+		}
+		a.n.limiter.Charge(ctx, rule, used-est)
 	}
 }
 
