@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -160,6 +161,16 @@ type Config struct {
 	// Default 10s.
 	HealthWindow time.Duration
 
+	// EncryptKey, when set, is an AES key (16, 24 or 32 bytes) that encrypts and authenticates
+	// Olric's memberlist traffic, as shoal's gossip key does for its own: a member with another
+	// key cannot join.
+	EncryptKey []byte
+
+	// Password, when set, is required of every connection to the Olric protocol port (Olric's
+	// AUTH): members, this node's clients, and anyone else who can reach the port. Without it
+	// anyone on the network can read and write the cache and the rate-limit counters.
+	Password string
+
 	// Logger receives the cache's logs, Olric's and memberlist's included (their warnings and
 	// errors at Warn, the rest at Debug). Nil discards.
 	Logger *slog.Logger
@@ -248,6 +259,11 @@ func (c Config) resolve() (Config, error) {
 		return c, fmt.Errorf("max value bytes %d: must not be negative", c.MaxValueBytes)
 	case int64(c.MaxValueBytes) > c.MaxBytes:
 		return c, fmt.Errorf("max value bytes %d exceeds max bytes %d", c.MaxValueBytes, c.MaxBytes)
+	case len(c.EncryptKey) != 0 && len(c.EncryptKey) != 16 && len(c.EncryptKey) != 24 && len(c.EncryptKey) != 32:
+		return c, fmt.Errorf("encrypt key of %d bytes: want 16, 24 or 32", len(c.EncryptKey))
+	case c.Password != strings.TrimSpace(c.Password):
+		// Olric trims the members' copy but not its clients'.
+		return c, errors.New("password must not start or end with white space")
 	}
 	switch c.Network {
 	case "lan", "wan", "local":

@@ -202,7 +202,13 @@ func (o *olricStore) olricConfig(ready func()) (*config.Config, error) {
 	ml.BindPort = o.mlPort
 	ml.AdvertisePort = o.mlPort
 	ml.LogOutput = nil
+	if len(o.cfg.EncryptKey) > 0 {
+		ml.SecretKey = o.cfg.EncryptKey
+	}
 	oc.MemberlistConfig = ml
+	if o.cfg.Password != "" {
+		oc.Authentication = &config.Authentication{Password: o.cfg.Password}
+	}
 
 	oc.BindAddr = o.host
 	oc.BindPort = o.port
@@ -378,9 +384,12 @@ func (o *olricStore) finishStart(db *olric.Olric) error {
 	// A retried INCR could be applied twice.
 	ccfg.MaxRetries = -1
 	ccfg.DialTimeout = time.Second
-	cc, err := olric.NewClusterClient([]string{name},
-		olric.WithConfig(ccfg), olric.WithLogger(o.stdlog),
-		olric.WithRoutingTableFetchInterval(time.Minute))
+	opts := []olric.ClusterClientOption{olric.WithConfig(ccfg), olric.WithLogger(o.stdlog),
+		olric.WithRoutingTableFetchInterval(time.Minute)}
+	if o.cfg.Password != "" {
+		opts = append(opts, olric.WithPassword(o.cfg.Password))
+	}
+	cc, err := olric.NewClusterClient([]string{name}, opts...)
 	if err != nil {
 		o.abort()
 		return fmt.Errorf("olric cluster client on %s: %w", name, err)

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/olric-data/olric"
+	"github.com/olric-data/olric/config"
 	"github.com/stretchr/testify/require"
 )
 
@@ -429,4 +431,64 @@ func (h *recordingHandler) logged(msg string) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return slices.Contains(h.msgs, msg)
+}
+
+// TestOlricSecuredMembers runs members with an encryption key and a password: they form one
+// cache; a member with another key cannot join them; a client without the password cannot
+// read or write, and one with it can.
+func TestOlricSecuredMembers(t *testing.T) {
+	skipUnderRaceWithClusteredOlric(t)
+	key := bytes.Repeat([]byte{7}, 32)
+	const password = "s3cret-derived-from-the-gossip-key"
+	cs := startCluster(t, 2, func(c *Config) { c.EncryptKey, c.Password = key, password })
+	ctx := context.Background()
+	require.NoError(t, cs[0].Set(ctx, "m", "k", []byte("v"), time.Minute))
+	v, ok, err := cs[1].Get(ctx, "m", "k")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, []byte("v"), v)
+
+	t.Run("MemberWithAnotherKeyStaysOut", func(t *testing.T) {
+		cfg := olricTestConfig()
+		cfg.EncryptKey, cfg.Password = bytes.Repeat([]byte{8}, 32), password
+		cfg.JoinTimeout = 500 * time.Millisecond
+		cfg.Peers = func() []string { return []string{cs[0].MemberlistAddr()} }
+		outsider, err := New(cfg)
+		require.NoError(t, err)
+		t.Cleanup(func() { closeAll(t, []*Cache{outsider}) })
+		require.NoError(t, outsider.Start(ctx))
+		require.Equal(t, 1, outsider.Members(), "the outsider formed a cache of its own")
+		for i, c := range cs {
+			require.Equal(t, 2, c.Members(), "member %d", i)
+		}
+	})
+
+	t.Run("ClientNeedsThePassword", func(t *testing.T) {
+		ccfg := config.NewClient()
+		ccfg.MaxRetries = -1
+		ccfg.DialTimeout = time.Second
+		denied := func() error {
+			cc, err := olric.NewClusterClient([]string{cs[0].Addr()}, olric.WithConfig(ccfg))
+			if err != nil {
+				return err
+			}
+			defer cc.Close(ctx)
+			dm, err := cc.NewDMap(respPrefix + "m")
+			if err != nil {
+				return err
+			}
+			_, err = dm.Get(ctx, "k")
+			return err
+		}()
+		require.Error(t, denied)
+		require.NotErrorIs(t, denied, olric.ErrKeyNotFound)
+
+		cc, err := olric.NewClusterClient([]string{cs[0].Addr()}, olric.WithConfig(ccfg), olric.WithPassword(password))
+		require.NoError(t, err)
+		defer cc.Close(ctx)
+		dm, err := cc.NewDMap(respPrefix + "m")
+		require.NoError(t, err)
+		_, err = dm.Get(ctx, "no-such-key")
+		require.ErrorIs(t, err, olric.ErrKeyNotFound, "with the password the member answers")
+	})
 }

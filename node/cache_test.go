@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/olric-data/olric"
+	"github.com/olric-data/olric/config"
 	"github.com/stretchr/testify/require"
 
 	"github.com/shoal-dev/shoal/dcache"
@@ -212,4 +214,37 @@ func TestCachedAnswersExpireAfterTheirTTL(t *testing.T) {
 		return !found
 	}, 10*time.Second, 50*time.Millisecond, "the entry never expired")
 	require.Equal(t, cacheMiss, deterministicInfer(t, nd, "short lived", nil).header.Get("X-Shoal-Cache"))
+}
+
+// With gossip.encrypt_key the cache is secured as well: the nodes' Olric
+// members share answers, and a client without the key-derived password
+// cannot read them.
+func TestGossipKeySecuresTheCache(t *testing.T) {
+	const key = "cg8StVXbQJ0gPvMd9o7yrg=="
+	tc := olricCluster(t, 2, func(i int, cfg *Config) { cfg.Gossip.EncryptKey = key })
+	a, b := tc.nodes[0], tc.nodes[1]
+	first := deterministicInfer(t, a, "secured question", nil)
+	require.Equal(t, http.StatusOK, first.status, string(first.body))
+	require.Eventually(t, func() bool {
+		return deterministicInfer(t, b, "secured question", nil).header.Get("X-Shoal-Cache") == cacheHit
+	}, 10*time.Second, 20*time.Millisecond, "node b never hit the answer node a computed")
+
+	ctx := context.Background()
+	ccfg := config.NewClient()
+	ccfg.MaxRetries = -1
+	ccfg.DialTimeout = time.Second
+	_, err := func() (any, error) {
+		cc, err := olric.NewClusterClient([]string{a.cache.Addr()}, olric.WithConfig(ccfg))
+		if err != nil {
+			return nil, err
+		}
+		defer cc.Close(ctx)
+		dm, err := cc.NewDMap("resp.sim-fast")
+		if err != nil {
+			return nil, err
+		}
+		return dm.Get(ctx, mustCacheKey(t, "secured question"))
+	}()
+	require.Error(t, err, "the cache answered a client without the password")
+	require.NotErrorIs(t, err, olric.ErrKeyNotFound)
 }

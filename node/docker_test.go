@@ -26,6 +26,9 @@ import (
 const (
 	dockerProject = "shoaltest"
 	dockerToken   = "docker-test-admin-token-0123"
+	// dockerGossipKey turns on gossip encryption, and with it the cache's
+	// encrypted memberlist and password, in the containers.
+	dockerGossipKey = "q2N5Jm8vQkZ0b3lXc1pHcGp4Uk1iV0E5dFZlN2hMc0s="
 )
 
 var dockerPorts = map[string]string{"shoal-1": "8081", "shoal-2": "8082", "shoal-3": "8083"}
@@ -38,7 +41,7 @@ func compose(t *testing.T, args ...string) string {
 		bin, pre = "docker", []string{"compose"}
 	}
 	cmd := exec.Command(bin, append(pre, full...)...)
-	cmd.Env = append(os.Environ(), "SHOAL_ADMIN_TOKEN="+dockerToken)
+	cmd.Env = append(os.Environ(), "SHOAL_ADMIN_TOKEN="+dockerToken, "SHOAL_GOSSIP_KEY="+dockerGossipKey)
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "%s %v: %s", bin, args, out)
 	return strings.TrimSpace(string(out))
@@ -72,6 +75,29 @@ func dockerView(service string) (ClusterView, error) {
 		return v, fmt.Errorf("status %d", resp.StatusCode)
 	}
 	return v, json.NewDecoder(resp.Body).Decode(&v)
+}
+
+// cacheFormed reports whether service's cache member sees all three
+// members (over the encrypted, password-protected cache when the gossip key
+// is set) and reports itself healthy.
+func cacheFormed(service string) bool {
+	c := &http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://127.0.0.1:" + dockerPorts[service] + "/health")
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	var h struct {
+		Components map[string]struct {
+			Status string         `json:"status"`
+			Data   map[string]any `json:"data"`
+		} `json:"components"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&h) != nil {
+		return false
+	}
+	cache := h.Components["cache"]
+	return cache.Status == "ok" && cache.Data["members"] == float64(3)
 }
 
 // healthy reports whether service sees all three members alive under one
@@ -185,6 +211,14 @@ func TestDockerCluster(t *testing.T) {
 		return true
 	}, 3*time.Minute, 200*time.Millisecond, "the container cluster never formed")
 	t.Logf("cluster formed, leader %s", leader)
+	require.Eventually(t, func() bool {
+		for s := range dockerPorts {
+			if !cacheFormed(s) {
+				return false
+			}
+		}
+		return true
+	}, time.Minute, 200*time.Millisecond, "the encrypted cache never formed one cluster across the containers")
 
 	t.Run("leader SIGKILL elects a new leader in under 10s", func(t *testing.T) {
 		survivors := survivorsOf(leader)
