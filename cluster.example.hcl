@@ -37,9 +37,10 @@ gossip {
   # Address other nodes use to reach this one, if not the bind address (NAT, containers). Default: derived.
   advertise = ""
   # Base64 AES key (16, 24 or 32 bytes) that encrypts gossip, e.g. from `openssl rand -base64 32`.
-  # Every node needs the same key; a node with another key cannot join. It also encrypts the
-  # cache's own memberlist (cache.addr port + 2), and the cache's Olric port then requires a
-  # password derived from it. Default: no encryption.
+  # Every node needs the same key; a node with another key cannot join. It is the cluster's
+  # shared secret: Raft then runs over mutual TLS with a key derived from it, the cache's own
+  # memberlist (cache.addr port + 2) is encrypted with it, and the cache's Olric port requires
+  # a password derived from it. Default: none (all cluster ports plaintext, unauthenticated).
   encrypt_key = ""
 }
 

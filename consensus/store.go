@@ -11,6 +11,7 @@ package consensus
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -55,6 +56,10 @@ type Config struct {
 	// Listener accepts raft connections. Required. The Store owns it from New
 	// on and closes it on Shutdown, or at once if New fails.
 	Listener net.Listener
+	// Secret, when set, is the cluster's shared secret: Raft connections
+	// become mutual TLS with a key derived from it, so only servers holding
+	// it can connect (see clusterTLS). Empty: plain TCP.
+	Secret []byte
 	// Advertise is the host:port other servers dial; default Listener.Addr().
 	// Required when the listener is bound to an unspecified address.
 	Advertise string
@@ -280,10 +285,16 @@ func New(cfg Config) (_ *Store, err error) {
 		return nil, fmt.Errorf("check existing raft state: %w", err)
 	}
 
+	var tlsConfig *tls.Config
+	if len(cfg.Secret) > 0 {
+		if tlsConfig, err = clusterTLS(cfg.Secret); err != nil {
+			return nil, err
+		}
+	}
 	s.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		ServerAddressProvider: s.addrs,
 		Logger:                hlog.Named("transport"),
-		Stream:                newStreamLayer(cfg.Listener, advertise),
+		Stream:                newStreamLayer(cfg.Listener, advertise, tlsConfig),
 		MaxPool:               3,
 		Timeout:               10 * time.Second,
 	})

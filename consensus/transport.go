@@ -1,6 +1,8 @@
 package consensus
 
 import (
+	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"sync"
@@ -20,6 +22,8 @@ type streamLayer struct {
 	net.Listener
 	advertise net.Addr
 	dialer    net.Dialer
+	// tls, when set, makes every connection mutual TLS (clusterTLS).
+	tls *tls.Config
 
 	mu     sync.Mutex
 	conns  map[*trackedConn]struct{}
@@ -28,15 +32,24 @@ type streamLayer struct {
 
 var _ raft.StreamLayer = (*streamLayer)(nil)
 
-func newStreamLayer(ln net.Listener, advertise net.Addr) *streamLayer {
-	return &streamLayer{Listener: ln, advertise: advertise, conns: map[*trackedConn]struct{}{}}
+func newStreamLayer(ln net.Listener, advertise net.Addr, tlsConfig *tls.Config) *streamLayer {
+	return &streamLayer{Listener: ln, advertise: advertise, tls: tlsConfig, conns: map[*trackedConn]struct{}{}}
 }
 
-// Accept waits for the next inbound raft connection.
+// handshakeTimeout bounds the TLS handshake of an inbound connection, so a
+// peer that connects and says nothing does not hold a handler forever.
+const handshakeTimeout = 10 * time.Second
+
+// Accept waits for the next inbound raft connection. With TLS the
+// handshake runs on the connection's first read, in raft's per-connection
+// goroutine, so a slow or hostile client cannot stall the accept loop.
 func (s *streamLayer) Accept() (net.Conn, error) {
 	c, err := s.Listener.Accept()
 	if err != nil {
 		return nil, err
+	}
+	if s.tls != nil {
+		c = &serverTLSConn{Conn: tls.Server(c, s.tls)}
 	}
 	return s.track(c)
 }
@@ -49,7 +62,37 @@ func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 	if err != nil {
 		return nil, err
 	}
+	if s.tls != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		tc := tls.Client(c, s.tls)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			_ = c.Close()
+			return nil, fmt.Errorf("raft tls handshake with %s: %w", address, err)
+		}
+		c = tc
+	}
 	return s.track(c)
+}
+
+// serverTLSConn runs the server side of the handshake, bounded by
+// handshakeTimeout, before the first read.
+type serverTLSConn struct {
+	*tls.Conn
+	once sync.Once
+	err  error
+}
+
+func (c *serverTLSConn) Read(b []byte) (int, error) {
+	c.once.Do(func() {
+		_ = c.Conn.SetDeadline(time.Now().Add(handshakeTimeout))
+		c.err = c.Conn.Handshake()
+		_ = c.Conn.SetDeadline(time.Time{})
+	})
+	if c.err != nil {
+		return 0, c.err
+	}
+	return c.Conn.Read(b)
 }
 
 func (s *streamLayer) track(c net.Conn) (net.Conn, error) {

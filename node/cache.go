@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"time"
@@ -27,15 +26,14 @@ func (n *Node) newCache() error {
 	cc.WaitForPeers = len(n.cfg.Join) > 0
 	cc.Peers = n.cachePeers
 	cc.Logger = n.logger
-	if k := n.cfg.Gossip.EncryptKey; k != "" {
-		// The gossip key is the cluster's shared secret: it encrypts the
-		// cache's memberlist too, and the cache's password derives from it,
-		// so nobody without it can read or write cached answers or the
-		// rate-limit counters.
-		key, err := base64.StdEncoding.DecodeString(k)
-		if err != nil {
-			return &ConfigError{fmt.Errorf("gossip.encrypt_key: %w", err)}
-		}
+	key, err := n.cfg.clusterKey()
+	if err != nil {
+		return err
+	}
+	if key != nil {
+		// The cluster key encrypts the cache's memberlist too, and the
+		// cache's password derives from it, so nobody without it can read
+		// or write cached answers or the rate-limit counters.
 		cc.EncryptKey = key
 		sum := sha256.Sum256(append([]byte("shoal-cache\x00"), key...))
 		cc.Password = hex.EncodeToString(sum[:])

@@ -3,9 +3,11 @@ package node
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -216,10 +218,10 @@ func TestCachedAnswersExpireAfterTheirTTL(t *testing.T) {
 	require.Equal(t, cacheMiss, deterministicInfer(t, nd, "short lived", nil).header.Get("X-Shoal-Cache"))
 }
 
-// With gossip.encrypt_key the cache is secured as well: the nodes' Olric
-// members share answers, and a client without the key-derived password
-// cannot read them.
-func TestGossipKeySecuresTheCache(t *testing.T) {
+// With gossip.encrypt_key the cache and Raft are secured as well: the
+// nodes' Olric members share answers and a client without the key-derived
+// password cannot read them; Raft speaks TLS.
+func TestGossipKeySecuresCacheAndRaft(t *testing.T) {
 	const key = "cg8StVXbQJ0gPvMd9o7yrg=="
 	tc := olricCluster(t, 2, func(i int, cfg *Config) { cfg.Gossip.EncryptKey = key })
 	a, b := tc.nodes[0], tc.nodes[1]
@@ -247,4 +249,17 @@ func TestGossipKeySecuresTheCache(t *testing.T) {
 	}()
 	require.Error(t, err, "the cache answered a client without the password")
 	require.NotErrorIs(t, err, olric.ErrKeyNotFound)
+
+	// Writes replicate over Raft between the two nodes, and its port
+	// answers with TLS.
+	res := doJSON(t, http.MethodPut, "http://"+b.HTTPAddr()+"/admin/v1/batching", testToken,
+		map[string]any{"model": "sim-fast", "max_size": 5, "flush_timeout": "1ms"})
+	require.Equal(t, http.StatusOK, res.status, string(res.body))
+	require.Eventually(t, func() bool { return a.Store().State().Batching["sim-fast"].MaxSize == 5 },
+		10*time.Second, 10*time.Millisecond, "the write did not replicate")
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", a.Store().Addr(),
+		&tls.Config{InsecureSkipVerify: true}) //nolint:gosec // only looking at what the server presents
+	require.NoError(t, err)
+	defer conn.Close()
+	require.NotEmpty(t, conn.ConnectionState().PeerCertificates, "raft presented no certificate")
 }

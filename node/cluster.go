@@ -67,6 +67,13 @@ func (n *Node) startConsensus(host string) error {
 		DeadServerTimeout: n.cfg.Raft.DeadServerTimeout,
 		Logger:            n.logger,
 	}
+	// With a cluster key, Raft runs over mutual TLS keyed by it.
+	key, err := n.cfg.clusterKey()
+	if err != nil {
+		_ = ln.Close() // consensus.New would own it; it is not called
+		return err
+	}
+	sc.Secret = key
 	if n.cfg.Tuning.Raft != nil {
 		n.cfg.Tuning.Raft(&sc)
 	}

@@ -297,8 +297,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.Gossip.EncryptKey != "" {
-		k, err := base64.StdEncoding.DecodeString(c.Gossip.EncryptKey)
-		if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
+		if k, err := c.clusterKey(); err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
 			bad("gossip.encrypt_key", "must be a base64 AES key of 16, 24 or 32 bytes")
 		}
 	}
@@ -425,3 +424,17 @@ func (c *Config) ModelBatching(m ModelConfig, gpus int) (maxSize int, flush time
 
 // DefaultSimConfig is the sim backend's defaults.
 func DefaultSimConfig() sim.Config { return sim.DefaultConfig() }
+
+// clusterKey is gossip.encrypt_key decoded: the cluster's shared secret,
+// which also keys Raft's TLS and the cache's encryption and password. Nil
+// when none is configured.
+func (c *Config) clusterKey() ([]byte, error) {
+	if c.Gossip.EncryptKey == "" {
+		return nil, nil
+	}
+	k, err := base64.StdEncoding.DecodeString(c.Gossip.EncryptKey)
+	if err != nil {
+		return nil, &ConfigError{fmt.Errorf("gossip.encrypt_key: %w", err)}
+	}
+	return k, nil
+}
