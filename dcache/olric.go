@@ -191,7 +191,7 @@ func (o *olricStore) addr() string {
 	return net.JoinHostPort(o.host, strconv.Itoa(o.port))
 }
 
-func (o *olricStore) olricConfig(ready func()) (*config.Config, error) {
+func (o *olricStore) olricConfig() (*config.Config, error) {
 	oc := config.New(o.cfg.Network)
 	ml, err := config.NewMemberlistConfig(o.cfg.Network)
 	if err != nil {
@@ -234,7 +234,6 @@ func (o *olricStore) olricConfig(ready func()) (*config.Config, error) {
 	}
 	oc.Client = config.NewClient()
 	oc.Client.DialTimeout = time.Second
-	oc.Started = ready
 
 	// Olric replaces Logger's output with LogOutput, then filters it by LogLevel.
 	w := slogWriter{log: o.log.With("component", "olric")}
@@ -307,16 +306,14 @@ func (o *olricStore) rebind() error {
 	return nil
 }
 
-// startOnce creates and starts one Olric instance and waits until it is ready: Olric's
-// Started callback, or the member answering as fully operable, whichever comes first. The
-// callback alone is not enough: Olric counts started services in a process-wide checkpoint
-// that one failed start leaves unbalanced, after which the callback never comes, for a retry
-// or for any other member in the process.
+// startOnce creates and starts one Olric instance and waits until it answers as an operable
+// member. Not Olric's Started callback: Olric counts started services in a process-wide
+// checkpoint that one failed start leaves unbalanced, after which the callback never comes,
+// for a retry or for any other member in the process (and its poller then reads the
+// checkpoint racily forever).
 func (o *olricStore) startOnce(ctx context.Context) (*olric.Olric, error) {
 	readyCh := make(chan struct{})
-	var once sync.Once
-	markReady := func() { once.Do(func() { close(readyCh) }) }
-	oc, err := o.olricConfig(markReady)
+	oc, err := o.olricConfig()
 	if err != nil {
 		_ = o.reserve.Close()
 		shutdownTransport(o.transport)
@@ -341,7 +338,7 @@ func (o *olricStore) startOnce(ctx context.Context) (*olric.Olric, error) {
 		defer close(running)
 		startErr <- db.Start()
 	}()
-	go probeReady(ctx, db, running, markReady)
+	go probeReady(ctx, db, running, readyCh)
 	select {
 	case <-readyCh:
 		return db, nil
@@ -357,12 +354,12 @@ func (o *olricStore) startOnce(ctx context.Context) (*olric.Olric, error) {
 // probeReady calls ready once db answers a read as an operable member: joined,
 // bootstrapped and with MinMembers in sight. (A read, not Stats: Olric's stats walk its
 // member table without the lock.)
-func probeReady(ctx context.Context, db *olric.Olric, running <-chan struct{}, ready func()) {
+func probeReady(ctx context.Context, db *olric.Olric, running <-chan struct{}, ready chan<- struct{}) {
 	e := db.NewEmbeddedClient()
 	for {
 		if dm, err := e.NewDMap(metaDMap); err == nil {
 			if _, err := dm.Get(ctx, "shoal.probe"); err == nil || errors.Is(err, olric.ErrKeyNotFound) {
-				ready()
+				close(ready)
 				return
 			}
 		}
