@@ -118,8 +118,7 @@ type Config struct {
 	// alone. Default 10s.
 	JoinTimeout time.Duration
 
-	// StartTimeout bounds Start as a whole: join, bootstrap, MinMembers in sight, and retries of
-	// a failed start.
+	// StartTimeout bounds Start as a whole: join, bootstrap and retries of a failed start.
 	// Default 30s.
 	StartTimeout time.Duration
 
@@ -392,9 +391,8 @@ func New(cfg Config) (*Cache, error) {
 }
 
 // Start brings the backend up. For olric it starts the embedded member, joins the peers that
-// Config.Peers returns and waits (bounded by ctx and StartTimeout) until the member is operable
-// (joined, bootstrapped, MinMembers visible), starting a fresh member when Olric fails the start
-// (a boot race with a peer).
+// Config.Peers returns and waits (bounded by ctx and StartTimeout) until Olric reports the member
+// started, starting a fresh member when Olric fails the start (a boot race with a peer).
 // For local and off it does nothing. Start may be called once.
 func (c *Cache) Start(ctx context.Context) error {
 	if c.closed.Load() {

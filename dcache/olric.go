@@ -191,7 +191,7 @@ func (o *olricStore) addr() string {
 	return net.JoinHostPort(o.host, strconv.Itoa(o.port))
 }
 
-func (o *olricStore) olricConfig() (*config.Config, error) {
+func (o *olricStore) olricConfig(ready func()) (*config.Config, error) {
 	oc := config.New(o.cfg.Network)
 	ml, err := config.NewMemberlistConfig(o.cfg.Network)
 	if err != nil {
@@ -234,6 +234,7 @@ func (o *olricStore) olricConfig() (*config.Config, error) {
 	}
 	oc.Client = config.NewClient()
 	oc.Client.DialTimeout = time.Second
+	oc.Started = ready
 
 	// Olric replaces Logger's output with LogOutput, then filters it by LogLevel.
 	w := slogWriter{log: o.log.With("component", "olric")}
@@ -273,7 +274,7 @@ func (o *olricStore) start(ctx context.Context) error {
 		}
 		if err == nil {
 			var db *olric.Olric
-			if db, err = o.startOnce(ctx); err == nil {
+			if db, err = o.startOnce(ctx, attempt); err == nil {
 				return o.finishStart(db)
 			}
 			if !errors.Is(err, errStartFailed) {
@@ -306,14 +307,16 @@ func (o *olricStore) rebind() error {
 	return nil
 }
 
-// startOnce creates and starts one Olric instance and waits until it answers as an operable
-// member. Not Olric's Started callback: Olric counts started services in a process-wide
-// checkpoint that one failed start leaves unbalanced, after which the callback never comes,
-// for a retry or for any other member in the process (and its poller then reads the
-// checkpoint racily forever).
-func (o *olricStore) startOnce(ctx context.Context) (*olric.Olric, error) {
+// startOnce creates and starts one Olric instance and waits until it is ready: Olric's
+// Started callback, which comes once every service of the member has started. Olric counts
+// started services in a process-wide checkpoint that one failed start leaves unbalanced, after
+// which the callback never comes again in this process, so a retry (attempt > 1) also accepts
+// the member answering a read as operable.
+func (o *olricStore) startOnce(ctx context.Context, attempt int) (*olric.Olric, error) {
 	readyCh := make(chan struct{})
-	oc, err := o.olricConfig()
+	var once sync.Once
+	markReady := func() { once.Do(func() { close(readyCh) }) }
+	oc, err := o.olricConfig(markReady)
 	if err != nil {
 		_ = o.reserve.Close()
 		shutdownTransport(o.transport)
@@ -338,7 +341,9 @@ func (o *olricStore) startOnce(ctx context.Context) (*olric.Olric, error) {
 		defer close(running)
 		startErr <- db.Start()
 	}()
-	go probeReady(ctx, db, running, readyCh)
+	if attempt > 1 {
+		go probeReady(ctx, db, running, markReady)
+	}
 	select {
 	case <-readyCh:
 		return db, nil
@@ -354,12 +359,12 @@ func (o *olricStore) startOnce(ctx context.Context) (*olric.Olric, error) {
 // probeReady calls ready once db answers a read as an operable member: joined,
 // bootstrapped and with MinMembers in sight. (A read, not Stats: Olric's stats walk its
 // member table without the lock.)
-func probeReady(ctx context.Context, db *olric.Olric, running <-chan struct{}, ready chan<- struct{}) {
+func probeReady(ctx context.Context, db *olric.Olric, running <-chan struct{}, ready func()) {
 	e := db.NewEmbeddedClient()
 	for {
 		if dm, err := e.NewDMap(metaDMap); err == nil {
 			if _, err := dm.Get(ctx, "shoal.probe"); err == nil || errors.Is(err, olric.ErrKeyNotFound) {
-				close(ready)
+				ready()
 				return
 			}
 		}
