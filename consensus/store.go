@@ -189,6 +189,7 @@ type Store struct {
 	fsm       *fsm
 	bolt      *raftboltdb.BoltStore
 	trans     *raft.NetworkTransport
+	stream    *streamLayer
 	addrs     *addressBook
 	advertise string
 	hadState  bool
@@ -244,6 +245,7 @@ func New(cfg Config) (_ *Store, err error) {
 		}
 		if s.trans != nil {
 			s.trans.Close()
+			s.stream.waitInbound(5 * time.Second)
 		} else {
 			cfg.Listener.Close()
 		}
@@ -291,10 +293,11 @@ func New(cfg Config) (_ *Store, err error) {
 			return nil, err
 		}
 	}
+	s.stream = newStreamLayer(cfg.Listener, advertise, tlsConfig)
 	s.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		ServerAddressProvider: s.addrs,
 		Logger:                hlog.Named("transport"),
-		Stream:                newStreamLayer(cfg.Listener, advertise, tlsConfig),
+		Stream:                s.stream,
 		MaxPool:               3,
 		Timeout:               10 * time.Second,
 	})
@@ -686,6 +689,9 @@ func (s *Store) Shutdown() error {
 		// a shutdown raft had already begun.
 		s.trans.Close()
 		s.bg.Wait()
+		if !s.stream.waitInbound(5 * time.Second) {
+			s.logger.Warn("raft connection handlers still running at shutdown")
+		}
 		if err := s.bolt.Close(); err != nil && s.shutdownErr == nil {
 			s.shutdownErr = fmt.Errorf("close raft store: %w", err)
 		}

@@ -136,3 +136,27 @@ func TestRaftOverTLSReplicatesOnlyToHoldersOfTheSecret(t *testing.T) {
 	require.Never(t, func() bool { return outsider.store.State().Index > 0 }, time.Second, 20*time.Millisecond,
 		"the outsider received the log")
 }
+
+// Shutdown closes the log store only after every inbound handler has
+// returned; waitInbound is how it knows.
+func TestStreamLayerWaitsForInboundHandlers(t *testing.T) {
+	srv := tlsLayer(t, nil, false)
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := srv.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	client, err := tlsLayer(t, nil, false).Dial(raft.ServerAddress(srv.Addr().String()), 5*time.Second)
+	require.NoError(t, err)
+	defer client.Close()
+	handler := <-accepted
+
+	require.NoError(t, srv.Close(), "closes the listener and the connections under the handler")
+	require.False(t, srv.waitInbound(50*time.Millisecond), "the handler has not returned yet")
+	_, err = handler.Read(make([]byte, 1))
+	require.Error(t, err, "the handler sees its connection closed")
+	_ = handler.Close() // as raft's handleConn does when it returns (the socket is already closed)
+	require.True(t, srv.waitInbound(5*time.Second))
+}

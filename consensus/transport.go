@@ -28,6 +28,9 @@ type streamLayer struct {
 	mu     sync.Mutex
 	conns  map[*trackedConn]struct{}
 	closed bool
+	// inbound counts accepted connections whose raft handler has not
+	// returned yet (it closes the connection when it does).
+	inbound sync.WaitGroup
 }
 
 var _ raft.StreamLayer = (*streamLayer)(nil)
@@ -51,7 +54,7 @@ func (s *streamLayer) Accept() (net.Conn, error) {
 	if s.tls != nil {
 		c = &serverTLSConn{Conn: tls.Server(c, s.tls)}
 	}
-	return s.track(c)
+	return s.trackInbound(c)
 }
 
 // Dial opens a raft connection to address.
@@ -96,15 +99,43 @@ func (c *serverTLSConn) Read(b []byte) (int, error) {
 }
 
 func (s *streamLayer) track(c net.Conn) (net.Conn, error) {
+	return s.add(&trackedConn{Conn: c, layer: s})
+}
+
+func (s *streamLayer) trackInbound(c net.Conn) (net.Conn, error) {
+	return s.add(&trackedConn{Conn: c, layer: s, inbound: true})
+}
+
+func (s *streamLayer) add(tc *trackedConn) (net.Conn, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		c.Close()
+		tc.Conn.Close()
 		return nil, net.ErrClosed
 	}
-	tc := &trackedConn{Conn: c, layer: s}
+	if tc.inbound {
+		s.inbound.Add(1)
+	}
 	s.conns[tc] = struct{}{}
 	return tc, nil
+}
+
+// waitInbound waits, at most d, until the raft handler of every accepted
+// connection has returned. raft.Shutdown does not wait for them, and a
+// handler can be inside a heartbeat that writes the current term: closing
+// the log store under it makes raft panic ("failed to save current term").
+func (s *streamLayer) waitInbound(d time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		s.inbound.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
 }
 
 // Close stops the listener and closes every open raft connection.
@@ -128,13 +159,20 @@ func (s *streamLayer) Addr() net.Addr { return s.advertise }
 // trackedConn forgets itself in its layer when closed.
 type trackedConn struct {
 	net.Conn
-	layer *streamLayer
+	layer   *streamLayer
+	inbound bool
+	once    sync.Once
 }
 
 func (c *trackedConn) Close() error {
-	c.layer.mu.Lock()
-	delete(c.layer.conns, c)
-	c.layer.mu.Unlock()
+	c.once.Do(func() {
+		c.layer.mu.Lock()
+		delete(c.layer.conns, c)
+		c.layer.mu.Unlock()
+		if c.inbound {
+			c.layer.inbound.Done()
+		}
+	})
 	return c.Conn.Close()
 }
 
