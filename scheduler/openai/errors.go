@@ -180,8 +180,10 @@ func statusFromCode(code json.RawMessage) int {
 // UTF-8, so a hostile upstream cannot put arbitrary bytes in our answers.
 func clip(s string, n int) string {
 	if len(s) > n {
-		// Back off to the start of the rune that straddles the cut.
-		for n > 0 && !utf8.RuneStart(s[n]) {
+		// Back off to the start of the rune that straddles the cut: at
+		// most UTFMax-1 bytes, since a run of stray continuation bytes is
+		// no rune at all (and would otherwise back off to nothing).
+		for i := 0; i < utf8.UTFMax-1 && n > 0 && !utf8.RuneStart(s[n]); i++ {
 			n--
 		}
 		s = s[:n]

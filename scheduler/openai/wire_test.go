@@ -117,6 +117,15 @@ func TestDecodeErrorBoundsTheMessage(t *testing.T) {
 	require.True(t, utf8.ValidString(e.Message))
 }
 
+// A body of stray UTF-8 continuation bytes longer than the bound still
+// leaves a message (found by FuzzParseStream: the cut backed off to nothing).
+func TestDecodeErrorKeepsAMessageOfStrayBytes(t *testing.T) {
+	e := decodeError(502, bytes.Repeat([]byte{0xaa}, 2*maxErrorMessage))
+	require.NotEmpty(t, e.Message)
+	require.True(t, utf8.ValidString(e.Message))
+	require.LessOrEqual(t, len(e.Message), 3*maxErrorMessage)
+}
+
 func TestIsBackendFailure(t *testing.T) {
 	for _, tc := range []struct {
 		err  error
