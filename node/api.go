@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shoal-dev/shoal/ratelimit"
 	"github.com/shoal-dev/shoal/scheduler"
 )
 
@@ -36,9 +37,16 @@ type apiRequest struct {
 	// PromptList records that the prompt/input came as an array, so infer
 	// and completions answer with one output per element.
 	PromptList bool
-	// admitted is when this node charged the request to its limits
-	// (settleTokens needs the window that holds the charge).
-	admitted time.Time
+	// charged is what admit took from token-per-minute limits, for
+	// settleTokens; empty for a request this node did not admit.
+	charged tokenCharge
+}
+
+// tokenCharge is a request's up-front charge to token-per-minute rules.
+type tokenCharge struct {
+	rules  []ratelimit.Rule
+	tokens int       // the estimate charged to each rule
+	at     time.Time // when, which fixes the window that holds it
 }
 
 // flexString accepts a JSON string, or an array of strings (for prompt,

@@ -88,12 +88,13 @@ func (a *api) admit(ctx context.Context, w http.ResponseWriter, r *http.Request,
 	if err != nil {
 		ip = r.RemoteAddr
 	}
+	est := estimateTokens(req)
 	rules := ratelimit.RulesFor(p, ratelimit.Request{
 		Path: r.URL.Path, KeyHash: hash, IP: ip,
 		// Every inference endpoint generates tokens, so token limits
 		// apply to all of them.
 		LLM:    true,
-		Tokens: estimateTokens(req),
+		Tokens: est,
 	})
 	if len(rules) == 0 {
 		return nil
@@ -101,7 +102,12 @@ func (a *api) admit(ctx context.Context, w http.ResponseWriter, r *http.Request,
 	d := a.n.limiter.Allow(ctx, rules)
 	d.SetHeaders(w.Header())
 	if d.Allowed {
-		req.admitted = time.Now()
+		for _, rule := range rules {
+			if rule.TokenBased() {
+				req.charged.rules = append(req.charged.rules, rule)
+			}
+		}
+		req.charged.tokens, req.charged.at = est, time.Now()
 		return nil
 	}
 	a.metrics.RateLimited.WithLabelValues(d.Policy).Inc()
@@ -111,36 +117,26 @@ func (a *api) admit(ctx context.Context, w http.ResponseWriter, r *http.Request,
 }
 
 // settleTokens corrects the up-front charge of req's token-per-minute rules
-// (see admit) to the tokens its answer used. It runs on the node that
-// admitted the request, which alone holds the charge, once the outcome is
-// final: used is the answer's usage (a forwarded answer's comes back in
+// (recorded by admit) to the tokens its answer used. It runs on the node
+// that admitted the request, which alone holds the charge, once the outcome
+// is final: used is the answer's usage (a forwarded answer's comes back in
 // router.HeaderUsage), or 0 when no answer was delivered. An answer whose
 // usage is unknown (a stream cut short after its first byte), or that ends
 // in a later window than it was admitted in, keeps the estimate.
-func (a *api) settleTokens(ctx context.Context, r *http.Request, req *apiRequest, used int) {
-	key := bearerKey(r)
-	if key == "" {
-		return // token limits are per key; without one there is nothing to settle
-	}
-	est := estimateTokens(req)
-	if used == est {
+func (a *api) settleTokens(ctx context.Context, req *apiRequest, used int) {
+	c := req.charged
+	if used == c.tokens {
 		return
 	}
-	rules := ratelimit.RulesFor(a.n.limitPolicy(), ratelimit.Request{
-		Path: r.URL.Path, KeyHash: consensus.HashKey(key), LLM: true, Tokens: est,
-	})
 	now := time.Now()
-	for _, rule := range rules {
-		if !rule.TokenBased() {
-			continue
-		}
+	for _, rule := range c.rules {
 		w := int64(rule.Window)
-		if used < est && req.admitted.UnixNano()/w != now.UnixNano()/w {
+		if used < c.tokens && c.at.UnixNano()/w != now.UnixNano()/w {
 			// The charge is in a window that has ended; a refund now would
 			// make room in the current one, which was never charged.
 			continue
 		}
-		a.n.limiter.Charge(ctx, rule, used-est)
+		a.n.limiter.Charge(ctx, rule, used-c.tokens)
 	}
 }
 
@@ -149,12 +145,9 @@ func (a *api) settleTokens(ctx context.Context, r *http.Request, req *apiRequest
 // header, or in a trailer once the answer's header is out; any other
 // settles here.
 func (a *api) tokensUsed(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest, results []scheduler.Result, headerSent bool) {
-	used := 0
-	for _, res := range results {
-		used += res.PromptTokens + res.CompletionTokens
-	}
+	used := sumUsage(results).TotalTokens
 	if r.Header.Get(router.HeaderForwarded) == "" {
-		a.settleTokens(ctx, r, req, used)
+		a.settleTokens(ctx, req, used)
 		return
 	}
 	name := router.HeaderUsage

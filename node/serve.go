@@ -183,7 +183,7 @@ func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		reply, err := a.n.fwd.Forward(ctx, w, r, body, target, "forward,"+route)
 		if err == nil {
 			if reply.Tokens >= 0 {
-				a.settleTokens(ctx, r, req, reply.Tokens)
+				a.settleTokens(ctx, req, reply.Tokens)
 			}
 			return http.StatusOK
 		}
@@ -201,7 +201,7 @@ func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	}
 	// No node answered: whatever the up-front token charge was, nothing
 	// was delivered.
-	a.settleTokens(ctx, r, req, 0)
+	a.settleTokens(ctx, req, 0)
 	if ctx.Err() != nil {
 		return a.fail(w, r, ctx.Err())
 	}
