@@ -5,13 +5,12 @@ package ops
 import (
 	"net/http"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // Metrics is one node's Prometheus registry and instruments. Each node owns
@@ -39,9 +38,6 @@ type Metrics struct {
 	RouteDecisionUs prometheus.Histogram
 	Retries         *prometheus.CounterVec
 	TokenRate       *prometheus.GaugeVec
-
-	// completion counts generated tokens per model, for rates.
-	completion sync.Map // model -> *atomic.Int64
 }
 
 // latencyBuckets cover 1 ms to 60 s, dense around the seed's 300/500 ms SLOs.
@@ -137,8 +133,6 @@ func (m *Metrics) ObserveRequest(model, endpoint string, code int, took time.Dur
 
 // ObserveTokens records a finished generation.
 func (m *Metrics) ObserveTokens(model string, prompt, completion int, took time.Duration) {
-	c, _ := m.completion.LoadOrStore(model, new(atomic.Int64))
-	c.(*atomic.Int64).Add(int64(completion))
 	m.Tokens.WithLabelValues(model, "prompt").Add(float64(prompt))
 	m.Tokens.WithLabelValues(model, "completion").Add(float64(completion))
 	if completion > 0 && took > 0 {
@@ -146,12 +140,14 @@ func (m *Metrics) ObserveTokens(model string, prompt, completion int, took time.
 	}
 }
 
-// CompletionTokens is the number of tokens generated for model so far.
+// CompletionTokens is the number of tokens generated for model so far, as
+// inference_tokens_total counts them.
 func (m *Metrics) CompletionTokens(model string) int64 {
-	if c, ok := m.completion.Load(model); ok {
-		return c.(*atomic.Int64).Load()
+	var out dto.Metric
+	if m.Tokens.WithLabelValues(model, "completion").Write(&out) != nil {
+		return 0
 	}
-	return 0
+	return int64(out.GetCounter().GetValue())
 }
 
 // QueueDepth implements scheduler.Observer.

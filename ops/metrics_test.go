@@ -90,3 +90,12 @@ func TestEachMetricsHasItsOwnRegistry(t *testing.T) {
 	require.Contains(t, scrape(t, a), `inference_requests_total{code="200",endpoint="infer",model="m1"} 1`)
 	require.False(t, strings.Contains(scrape(t, b), `inference_requests_total{`), "b saw a's request")
 }
+
+func TestCompletionTokensReadsTheTokenCounter(t *testing.T) {
+	m := NewMetrics()
+	require.Zero(t, m.CompletionTokens("m"))
+	m.ObserveTokens("m", 5, 7, time.Second)
+	m.ObserveTokens("m", 1, 3, time.Second)
+	m.ObserveTokens("other", 1, 100, time.Second)
+	require.Equal(t, int64(10), m.CompletionTokens("m"))
+}
