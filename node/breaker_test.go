@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/shoal-dev/shoal/breaker"
 	"github.com/shoal-dev/shoal/consensus"
 )
 
@@ -141,7 +142,7 @@ func TestFlappingUpstreamStaysWithinTransitionBound(t *testing.T) {
 	}
 	transitions := nd.Store().AppliedIndex() - start
 	t.Logf("%d raft entries for a flapping upstream in 4s", transitions)
-	require.LessOrEqual(t, transitions, uint64(breakerTransitionsPerMinute+2))
+	require.LessOrEqual(t, transitions, uint64(breaker.TransitionsPerMinute+2))
 }
 
 // An overloaded upstream's own Retry-After reaches the client, for a 429

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -19,6 +18,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/shoal-dev/shoal/dcache"
+	"github.com/shoal-dev/shoal/httpapi"
+	"github.com/shoal-dev/shoal/respcache"
+	"github.com/shoal-dev/shoal/scheduler"
 )
 
 // olricCluster starts n nodes sharing an embedded Olric cache and waits
@@ -48,9 +50,10 @@ func olricCluster(t *testing.T, n int, mutate func(i int, cfg *Config)) *testClu
 
 func mustCacheKey(t *testing.T, input string) string {
 	t.Helper()
-	req, err := decodeInfer([]byte(`{"model":"sim-fast","input":` + strconv.Quote(input) + `,"parameters":{"temperature":0,"max_tokens":4}}`))
-	require.NoError(t, err)
-	key, ok := cacheKey(req, false)
+	// The key the node computes for an infer request of input at
+	// temperature 0 and max_tokens 4.
+	key, ok := respcache.Key(respcache.KeyInput{Model: "sim-fast", Endpoint: scheduler.EndpointInfer, Prompts: []string{input},
+		Params: scheduler.Params{MaxTokens: 4}}, false)
 	require.True(t, ok)
 	return key
 }
@@ -87,7 +90,7 @@ func TestCacheAnswerComputedOnOneNodeHitsOnAnother(t *testing.T) {
 	a, b := tc.nodes[0], tc.nodes[1]
 	first := deterministicInfer(t, a, "shared   question", nil)
 	require.Equal(t, http.StatusOK, first.status, string(first.body))
-	require.Equal(t, cacheMiss, first.header.Get("X-Shoal-Cache"))
+	require.Equal(t, httpapi.CacheMiss, first.header.Get("X-Shoal-Cache"))
 	// The answer is stored in the background; wait until it is there.
 	require.Eventually(t, func() bool {
 		_, found, err := b.cache.Get(context.Background(), "sim-fast", mustCacheKey(t, "shared question"))
@@ -95,24 +98,24 @@ func TestCacheAnswerComputedOnOneNodeHitsOnAnother(t *testing.T) {
 	}, 10*time.Second, 10*time.Millisecond, "the answer was never stored")
 	// Whitespace differs: normalization makes it the same entry.
 	second := deterministicInfer(t, b, "  shared question ", nil)
-	require.Equal(t, cacheHit, second.header.Get("X-Shoal-Cache"))
+	require.Equal(t, httpapi.CacheHit, second.header.Get("X-Shoal-Cache"))
 	require.Equal(t, outputText(t, first.body), outputText(t, second.body))
 
 	// no-cache skips the lookup; no-store skips storing.
 	nc := deterministicInfer(t, b, "shared question", map[string]string{"Cache-Control": "no-cache"})
-	require.Equal(t, cacheBypass, nc.header.Get("X-Shoal-Cache"))
+	require.Equal(t, httpapi.CacheBypass, nc.header.Get("X-Shoal-Cache"))
 	ns := deterministicInfer(t, a, "never stored", map[string]string{"Cache-Control": "no-store"})
-	require.Equal(t, cacheBypass, ns.header.Get("X-Shoal-Cache"))
-	require.Equal(t, cacheMiss, deterministicInfer(t, b, "never stored", nil).header.Get("X-Shoal-Cache"))
+	require.Equal(t, httpapi.CacheBypass, ns.header.Get("X-Shoal-Cache"))
+	require.Equal(t, httpapi.CacheMiss, deterministicInfer(t, b, "never stored", nil).header.Get("X-Shoal-Cache"))
 
 	// Sampling without a seed is never cached.
 	sampled := doJSON(t, http.MethodPost, "http://"+a.HTTPAddr()+"/v1/infer", "", map[string]any{"model": "sim-fast", "input": "x", "parameters": map[string]any{"temperature": 0.7}})
-	require.Equal(t, cacheBypass, sampled.header.Get("X-Shoal-Cache"))
+	require.Equal(t, httpapi.CacheBypass, sampled.header.Get("X-Shoal-Cache"))
 
 	// The admin API purges a model's entries cluster-wide.
 	res := doJSON(t, http.MethodDelete, "http://"+tc.nodes[2].HTTPAddr()+"/admin/v1/cache?model=sim-fast", testToken, nil)
 	require.Equal(t, http.StatusOK, res.status, string(res.body))
-	require.Equal(t, cacheMiss, deterministicInfer(t, b, "shared question", nil).header.Get("X-Shoal-Cache"))
+	require.Equal(t, httpapi.CacheMiss, deterministicInfer(t, b, "shared question", nil).header.Get("X-Shoal-Cache"))
 }
 
 // tasksRun is how many requests a node's backends ran: the sum of its
@@ -189,7 +192,7 @@ func TestRequestsSucceedUncachedWhenTheCacheIsDown(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		res := deterministicInfer(t, nd, "cache is down", nil)
 		require.Equal(t, http.StatusOK, res.status, string(res.body))
-		require.Equal(t, cacheMiss, res.header.Get("X-Shoal-Cache"))
+		require.Equal(t, httpapi.CacheMiss, res.header.Get("X-Shoal-Cache"))
 	}
 	h := doJSON(t, http.MethodGet, "http://"+nd.HTTPAddr()+"/health", "", nil)
 	require.Equal(t, http.StatusOK, h.status, "a degraded cache must not make the node unavailable")
@@ -207,15 +210,15 @@ func TestRequestsSucceedUncachedWhenTheCacheIsDown(t *testing.T) {
 func TestCachedAnswersExpireAfterTheirTTL(t *testing.T) {
 	tc := mustNewCluster(t, 1, func(_ int, cfg *Config) { cfg.Cache.DefaultTTL = time.Second })
 	nd := tc.nodes[0]
-	require.Equal(t, cacheMiss, deterministicInfer(t, nd, "short lived", nil).header.Get("X-Shoal-Cache"))
+	require.Equal(t, httpapi.CacheMiss, deterministicInfer(t, nd, "short lived", nil).header.Get("X-Shoal-Cache"))
 	require.Eventually(t, func() bool {
-		return deterministicInfer(t, nd, "short lived", nil).header.Get("X-Shoal-Cache") == cacheHit
+		return deterministicInfer(t, nd, "short lived", nil).header.Get("X-Shoal-Cache") == httpapi.CacheHit
 	}, 5*time.Second, 10*time.Millisecond)
 	require.Eventually(t, func() bool {
 		_, found, _ := nd.cache.Get(context.Background(), "sim-fast", mustCacheKey(t, "short lived"))
 		return !found
 	}, 10*time.Second, 50*time.Millisecond, "the entry never expired")
-	require.Equal(t, cacheMiss, deterministicInfer(t, nd, "short lived", nil).header.Get("X-Shoal-Cache"))
+	require.Equal(t, httpapi.CacheMiss, deterministicInfer(t, nd, "short lived", nil).header.Get("X-Shoal-Cache"))
 }
 
 // With gossip.encrypt_key the cache and Raft are secured as well: the
@@ -228,7 +231,7 @@ func TestGossipKeySecuresCacheAndRaft(t *testing.T) {
 	first := deterministicInfer(t, a, "secured question", nil)
 	require.Equal(t, http.StatusOK, first.status, string(first.body))
 	require.Eventually(t, func() bool {
-		return deterministicInfer(t, b, "secured question", nil).header.Get("X-Shoal-Cache") == cacheHit
+		return deterministicInfer(t, b, "secured question", nil).header.Get("X-Shoal-Cache") == httpapi.CacheHit
 	}, 10*time.Second, 20*time.Millisecond, "node b never hit the answer node a computed")
 
 	ctx := context.Background()

@@ -145,7 +145,7 @@ func (n *Node) runCluster(ctx context.Context) {
 		case <-reconcile.C:
 			n.updateTokenRates()
 			n.reconcile(ctx)
-			n.breakers.tick()
+			n.breakers.Tick(n.sched.Models())
 			n.seedLimits(ctx)
 		case <-changes:
 			n.applyState()

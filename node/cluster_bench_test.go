@@ -8,12 +8,14 @@ import (
 	"io"
 	"net/http"
 	"sort"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/shoal-dev/shoal/httpapi"
+	"github.com/shoal-dev/shoal/respcache"
+	"github.com/shoal-dev/shoal/scheduler"
 	"github.com/stretchr/testify/require"
 )
 
@@ -216,14 +218,14 @@ func BenchmarkCacheHitVsMiss(b *testing.B) {
 		for j := 0; j < 200; j++ {
 			input := fmt.Sprintf("cache bench %d %d", i, j)
 			d, outcome := send(tc.nodes[j%3], input)
-			require.Equal(b, cacheMiss, outcome)
+			require.Equal(b, httpapi.CacheMiss, outcome)
 			_ = miss.RecordValue(d.Microseconds())
 			require.Eventually(b, func() bool {
 				_, found, _ := tc.nodes[0].cache.Get(context.Background(), "sim-fast", mustCacheKeyTB(b, input))
 				return found
 			}, 5*time.Second, time.Millisecond)
 			d, outcome = send(tc.nodes[(j+1)%3], input)
-			require.Equal(b, cacheHit, outcome)
+			require.Equal(b, httpapi.CacheHit, outcome)
 			_ = hit.RecordValue(d.Microseconds())
 		}
 		m50, m99 := float64(miss.ValueAtQuantile(50))/1000, float64(miss.ValueAtQuantile(99))/1000
@@ -238,9 +240,10 @@ func BenchmarkCacheHitVsMiss(b *testing.B) {
 }
 
 func mustCacheKeyTB(tb testing.TB, input string) string {
-	req, err := decodeInfer([]byte(`{"model":"sim-fast","input":` + strconv.Quote(input) + `,"parameters":{"temperature":0}}`))
-	require.NoError(tb, err)
-	key, ok := cacheKey(req, false)
+	// The key the node computes for an infer request of input at
+	// temperature 0.
+	key, ok := respcache.Key(respcache.KeyInput{Model: "sim-fast", Endpoint: scheduler.EndpointInfer, Prompts: []string{input},
+		Params: scheduler.Params{MaxTokens: 0}}, false)
 	require.True(tb, ok)
 	return key
 }

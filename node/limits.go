@@ -5,15 +5,13 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/shoal-dev/shoal/consensus"
+	"github.com/shoal-dev/shoal/httpapi"
 	"github.com/shoal-dev/shoal/ops"
 	"github.com/shoal-dev/shoal/ratelimit"
-	"github.com/shoal-dev/shoal/router"
-	"github.com/shoal-dev/shoal/scheduler"
 )
 
 // newLimiter builds the cluster-wide rate limiter over the shared cache's
@@ -65,12 +63,15 @@ func bearerKey(r *http.Request) string {
 	return strings.TrimSpace(k)
 }
 
-// admit applies authentication and the rate limits to a request entering
+// admitter applies the limits for the HTTP API.
+type admitter struct{ n *Node }
+
+// Admit applies authentication and the rate limits to a request entering
 // the cluster here. It sets the X-RateLimit headers and returns the error
 // to answer with, if any. Token limits count max_tokens (or a default)
 // plus a prompt estimate up front, as OpenAI does, so a request never
 // overdraws them; settleTokens corrects the charge once the answer is done.
-func (a *api) admit(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest) error {
+func (a admitter) Admit(ctx context.Context, w http.ResponseWriter, r *http.Request, req *httpapi.Request) error {
 	p := a.n.limitPolicy()
 	key := bearerKey(r)
 	hash := ""
@@ -80,7 +81,7 @@ func (a *api) admit(ctx context.Context, w http.ResponseWriter, r *http.Request,
 	if p.AuthRequired {
 		if _, ok := p.Keys[hash]; !ok || hash == "" {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="shoal"`)
-			return &apiError{Status: http.StatusUnauthorized, Type: "invalid_request_error", Code: "invalid_api_key",
+			return &httpapi.Error{Status: http.StatusUnauthorized, Type: "invalid_request_error", Code: "invalid_api_key",
 				Message: "a valid API key is required: Authorization: Bearer <key>"}
 		}
 	}
@@ -104,62 +105,45 @@ func (a *api) admit(ctx context.Context, w http.ResponseWriter, r *http.Request,
 	if d.Allowed {
 		for _, rule := range rules {
 			if rule.TokenBased() {
-				req.charged.rules = append(req.charged.rules, rule)
+				req.Charged.Rules = append(req.Charged.Rules, rule)
 			}
 		}
-		req.charged.tokens, req.charged.at = est, time.Now()
+		req.Charged.Tokens, req.Charged.At = est, time.Now()
 		return nil
 	}
-	a.metrics.RateLimited.WithLabelValues(d.Policy).Inc()
-	return &apiError{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "rate_limit_exceeded",
+	a.n.metrics.RateLimited.WithLabelValues(d.Policy).Inc()
+	return &httpapi.Error{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "rate_limit_exceeded",
 		Message:    fmt.Sprintf("rate limit exceeded (%s: %d per window); retry after %s", d.Policy, d.Limit, d.RetryAfter.Round(time.Second)),
 		RetryAfter: max(d.RetryAfter, time.Second)}
 }
 
-// settleTokens corrects the up-front charge of req's token-per-minute rules
+// SettleTokens corrects the up-front charge of req's token-per-minute rules
 // (recorded by admit) to the tokens its answer used. It runs on the node
 // that admitted the request, which alone holds the charge, once the outcome
 // is final: used is the answer's usage (a forwarded answer's comes back in
 // router.HeaderUsage), or 0 when no answer was delivered. An answer whose
 // usage is unknown (a stream cut short after its first byte), or that ends
 // in a later window than it was admitted in, keeps the estimate.
-func (a *api) settleTokens(ctx context.Context, req *apiRequest, used int) {
-	c := req.charged
-	if used == c.tokens {
+func (a admitter) SettleTokens(ctx context.Context, req *httpapi.Request, used int) {
+	c := req.Charged
+	if used == c.Tokens {
 		return
 	}
 	now := time.Now()
-	for _, rule := range c.rules {
+	for _, rule := range c.Rules {
 		w := int64(rule.Window)
-		if used < c.tokens && c.at.UnixNano()/w != now.UnixNano()/w {
+		if used < c.Tokens && c.At.UnixNano()/w != now.UnixNano()/w {
 			// The charge is in a window that has ended; a refund now would
 			// make room in the current one, which was never charged.
 			continue
 		}
-		a.n.limiter.Charge(ctx, rule, used-c.tokens)
+		a.n.limiter.Charge(ctx, rule, used-c.Tokens)
 	}
-}
-
-// tokensUsed accounts for the tokens req's answer used (nil results: none).
-// A forwarded request reports them to the node that admitted it, in a
-// header, or in a trailer once the answer's header is out; any other
-// settles here.
-func (a *api) tokensUsed(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest, results []scheduler.Result, headerSent bool) {
-	used := sumUsage(results).TotalTokens
-	if r.Header.Get(router.HeaderForwarded) == "" {
-		a.settleTokens(ctx, req, used)
-		return
-	}
-	name := router.HeaderUsage
-	if headerSent {
-		name = http.TrailerPrefix + name
-	}
-	w.Header().Set(name, strconv.Itoa(used))
 }
 
 // estimateTokens is a request's token cost for token-per-minute limits:
 // about four bytes a token of prompt, plus the completion it may produce.
-func estimateTokens(req *apiRequest) int {
+func estimateTokens(req *httpapi.Request) int {
 	n := 0
 	for _, p := range req.Prompts {
 		n += len(p)

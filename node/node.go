@@ -15,12 +15,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/shoal-dev/shoal/breaker"
 	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/dcache"
 	"github.com/shoal-dev/shoal/engine"
 	"github.com/shoal-dev/shoal/gossip"
+	"github.com/shoal-dev/shoal/httpapi"
 	"github.com/shoal-dev/shoal/ops"
 	"github.com/shoal-dev/shoal/ratelimit"
+	"github.com/shoal-dev/shoal/respcache"
 	"github.com/shoal-dev/shoal/router"
 	"github.com/shoal-dev/shoal/scheduler"
 	"github.com/shoal-dev/shoal/scheduler/openai"
@@ -38,7 +41,7 @@ type Node struct {
 	metrics *ops.Metrics
 	health  *ops.Health
 	sched   *scheduler.Scheduler
-	api     *api
+	api     *httpapi.API
 	admin   *ops.Admin
 
 	store      *consensus.Store
@@ -59,9 +62,9 @@ type Node struct {
 	lastLoad gossip.Load
 
 	defaultBatching map[string]consensus.BatchingSettings
-	flights         flightGroup
-	breakers        breakers
-	retries         retryBudget
+	respCache       *respcache.Cache
+	breakers        *breaker.Set
+	retries         *breaker.RetryBudget
 	gpu             atomic.Pointer[ops.GPUCapacity]
 	gpuMetrics      *ops.GPUMetrics
 
@@ -109,9 +112,7 @@ func New(cfg Config) (*Node, error) {
 		defaultBatching: map[string]consensus.BatchingSettings{},
 	}
 	n.fwd = router.NewForwarder(router.ForwarderConfig{Self: cfg.NodeName, Secret: n.fwdSecret})
-	n.breakers.n = n
-	n.retries.tokens = retryTokens
-	n.api = &api{n: n, node: cfg.NodeName, cfg: cfg.HTTP, sched: n.sched, metrics: metrics, logger: logger.With("component", "api")}
+	n.retries = breaker.NewRetryBudget()
 	n.admin = ops.NewAdmin(ops.AdminConfig{Token: cfg.Admin.Token, Open: cfg.Dev && cfg.Admin.Token == "", Backend: adminBackend{n}, Logger: logger})
 	return n, nil
 }
@@ -153,6 +154,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err := n.newCache(); err != nil {
 		return err
 	}
+	n.wireRequestPath()
 	if err := n.newLimiter(); err != nil {
 		return err
 	}
@@ -265,15 +267,12 @@ func (n *Node) schedulerHealth() ops.Component {
 
 func (n *Node) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/v1/chat/completions", methods(n.api.handler(scheduler.EndpointChat, decodeChat), http.MethodPost))
-	mux.HandleFunc("/v1/completions", methods(n.api.handler(scheduler.EndpointCompletion, decodeCompletion), http.MethodPost))
-	mux.HandleFunc("/v1/infer", methods(n.api.handler(scheduler.EndpointInfer, decodeInfer), http.MethodPost))
-	mux.HandleFunc("/v1/models", methods(n.api.models, http.MethodGet, http.MethodHead))
-	mux.HandleFunc("/health", methods(n.health.ServeHTTP, http.MethodGet, http.MethodHead))
-	mux.HandleFunc("/metrics", methods(n.metrics.Handler().ServeHTTP, http.MethodGet))
+	n.api.Register(mux)
+	mux.HandleFunc("/health", httpapi.Methods(n.health.ServeHTTP, http.MethodGet, http.MethodHead))
+	mux.HandleFunc("/metrics", httpapi.Methods(n.metrics.Handler().ServeHTTP, http.MethodGet))
 	mux.Handle("/admin/v1/", n.admin)
-	mux.HandleFunc("/", notFound)
-	return middleware(n.cfg.NodeName, newCodec(), n.logger, mux)
+	mux.HandleFunc("/", httpapi.NotFound)
+	return httpapi.Middleware(n.cfg.NodeName, n.logger, mux)
 }
 
 // HTTPAddr is the address the HTTP server listens on.

@@ -1,4 +1,4 @@
-package node
+package httpapi
 
 import (
 	"bytes"
@@ -96,11 +96,11 @@ func writeJSON(w http.ResponseWriter, r *http.Request, status int, v any) {
 
 // readBody enforces the content type, decompresses gzip or zstd bodies and
 // bounds the size after decompression, so a compressed bomb is refused too.
-func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *apiError) {
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *Error) {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || mt != "application/json" {
-			return nil, &apiError{Status: http.StatusUnsupportedMediaType, Type: "invalid_request_error", Code: "unsupported_media_type",
+			return nil, &Error{Status: http.StatusUnsupportedMediaType, Type: "invalid_request_error", Code: "unsupported_media_type",
 				Message: "Content-Type must be application/json (curl: -H 'Content-Type: application/json')"}
 		}
 	}
@@ -122,14 +122,14 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *api
 		defer zr.Close()
 		rd = zr
 	default:
-		return nil, &apiError{Status: http.StatusUnsupportedMediaType, Type: "invalid_request_error", Code: "unsupported_encoding",
+		return nil, &Error{Status: http.StatusUnsupportedMediaType, Type: "invalid_request_error", Code: "unsupported_encoding",
 			Message: "Content-Encoding must be gzip, zstd or identity, got " + enc}
 	}
 	data, err := io.ReadAll(io.LimitReader(rd, limit+1))
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe) || int64(len(data)) > limit:
-		return nil, &apiError{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request_error", Code: "body_too_large",
+		return nil, &Error{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request_error", Code: "body_too_large",
 			Message: "request body is larger than the node's limit of " + strconv.FormatInt(limit, 10) + " bytes"}
 	case err != nil:
 		return nil, badRequest("invalid_body", "reading request body: "+err.Error())
@@ -166,9 +166,11 @@ func validRequestID(id string) bool {
 	return true
 }
 
-// middleware stamps every response with X-Request-ID and X-Shoal-Node and
-// turns a handler panic into a 500 instead of a dropped connection.
-func middleware(node string, c *codec, logger *slog.Logger, next http.Handler) http.Handler {
+// Middleware stamps every response with X-Request-ID and X-Shoal-Node,
+// lets writeJSON compress answers, and turns a handler panic into a 500
+// instead of a dropped connection.
+func Middleware(node string, logger *slog.Logger, next http.Handler) http.Handler {
+	c := newCodec()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.Header.Get("X-Request-ID")
 		if !validRequestID(id) {
@@ -186,15 +188,15 @@ func middleware(node string, c *codec, logger *slog.Logger, next http.Handler) h
 					panic(p)
 				}
 				logger.Error("handler panic", "path", r.URL.Path, "request_id", id, "panic", p)
-				writeError(w, r, &apiError{Status: http.StatusInternalServerError, Type: "server_error", Code: "internal_error", Message: "internal error"})
+				writeError(w, r, &Error{Status: http.StatusInternalServerError, Type: "server_error", Code: "internal_error", Message: "internal error"})
 			}
 		}()
 		next.ServeHTTP(w, r)
 	})
 }
 
-// methods wraps h so other methods get an OpenAI-style 405.
-func methods(h http.HandlerFunc, allowed ...string) http.HandlerFunc {
+// Methods wraps h so other methods get an OpenAI-style 405.
+func Methods(h http.HandlerFunc, allowed ...string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		for _, m := range allowed {
 			if r.Method == m {
@@ -203,19 +205,20 @@ func methods(h http.HandlerFunc, allowed ...string) http.HandlerFunc {
 			}
 		}
 		w.Header().Set("Allow", strings.Join(allowed, ", "))
-		writeError(w, r, &apiError{Status: http.StatusMethodNotAllowed, Type: "invalid_request_error", Code: "method_not_allowed",
+		writeError(w, r, &Error{Status: http.StatusMethodNotAllowed, Type: "invalid_request_error", Code: "method_not_allowed",
 			Message: r.Method + " is not allowed on " + r.URL.Path + "; use " + strings.Join(allowed, " or ")})
 	}
 }
 
-func notFound(w http.ResponseWriter, r *http.Request) {
-	writeError(w, r, &apiError{Status: http.StatusNotFound, Type: "invalid_request_error", Code: "not_found",
+// NotFound answers a path no endpoint serves with an OpenAI-style 404.
+func NotFound(w http.ResponseWriter, r *http.Request) {
+	writeError(w, r, &Error{Status: http.StatusNotFound, Type: "invalid_request_error", Code: "not_found",
 		Message: "no endpoint at " + r.URL.Path + "; see /v1/chat/completions, /v1/completions, /v1/models, /v1/infer, /health, /metrics"})
 }
 
 // parseTimeout reads X-Shoal-Timeout: a Go duration ("2s", "500ms") or a
 // number of seconds.
-func parseTimeout(v string) (time.Duration, *apiError) {
+func parseTimeout(v string) (time.Duration, *Error) {
 	v = strings.TrimSpace(v)
 	d, err := time.ParseDuration(v)
 	if err != nil {

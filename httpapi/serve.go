@@ -1,4 +1,4 @@
-package node
+package httpapi
 
 import (
 	"context"
@@ -8,40 +8,54 @@ import (
 	"log/slog"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
-	"github.com/shoal-dev/shoal/ops"
+	"github.com/shoal-dev/shoal/respcache"
 	"github.com/shoal-dev/shoal/router"
 	"github.com/shoal-dev/shoal/scheduler"
 )
 
-// api serves the inference endpoints on this node.
-type api struct {
-	n       *Node
-	node    string
-	cfg     HTTPConfig
-	sched   *scheduler.Scheduler
-	metrics *ops.Metrics
-	logger  *slog.Logger
+// API serves the inference endpoints on this node.
+type API struct {
+	cfg    Config
+	logger *slog.Logger
 }
 
-type decoder func([]byte) (*apiRequest, error)
+// New returns the API over cfg's collaborators; every field of cfg but
+// Logger is required.
+func New(cfg Config) *API {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &API{cfg: cfg, logger: cfg.Logger}
+}
 
-func (a *api) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerFunc {
+// Register adds the inference endpoints to mux.
+func (a *API) Register(mux *http.ServeMux) {
+	mux.HandleFunc("/v1/chat/completions", Methods(a.handler(scheduler.EndpointChat, decodeChat), http.MethodPost))
+	mux.HandleFunc("/v1/completions", Methods(a.handler(scheduler.EndpointCompletion, decodeCompletion), http.MethodPost))
+	mux.HandleFunc("/v1/infer", Methods(a.handler(scheduler.EndpointInfer, decodeInfer), http.MethodPost))
+	mux.HandleFunc("/v1/models", Methods(a.models, http.MethodGet, http.MethodHead))
+}
+
+type decoder func([]byte) (*Request, error)
+
+func (a *API) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		a.metrics.InFlight.Inc()
-		defer a.metrics.InFlight.Dec()
+		a.cfg.Metrics.InFlight(1)
+		defer a.cfg.Metrics.InFlight(-1)
 		model, status := "", 0
 		defer func() {
 			if model == "" {
 				model = "unknown"
 			}
-			a.metrics.ObserveRequest(model, string(endpoint), status, time.Since(start))
+			a.cfg.Metrics.ObserveRequest(model, string(endpoint), status, time.Since(start))
 		}()
 		fail := func(err error) {
-			ae := toAPIError(err)
+			ae := toError(err)
 			status = ae.Status
 			if ae.Status >= 500 {
 				a.logger.Warn("request failed", "request_id", requestID(r.Context()), "model", model, "status", ae.Status, "err", err)
@@ -78,11 +92,11 @@ func (a *api) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
-		forwarded := r.Header.Get(router.HeaderForwarded) != "" && a.n.trustedForward(r)
+		forwarded := r.Header.Get(router.HeaderForwarded) != "" && a.cfg.Cluster.TrustedForward(r)
 		if !forwarded {
 			r.Header.Del(router.HeaderForwarded)
 			// Limits are checked where a request enters the cluster.
-			if err := a.admit(ctx, w, r, req); err != nil {
+			if err := a.cfg.Limiter.Admit(ctx, w, r, req); err != nil {
 				fail(err)
 				return
 			}
@@ -98,28 +112,28 @@ func (a *api) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 
 // answerFromCache serves a cached answer when the request allows it and one
 // exists, and sets X-Shoal-Cache either way.
-func (a *api) answerFromCache(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest) bool {
-	key, ok := a.n.requestCacheKey(req)
-	pol := parseCacheControl(r.Header.Get("Cache-Control"))
-	if !ok || !pol.lookup {
-		setCacheHeader(w, cacheBypass)
+func (a *API) answerFromCache(ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request) bool {
+	key, ok := a.cfg.Cache.Key(req.cacheInput())
+	pol := respcache.ParsePolicy(r.Header.Get("Cache-Control"))
+	if !ok || !pol.Lookup {
+		setCacheHeader(w, CacheBypass)
 		return false
 	}
-	lctx, cancel := context.WithTimeout(ctx, a.n.cfg.Cache.LookupTimeout)
+	lctx, cancel := context.WithTimeout(ctx, a.cfg.CacheLookupTimeout)
 	defer cancel()
-	ans, found := a.n.cacheLookup(lctx, req.Model, key)
+	cached, found := a.cfg.Cache.Lookup(lctx, req.Model, key)
 	if !found {
-		setCacheHeader(w, cacheMiss)
+		setCacheHeader(w, CacheMiss)
 		return false
 	}
-	setCacheHeader(w, cacheHit)
+	setCacheHeader(w, CacheHit)
 	w.Header().Set(router.HeaderRoute, "cache")
-	a.tokensUsed(ctx, w, r, req, ans.Results, false)
+	a.tokensUsed(ctx, w, r, req, cached, false)
 	if req.Stream {
-		a.replayStream(w, r, req, ans.Results[0])
+		a.replayStream(w, r, req, cached[0])
 		return true
 	}
-	writeJSON(w, r, http.StatusOK, a.render(requestID(r.Context()), req, ans.Results))
+	writeJSON(w, r, http.StatusOK, a.render(requestID(r.Context()), req, cached))
 	return true
 }
 
@@ -128,35 +142,35 @@ func (a *api) answerFromCache(ctx context.Context, w http.ResponseWriter, r *htt
 // fails before any byte reached the client (forward error, backend failure,
 // open breaker) is retried once on another node while the retry budget
 // allows.
-func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest, body []byte, start time.Time) int {
+func (a *API) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request, body []byte, start time.Time) int {
 	if r.Header.Get(router.HeaderForwarded) != "" {
 		// Only a verified forward reaches here with the header (handler).
 		w.Header().Set(router.HeaderRoute, "forwarded")
 		status, err := a.serve(ctx, w, r, req, start)
 		if err != nil {
 			// Tell the routing node to try elsewhere.
-			return a.fail(w, r, &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "backend_unavailable",
+			return a.fail(w, r, &Error{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "backend_unavailable",
 				Message: err.Error(), RetryAfter: time.Second})
 		}
 		return status
 	}
 	// One snapshot of the candidates serves the first try and the retry:
 	// the retry only excludes the node that failed.
-	cands := a.n.candidates(req.Model)
-	if len(cands) == 0 && !a.n.servedAnywhere(req.Model) {
+	cands := a.cfg.Cluster.Candidates(req.Model)
+	if len(cands) == 0 && !a.cfg.Cluster.ServedAnywhere(req.Model) {
 		return a.fail(w, r, fmt.Errorf("%w: %q (see GET /v1/models)", scheduler.ErrUnknownModel, req.Model))
 	}
-	a.n.retries.request()
+	a.cfg.Retries.Request()
 	tried := map[string]bool{}
 	var lastErr error
 	for attempt := 0; attempt < 2; attempt++ {
-		if attempt > 0 && !a.n.retries.take() {
-			a.n.metrics.Retries.WithLabelValues("budget_exhausted").Inc()
+		if attempt > 0 && !a.cfg.Retries.Take() {
+			a.cfg.Metrics.Retry("budget_exhausted")
 			break
 		}
 		pickStart := time.Now()
-		target, policy, err := a.n.router.Pick(cands, tried)
-		a.n.metrics.RouteDecisionUs.Observe(float64(time.Since(pickStart)) / float64(time.Microsecond))
+		target, policy, err := a.cfg.Picker.Pick(cands, tried)
+		a.cfg.Metrics.RouteDecision(time.Since(pickStart))
 		if err != nil {
 			if lastErr == nil {
 				lastErr = err
@@ -169,25 +183,25 @@ func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		}
 		tried[target.Node] = true
 		if target.Local {
-			a.n.metrics.Routed.WithLabelValues(target.Node, "local").Inc()
+			a.cfg.Metrics.Routed(target.Node, "local")
 			w.Header().Set(router.HeaderRoute, "local,"+route)
 			status, err := a.serve(ctx, w, r, req, start)
 			if err == nil {
 				return status
 			}
-			a.n.metrics.Retries.WithLabelValues("local_failure").Inc()
+			a.cfg.Metrics.Retry("local_failure")
 			lastErr = err
 			continue
 		}
-		a.n.metrics.Routed.WithLabelValues(target.Node, "forward").Inc()
-		reply, err := a.n.fwd.Forward(ctx, w, r, body, target, "forward,"+route)
+		a.cfg.Metrics.Routed(target.Node, "forward")
+		reply, err := a.cfg.Forwarder.Forward(ctx, w, r, body, target, "forward,"+route)
 		if err == nil {
 			if reply.Tokens >= 0 {
-				a.settleTokens(ctx, req, reply.Tokens)
+				a.cfg.Limiter.SettleTokens(ctx, req, reply.Tokens)
 			}
 			return http.StatusOK
 		}
-		a.n.metrics.ForwardErrors.WithLabelValues(target.Node).Inc()
+		a.cfg.Metrics.ForwardError(target.Node)
 		if !errors.Is(err, router.ErrRetryable) {
 			a.logger.Warn("forward failed", "request_id", requestID(r.Context()), "target", target.Node, "err", err)
 			if ctx.Err() != nil {
@@ -195,13 +209,13 @@ func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			}
 			return http.StatusBadGateway
 		}
-		a.n.metrics.Retries.WithLabelValues("forward_failure").Inc()
+		a.cfg.Metrics.Retry("forward_failure")
 		a.logger.Info("forward failed before responding", "request_id", requestID(r.Context()), "target", target.Node, "err", err)
 		lastErr = err
 	}
 	// No node answered: whatever the up-front token charge was, nothing
 	// was delivered.
-	a.settleTokens(ctx, req, 0)
+	a.cfg.Limiter.SettleTokens(ctx, req, 0)
 	if ctx.Err() != nil {
 		return a.fail(w, r, ctx.Err())
 	}
@@ -212,12 +226,12 @@ func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		// Retry-After) tells the client more than "no healthy node".
 		return a.fail(w, r, lastErr)
 	}
-	return a.fail(w, r, &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "no_healthy_backend",
+	return a.fail(w, r, &Error{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "no_healthy_backend",
 		Message: fmt.Sprintf("no healthy node can serve %q now; retry shortly", req.Model), RetryAfter: time.Second})
 }
 
-func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) int {
-	ae := toAPIError(err)
+func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) int {
+	ae := toError(err)
 	writeError(w, r, ae)
 	return ae.Status
 }
@@ -226,23 +240,23 @@ func (a *api) fail(w http.ResponseWriter, r *http.Request, err error) int {
 // the status it sent. A non-nil error means the backend failed (or its
 // breaker is open) before anything was written: the caller may retry the
 // request elsewhere.
-func (a *api) serve(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest, start time.Time) (int, error) {
+func (a *API) serve(ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request, start time.Time) (int, error) {
 	id := requestID(r.Context())
-	done, ok := a.n.breakers.admit(req.Model)
+	done, ok := a.cfg.Breakers.Admit(req.Model)
 	if !ok {
-		return 0, fmt.Errorf("%s on %s: %w", req.Model, a.node, errBreakerOpen)
+		return 0, fmt.Errorf("%s on %s: %w", req.Model, a.cfg.Node, errBreakerOpen)
 	}
-	key, cacheable := a.n.requestCacheKey(req)
-	pol := parseCacheControl(r.Header.Get("Cache-Control"))
+	key, cacheable := a.cfg.Cache.Key(req.cacheInput())
+	pol := respcache.ParsePolicy(r.Header.Get("Cache-Control"))
 	if w.Header().Get("X-Shoal-Cache") == "" {
-		if cacheable && pol.lookup {
-			setCacheHeader(w, cacheMiss)
+		if cacheable && pol.Lookup {
+			setCacheHeader(w, CacheMiss)
 		} else {
-			setCacheHeader(w, cacheBypass)
+			setCacheHeader(w, CacheBypass)
 		}
 	}
 	if req.Stream {
-		t, err := a.sched.Submit(ctx, req.requests(id)[0])
+		t, err := a.cfg.Scheduler.Submit(ctx, req.requests(id)[0])
 		if err != nil {
 			done(err)
 			a.tokensUsed(ctx, w, r, req, nil, false)
@@ -250,11 +264,11 @@ func (a *api) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 		}
 		res, status, err := a.stream(ctx, w, r, req, t, start)
 		done(err)
-		if isBackendFailure(err) && status == 0 {
+		if IsBackendFailure(err) && status == 0 {
 			return 0, err
 		}
-		if status == http.StatusOK && cacheable && pol.store {
-			a.n.cacheStore(req.Model, key, []scheduler.Result{res})
+		if status == http.StatusOK && cacheable && pol.Store {
+			a.cfg.Cache.Store(req.Model, key, []scheduler.Result{res})
 		}
 		return status, nil
 	}
@@ -263,17 +277,17 @@ func (a *api) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 	}
 	var results []scheduler.Result
 	var err error
-	if cacheable && pol.lookup {
-		results, err = a.n.coalesce(ctx, req.Model, key, pol.store, compute)
+	if cacheable && pol.Lookup {
+		results, err = a.cfg.Cache.Coalesce(ctx, req.Model, key, pol.Store, compute)
 	} else {
 		results, err = compute(ctx)
-		if err == nil && cacheable && pol.store {
-			a.n.cacheStore(req.Model, key, results)
+		if err == nil && cacheable && pol.Store {
+			a.cfg.Cache.Store(req.Model, key, results)
 		}
 	}
 	done(err)
 	if err != nil {
-		if isBackendFailure(err) {
+		if IsBackendFailure(err) {
 			return 0, err
 		}
 		a.tokensUsed(ctx, w, r, req, nil, false)
@@ -281,18 +295,18 @@ func (a *api) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 	}
 	a.tokensUsed(ctx, w, r, req, results, false)
 	for _, res := range results {
-		a.metrics.ObserveTokens(req.Model, res.PromptTokens, res.CompletionTokens, time.Since(start))
+		a.cfg.Metrics.ObserveTokens(req.Model, res.PromptTokens, res.CompletionTokens, time.Since(start))
 	}
 	writeJSON(w, r, http.StatusOK, a.render(id, req, results))
 	return http.StatusOK, nil
 }
 
 // run submits every prompt of req to the scheduler and waits for all.
-func (a *api) run(ctx context.Context, req *apiRequest, id string) ([]scheduler.Result, error) {
+func (a *API) run(ctx context.Context, req *Request, id string) ([]scheduler.Result, error) {
 	sreqs := req.requests(id)
 	tasks := make([]*scheduler.Task, 0, len(sreqs))
 	for _, sr := range sreqs {
-		t, err := a.sched.Submit(ctx, sr)
+		t, err := a.cfg.Scheduler.Submit(ctx, sr)
 		if err != nil {
 			return nil, err
 		}
@@ -348,7 +362,7 @@ type inferOutput struct {
 	FinishReason string `json:"finish_reason"`
 }
 
-func (a *api) render(id string, req *apiRequest, results []scheduler.Result) any {
+func (a *API) render(id string, req *Request, results []scheduler.Result) any {
 	now := time.Now().Unix()
 	u := sumUsage(results)
 	switch req.Endpoint {
@@ -357,7 +371,7 @@ func (a *api) render(id string, req *apiRequest, results []scheduler.Result) any
 		return map[string]any{
 			"id": "chatcmpl-" + id, "object": "chat.completion", "created": now, "model": req.Model,
 			"choices": []chatChoice{{Index: 0, Message: scheduler.Message{Role: "assistant", Content: res.Text}, FinishReason: res.FinishReason}},
-			"usage":   u, "system_fingerprint": a.node,
+			"usage":   u, "system_fingerprint": a.cfg.Node,
 		}
 	case scheduler.EndpointCompletion:
 		choices := make([]completionChoice, len(results))
@@ -370,21 +384,21 @@ func (a *api) render(id string, req *apiRequest, results []scheduler.Result) any
 		for i, res := range results {
 			outs[i] = inferOutput{Index: i, Text: res.Text, FinishReason: res.FinishReason}
 		}
-		return map[string]any{"id": id, "model": req.Model, "node": a.node, "outputs": outs, "usage": u}
+		return map[string]any{"id": id, "model": req.Model, "node": a.cfg.Node, "outputs": outs, "usage": u}
 	}
 }
 
 // stream answers with server-sent events. A backend failure before the
 // first chunk returns status 0 and writes nothing, so the request can be
 // retried elsewhere.
-func (a *api) stream(ctx context.Context, w http.ResponseWriter, r *http.Request, req *apiRequest, t *scheduler.Task, start time.Time) (scheduler.Result, int, error) {
+func (a *API) stream(ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request, t *scheduler.Task, start time.Time) (scheduler.Result, int, error) {
 	chunks, finished, err := t.Next(ctx)
 	if err != nil {
 		<-t.Done()
 	}
 	if err != nil || (finished && len(chunks) == 0) {
 		if _, terr := t.Outcome(); terr != nil {
-			if isBackendFailure(terr) {
+			if IsBackendFailure(terr) {
 				return scheduler.Result{}, 0, terr
 			}
 			a.tokensUsed(ctx, w, r, req, nil, false)
@@ -408,32 +422,32 @@ func (a *api) stream(ctx context.Context, w http.ResponseWriter, r *http.Request
 	}
 	res, terr := t.Outcome()
 	if terr != nil {
-		ae := toAPIError(terr)
+		ae := toError(terr)
 		sse.event(ae.body())
 		sse.done()
 		return res, ae.Status, terr
 	}
-	a.metrics.ObserveTokens(req.Model, res.PromptTokens, res.CompletionTokens, time.Since(start))
+	a.cfg.Metrics.ObserveTokens(req.Model, res.PromptTokens, res.CompletionTokens, time.Since(start))
 	a.tokensUsed(ctx, w, r, req, []scheduler.Result{res}, true)
 	sse.finish(res)
 	sse.done()
 	return res, http.StatusOK, nil
 }
 
-func (a *api) beginStream(w http.ResponseWriter, r *http.Request, req *apiRequest) *sseWriter {
+func (a *API) beginStream(w http.ResponseWriter, r *http.Request, req *Request) *sseWriter {
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	sse := &sseWriter{w: w, rc: http.NewResponseController(w), id: requestID(r.Context()), req: req, created: time.Now().Unix(), node: a.node}
+	sse := &sseWriter{w: w, rc: http.NewResponseController(w), id: requestID(r.Context()), req: req, created: time.Now().Unix(), node: a.cfg.Node}
 	sse.begin()
 	return sse
 }
 
 // replayStream sends a cached answer as a stream, a word per event, in the
 // same framing as a live one.
-func (a *api) replayStream(w http.ResponseWriter, r *http.Request, req *apiRequest, res scheduler.Result) {
+func (a *API) replayStream(w http.ResponseWriter, r *http.Request, req *Request, res scheduler.Result) {
 	sse := a.beginStream(w, r, req)
 	text := res.Text
 	for text != "" {
@@ -455,7 +469,7 @@ type sseWriter struct {
 	rc      *http.ResponseController
 	id      string
 	node    string
-	req     *apiRequest
+	req     *Request
 	created int64
 }
 
@@ -519,18 +533,48 @@ func (s *sseWriter) done() {
 }
 
 // models answers GET /v1/models in OpenAI's list shape.
-func (a *api) models(w http.ResponseWriter, r *http.Request) {
+func (a *API) models(w http.ResponseWriter, r *http.Request) {
 	type model struct {
 		ID      string `json:"id"`
 		Object  string `json:"object"`
 		Created int64  `json:"created"`
 		OwnedBy string `json:"owned_by"`
 	}
-	names := a.n.clusterModels()
+	names := a.cfg.Cluster.Models()
 	sort.Strings(names)
 	data := make([]model, 0, len(names))
 	for _, n := range names {
 		data = append(data, model{ID: n, Object: "model", Created: 0, OwnedBy: "shoal"})
 	}
 	writeJSON(w, r, http.StatusOK, map[string]any{"object": "list", "data": data})
+}
+
+// Values of the X-Shoal-Cache response header, which tells the client
+// whether its answer came from the response cache.
+const (
+	CacheHit    = "hit"
+	CacheMiss   = "miss"
+	CacheBypass = "bypass"
+)
+
+// setCacheHeader records the cache outcome for the client.
+func setCacheHeader(w http.ResponseWriter, v string) {
+	w.Header().Set("X-Shoal-Cache", v)
+}
+
+// tokensUsed accounts for the tokens req's answer used (nil results: none).
+// A forwarded request reports them to the node that admitted it, in a
+// header, or in a trailer once the answer's header is out; any other
+// settles here.
+func (a *API) tokensUsed(ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request, results []scheduler.Result, headerSent bool) {
+	used := sumUsage(results).TotalTokens
+	if r.Header.Get(router.HeaderForwarded) == "" {
+		a.cfg.Limiter.SettleTokens(ctx, req, used)
+		return
+	}
+	name := router.HeaderUsage
+	if headerSent {
+		name = http.TrailerPrefix + name
+	}
+	w.Header().Set(name, strconv.Itoa(used))
 }

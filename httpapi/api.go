@@ -1,4 +1,4 @@
-package node
+package httpapi
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/ratelimit"
+	"github.com/shoal-dev/shoal/respcache"
 	"github.com/shoal-dev/shoal/scheduler"
 )
 
@@ -24,8 +25,8 @@ const (
 	maxModelName = 256
 )
 
-// apiRequest is a decoded, validated inference request of any endpoint.
-type apiRequest struct {
+// Request is a decoded, validated inference request of any endpoint.
+type Request struct {
 	Endpoint     scheduler.Endpoint
 	Model        string
 	Prompts      []string // completions and infer: one task per prompt
@@ -37,16 +38,17 @@ type apiRequest struct {
 	// PromptList records that the prompt/input came as an array, so infer
 	// and completions answer with one output per element.
 	PromptList bool
-	// charged is what admit took from token-per-minute limits, for
-	// settleTokens; empty for a request this node did not admit.
-	charged tokenCharge
+	// Charged is what the Limiter's Admit took from token-per-minute
+	// limits, for its SettleTokens; empty for a request this node did not
+	// admit.
+	Charged TokenCharge
 }
 
-// tokenCharge is a request's up-front charge to token-per-minute rules.
-type tokenCharge struct {
-	rules  []ratelimit.Rule
-	tokens int       // the estimate charged to each rule
-	at     time.Time // when, which fixes the window that holds it
+// TokenCharge is a request's up-front charge to token-per-minute rules.
+type TokenCharge struct {
+	Rules  []ratelimit.Rule
+	Tokens int       // the estimate charged to each rule
+	At     time.Time // when, which fixes the window that holds it
 }
 
 // flexString accepts a JSON string, or an array of strings (for prompt,
@@ -296,7 +298,7 @@ func checkN(n *int) error {
 }
 
 // decodeChat parses a /v1/chat/completions body.
-func decodeChat(body []byte) (*apiRequest, error) {
+func decodeChat(body []byte) (*Request, error) {
 	var b chatBody
 	if err := decodeStrict(body, &b); err != nil {
 		return nil, err
@@ -334,14 +336,14 @@ func decodeChat(body []byte) (*apiRequest, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &apiRequest{
+	return &Request{
 		Endpoint: scheduler.EndpointChat, Model: b.Model, Messages: msgs, Params: p,
 		Stream: b.Stream, IncludeUsage: b.StreamOptions != nil && b.StreamOptions.IncludeUsage, Priority: prio,
 	}, nil
 }
 
 // decodeCompletion parses a /v1/completions body.
-func decodeCompletion(body []byte) (*apiRequest, error) {
+func decodeCompletion(body []byte) (*Request, error) {
 	var b completionBody
 	if err := decodeStrict(body, &b); err != nil {
 		return nil, err
@@ -360,7 +362,7 @@ func decodeCompletion(body []byte) (*apiRequest, error) {
 }
 
 // decodeInfer parses a /v1/infer body.
-func decodeInfer(body []byte) (*apiRequest, error) {
+func decodeInfer(body []byte) (*Request, error) {
 	var b inferBody
 	if err := decodeStrict(body, &b); err != nil {
 		return nil, err
@@ -374,7 +376,7 @@ func decodeInfer(body []byte) (*apiRequest, error) {
 // one or more prompts (one only when streaming), generation parameters and
 // a priority.
 func promptRequest(ep scheduler.Endpoint, field, model string, prompts flexString, stream bool, priority string, includeUsage bool,
-	maxTok *int, temp, topP *float64, seed *int64, stop flexString) (*apiRequest, error) {
+	maxTok *int, temp, topP *float64, seed *int64, stop flexString) (*Request, error) {
 	if err := checkModel(model); err != nil {
 		return nil, err
 	}
@@ -392,7 +394,7 @@ func promptRequest(ep scheduler.Endpoint, field, model string, prompts flexStrin
 	if err != nil {
 		return nil, err
 	}
-	return &apiRequest{Endpoint: ep, Model: model, Prompts: prompts.list, PromptList: prompts.isArr,
+	return &Request{Endpoint: ep, Model: model, Prompts: prompts.list, PromptList: prompts.isArr,
 		Params: p, Stream: stream, IncludeUsage: includeUsage, Priority: prio}, nil
 }
 
@@ -407,7 +409,7 @@ func checkPrompts(field string, f flexString) error {
 }
 
 // requests expands an API request into one scheduler request per prompt.
-func (a *apiRequest) requests(id string) []*scheduler.Request {
+func (a *Request) requests(id string) []*scheduler.Request {
 	if a.Endpoint == scheduler.EndpointChat {
 		return []*scheduler.Request{{ID: id, Model: a.Model, Endpoint: a.Endpoint, Messages: a.Messages, Params: a.Params, Priority: a.Priority, Stream: a.Stream}}
 	}
@@ -416,4 +418,9 @@ func (a *apiRequest) requests(id string) []*scheduler.Request {
 		out[i] = &scheduler.Request{ID: fmt.Sprintf("%s-%d", id, i), Model: a.Model, Endpoint: a.Endpoint, Prompt: p, Params: a.Params, Priority: a.Priority, Stream: a.Stream}
 	}
 	return out
+}
+
+// cacheInput is what of the request decides its answer.
+func (a *Request) cacheInput() respcache.KeyInput {
+	return respcache.KeyInput{Model: a.Model, Endpoint: a.Endpoint, Messages: a.Messages, Prompts: a.Prompts, Params: a.Params}
 }

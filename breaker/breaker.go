@@ -1,0 +1,276 @@
+// Package breaker drives the circuit breakers of one node's own backends:
+// per model it counts consecutive failures and an error-rate window, opens
+// with a timeout that doubles for a flapping backend, lets one half-open
+// probe through, and bounds how often one breaker proposes a transition.
+// The replicated breaker state lives in consensus; this package reads it
+// through a StateReader and proposes transitions through a Proposer, so
+// every node routes by the same state. It also holds the retry budget.
+package breaker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/shoal-dev/shoal/consensus"
+)
+
+// Tuning beyond the configured threshold and timeout.
+const (
+	// MaxOpen caps the growing open time of a flapping backend.
+	MaxOpen = 10 * time.Minute
+	// FlapWindow: a breaker that opens again this soon after closing keeps
+	// its trip count, so each re-open lasts twice as long.
+	FlapWindow = time.Minute
+	// TransitionsPerMinute bounds the transitions one breaker proposes to
+	// Raft; past it the breaker stays open longer.
+	TransitionsPerMinute = 6
+	// RateWindow and RateMin set the error-rate trip: at least RateMin
+	// requests in the window, half of them failed.
+	RateWindow = 30 * time.Second
+	RateMin    = 20
+)
+
+// Clock tells the time; tests pass a fake one.
+type Clock interface {
+	Now() time.Time
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+
+// StateReader reads the replicated state of this node's breaker for a
+// model (an absent breaker reads as closed with no trips). Called from
+// request goroutines concurrently.
+type StateReader interface {
+	Breaker(model string) consensus.BreakerState
+}
+
+// Proposer commits a transition through Raft. Called from one background
+// goroutine per breaker at a time; consensus.ErrBreakerConflict means
+// another proposal won and is not logged.
+type Proposer interface {
+	ProposeBreaker(ctx context.Context, tr consensus.BreakerTransition) error
+}
+
+// Config is what a Set needs.
+type Config struct {
+	// Node is the name of the node whose backends the breakers guard.
+	Node string
+	// FailureThreshold is the consecutive failures that open a breaker.
+	FailureThreshold int
+	// Timeout is the first open period; it doubles per flap up to MaxOpen.
+	Timeout time.Duration
+	// IsFailure says whether an outcome counts against the backend
+	// (client cancellations, deadlines and 4xx do not). Required.
+	IsFailure func(error) bool
+	State     StateReader
+	Proposer  Proposer
+	// Go runs a proposal in the background (the node tracks its
+	// goroutines so Shutdown waits for them); nil means a bare goroutine.
+	Go     func(func())
+	Clock  Clock
+	Logger *slog.Logger
+}
+
+// Set holds the breakers of one node's models.
+type Set struct {
+	cfg Config
+	mu  sync.Mutex
+	m   map[string]*tracker
+}
+
+type tracker struct {
+	consecutive int
+	window      []outcome
+	probing     bool
+	closedAt    time.Time
+	proposals   []time.Time
+	proposing   bool
+}
+
+type outcome struct {
+	at     time.Time
+	failed bool
+}
+
+// New returns a Set; it proposes nothing until requests report outcomes.
+func New(cfg Config) *Set {
+	if cfg.Clock == nil {
+		cfg.Clock = realClock{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Go == nil {
+		cfg.Go = func(f func()) { go f() }
+	}
+	return &Set{cfg: cfg, m: map[string]*tracker{}}
+}
+
+func (s *Set) tracker(model string) *tracker {
+	t, ok := s.m[model]
+	if !ok {
+		t = &tracker{}
+		s.m[model] = t
+	}
+	return t
+}
+
+// Admit decides whether a request may run on model here: always when
+// closed, never when open, and one probe at a time when half-open. done
+// must be called with the outcome when admitted.
+func (s *Set) Admit(model string) (done func(error), ok bool) {
+	st := s.cfg.State.Breaker(model)
+	switch st.State {
+	case consensus.BreakerOpen:
+		s.maybeHalfOpen(model, st)
+		return nil, false
+	case consensus.BreakerHalfOpen:
+		s.mu.Lock()
+		t := s.tracker(model)
+		if t.probing {
+			s.mu.Unlock()
+			return nil, false
+		}
+		t.probing = true
+		s.mu.Unlock()
+		return func(err error) {
+			s.mu.Lock()
+			s.tracker(model).probing = false
+			s.mu.Unlock()
+			s.probeResult(model, err)
+		}, true
+	}
+	return func(err error) { s.observe(model, err) }, true
+}
+
+// observe records an outcome of a closed breaker and opens it when the
+// consecutive failures or the error rate cross their thresholds.
+func (s *Set) observe(model string, err error) {
+	if errors.Is(err, context.Canceled) {
+		return
+	}
+	failed := s.cfg.IsFailure(err)
+	now := s.cfg.Clock.Now()
+	s.mu.Lock()
+	t := s.tracker(model)
+	if failed {
+		t.consecutive++
+	} else {
+		t.consecutive = 0
+	}
+	t.window = append(t.window, outcome{at: now, failed: failed})
+	for len(t.window) > 0 && now.Sub(t.window[0].at) > RateWindow {
+		t.window = t.window[1:]
+	}
+	fails := 0
+	for _, o := range t.window {
+		if o.failed {
+			fails++
+		}
+	}
+	trip := failed && (t.consecutive >= s.cfg.FailureThreshold ||
+		(len(t.window) >= RateMin && fails*2 >= len(t.window)))
+	s.mu.Unlock()
+	if trip {
+		s.open(model, consensus.BreakerClosed, fmt.Sprintf("%d consecutive failures, %d/%d in %s: %v", t.consecutive, fails, len(t.window), RateWindow, err))
+	}
+}
+
+// open proposes from → open with a timeout that doubles for a flapping
+// backend.
+func (s *Set) open(model string, from consensus.BreakerStatus, reason string) {
+	now := s.cfg.Clock.Now()
+	cur := s.cfg.State.Breaker(model)
+	s.mu.Lock()
+	t := s.tracker(model)
+	trips := 1
+	if from == consensus.BreakerHalfOpen || (!t.closedAt.IsZero() && now.Sub(t.closedAt) < FlapWindow) {
+		trips = cur.Trips + 1
+	}
+	t.consecutive, t.window = 0, nil
+	s.mu.Unlock()
+	d := s.cfg.Timeout << min(trips-1, 8)
+	d = min(d, MaxOpen)
+	s.propose(model, consensus.BreakerTransition{Node: s.cfg.Node, Model: model, From: from, To: consensus.BreakerOpen,
+		At: now, OpenUntil: now.Add(d), Trips: trips, Reason: reason})
+}
+
+// maybeHalfOpen moves an open breaker whose time is up to half-open, unless
+// the breaker already changed state too often this minute.
+func (s *Set) maybeHalfOpen(model string, st consensus.BreakerState) {
+	now := s.cfg.Clock.Now()
+	if now.Before(st.OpenUntil) {
+		return
+	}
+	s.propose(model, consensus.BreakerTransition{Node: s.cfg.Node, Model: model, From: consensus.BreakerOpen,
+		To: consensus.BreakerHalfOpen, At: now, Trips: st.Trips, Reason: "open timeout passed; probing"})
+}
+
+// Tick moves the open breakers of models whose time is up to half-open, so
+// probing starts even though no router sends work to an open target.
+func (s *Set) Tick(models []string) {
+	for _, m := range models {
+		if cur := s.cfg.State.Breaker(m); cur.State == consensus.BreakerOpen {
+			s.maybeHalfOpen(m, cur)
+		}
+	}
+}
+
+func (s *Set) probeResult(model string, err error) {
+	if s.cfg.IsFailure(err) {
+		s.open(model, consensus.BreakerHalfOpen, fmt.Sprintf("probe failed: %v", err))
+		return
+	}
+	if errors.Is(err, context.Canceled) {
+		return
+	}
+	cur := s.cfg.State.Breaker(model)
+	now := s.cfg.Clock.Now()
+	s.mu.Lock()
+	s.tracker(model).closedAt = now
+	s.mu.Unlock()
+	s.propose(model, consensus.BreakerTransition{Node: s.cfg.Node, Model: model, From: consensus.BreakerHalfOpen,
+		To: consensus.BreakerClosed, At: now, Trips: cur.Trips, Reason: "probe succeeded"})
+}
+
+// propose commits a transition in the background, at most
+// TransitionsPerMinute per breaker (an open breaker stays open when the
+// budget is spent), one proposal at a time.
+func (s *Set) propose(model string, tr consensus.BreakerTransition) {
+	now := s.cfg.Clock.Now()
+	s.mu.Lock()
+	t := s.tracker(model)
+	for len(t.proposals) > 0 && now.Sub(t.proposals[0]) > time.Minute {
+		t.proposals = t.proposals[1:]
+	}
+	if t.proposing || (len(t.proposals) >= TransitionsPerMinute && tr.To != consensus.BreakerOpen) {
+		s.mu.Unlock()
+		return
+	}
+	t.proposing = true
+	t.proposals = append(t.proposals, now)
+	s.mu.Unlock()
+	s.cfg.Go(func() {
+		defer func() {
+			s.mu.Lock()
+			s.tracker(model).proposing = false
+			s.mu.Unlock()
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		err := s.cfg.Proposer.ProposeBreaker(ctx, tr)
+		switch {
+		case err == nil:
+			s.cfg.Logger.Warn("circuit breaker", "model", model, "from", tr.From, "to", tr.To, "trips", tr.Trips, "reason", tr.Reason)
+		case errors.Is(err, consensus.ErrBreakerConflict):
+		default:
+			s.cfg.Logger.Warn("propose breaker transition", "model", model, "to", tr.To, "err", err)
+		}
+	})
+}

@@ -1,0 +1,277 @@
+package breaker
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shoal-dev/shoal/consensus"
+	"github.com/stretchr/testify/require"
+)
+
+// fakeClock is a clock the test moves by hand.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// replicated stands in for the Raft round trip (the node-level tests run
+// the real one): it applies a transition when its From matches, as the FSM
+// does, and keeps every committed transition.
+type replicated struct {
+	mu        sync.Mutex
+	st        map[string]consensus.BreakerState
+	committed []consensus.BreakerTransition
+}
+
+func (r *replicated) Breaker(model string) consensus.BreakerState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if b, ok := r.st[model]; ok {
+		return b
+	}
+	return consensus.BreakerState{Model: model, State: consensus.BreakerClosed}
+}
+
+func (r *replicated) ProposeBreaker(_ context.Context, tr consensus.BreakerTransition) error {
+	if err := tr.Validate(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cur, ok := r.st[tr.Model]
+	if !ok {
+		cur.State = consensus.BreakerClosed
+	}
+	if cur.State != tr.From {
+		return consensus.ErrBreakerConflict
+	}
+	r.st[tr.Model] = consensus.BreakerState{Node: tr.Node, Model: tr.Model, State: tr.To, Since: tr.At, OpenUntil: tr.OpenUntil, Trips: tr.Trips}
+	r.committed = append(r.committed, tr)
+	return nil
+}
+
+func (r *replicated) last(t *testing.T) consensus.BreakerTransition {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	require.NotEmpty(t, r.committed)
+	return r.committed[len(r.committed)-1]
+}
+
+func (r *replicated) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.committed)
+}
+
+var errBackend = errors.New("backend down")
+
+func isFailure(err error) bool {
+	return err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+}
+
+const timeout = 10 * time.Second
+
+func newSet(t *testing.T) (*Set, *replicated, *fakeClock) {
+	t.Helper()
+	clock := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	r := &replicated{st: map[string]consensus.BreakerState{}}
+	s := New(Config{Node: "n1", FailureThreshold: 3, Timeout: timeout, IsFailure: isFailure, State: r, Proposer: r,
+		// Synchronous proposals keep the test free of waiting.
+		Go: func(f func()) { f() }, Clock: clock})
+	return s, r, clock
+}
+
+func report(t *testing.T, s *Set, model string, err error) {
+	t.Helper()
+	done, ok := s.Admit(model)
+	require.True(t, ok, "breaker refused a request")
+	done(err)
+}
+
+func TestConsecutiveFailuresOpenForTheTimeout(t *testing.T) {
+	s, r, clock := newSet(t)
+	report(t, s, "m", errBackend)
+	report(t, s, "m", errBackend)
+	require.Equal(t, consensus.BreakerClosed, r.Breaker("m").State)
+	report(t, s, "m", errBackend)
+	tr := r.last(t)
+	require.Equal(t, consensus.BreakerOpen, tr.To)
+	require.Equal(t, clock.Now().Add(timeout), tr.OpenUntil)
+	require.Equal(t, 1, tr.Trips)
+	_, ok := s.Admit("m")
+	require.False(t, ok, "an open breaker admitted a request")
+}
+
+func TestSuccessResetsTheConsecutiveCount(t *testing.T) {
+	s, r, _ := newSet(t)
+	for range 5 {
+		report(t, s, "m", errBackend)
+		report(t, s, "m", errBackend)
+		report(t, s, "m", nil)
+	}
+	require.Zero(t, r.count())
+}
+
+func TestCancelledAndDeadlineOutcomesDoNotCount(t *testing.T) {
+	s, r, _ := newSet(t)
+	for range 10 {
+		report(t, s, "m", context.Canceled)
+		report(t, s, "m", context.DeadlineExceeded)
+	}
+	require.Zero(t, r.count())
+}
+
+func TestHalfOfTheWindowFailingOpens(t *testing.T) {
+	s, r, _ := newSet(t)
+	// Alternating outcomes never reach three in a row.
+	for i := range RateMin - 1 {
+		if i%2 == 0 {
+			report(t, s, "m", errBackend)
+		} else {
+			report(t, s, "m", nil)
+		}
+	}
+	require.Zero(t, r.count())
+	report(t, s, "m", errBackend)
+	require.Equal(t, consensus.BreakerOpen, r.last(t).To)
+}
+
+func TestOldOutcomesLeaveTheRateWindow(t *testing.T) {
+	s, r, clock := newSet(t)
+	for i := range RateMin - 1 {
+		if i%2 == 0 {
+			report(t, s, "m", errBackend)
+		} else {
+			report(t, s, "m", nil)
+		}
+	}
+	clock.advance(RateWindow + time.Second)
+	report(t, s, "m", errBackend)
+	require.Zero(t, r.count(), "failures older than the window still counted")
+}
+
+func TestOpenGoesHalfOpenOnlyAfterItsTime(t *testing.T) {
+	s, r, clock := newSet(t)
+	for range 3 {
+		report(t, s, "m", errBackend)
+	}
+	clock.advance(timeout - time.Millisecond)
+	s.Tick([]string{"m"})
+	require.Equal(t, consensus.BreakerOpen, r.Breaker("m").State)
+	clock.advance(time.Millisecond)
+	s.Tick([]string{"m"})
+	require.Equal(t, consensus.BreakerHalfOpen, r.Breaker("m").State)
+}
+
+func openThenHalfOpen(t *testing.T, s *Set, r *replicated, clock *fakeClock) {
+	t.Helper()
+	for range 3 {
+		report(t, s, "m", errBackend)
+	}
+	st := r.Breaker("m")
+	require.Equal(t, consensus.BreakerOpen, st.State)
+	clock.advance(st.OpenUntil.Sub(clock.Now()))
+	s.Tick([]string{"m"})
+	require.Equal(t, consensus.BreakerHalfOpen, r.Breaker("m").State)
+}
+
+func TestHalfOpenLetsOneProbeThrough(t *testing.T) {
+	s, r, clock := newSet(t)
+	openThenHalfOpen(t, s, r, clock)
+	done, ok := s.Admit("m")
+	require.True(t, ok)
+	_, ok = s.Admit("m")
+	require.False(t, ok, "a second probe ran while the first was in flight")
+	done(nil)
+	require.Equal(t, consensus.BreakerClosed, r.Breaker("m").State)
+}
+
+func TestFailedProbeReopensForTwiceAsLong(t *testing.T) {
+	s, r, clock := newSet(t)
+	openThenHalfOpen(t, s, r, clock)
+	done, ok := s.Admit("m")
+	require.True(t, ok)
+	done(errBackend)
+	tr := r.last(t)
+	require.Equal(t, consensus.BreakerOpen, tr.To)
+	require.Equal(t, 2, tr.Trips)
+	require.Equal(t, clock.Now().Add(2*timeout), tr.OpenUntil)
+}
+
+func TestReopenSoonAfterClosingKeepsTheTripCount(t *testing.T) {
+	s, r, clock := newSet(t)
+	openThenHalfOpen(t, s, r, clock)
+	done, _ := s.Admit("m")
+	done(nil)
+	clock.advance(FlapWindow / 2)
+	for range 3 {
+		report(t, s, "m", errBackend)
+	}
+	tr := r.last(t)
+	require.Equal(t, 2, tr.Trips)
+	require.Equal(t, clock.Now().Add(2*timeout), tr.OpenUntil)
+}
+
+func TestReopenLongAfterClosingStartsOver(t *testing.T) {
+	s, r, clock := newSet(t)
+	openThenHalfOpen(t, s, r, clock)
+	done, _ := s.Admit("m")
+	done(nil)
+	clock.advance(FlapWindow + time.Second)
+	for range 3 {
+		report(t, s, "m", errBackend)
+	}
+	require.Equal(t, 1, r.last(t).Trips)
+}
+
+func TestTransitionsPerMinuteAreBounded(t *testing.T) {
+	s, r, clock := newSet(t)
+	// Each cycle is open, half-open, closed: three proposals.
+	for range 2 * TransitionsPerMinute {
+		for range 3 {
+			if done, ok := s.Admit("m"); ok {
+				done(errBackend)
+			}
+		}
+		if st := r.Breaker("m"); st.State == consensus.BreakerOpen {
+			clock.advance(max(st.OpenUntil.Sub(clock.Now()), 0))
+			s.Tick([]string{"m"})
+		}
+		if done, ok := s.Admit("m"); ok {
+			done(nil)
+		}
+	}
+	require.LessOrEqual(t, r.count(), TransitionsPerMinute+1, "opens may pass the budget, nothing else")
+	require.Equal(t, consensus.BreakerOpen, r.Breaker("m").State, "a breaker over its budget stays open")
+}
+
+func TestRetryBudgetAllowsAFifthOfRequests(t *testing.T) {
+	b := NewRetryBudget()
+	for range retryTokens {
+		require.True(t, b.Take())
+	}
+	require.False(t, b.Take(), "the floor was spent")
+	for range 4 {
+		b.Request()
+	}
+	require.False(t, b.Take(), "four requests earned a retry")
+	b.Request()
+	require.True(t, b.Take(), "five requests did not earn a retry")
+	require.False(t, b.Take())
+}

@@ -1,0 +1,111 @@
+package httpapi
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/shoal-dev/shoal/respcache"
+	"github.com/shoal-dev/shoal/router"
+	"github.com/shoal-dev/shoal/scheduler"
+)
+
+// The API's collaborators. Each is called concurrently from request
+// goroutines; none may keep the *http.Request or ResponseWriter past the
+// call.
+
+// Limiter admits requests entering the cluster here.
+type Limiter interface {
+	// Admit applies authentication and rate limits, sets the X-RateLimit
+	// headers on w, records its token charge in req.Charged, and returns
+	// the error to answer with (an *Error chooses the answer), if any.
+	Admit(ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request) error
+	// SettleTokens corrects req's up-front charge to the tokens its answer
+	// used (0 when nothing was delivered).
+	SettleTokens(ctx context.Context, req *Request, used int)
+}
+
+// Cache is the response cache (*respcache.Cache).
+type Cache interface {
+	Key(in respcache.KeyInput) (key string, ok bool)
+	Lookup(ctx context.Context, model, key string) ([]scheduler.Result, bool)
+	Store(model, key string, results []scheduler.Result)
+	Coalesce(ctx context.Context, model, key string, store bool, compute respcache.Compute) ([]scheduler.Result, error)
+}
+
+// Cluster is what the API reads of the cluster's membership.
+type Cluster interface {
+	// Candidates are the nodes that may serve model now.
+	Candidates(model string) []router.Candidate
+	// ServedAnywhere says whether any member serves model, healthy or not.
+	ServedAnywhere(model string) bool
+	// Models lists every model the cluster serves.
+	Models() []string
+	// TrustedForward says whether r really comes from a peer that routed it.
+	TrustedForward(r *http.Request) bool
+}
+
+// Picker chooses a node among candidates, never one in exclude
+// (*router.Router).
+type Picker interface {
+	Pick(cands []router.Candidate, exclude map[string]bool) (router.Candidate, string, error)
+}
+
+// Forwarder sends a request to a peer and copies its answer to w
+// (*router.Forwarder).
+type Forwarder interface {
+	Forward(ctx context.Context, w http.ResponseWriter, r *http.Request, body []byte, target router.Candidate, route string) (router.Reply, error)
+}
+
+// Scheduler runs requests on this node's models (*scheduler.Scheduler).
+type Scheduler interface {
+	Submit(ctx context.Context, r *scheduler.Request) (*scheduler.Task, error)
+}
+
+// Breakers guard this node's backends (*breaker.Set).
+type Breakers interface {
+	// Admit says whether model may run here now; done gets the outcome.
+	Admit(model string) (done func(error), ok bool)
+}
+
+// RetryBudget bounds retries to a share of requests (*breaker.RetryBudget).
+type RetryBudget interface {
+	Request()
+	Take() bool
+}
+
+// Metrics observes the request path.
+type Metrics interface {
+	InFlight(delta int)
+	ObserveRequest(model, endpoint string, status int, took time.Duration)
+	ObserveTokens(model string, prompt, completion int, took time.Duration)
+	Retry(reason string)
+	RouteDecision(took time.Duration)
+	Routed(node, how string)
+	ForwardError(node string)
+}
+
+// Config is the API's settings and collaborators.
+type Config struct {
+	// Node is this node's name, in answers and logs.
+	Node string
+	// MaxBodyBytes bounds a request body after decompression.
+	MaxBodyBytes int64
+	// RequestTimeout is the longest a request may take; X-Shoal-Timeout
+	// may only shorten it.
+	RequestTimeout time.Duration
+	// CacheLookupTimeout bounds a cache lookup; a slow cache is a miss.
+	CacheLookupTimeout time.Duration
+
+	Limiter   Limiter
+	Cache     Cache
+	Cluster   Cluster
+	Picker    Picker
+	Forwarder Forwarder
+	Scheduler Scheduler
+	Breakers  Breakers
+	Retries   RetryBudget
+	Metrics   Metrics
+	Logger    *slog.Logger
+}

@@ -1,0 +1,164 @@
+package httpapi
+
+import (
+	"errors"
+	"math"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/shoal-dev/shoal/scheduler"
+)
+
+// decoderSeeds are realistic and hostile bodies shared by the decoder
+// fuzz targets.
+var decoderSeeds = []string{
+	`{"model":"sim-fast","messages":[{"role":"user","content":"hi"}]}`,
+	`{"model":"sim-fast","messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"max_tokens":16,"temperature":0.2,"top_p":0.9,"seed":7,"stop":["\n","END"],"stream":true,"stream_options":{"include_usage":true},"priority":"high","n":1,"user":"u"}`,
+	`{"model":"sim-fast","messages":[{"role":"user","content":null}],"max_completion_tokens":3}`,
+	`{"model":"sim-fast","prompt":"Once upon a time","max_tokens":5}`,
+	`{"model":"sim-fast","prompt":["a","b","c"],"stop":"x","temperature":2}`,
+	`{"model":"sim-fast","input":"text","parameters":{"max_tokens":32,"temperature":0,"stop":["."]}}`,
+	`{"model":"sim-fast","input":["a","b"],"parameters":{"top_p":1,"seed":-1},"priority":"low"}`,
+	`{"model":"sim-fast","input":"x","stream":true}`,
+	`{"model":"","prompt":"x"}`,
+	`{"model":"m","max_tokens":-1,"prompt":"x","messages":[],"input":[]}`,
+	`{"model":"m","max_tokens":1e400,"temperature":NaN}`,
+	`{"model":"m","temperature":-0,"top_p":1e-320,"max_tokens":65536}`,
+	`{"model":"m","prompt":5,"input":{"a":1},"messages":"hi","stop":[1,2]}`,
+	`{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}`,
+	`{"model":"m","prompt":"x"} trailing`,
+	`{"model":"m","prompt":"\ud800\udc00 \u0000 ` + "\xff\xfe" + `"}`,
+	`[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[`,
+	`{"model":"m","prompt":"x","extra":{"a":{"b":{"c":[1,2,{"d":null}]}}}}`,
+	`{"model":"m","model":"dup","prompt":"x"}`,
+	`null`, `""`, `0`, `{}`, ``,
+}
+
+// checkDecoded states what every decoder promises: an error is a 400 in
+// OpenAI's shape, and a success is a request the scheduler can run.
+func checkDecoded(t *testing.T, req *Request, err error) {
+	if err != nil {
+		var ae *Error
+		if !errors.As(err, &ae) {
+			t.Fatalf("error is not an Error: %T %v", err, err)
+		}
+		if ae.Status != http.StatusBadRequest || ae.Message == "" || ae.Code == "" || ae.Type == "" {
+			t.Fatalf("bad error answer: %+v", ae)
+		}
+		return
+	}
+	if req.Model == "" || len(req.Model) > maxModelName {
+		t.Fatalf("model %q accepted", req.Model)
+	}
+	p := req.Params
+	if p.MaxTokens < 0 || p.MaxTokens > maxMaxTokens {
+		t.Fatalf("max_tokens %d accepted", p.MaxTokens)
+	}
+	if math.IsNaN(p.Temperature) || p.Temperature < 0 || p.Temperature > 2 {
+		t.Fatalf("temperature %g accepted", p.Temperature)
+	}
+	if math.IsNaN(p.TopP) || p.TopP < 0 || p.TopP > 1 {
+		t.Fatalf("top_p %g accepted", p.TopP)
+	}
+	if len(p.Stop) > maxStops {
+		t.Fatalf("%d stop strings accepted", len(p.Stop))
+	}
+	for _, s := range p.Stop {
+		if s == "" || len(s) > maxStopLen {
+			t.Fatalf("stop %q accepted", s)
+		}
+	}
+	if req.Priority < scheduler.PriorityLow || req.Priority > scheduler.PriorityHigh {
+		t.Fatalf("priority %d", req.Priority)
+	}
+	switch req.Endpoint {
+	case scheduler.EndpointChat:
+		if len(req.Messages) == 0 || len(req.Messages) > maxMessages {
+			t.Fatalf("%d messages accepted", len(req.Messages))
+		}
+		for _, m := range req.Messages {
+			if !strings.Contains(" system developer user assistant tool ", " "+m.Role+" ") {
+				t.Fatalf("role %q accepted", m.Role)
+			}
+		}
+	default:
+		if len(req.Prompts) == 0 || len(req.Prompts) > maxPrompts {
+			t.Fatalf("%d prompts accepted", len(req.Prompts))
+		}
+		if req.Stream && len(req.Prompts) != 1 {
+			t.Fatalf("stream with %d prompts accepted", len(req.Prompts))
+		}
+	}
+	reqs := req.requests("id")
+	if len(reqs) == 0 {
+		t.Fatal("no scheduler requests")
+	}
+	for _, r := range reqs {
+		if r.Model != req.Model || r.Endpoint != req.Endpoint {
+			t.Fatalf("request %+v does not match %+v", r, req)
+		}
+	}
+}
+
+func fuzzDecoder(f *testing.F, endpoint scheduler.Endpoint, decode decoder) {
+	for _, s := range decoderSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		req, err := decode(body)
+		if err == nil && req.Endpoint != endpoint {
+			t.Fatalf("endpoint %q from the %q decoder", req.Endpoint, endpoint)
+		}
+		checkDecoded(t, req, err)
+	})
+}
+
+func FuzzDecodeChat(f *testing.F) { fuzzDecoder(f, scheduler.EndpointChat, decodeChat) }
+
+func FuzzDecodeCompletion(f *testing.F) {
+	fuzzDecoder(f, scheduler.EndpointCompletion, decodeCompletion)
+}
+
+func FuzzDecodeInfer(f *testing.F) { fuzzDecoder(f, scheduler.EndpointInfer, decodeInfer) }
+
+func FuzzParseTimeout(f *testing.F) {
+	for _, s := range []string{"2s", "500ms", "1.5", "0.001", "1h30m", "0", "-1s", "", " 3s ", "soon", "1e400", "1e10", "9223372036854775807",
+		"NaN", "Infinity", "1e-12", "0.0000000001s", "2562047h", "2562048h", "\x00", "3 s", "-0", "1e9"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		d, aerr := parseTimeout(v)
+		if aerr != nil {
+			if aerr.Status != http.StatusBadRequest || aerr.Param != "X-Shoal-Timeout" {
+				t.Fatalf("bad error answer: %+v", aerr)
+			}
+			return
+		}
+		if d <= 0 {
+			t.Fatalf("timeout %q parsed to non-positive %v", v, d)
+		}
+	})
+}
+
+func TestParseTimeoutForms(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want string
+	}{
+		{"2s", "2s"}, {"500ms", "500ms"}, {"1.5", "1.5s"}, {" 3s ", "3s"}, {"1e10", "2562047h47m16.854775807s"},
+	} {
+		d, aerr := parseTimeout(tc.in)
+		if aerr != nil {
+			t.Fatalf("%q: %v", tc.in, aerr)
+		}
+		if d.String() != tc.want {
+			t.Fatalf("%q parsed to %v, want %s", tc.in, d, tc.want)
+		}
+	}
+	for _, bad := range []string{"", "soon", "0", "-1s", "-0", "0.0000000001"} {
+		if _, aerr := parseTimeout(bad); aerr == nil {
+			t.Fatalf("%q accepted", bad)
+		}
+	}
+}

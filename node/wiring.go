@@ -1,0 +1,84 @@
+package node
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/shoal-dev/shoal/breaker"
+	"github.com/shoal-dev/shoal/httpapi"
+	"github.com/shoal-dev/shoal/ops"
+	"github.com/shoal-dev/shoal/respcache"
+	"github.com/shoal-dev/shoal/router"
+)
+
+// UpstreamStatus is implemented by backend errors that carry an HTTP status
+// from an upstream server (kept here for callers of the node package).
+type UpstreamStatus = httpapi.UpstreamStatus
+
+// wireRequestPath builds the breakers, the response cache and the HTTP API
+// over this node's concrete parts. The cache must exist (newCache).
+func (n *Node) wireRequestPath() {
+	n.breakers = breaker.New(breaker.Config{
+		Node: n.cfg.NodeName, FailureThreshold: n.cfg.CircuitBreaker.FailureThreshold, Timeout: n.cfg.CircuitBreaker.Timeout,
+		IsFailure: httpapi.IsBackendFailure, State: breakerGlue{n}, Proposer: breakerGlue{n},
+		Go: n.goBackground, Logger: n.logger,
+	})
+	n.respCache = respcache.New(respcache.Config{
+		Node: n.cfg.NodeName, Store: n.cache, Settings: n.cacheSettings, Observer: metricsGlue{n.metrics},
+		Go: n.goBackground, Logger: n.logger,
+	})
+	n.api = httpapi.New(httpapi.Config{
+		Node: n.cfg.NodeName, MaxBodyBytes: n.cfg.HTTP.MaxBodyBytes, RequestTimeout: n.cfg.HTTP.RequestTimeout,
+		CacheLookupTimeout: n.cfg.Cache.LookupTimeout,
+		Limiter:            admitter{n}, Cache: n.respCache, Cluster: clusterGlue{n}, Picker: n.router, Forwarder: n.fwd,
+		Scheduler: n.sched, Breakers: n.breakers, Retries: n.retries, Metrics: metricsGlue{n.metrics},
+		Logger: n.logger.With("component", "api"),
+	})
+}
+
+// cacheSettings are the replicated settings when set, else the config's.
+func (n *Node) cacheSettings() (ttl time.Duration, lower bool) {
+	if cs := n.store.State().Cache; cs != nil {
+		return cs.DefaultTTL, cs.Lowercase
+	}
+	return n.cfg.Cache.DefaultTTL, n.cfg.Cache.Lowercase
+}
+
+// clusterGlue is the API's view of the cluster.
+type clusterGlue struct{ n *Node }
+
+func (c clusterGlue) Candidates(model string) []router.Candidate { return c.n.candidates(model) }
+func (c clusterGlue) ServedAnywhere(model string) bool           { return c.n.servedAnywhere(model) }
+func (c clusterGlue) Models() []string                           { return c.n.clusterModels() }
+func (c clusterGlue) TrustedForward(r *http.Request) bool        { return c.n.trustedForward(r) }
+
+// metricsGlue records the request path in the node's registry.
+type metricsGlue struct{ m *ops.Metrics }
+
+func (g metricsGlue) InFlight(delta int) { g.m.InFlight.Add(float64(delta)) }
+
+func (g metricsGlue) ObserveRequest(model, endpoint string, status int, took time.Duration) {
+	g.m.ObserveRequest(model, endpoint, status, took)
+}
+
+func (g metricsGlue) ObserveTokens(model string, prompt, completion int, took time.Duration) {
+	g.m.ObserveTokens(model, prompt, completion, took)
+}
+
+func (g metricsGlue) Retry(reason string) { g.m.Retries.WithLabelValues(reason).Inc() }
+
+func (g metricsGlue) RouteDecision(took time.Duration) {
+	g.m.RouteDecisionUs.Observe(float64(took) / float64(time.Microsecond))
+}
+
+func (g metricsGlue) Routed(node, how string)  { g.m.Routed.WithLabelValues(node, how).Inc() }
+func (g metricsGlue) ForwardError(node string) { g.m.ForwardErrors.WithLabelValues(node).Inc() }
+
+func (g metricsGlue) CacheLookup(model string, took time.Duration, hit bool) {
+	g.m.CacheLookupMs.WithLabelValues(model).Observe(float64(took) / float64(time.Millisecond))
+	if hit {
+		g.m.CacheHits.WithLabelValues(model).Inc()
+	} else {
+		g.m.CacheMisses.WithLabelValues(model).Inc()
+	}
+}

@@ -1,0 +1,130 @@
+// Package respcache is the response cache of the request path: the keys of
+// deterministic requests (normalized prompt and every output-changing
+// parameter), lookup and store over the shared cache with a bounded time,
+// and coalescing, so identical misses run the model once per node and, on
+// an Olric cache, once per cluster.
+package respcache
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/shoal-dev/shoal/dcache"
+	"github.com/shoal-dev/shoal/scheduler"
+)
+
+// Store is the shared cache: namespaced get/set and a short-lease lock.
+// Implemented by *dcache.Cache; safe for concurrent use.
+type Store interface {
+	Backend() string
+	Get(ctx context.Context, ns, key string) ([]byte, bool, error)
+	Set(ctx context.Context, ns, key string, val []byte, ttl time.Duration) error
+	Lock(ctx context.Context, ns, key string, lease time.Duration) (func(context.Context) error, error)
+}
+
+// Observer records lookups for metrics; called concurrently.
+type Observer interface {
+	CacheLookup(model string, took time.Duration, hit bool)
+}
+
+// Settings are the cache settings in force now (replicated ones win over
+// the config); called on every request.
+type Settings func() (ttl time.Duration, lower bool)
+
+// Config is what a Cache needs.
+type Config struct {
+	// Node names the node in stored answers.
+	Node     string
+	Store    Store
+	Settings Settings
+	Observer Observer
+	// Go runs a background store (the node tracks its goroutines so
+	// Shutdown waits for them); nil means a bare goroutine.
+	Go     func(func())
+	Logger *slog.Logger
+}
+
+// Cache looks answers up, stores them and coalesces identical misses.
+type Cache struct {
+	cfg     Config
+	flights flightGroup
+}
+
+// answer is what the cache stores for a request.
+type answer struct {
+	Results []scheduler.Result `json:"results"`
+	Node    string             `json:"node"`
+}
+
+// New returns a Cache over cfg.Store.
+func New(cfg Config) *Cache {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Go == nil {
+		cfg.Go = func(f func()) { go f() }
+	}
+	return &Cache{cfg: cfg}
+}
+
+func (c *Cache) off() bool { return c.cfg.Store.Backend() == dcache.BackendOff }
+
+// Key is the package's Key with the settings in force; ok is false when
+// the cache is off or the request is not deterministic.
+func (c *Cache) Key(in KeyInput) (string, bool) {
+	if c.off() {
+		return "", false
+	}
+	_, lower := c.cfg.Settings()
+	return Key(in, lower)
+}
+
+// Lookup returns a stored answer; any cache error is a miss, so a slow or
+// broken cache never fails a request.
+func (c *Cache) Lookup(ctx context.Context, model, key string) ([]scheduler.Result, bool) {
+	if c.off() {
+		return nil, false
+	}
+	start := time.Now()
+	data, found, err := c.cfg.Store.Get(ctx, model, key)
+	took := time.Since(start)
+	if err != nil && !errors.Is(err, dcache.ErrUnavailable) {
+		c.cfg.Logger.Debug("cache lookup", "err", err)
+	}
+	var a answer
+	hit := err == nil && found && json.Unmarshal(data, &a) == nil
+	if c.cfg.Observer != nil {
+		c.cfg.Observer.CacheLookup(model, took, hit)
+	}
+	if !hit {
+		return nil, false
+	}
+	return a.Results, true
+}
+
+// Store saves an answer in the background: the client does not wait for
+// the cache.
+func (c *Cache) Store(model, key string, results []scheduler.Result) {
+	if c.off() {
+		return
+	}
+	c.cfg.Go(func() { c.storeSync(context.Background(), model, key, results) })
+}
+
+// storeSync saves an answer, bounded in time; failures only cost a future
+// hit.
+func (c *Cache) storeSync(ctx context.Context, model, key string, results []scheduler.Result) {
+	data, err := json.Marshal(answer{Results: results, Node: c.cfg.Node})
+	if err != nil {
+		return
+	}
+	ttl, _ := c.cfg.Settings()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := c.cfg.Store.Set(ctx, model, key, data, ttl); err != nil {
+		c.cfg.Logger.Debug("cache store", "err", err)
+	}
+}

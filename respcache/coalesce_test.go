@@ -1,0 +1,89 @@
+package respcache
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/shoal-dev/shoal/dcache"
+	"github.com/shoal-dev/shoal/scheduler"
+	"github.com/stretchr/testify/require"
+)
+
+func localCache(t *testing.T) *Cache {
+	t.Helper()
+	dc, err := dcache.New(dcache.Config{Backend: dcache.BackendLocal})
+	require.NoError(t, err)
+	ctx := context.Background()
+	require.NoError(t, dc.Start(ctx))
+	t.Cleanup(func() { _ = dc.Close(ctx) })
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	return New(Config{Node: "n1", Store: dc, Settings: func() (time.Duration, bool) { return time.Minute, false },
+		Go: func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }})
+}
+
+func TestStoredAnswerIsFound(t *testing.T) {
+	c := localCache(t)
+	ctx := context.Background()
+	_, ok := c.Lookup(ctx, "m", "k")
+	require.False(t, ok)
+	c.storeSync(ctx, "m", "k", []scheduler.Result{{Text: "hi"}})
+	got, ok := c.Lookup(ctx, "m", "k")
+	require.True(t, ok)
+	require.Equal(t, "hi", got[0].Text)
+}
+
+func TestIdenticalRequestsRunOnce(t *testing.T) {
+	c := localCache(t)
+	var runs atomic.Int32
+	release := make(chan struct{})
+	compute := func(context.Context) ([]scheduler.Result, error) {
+		runs.Add(1)
+		<-release
+		return []scheduler.Result{{Text: "x"}}, nil
+	}
+	const callers = 8
+	var wg sync.WaitGroup
+	results := make(chan []scheduler.Result, callers)
+	for range callers {
+		wg.Go(func() {
+			res, err := c.Coalesce(context.Background(), "m", "k", true, compute)
+			if err == nil {
+				results <- res
+			}
+		})
+	}
+	require.Eventually(t, func() bool {
+		c.flights.mu.Lock()
+		defer c.flights.mu.Unlock()
+		f := c.flights.calls["k"]
+		return f != nil && f.waiters == callers
+	}, 10*time.Second, time.Millisecond)
+	close(release)
+	wg.Wait()
+	close(results)
+	require.Len(t, results, callers)
+	require.EqualValues(t, 1, runs.Load())
+}
+
+func TestRunIsCancelledWhenEveryCallerLeaves(t *testing.T) {
+	c := localCache(t)
+	stopped := make(chan error, 1)
+	compute := func(ctx context.Context) ([]scheduler.Result, error) {
+		<-ctx.Done()
+		stopped <- ctx.Err()
+		return nil, ctx.Err()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Coalesce(ctx, "m", "k", true, compute)
+		done <- err
+	}()
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
+	require.ErrorIs(t, <-stopped, context.Canceled)
+}

@@ -1,0 +1,97 @@
+package respcache
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"math"
+	"strings"
+
+	"github.com/shoal-dev/shoal/scheduler"
+)
+
+// Policy is what the client's Cache-Control allows.
+type Policy struct {
+	Lookup bool // no-cache skips the lookup
+	Store  bool // no-store skips storing the answer
+}
+
+// ParsePolicy reads a Cache-Control request header.
+func ParsePolicy(h string) Policy {
+	p := Policy{Lookup: true, Store: true}
+	for _, d := range strings.Split(strings.ToLower(h), ",") {
+		switch strings.TrimSpace(d) {
+		case "no-cache":
+			p.Lookup = false
+		case "no-store":
+			p.Lookup, p.Store = false, false
+		}
+	}
+	return p
+}
+
+// KeyInput is every part of a request that changes its answer.
+type KeyInput struct {
+	Model    string
+	Endpoint scheduler.Endpoint
+	Messages []scheduler.Message
+	Prompts  []string
+	Params   scheduler.Params
+}
+
+// normalizeText trims and collapses whitespace, so prompts that differ only
+// in spacing share an entry; lowercasing is opt-in because it changes
+// meaning for most models.
+func normalizeText(s string, lower bool) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if lower {
+		s = strings.ToLower(s)
+	}
+	return s
+}
+
+// Key returns the key of a deterministic request (temperature 0 or a fixed
+// seed), over the model, the normalized prompt or messages and every
+// parameter that changes the output; ok is false when the answer must not
+// be cached.
+func Key(in KeyInput, lower bool) (key string, ok bool) {
+	p := in.Params
+	if p.Temperature != 0 && p.Seed == nil {
+		return "", false
+	}
+	h := sha256.New()
+	field := func(s string) {
+		var n [8]byte
+		binary.LittleEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
+	}
+	num := func(f float64) {
+		var n [8]byte
+		binary.LittleEndian.PutUint64(n[:], math.Float64bits(f))
+		h.Write(n[:])
+	}
+	field("v1")
+	field(in.Model)
+	field(string(in.Endpoint))
+	for _, m := range in.Messages {
+		field(m.Role)
+		field(normalizeText(m.Content, lower))
+	}
+	field("|")
+	for _, pr := range in.Prompts {
+		field(normalizeText(pr, lower))
+	}
+	num(float64(p.MaxTokens))
+	num(p.Temperature)
+	num(p.TopP)
+	if p.Seed != nil {
+		num(float64(*p.Seed))
+	} else {
+		field("noseed")
+	}
+	for _, s := range p.Stop {
+		field(s)
+	}
+	return hex.EncodeToString(h.Sum(nil)), true
+}

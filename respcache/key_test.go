@@ -1,0 +1,90 @@
+package respcache
+
+import (
+	"testing"
+
+	"github.com/shoal-dev/shoal/scheduler"
+	"github.com/stretchr/testify/require"
+)
+
+func seed(v int64) *int64 { return &v }
+
+func base() KeyInput {
+	return KeyInput{Model: "m", Endpoint: scheduler.EndpointChat,
+		Messages: []scheduler.Message{{Role: "user", Content: "Hello  there"}},
+		Params:   scheduler.Params{MaxTokens: 16, Temperature: 0}}
+}
+
+func mustKey(t *testing.T, in KeyInput, lower bool) string {
+	t.Helper()
+	k, ok := Key(in, lower)
+	require.True(t, ok)
+	return k
+}
+
+func TestSampledRequestsHaveNoKey(t *testing.T) {
+	in := base()
+	in.Params.Temperature = 0.7
+	_, ok := Key(in, false)
+	require.False(t, ok)
+	in.Params.Seed = seed(3)
+	_, ok = Key(in, false)
+	require.True(t, ok, "a fixed seed makes a sampled request deterministic")
+}
+
+func TestWhitespaceDoesNotChangeTheKey(t *testing.T) {
+	a := base()
+	b := base()
+	b.Messages = []scheduler.Message{{Role: "user", Content: "  Hello\n there "}}
+	require.Equal(t, mustKey(t, a, false), mustKey(t, b, false))
+}
+
+func TestCaseChangesTheKeyUnlessLowercasing(t *testing.T) {
+	a := base()
+	b := base()
+	b.Messages = []scheduler.Message{{Role: "user", Content: "hello there"}}
+	require.NotEqual(t, mustKey(t, a, false), mustKey(t, b, false))
+	require.Equal(t, mustKey(t, a, true), mustKey(t, b, true))
+}
+
+func TestEveryOutputChangingFieldChangesTheKey(t *testing.T) {
+	want := mustKey(t, base(), false)
+	for name, change := range map[string]func(*KeyInput){
+		"model":       func(in *KeyInput) { in.Model = "other" },
+		"endpoint":    func(in *KeyInput) { in.Endpoint = scheduler.EndpointCompletion },
+		"role":        func(in *KeyInput) { in.Messages[0].Role = "system" },
+		"content":     func(in *KeyInput) { in.Messages[0].Content = "bye" },
+		"extra msg":   func(in *KeyInput) { in.Messages = append(in.Messages, scheduler.Message{Role: "user"}) },
+		"prompt":      func(in *KeyInput) { in.Prompts = []string{"x"} },
+		"max_tokens":  func(in *KeyInput) { in.Params.MaxTokens = 17 },
+		"top_p":       func(in *KeyInput) { in.Params.TopP = 0.5 },
+		"seed":        func(in *KeyInput) { in.Params.Seed = seed(1) },
+		"stop":        func(in *KeyInput) { in.Params.Stop = []string{"\n"} },
+		"temperature": func(in *KeyInput) { in.Params.Temperature, in.Params.Seed = 0.5, seed(0) },
+	} {
+		in := base()
+		in.Messages = append([]scheduler.Message(nil), in.Messages...)
+		change(&in)
+		require.NotEqual(t, want, mustKey(t, in, false), name)
+	}
+}
+
+func TestFieldBoundariesAreUnambiguous(t *testing.T) {
+	a := base()
+	a.Prompts, a.Messages = []string{"ab", "c"}, nil
+	b := base()
+	b.Prompts, b.Messages = []string{"a", "bc"}, nil
+	require.NotEqual(t, mustKey(t, a, false), mustKey(t, b, false))
+}
+
+func TestParsePolicy(t *testing.T) {
+	for h, want := range map[string]Policy{
+		"":                    {Lookup: true, Store: true},
+		"no-cache":            {Lookup: false, Store: true},
+		"No-Store":            {Lookup: false, Store: false},
+		"max-age=0, no-cache": {Lookup: false, Store: true},
+		"private":             {Lookup: true, Store: true},
+	} {
+		require.Equal(t, want, ParsePolicy(h), h)
+	}
+}
