@@ -78,7 +78,7 @@ func (a *api) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
-		forwarded := r.Header.Get(router.HeaderForwarded) != "" && a.n.trustedForward(r)
+		forwarded := r.Header.Get(router.HeaderForwarded) != "" && a.n.trustedForward(r, body)
 		if !forwarded {
 			r.Header.Del(router.HeaderForwarded)
 			// Limits are checked where a request enters the cluster.
