@@ -98,3 +98,38 @@ func contextWithTimeout(t *testing.T, d time.Duration) (context.Context, context
 	t.Helper()
 	return context.WithTimeout(context.Background(), d)
 }
+
+// FuzzVerify: any header values, path or body are refused or accepted,
+// never a panic.
+func FuzzVerify(f *testing.F) {
+	f.Add("n1", "1700000000", "abc", "deadbeef", "/v1/infer", []byte(`{}`))
+	f.Add("", "-1", "", "", "/", []byte(nil))
+	f.Add("n1", "99999999999999999999", "x", "zz", "/v1/infer?x=1", []byte(`{"a":1}`))
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	f.Fuzz(func(t *testing.T, from, ts, id, mac, path string, body []byte) {
+		r, err := http.NewRequest(http.MethodPost, "http://n2"+path, bytes.NewReader(body))
+		if err != nil {
+			return
+		}
+		r.Header.Set(HeaderForwarded, from)
+		r.Header.Set(HeaderForwardTime, ts)
+		r.Header.Set(HeaderForwardID, id)
+		r.Header.Set(HeaderForwardAuth, mac)
+		_ = NewVerifier("n2", 0, 16).Verify(secret, r, body, time.Unix(1700000000, 0))
+	})
+}
+
+func BenchmarkSignVerify(b *testing.B) {
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	body := bytes.Repeat([]byte("x"), 4096)
+	v := NewVerifier("n2", 0, 0)
+	now := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		r := httptest.NewRequest(http.MethodPost, "/v1/infer", bytes.NewReader(body))
+		Sign(secret, r.Header, Forwarded{From: "n1", To: "n2", Method: r.Method, URI: "/v1/infer", Body: body, At: now})
+		if err := v.Verify(secret, r, body, now); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
