@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -366,8 +367,14 @@ func (n *Node) trustedForward(r *http.Request, body []byte) bool {
 		return false
 	}
 	if err := n.peer.verifier.Verify(secret, r, body, time.Now()); err != nil {
-		n.logger.Warn("refused a forwarded request's signature; serving it as a new request", "from", r.Header.Get(router.HeaderForwarded),
-			"remote", r.RemoteAddr, "err", err)
+		// A client setting the header is noise (debug); a stale or
+		// replayed signature means clock skew between nodes or a replay.
+		level := slog.LevelWarn
+		if errors.Is(err, router.ErrBadSignature) {
+			level = slog.LevelDebug
+		}
+		n.logger.Log(r.Context(), level, "refused a forwarded request's signature; serving it as a new request",
+			"from", r.Header.Get(router.HeaderForwarded), "remote", r.RemoteAddr, "err", err)
 		return false
 	}
 	return true
