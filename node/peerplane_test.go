@@ -320,35 +320,38 @@ func (c *stallConn) Close() error {
 // whole deadline: the hop's header timeout gives it back in time for the
 // one retry on another node.
 func TestForwardToAHungPeerRetriesElsewhereInTime(t *testing.T) {
-	var stall *stallListener
-	tc := mustNewCluster(t, 3, func(i int, cfg *Config) {
-		withSecurity("")(i, cfg)
-		switch i {
-		case 0:
-			m := DefaultModelConfig("other", "sim")
-			cfg.Models = []ModelConfig{m}
-			cfg.Router.Policy = router.PolicyRoundRobin
-		case 1:
-			stall = newStallListener(cfg.HTTPListener)
-			cfg.HTTPListener = stall
-		}
-	})
-	entry := tc.nodes[0]
-	require.Eventually(t, func() bool { return len(entry.candidates("sim-fast")) == 2 }, clusterWait, 20*time.Millisecond)
-	stall.stall()
-	t.Cleanup(stall.release) // before the nodes stop
+	for _, mode := range securityModes {
+		t.Run(mode.name, func(t *testing.T) {
+			var stall *stallListener
+			tc := mustNewCluster(t, 3, func(i int, cfg *Config) {
+				withSecurity(mode.key)(i, cfg)
+				switch i {
+				case 0:
+					cfg.Models = []ModelConfig{DefaultModelConfig("other", "sim")}
+					cfg.Router.Policy = router.PolicyRoundRobin
+				case 1:
+					stall = newStallListener(cfg.HTTPListener)
+					cfg.HTTPListener = stall
+				}
+			})
+			entry := tc.nodes[0]
+			require.Eventually(t, func() bool { return len(entry.candidates("sim-fast")) == 2 }, clusterWait, 20*time.Millisecond)
+			stall.stall()
+			t.Cleanup(stall.release) // before the nodes stop
 
-	retried := 0
-	for i := range 4 {
-		res := send(t, http.MethodPost, baseURL(entry)+"/v1/infer",
-			[]byte(fmt.Sprintf(`{"model":"sim-fast","input":"q%d","parameters":{"temperature":1}}`, i)),
-			map[string]string{"X-Shoal-Timeout": "4s"})
-		require.Equal(t, http.StatusOK, res.status, "request %d: %s", i, res.body)
-		if strings.Contains(res.header.Get(router.HeaderRoute), "retry") {
-			retried++
-		}
+			retried := 0
+			for i := range 4 {
+				res := send(t, http.MethodPost, baseURL(entry)+"/v1/infer",
+					[]byte(fmt.Sprintf(`{"model":"sim-fast","input":"q%d","parameters":{"temperature":1}}`, i)),
+					map[string]string{"X-Shoal-Timeout": "4s"})
+				require.Equal(t, http.StatusOK, res.status, "request %d: %s", i, res.body)
+				if strings.Contains(res.header.Get(router.HeaderRoute), "retry") {
+					retried++
+				}
+			}
+			require.Positive(t, retried, "no request went to the hung node first")
+		})
 	}
-	require.Positive(t, retried, "no request went to the hung node first")
 }
 
 // A write a follower forwards while the leader dies follows the new leader
@@ -380,17 +383,21 @@ func TestWriteFollowsANewLeaderWhenTheLeaderDies(t *testing.T) {
 // PUT limits on a follower answers with the policy it just set: the node
 // waits until its own state has applied the write.
 func TestFollowerPutLimitsAnswersTheNewPolicy(t *testing.T) {
-	tc := mustNewCluster(t, 3, nil)
-	leader := tc.waitLeader(tc.nodes...)
-	follower := tc.nodes[0]
-	if follower.Name() == leader {
-		follower = tc.nodes[1]
-	}
-	for rpm := 71; rpm < 76; rpm++ {
-		res := doJSON(t, http.MethodPut, "http://"+follower.HTTPAddr()+"/admin/v1/limits", testToken, map[string]any{"default_rpm": rpm})
-		require.Equal(t, http.StatusOK, res.status, "%s", res.body)
-		var p consensus.LimitPolicy
-		require.NoError(t, json.Unmarshal(res.body, &p))
-		require.Equal(t, rpm, p.DefaultRPM)
+	for _, key := range []string{"", securityModes[1].key} {
+		t.Run(fmt.Sprintf("key=%t", key != ""), func(t *testing.T) {
+			tc := mustNewCluster(t, 3, func(_ int, cfg *Config) { cfg.Gossip.EncryptKey = key })
+			leader := tc.waitLeader(tc.nodes...)
+			follower := tc.nodes[0]
+			if follower.Name() == leader {
+				follower = tc.nodes[1]
+			}
+			for rpm := 71; rpm < 76; rpm++ {
+				res := doJSON(t, http.MethodPut, "http://"+follower.HTTPAddr()+"/admin/v1/limits", testToken, map[string]any{"default_rpm": rpm})
+				require.Equal(t, http.StatusOK, res.status, "%s", res.body)
+				var p consensus.LimitPolicy
+				require.NoError(t, json.Unmarshal(res.body, &p))
+				require.Equal(t, rpm, p.DefaultRPM)
+			}
+		})
 	}
 }
