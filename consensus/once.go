@@ -114,6 +114,17 @@ func (s *State) rememberWrite(rec WriteRecord) {
 // the wrapped command is applied and its outcome remembered either way.
 func (f *fsm) applyOnce(index uint64, c Once) any {
 	cur := f.state.Load()
+	if err := validName("id", c.ID); err != nil || len(c.ID) > maxWriteIDLen {
+		// Only a buggy proposer gets here (Store.Apply validates); such an
+		// ID is not worth remembering.
+		next := *cur
+		next.Index = index
+		f.state.Store(&next)
+		if err == nil {
+			err = invalid("id", "must be at most %d bytes", maxWriteIDLen)
+		}
+		return err
+	}
 	if rec, ok := cur.seenWrite(c.ID); ok {
 		next := *cur
 		next.Index = index
