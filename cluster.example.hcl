@@ -38,9 +38,11 @@ gossip {
   advertise = ""
   # Base64 AES key (16, 24 or 32 bytes) that encrypts gossip, e.g. from `openssl rand -base64 32`.
   # Every node needs the same key; a node with another key cannot join. It is the cluster's
-  # shared secret: Raft then runs over mutual TLS with a key derived from it, the cache's own
-  # memberlist (cache.addr port + 2) is encrypted with it, and the cache's Olric port requires
-  # a password derived from it. Default: none (all cluster ports plaintext, unauthenticated).
+  # shared secret: Raft and the peer plane (node-to-node writes, on the Raft port) then run over
+  # mutual TLS with a key derived from it, forwarded requests are signed with a key derived from
+  # it, the cache's own memberlist (cache.addr port + 2) is encrypted with it, and the cache's
+  # Olric port requires a password derived from it. Default: none (all cluster ports plaintext;
+  # the peer plane then serves members' addresses only).
   encrypt_key = ""
 }
 
@@ -102,7 +104,8 @@ circuit_breaker {
 
 admin {
   # Bearer token for /admin/v1 (or SHOAL_ADMIN_TOKEN). Empty allows no admin access,
-  # except in --dev, which runs open and says so in its log.
+  # except in --dev, which runs open and says so in its log. Nodes never use it between
+  # themselves (they use the peer plane), so a cluster works without one.
   token = ""
 }
 

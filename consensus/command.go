@@ -30,6 +30,8 @@ const (
 	BreakerTransitionType   CommandType = 10
 	DeleteBreakerType       CommandType = 11
 	SetCacheSettingsType    CommandType = 12
+	OnceType                CommandType = 13
+	SetClusterSecretType    CommandType = 14
 )
 
 // IgnoreUnknownTypeFlag, set on a command's type byte by a newer proposer,
@@ -78,7 +80,7 @@ type envelope struct {
 // commandVersion is the version this build writes, and the newest it reads,
 // for each type; 0 marks an unknown type.
 func commandVersion(t CommandType) int {
-	if t >= SetBatchingType && t <= SetCacheSettingsType {
+	if t >= SetBatchingType && t <= SetClusterSecretType {
 		return 1
 	}
 	return 0
@@ -147,6 +149,10 @@ func DecodeCommand(data []byte) (Command, error) {
 		return decodeBody[DeleteBreaker](env.Body)
 	case SetCacheSettingsType:
 		return decodeBody[SetCacheSettings](env.Body)
+	case OnceType:
+		return decodeBody[Once](env.Body)
+	case SetClusterSecretType:
+		return decodeBody[SetClusterSecret](env.Body)
 	}
 	// commandVersion and this switch disagree: a programming error, but
 	// DecodeCommand still must not panic.

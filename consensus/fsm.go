@@ -80,6 +80,9 @@ func (f *fsm) tryApplyEntry(index uint64, data []byte) (any, error) {
 }
 
 func (f *fsm) applyCommand(index uint64, cmd Command) any {
+	if o, ok := cmd.(Once); ok {
+		return f.applyOnce(index, o)
+	}
 	cur := f.state.Load()
 	next := *cur
 	next.Index = index

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"time"
 )
@@ -30,6 +31,15 @@ type State struct {
 	Breakers map[string]BreakerState `json:"breakers"`
 	// Cache holds the response-cache settings; nil until first set.
 	Cache *CacheSettings `json:"cache"`
+	// Writes remembers the outcome of the last MaxRememberedWrites Once
+	// commands, oldest first, so a retried write is answered, not applied
+	// again. It is part of snapshots: every server must skip the same
+	// duplicates.
+	Writes []WriteRecord `json:"writes,omitempty"`
+	// ClusterSecret keys node-to-node signatures when the cluster has no
+	// gossip key; set once by the first leader (SetClusterSecret). Never
+	// shown by any API.
+	ClusterSecret []byte `json:"cluster_secret,omitempty"`
 }
 
 // newState returns the empty state a fresh FSM starts from.
@@ -57,9 +67,11 @@ func (s *State) normalize() {
 // Clone returns a deep copy that the caller may modify freely.
 func (s *State) Clone() *State {
 	c := &State{
-		Index:    s.Index,
-		Batching: maps.Clone(s.Batching),
-		Breakers: maps.Clone(s.Breakers),
+		Index:         s.Index,
+		Batching:      maps.Clone(s.Batching),
+		Breakers:      maps.Clone(s.Breakers),
+		Writes:        slices.Clone(s.Writes),
+		ClusterSecret: slices.Clone(s.ClusterSecret),
 	}
 	if s.Limits != nil {
 		c.Limits = s.Limits.Clone()

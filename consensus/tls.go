@@ -13,6 +13,11 @@ import (
 	"time"
 )
 
+// ClusterTLS is the mutual-TLS configuration Raft uses (see clusterTLS),
+// for other node-to-node services keyed by the same secret (the peer
+// plane): whoever presents its certificate holds the secret.
+func ClusterTLS(secret []byte) (*tls.Config, error) { return clusterTLS(secret) }
+
 // clusterTLS builds the mutual-TLS configuration of Raft connections from
 // the cluster's shared secret. Every server derives the same Ed25519 key
 // from it and presents a self-signed certificate for that key; a peer is

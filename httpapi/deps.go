@@ -42,8 +42,9 @@ type Cluster interface {
 	ServedAnywhere(model string) bool
 	// Models lists every model the cluster serves.
 	Models() []string
-	// TrustedForward says whether r really comes from a peer that routed it.
-	TrustedForward(r *http.Request) bool
+	// TrustedForward says whether r, with this body, really comes from a
+	// peer that routed it (a signature over method, path, body and time).
+	TrustedForward(r *http.Request, body []byte) bool
 }
 
 // Picker chooses a node among candidates, never one in exclude

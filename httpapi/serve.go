@@ -92,7 +92,7 @@ func (a *API) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
-		forwarded := r.Header.Get(router.HeaderForwarded) != "" && a.cfg.Cluster.TrustedForward(r)
+		forwarded := r.Header.Get(router.HeaderForwarded) != "" && a.cfg.Cluster.TrustedForward(r, body)
 		if !forwarded {
 			r.Header.Del(router.HeaderForwarded)
 			// Limits are checked where a request enters the cluster.

@@ -1,12 +1,8 @@
 package node
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"sort"
 	"time"
 
@@ -163,42 +159,6 @@ func (a adminBackend) CacheStats(ctx context.Context) (any, error) { return a.n.
 
 func (a adminBackend) PurgeCache(ctx context.Context, model string) error {
 	return a.n.purgeCache(ctx, model)
-}
-
-// forwardApply sends a write to the leader's admin API.
-func (n *Node) forwardApply(ctx context.Context, leaderHTTP string, cmd consensus.Command) error {
-	body, err := consensus.EncodeCommand(cmd)
-	if err != nil {
-		return fmt.Errorf("encode command: %w", err)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+leaderHTTP+"/admin/v1/internal/apply", bytes.NewReader(body))
-	if err != nil {
-		return fmt.Errorf("forward to leader: %w", err)
-	}
-	req.Header.Set("Content-Type", "application/octet-stream")
-	if n.cfg.Admin.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+n.cfg.Admin.Token)
-	}
-	resp, err := n.peerClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("forward to leader %s: %w: %w", leaderHTTP, consensus.ErrNoLeader, err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode == http.StatusOK {
-		return nil
-	}
-	var e struct {
-		Error struct {
-			Message string `json:"message"`
-			Code    string `json:"code"`
-		} `json:"error"`
-	}
-	_ = json.Unmarshal(data, &e)
-	if e.Error.Message == "" {
-		e.Error.Message = fmt.Sprintf("leader answered %d", resp.StatusCode)
-	}
-	return &ops.StatusError{Status: resp.StatusCode, Code: e.Error.Code, Msg: "leader: " + e.Error.Message}
 }
 
 // Leave leaves the cluster gracefully: Raft first (handing off leadership

@@ -2,12 +2,9 @@ package node
 
 import (
 	"context"
-	"crypto/sha256"
-	"errors"
 	"fmt"
 	"maps"
 	"net"
-	"net/http"
 	"time"
 
 	sockaddr "github.com/hashicorp/go-sockaddr"
@@ -57,10 +54,15 @@ func (n *Node) startConsensus(host string) error {
 	if n.cfg.Raft.Advertise != "" {
 		adv = n.cfg.Raft.Advertise
 	}
+	// The peer plane shares the Raft port (peerplane.go).
+	raftLn, err := n.startPeer(ln)
+	if err != nil {
+		return err
+	}
 	sc := consensus.Config{
 		NodeID:            n.cfg.NodeName,
 		DataDir:           n.cfg.DataDir,
-		Listener:          ln,
+		Listener:          raftLn,
 		Advertise:         adv,
 		BootstrapExpect:   n.cfg.Raft.BootstrapExpect,
 		MaxVoters:         n.cfg.Raft.MaxVoters,
@@ -70,7 +72,7 @@ func (n *Node) startConsensus(host string) error {
 	// With a cluster key, Raft runs over mutual TLS keyed by it.
 	key, err := n.cfg.clusterKey()
 	if err != nil {
-		_ = ln.Close() // consensus.New would own it; it is not called
+		_ = raftLn.Close() // consensus.New would own it; it is not called
 		return err
 	}
 	sc.Secret = key
@@ -119,16 +121,19 @@ func (n *Node) startGossip(host string) error {
 }
 
 // runCluster keeps Raft membership in step with gossip, publishes this
-// node's load, and applies replicated settings, until ctx ends.
+// node's load, and applies replicated settings, until ctx ends. Publishing
+// load runs on a goroutine of its own: membership changes wait on Raft (up
+// to 10s) and peers drop a node whose report is 5s old, so a load report
+// must never wait behind one.
 func (n *Node) runCluster(ctx context.Context) {
+	n.goBackground(n.servePeer)
+	n.goBackground(func() { n.runPublish(ctx) })
 	events, cancelEvents := n.gossip.Subscribe()
 	defer cancelEvents()
 	changes, cancelChanges := n.store.Subscribe()
 	defer cancelChanges()
 	reconcile := time.NewTicker(time.Second)
 	defer reconcile.Stop()
-	publish := time.NewTicker(n.cfg.Tuning.LoadPublishInterval)
-	defer publish.Stop()
 	reconnect := time.NewTicker(reconnectInterval)
 	defer reconnect.Stop()
 	n.applyState()
@@ -143,17 +148,34 @@ func (n *Node) runCluster(ctx context.Context) {
 				n.reconcile(ctx)
 			}
 		case <-reconcile.C:
-			n.updateTokenRates()
 			n.reconcile(ctx)
 			n.breakers.Tick(n.sched.Models())
 			n.seedLimits(ctx)
+			n.seedClusterSecret(ctx)
 		case <-changes:
 			n.applyState()
 			n.exportBreakers()
-		case <-publish.C:
-			n.publishLoad()
 		case <-reconnect.C:
 			n.goBackground(func() { n.reconnectFailed(ctx) })
+		}
+	}
+}
+
+// runPublish gossips this node's load whenever it changes, and turns token
+// counts into rates once a second; it does no Raft or network I/O.
+func (n *Node) runPublish(ctx context.Context) {
+	publish := time.NewTicker(n.cfg.Tuning.LoadPublishInterval)
+	defer publish.Stop()
+	rates := time.NewTicker(time.Second)
+	defer rates.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-rates.C:
+			n.updateTokenRates()
+		case <-publish.C:
+			n.publishLoad()
 		}
 	}
 }
@@ -184,6 +206,9 @@ func (n *Node) reconnectFailed(ctx context.Context) {
 }
 
 func (n *Node) reconcile(ctx context.Context) {
+	if h := n.cfg.Tuning.ReconcileHook; h != nil {
+		h()
+	}
 	members := n.gossip.Members()
 	cm := make([]consensus.Member, 0, len(members))
 	for _, m := range members {
@@ -337,7 +362,7 @@ func (n *Node) candidates(model string) []router.Candidate {
 	now := time.Now()
 	if !n.isDraining() {
 		if l, ok := n.sched.Load()[model]; ok {
-			out = append(out, router.Candidate{Node: n.cfg.NodeName, Local: true, QueueDepth: l.QueueDepth, Running: l.Running, Slots: l.Slots,
+			out = append(out, router.Candidate{Node: n.cfg.NodeName, Model: model, Local: true, QueueDepth: l.QueueDepth, Running: l.Running, Slots: l.Slots,
 				Open: st.Breaker(n.cfg.NodeName, model).State == consensus.BreakerOpen})
 		}
 	}
@@ -349,7 +374,7 @@ func (n *Node) candidates(model string) []router.Candidate {
 		if !ok {
 			continue
 		}
-		out = append(out, router.Candidate{Node: m.Name, HTTPAddr: m.Meta.HTTPAddr, QueueDepth: l.QueueDepth, Running: l.InFlight, Slots: l.Slots,
+		out = append(out, router.Candidate{Node: m.Name, Model: model, HTTPAddr: m.Meta.HTTPAddr, QueueDepth: l.QueueDepth, Running: l.InFlight, Slots: l.Slots,
 			LoadAge: now.Sub(m.LoadUpdated), LoadAt: m.LoadUpdated, Open: st.Breaker(m.Name, model).State == consensus.BreakerOpen})
 	}
 	return out
@@ -411,50 +436,4 @@ func (n *Node) raftHealth() ops.Component {
 func (n *Node) gossipHealth() ops.Component {
 	alive := len(n.gossip.Alive())
 	return ops.Component{Status: ops.StatusOK, Data: map[string]any{"members": len(n.gossip.Members()), "alive": alive}}
-}
-
-// applyCommand commits cmd through Raft: here when this node leads, else on
-// the leader through its admin API.
-func (n *Node) applyCommand(ctx context.Context, cmd consensus.Command) error {
-	_, err := n.store.Apply(ctx, cmd)
-	if !errors.Is(err, consensus.ErrNotLeader) {
-		return err
-	}
-	leader := n.store.LeaderID()
-	m, ok := n.gossip.Member(leader)
-	if !ok || m.Meta.HTTPAddr == "" {
-		return fmt.Errorf("forward to leader %q: address unknown: %w", leader, consensus.ErrNoLeader)
-	}
-	return n.forwardApply(ctx, m.Meta.HTTPAddr, cmd)
-}
-
-// forwardSecret signs requests one node forwards to another. It derives
-// from the admin token and the gossip key, which every node of a cluster
-// shares; with neither configured there is no secret and trustedForward
-// falls back to checking the sender's address.
-func forwardSecret(cfg Config) []byte {
-	if cfg.Admin.Token == "" && cfg.Gossip.EncryptKey == "" {
-		return nil
-	}
-	sum := sha256.Sum256([]byte("shoal-forward\x00" + cfg.Admin.Token + "\x00" + cfg.Gossip.EncryptKey))
-	return sum[:]
-}
-
-// trustedForward reports whether a request claiming to be forwarded by a
-// peer really is, so a client cannot skip routing and rate limits by
-// setting the header itself.
-func (n *Node) trustedForward(r *http.Request) bool {
-	if n.fwdSecret != nil {
-		return router.VerifyForward(n.fwdSecret, r.Header)
-	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return false
-	}
-	for _, m := range n.gossip.Alive() {
-		if h, _, err := net.SplitHostPort(m.Meta.HTTPAddr); err == nil && h == host && m.Name != n.cfg.NodeName {
-			return true
-		}
-	}
-	return false
 }

@@ -71,6 +71,9 @@ type Tuning struct {
 	LoadPublishInterval time.Duration
 	// GPUPollInterval is how often nvidia-smi is queried (default 10s).
 	GPUPollInterval time.Duration
+	// ReconcileHook, when set, runs before every membership reconcile
+	// (tests block it to stand for a slow Raft membership change).
+	ReconcileHook func()
 }
 
 // HTTPConfig is the client-facing server.

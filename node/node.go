@@ -44,14 +44,14 @@ type Node struct {
 	api     *httpapi.API
 	admin   *ops.Admin
 
-	store      *consensus.Store
-	gossip     *gossip.Gossip
-	cache      *dcache.Cache
-	limiter    *ratelimit.Limiter
-	router     *router.Router
-	fwd        *router.Forwarder
-	fwdSecret  []byte
-	peerClient *http.Client
+	store   *consensus.Store
+	gossip  *gossip.Gossip
+	cache   *dcache.Cache
+	limiter *ratelimit.Limiter
+	router  *router.Router
+	fwd     *router.Forwarder
+	// peer is the peer plane (peerplane.go).
+	peer peerPlane
 
 	metaMu sync.Mutex
 	meta   gossip.Meta
@@ -107,11 +107,10 @@ func New(cfg Config) (*Node, error) {
 		health:          ops.NewHealth(cfg.NodeName),
 		sched:           scheduler.New(scheduler.Config{Logger: logger, Observer: metrics}),
 		router:          rt,
-		fwdSecret:       forwardSecret(cfg),
-		peerClient:      &http.Client{Timeout: 15 * time.Second},
 		defaultBatching: map[string]consensus.BatchingSettings{},
 	}
-	n.fwd = router.NewForwarder(router.ForwarderConfig{Self: cfg.NodeName, Secret: n.fwdSecret})
+	n.fwd = router.NewForwarder(router.ForwarderConfig{Self: cfg.NodeName, Secret: n.forwardSecret})
+	n.peer.verifier = router.NewVerifier(cfg.NodeName, 0, 0)
 	n.retries = breaker.NewRetryBudget()
 	n.admin = ops.NewAdmin(ops.AdminConfig{Token: cfg.Admin.Token, Open: cfg.Dev && cfg.Admin.Token == "", Backend: adminBackend{n}, Logger: logger})
 	return n, nil
@@ -375,6 +374,7 @@ func (n *Node) closePartial() {
 			n.logger.Warn("raft shutdown", "err", err)
 		}
 	}
+	n.closePeer()
 	n.fwd.Close()
 	n.bg.Wait()
 }

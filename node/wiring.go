@@ -50,7 +50,9 @@ type clusterGlue struct{ n *Node }
 func (c clusterGlue) Candidates(model string) []router.Candidate { return c.n.candidates(model) }
 func (c clusterGlue) ServedAnywhere(model string) bool           { return c.n.servedAnywhere(model) }
 func (c clusterGlue) Models() []string                           { return c.n.clusterModels() }
-func (c clusterGlue) TrustedForward(r *http.Request) bool        { return c.n.trustedForward(r) }
+func (c clusterGlue) TrustedForward(r *http.Request, body []byte) bool {
+	return c.n.trustedForward(r, body)
+}
 
 // metricsGlue records the request path in the node's registry.
 type metricsGlue struct{ m *ops.Metrics }

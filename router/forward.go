@@ -3,9 +3,6 @@ package router
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -22,7 +20,8 @@ const (
 	// receiver serves it locally and never forwards it again.
 	HeaderForwarded = "X-Shoal-Forwarded-By"
 	// HeaderForwardAuth proves HeaderForwarded came from a cluster member:
-	// an HMAC of the sender and request ID under the cluster secret.
+	// an HMAC under the cluster secret over the sender, target, method,
+	// path, body digest, time and a one-time ID (see Sign).
 	HeaderForwardAuth = "X-Shoal-Forward-Auth"
 	// HeaderRoute tells the client how its request was routed.
 	HeaderRoute = "X-Shoal-Route"
@@ -33,27 +32,6 @@ const (
 	HeaderUsage = "X-Shoal-Usage"
 )
 
-// ForwardMAC is the HeaderForwardAuth value for a request forwarded by
-// node with the given request ID.
-func ForwardMAC(secret []byte, node, requestID string) string {
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte(node))
-	m.Write([]byte{0})
-	m.Write([]byte(requestID))
-	return hex.EncodeToString(m.Sum(nil))
-}
-
-// VerifyForward reports whether a request's forwarding headers were made by
-// a node holding secret.
-func VerifyForward(secret []byte, h http.Header) bool {
-	node, mac := h.Get(HeaderForwarded), h.Get(HeaderForwardAuth)
-	if node == "" || mac == "" {
-		return false
-	}
-	want := ForwardMAC(secret, node, h.Get("X-Request-ID"))
-	return hmac.Equal([]byte(mac), []byte(want))
-}
-
 // ErrRetryable wraps a forward failure that happened before any byte
 // reached the client, so the request may go to another node.
 var ErrRetryable = errors.New("forward failed before responding")
@@ -62,11 +40,18 @@ var ErrRetryable = errors.New("forward failed before responding")
 type ForwarderConfig struct {
 	// Self is this node's name, sent in HeaderForwarded.
 	Self string
-	// Secret signs forwarded requests (HeaderForwardAuth), so a client
-	// cannot claim a request was already routed to skip rate limits.
-	Secret []byte
-	// DialTimeout bounds connecting to a peer (default 2s).
+	// Secret returns the key that signs forwarded requests
+	// (HeaderForwardAuth), so a client cannot claim a request was already
+	// routed to skip rate limits. Nil: not known yet (a cluster that has not
+	// agreed on one); requests go unsigned and the receiver admits them as
+	// new ones.
+	Secret func() []byte
+	// DialTimeout caps connecting to a peer (default 1s); a hop whose
+	// header timeout is shorter connects within a quarter of it.
 	DialTimeout time.Duration
+	// MinHeaderTimeout is the floor of a hop's response-header timeout
+	// (default 1s); see headerTimeout.
+	MinHeaderTimeout time.Duration
 	// MaxConnsPerHost bounds pooled connections per peer (default 256).
 	MaxConnsPerHost int
 }
@@ -74,29 +59,103 @@ type ForwarderConfig struct {
 // Forwarder sends requests to peer nodes over pooled keep-alive HTTP/1.1
 // connections and streams their answers back.
 type Forwarder struct {
-	self   string
-	secret []byte
-	client *http.Client
+	self      string
+	secret    func() []byte
+	client    *http.Client
+	dialMax   time.Duration
+	minHeader time.Duration
+
+	mu sync.Mutex
+	// service is the smoothed time to a peer's response header per model
+	// and kind (stream or not), from this node's successful forwards.
+	service map[serviceKey]time.Duration
 }
+
+type serviceKey struct {
+	model  string
+	stream bool
+}
+
+// maxServiceKeys bounds Forwarder.service; model names come from the
+// cluster's candidates, never from a client alone.
+const maxServiceKeys = 4096
+
+// hopKey carries a hop's dial timeout to the transport's dialer.
+type hopKey struct{}
 
 // NewForwarder returns a forwarder.
 func NewForwarder(cfg ForwarderConfig) *Forwarder {
 	if cfg.DialTimeout == 0 {
-		cfg.DialTimeout = 2 * time.Second
+		cfg.DialTimeout = time.Second
+	}
+	if cfg.MinHeaderTimeout == 0 {
+		cfg.MinHeaderTimeout = time.Second
+	}
+	if cfg.Secret == nil {
+		cfg.Secret = func() []byte { return nil }
+	}
+	dialer := &net.Dialer{KeepAlive: 30 * time.Second}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d := cfg.DialTimeout
+		if hop, ok := ctx.Value(hopKey{}).(time.Duration); ok && hop > 0 {
+			d = min(d, hop)
+		}
+		ctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		return dialer.DialContext(ctx, network, addr)
 	}
 	if cfg.MaxConnsPerHost == 0 {
 		cfg.MaxConnsPerHost = 256
 	}
 	tr := &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:           dial,
 		MaxIdleConns:          cfg.MaxConnsPerHost * 4,
 		MaxIdleConnsPerHost:   cfg.MaxConnsPerHost,
 		MaxConnsPerHost:       cfg.MaxConnsPerHost,
 		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: 0, // the request deadline bounds the wait; a long generation may send headers late
+		ResponseHeaderTimeout: 0, // per hop, from the target's expected service time (headerTimeout)
 		DisableCompression:    true,
 	}
-	return &Forwarder{self: cfg.Self, secret: cfg.Secret, client: &http.Client{Transport: tr}}
+	return &Forwarder{self: cfg.Self, secret: cfg.Secret, client: &http.Client{Transport: tr},
+		dialMax: cfg.DialTimeout, minHeader: cfg.MinHeaderTimeout, service: map[serviceKey]time.Duration{}}
+}
+
+// headerTimeout bounds the wait for target's response header, so a peer
+// that accepts and hangs gives the request back in time for its one retry
+// elsewhere. From the target's expected service time (this node's smoothed
+// time to header for the model, scaled by the target's queue per slot):
+// four times that, at least MinHeaderTimeout. With no history yet, half
+// the time left, so the retry still fits. Never past the deadline.
+func (f *Forwarder) headerTimeout(ctx context.Context, target Candidate, stream bool) time.Duration {
+	left := time.Duration(1<<63 - 1)
+	if dl, ok := ctx.Deadline(); ok {
+		left = time.Until(dl)
+	}
+	f.mu.Lock()
+	svc, known := f.service[serviceKey{target.Model, stream}]
+	f.mu.Unlock()
+	var d time.Duration
+	if known {
+		queued := float64(target.QueueDepth+target.Running) / float64(max(target.Slots, 1))
+		d = max(time.Duration(4*float64(svc)*(1+queued)), f.minHeader)
+	} else {
+		d = max(left/2, f.minHeader)
+	}
+	return min(d, left)
+}
+
+// observe folds one time-to-header into the model's smoothed service time.
+func (f *Forwarder) observe(target Candidate, stream bool, took time.Duration) {
+	k := serviceKey{target.Model, stream}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	prev, ok := f.service[k]
+	switch {
+	case ok:
+		f.service[k] = prev + (took-prev)/5
+	case len(f.service) < maxServiceKeys:
+		f.service[k] = took
+	}
 }
 
 // passHeaders are copied from the client's request to the peer.
@@ -139,16 +198,39 @@ func (f *Forwarder) Forward(ctx context.Context, w http.ResponseWriter, r *http.
 	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil && req.Header.Get("X-Forwarded-For") == "" {
 		req.Header.Set("X-Forwarded-For", host)
 	}
-	req.Header.Set(HeaderForwarded, f.self)
-	req.Header.Set(HeaderForwardAuth, ForwardMAC(f.secret, f.self, req.Header.Get("X-Request-ID")))
+	if secret := f.secret(); len(secret) > 0 {
+		Sign(secret, req.Header, Forwarded{From: f.self, To: target.Node, Method: r.Method, URI: r.URL.RequestURI(),
+			Body: body, RequestID: req.Header.Get("X-Request-ID")})
+	} else {
+		req.Header.Set(HeaderForwarded, f.self)
+	}
+	stream := streamRequested(body)
+	hop := f.headerTimeout(ctx, target, stream)
+	hopCtx, cancelHop := context.WithCancelCause(context.WithValue(ctx, hopKey{}, max(hop/4, 100*time.Millisecond)))
+	defer cancelHop(nil)
+	req = req.WithContext(hopCtx)
+	errHop := fmt.Errorf("no response header within %s", hop.Round(time.Millisecond))
+	timer := time.AfterFunc(hop, func() { cancelHop(errHop) })
+	sent := time.Now()
 	resp, err := f.client.Do(req)
+	if !timer.Stop() && err == nil {
+		// The timer fired as the header arrived: the body is cancelled.
+		resp.Body.Close()
+		err = errHop
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return reply, fmt.Errorf("forward to %s: %w", target.Node, ctx.Err())
 		}
+		if cause := context.Cause(hopCtx); cause != nil {
+			err = cause
+		}
 		return reply, fmt.Errorf("forward to %s: %w: %w", target.Node, ErrRetryable, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode < 500 {
+		f.observe(target, stream, time.Since(sent))
+	}
 	if resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusServiceUnavailable {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return reply, fmt.Errorf("forward to %s: %w: status %d", target.Node, ErrRetryable, resp.StatusCode)
@@ -162,7 +244,7 @@ func (f *Forwarder) Forward(ctx context.Context, w http.ResponseWriter, r *http.
 	}
 	dst.Set(HeaderRoute, route)
 	w.WriteHeader(resp.StatusCode)
-	stream := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+	stream = strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
 	rc := http.NewResponseController(w)
 	buf := make([]byte, 32<<10)
 	for {
@@ -191,6 +273,17 @@ func (f *Forwarder) Forward(ctx context.Context, w http.ResponseWriter, r *http.
 			return reply, fmt.Errorf("forward to %s: read answer: %w", target.Node, rerr)
 		}
 	}
+}
+
+// streamRequested reports whether a request body asks for a stream, whose
+// header comes at the first token rather than with the whole answer.
+func streamRequested(body []byte) bool {
+	i := bytes.Index(body, []byte(`"stream"`))
+	if i < 0 {
+		return false
+	}
+	rest := bytes.TrimLeft(body[i+len(`"stream"`):], " \t\r\n:")
+	return bytes.HasPrefix(rest, []byte("true"))
 }
 
 // Close releases pooled connections.

@@ -32,6 +32,9 @@ var ErrNoCandidate = errors.New("no healthy node serves the model")
 type Candidate struct {
 	Node     string
 	HTTPAddr string
+	// Model is the model the request names; the forwarder learns its
+	// service time per model to bound each hop.
+	Model string
 	// Local is this node itself; its load is read directly, never stale.
 	Local bool
 	// QueueDepth and Running are the target's queued and running requests
