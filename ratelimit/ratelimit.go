@@ -57,6 +57,7 @@ const (
 	DefaultLeaseTimeout = 50 * time.Millisecond
 	DefaultCallTimeout  = time.Second
 	DefaultRetryEvery   = 250 * time.Millisecond
+	DefaultMaxBuckets   = 65536
 )
 
 // maxCounterKey bounds counter keys (dcache refuses keys over 256 bytes).
@@ -154,6 +155,13 @@ type Config struct {
 	// RetryEvery spaces counter calls for a key whose window is exhausted (to notice tokens
 	// given back by other nodes) or whose last counter call failed. Default 250ms.
 	RetryEvery time.Duration
+	// MaxBuckets bounds the (rule, key) states held in memory. Client identities (addresses)
+	// are client input: a flood of new ones must not grow memory without bound. Buckets of
+	// request-counting rules are forgotten once idle for IdleReturn and drained; when MaxBuckets
+	// are held all the same, a rule with no bucket yet is decided by one counter call per
+	// request instead (exact, one round trip, denied when the counter does not answer within
+	// LeaseTimeout). Default 65536 (about 25 MiB, see DESIGN.md).
+	MaxBuckets int
 	// Now is the clock for windows and idleness; nil means time.Now. Tests inject one.
 	Now func() time.Time
 	// Logger receives the limiter's logs; nil discards.
@@ -185,6 +193,9 @@ func (c Config) resolve() (Config, error) {
 	if c.RetryEvery == 0 {
 		c.RetryEvery = DefaultRetryEvery
 	}
+	if c.MaxBuckets == 0 {
+		c.MaxBuckets = DefaultMaxBuckets
+	}
 	if c.Nodes == nil {
 		c.Nodes = func() int { return 1 }
 	}
@@ -197,6 +208,8 @@ func (c Config) resolve() (Config, error) {
 	switch {
 	case c.MaxBlock < 1:
 		return c, fmt.Errorf("ratelimit: max block %d: must be at least 1", c.MaxBlock)
+	case c.MaxBuckets < 1:
+		return c, fmt.Errorf("ratelimit: max buckets %d: must be at least 1", c.MaxBuckets)
 	case c.PrefetchAt < 0 || c.PrefetchAt > 1:
 		return c, fmt.Errorf("ratelimit: prefetch at %g: must be within 0..1", c.PrefetchAt)
 	case c.IdleReturn < 0, c.LeaseTimeout < 0, c.CallTimeout < 0, c.RetryEvery < 0:
@@ -221,8 +234,11 @@ type Stats struct {
 	ReturnedTokens int64
 	// CounterErrors counts failed counter calls.
 	CounterErrors int64
-	// Buckets is the number of (rule, key) states held in memory.
+	// Buckets is the number of (rule, key) states held in memory, at most Config.MaxBuckets.
 	Buckets int
+	// Overflow counts rule decisions made by a direct counter call because MaxBuckets states
+	// were held already.
+	Overflow int64
 	// Degraded is true while the last counter call failed: limits are enforced per node.
 	Degraded bool
 	// LastError is the last counter error, empty if none.
@@ -235,7 +251,8 @@ type Limiter struct {
 	cfg Config
 	log *slog.Logger
 
-	buckets sync.Map // bucketID -> *bucket
+	buckets  sync.Map // bucketID -> *bucket
+	nbuckets atomic.Int64
 
 	closeMu sync.Mutex
 	closed  bool
@@ -245,6 +262,7 @@ type Limiter struct {
 
 	allowed, denied, fallback, waits     atomic.Int64
 	leaseOK, leased, returned, callFails atomic.Int64
+	overflow                             atomic.Int64
 
 	failing atomic.Bool
 	errMu   sync.Mutex
@@ -275,16 +293,41 @@ func (l *Limiter) bucketFor(id bucketID) *bucket {
 	if v, ok := l.buckets.Load(id); ok {
 		return v.(*bucket)
 	}
-	v, _ := l.buckets.LoadOrStore(id, &bucket{id: id, idx: -1})
+	v, loaded := l.buckets.LoadOrStore(id, &bucket{id: id, idx: -1})
+	if !loaded {
+		l.nbuckets.Add(1)
+	}
 	return v.(*bucket)
 }
 
-// taken records tokens taken for one rule, so that they can be put back.
+// bucketIfRoom returns the live state of id, creating it unless MaxBuckets are held (nil).
+func (l *Limiter) bucketIfRoom(id bucketID) *bucket {
+	if v, ok := l.buckets.Load(id); ok {
+		return v.(*bucket)
+	}
+	if l.nbuckets.Load() >= int64(l.cfg.MaxBuckets) {
+		return nil
+	}
+	return l.bucketFor(id)
+}
+
+// forget removes b, which its caller has marked dead, from the map.
+func (l *Limiter) forget(b *bucket) {
+	if l.buckets.CompareAndDelete(b.id, b) {
+		l.nbuckets.Add(-1)
+	}
+}
+
+// taken records tokens taken for one rule, so that they can be put back. A direct decision
+// (no bucket) has b nil and names its counter instead.
 type taken struct {
 	b        *bucket
 	idx      int64
 	cost     int
 	debtPart int
+
+	key string
+	ttl time.Duration
 }
 
 // ruleResult is one rule's outcome within Allow.
@@ -359,11 +402,14 @@ type allowState struct {
 func (l *Limiter) decide(ctx context.Context, r Rule, st *allowState, later []Rule) (ruleResult, taken, bool) {
 	fallback := false
 	for {
-		b := l.bucketFor(r.id())
+		b := l.bucketIfRoom(r.id())
+		if b == nil {
+			return l.decideDirect(ctx, r, st)
+		}
 		out := b.take(l, r, st.now, fallback)
 		switch out.kind {
 		case outDead:
-			l.buckets.CompareAndDelete(r.id(), b)
+			l.forget(b)
 			continue
 		case outOK:
 			return ruleResult{rule: r, remaining: out.remaining, reset: out.reset, degraded: out.degraded}, out.t, true
@@ -380,6 +426,52 @@ func (l *Limiter) decide(ctx context.Context, r Rule, st *allowState, later []Ru
 		fallback = !wait(ctx, out.wait, st.deadline)
 		st.now = l.cfg.Now()
 	}
+}
+
+// decideDirect decides r with one counter call and keeps no state: the limiter holds
+// MaxBuckets already. It takes r.Cost from the counter and gives it back at once when the
+// window had no room. A counter that does not answer within LeaseTimeout denies: without a
+// bucket there is no share to fall back on, and admitting would let a flood of new identities
+// past every limit exactly when the counter struggles.
+func (l *Limiter) decideDirect(ctx context.Context, r Rule, st *allowState) (ruleResult, taken, bool) {
+	l.overflow.Add(1)
+	idx := windowIndex(st.now, r.Window)
+	res := ruleResult{rule: r, reset: windowEnd(idx, r.Window)}
+	t := taken{idx: idx, cost: r.Cost, key: counterKey(r.id(), idx), ttl: ttlFor(idx, r.Window, st.now)}
+	if !l.startCall() {
+		res.degraded = true
+		return res, taken{}, false
+	}
+	defer l.leases.Done()
+	cctx, cancel := context.WithTimeout(ctx, l.cfg.LeaseTimeout)
+	v, err := l.callCounter(cctx, t.key, r.Cost, t.ttl)
+	cancel()
+	if err != nil {
+		// The increment may still be applied: it strands r.Cost tokens of this window.
+		res.degraded = true
+		return res, taken{}, false
+	}
+	if v > r.Limit {
+		l.giveBack(t)
+		return res, taken{}, false
+	}
+	res.remaining = r.Limit - v
+	return res, t, true
+}
+
+// giveBack returns a direct decision's tokens to the counter in the background.
+func (l *Limiter) giveBack(t taken) {
+	if !l.startCall() {
+		return
+	}
+	go func() {
+		defer l.leases.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), l.cfg.CallTimeout)
+		defer cancel()
+		if _, err := l.callCounter(ctx, t.key, -t.cost, t.ttl); err == nil {
+			l.returned.Add(int64(t.cost))
+		}
+	}()
 }
 
 // wait blocks until ch closes (true), or until deadline or ctx ends (false).
@@ -418,6 +510,10 @@ func (l *Limiter) warm(rules []Rule, now time.Time) {
 // putBack returns tokens taken by an Allow that was denied by a later rule.
 func (l *Limiter) putBack(took []taken) {
 	for _, t := range took {
+		if t.b == nil {
+			l.giveBack(t)
+			continue
+		}
 		t.b.putBack(t)
 	}
 }
@@ -436,14 +532,12 @@ func (l *Limiter) Charge(_ context.Context, rule Rule, n int) {
 		if b.charge(l, rule, l.cfg.Now(), n) {
 			return
 		}
-		l.buckets.CompareAndDelete(rule.id(), b)
+		l.forget(b)
 	}
 }
 
 // Stats returns the limiter's counters; it never blocks on the network.
 func (l *Limiter) Stats() Stats {
-	n := 0
-	l.buckets.Range(func(_, _ any) bool { n++; return true })
 	l.errMu.Lock()
 	msg := l.lastErr
 	l.errMu.Unlock()
@@ -456,7 +550,8 @@ func (l *Limiter) Stats() Stats {
 		LeasedTokens:    l.leased.Load(),
 		ReturnedTokens:  l.returned.Load(),
 		CounterErrors:   l.callFails.Load(),
-		Buckets:         n,
+		Buckets:         int(l.nbuckets.Load()),
+		Overflow:        l.overflow.Load(),
 		Degraded:        l.failing.Load(),
 		LastError:       msg,
 	}
@@ -546,21 +641,33 @@ func (l *Limiter) sweeper(ctx context.Context) {
 	}
 }
 
+// sweepWorkers bounds the idle returns one sweep runs at once: a sweep after a burst of many
+// new clients has a give-back per client to send, and one at a time would let buckets pile up
+// faster than they are returned.
+const sweepWorkers = 8
+
 func (l *Limiter) sweep(ctx context.Context) {
 	now := l.cfg.Now()
-	l.buckets.Range(func(k, v any) bool {
+	sem := make(chan struct{}, sweepWorkers)
+	var wg sync.WaitGroup
+	l.buckets.Range(func(_, v any) bool {
 		b := v.(*bucket)
-		if b.expire(now) {
-			l.buckets.CompareAndDelete(k, b)
+		if b.expire(now) || b.forgetIdle(now, l.cfg.IdleReturn) {
+			l.forget(b)
 			return true
 		}
 		if ret, ok := b.drainIdle(now, l.cfg.IdleReturn); ok {
-			if err := l.settle(ctx, b, ret); err != nil {
-				l.log.Debug("idle return failed", "policy", b.id.policy, "err", err)
-			}
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				if err := l.settle(ctx, b, ret); err != nil {
+					l.log.Debug("idle return failed", "policy", b.id.policy, "err", err)
+				}
+			})
 		}
 		return true
 	})
+	wg.Wait()
 }
 
 // settle sends a drained bucket's net change (charges owed minus tokens given back) to the
