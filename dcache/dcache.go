@@ -438,6 +438,10 @@ func (c *Cache) MemberlistAddr() string {
 // Backend is the configured backend name.
 func (c *Cache) Backend() string { return c.cfg.Backend }
 
+// Shared reports whether other nodes see this cache's counters, locks and entries: true for
+// olric only. Rate limits counted in a cache that is not shared are per node.
+func (c *Cache) Shared() bool { return c.cfg.Backend == BackendOlric }
+
 func (c *Cache) check(ns, key string) error {
 	if c.closed.Load() {
 		return ErrClosed

@@ -32,6 +32,24 @@ type Counter interface {
 	Incr(ctx context.Context, ns, key string, delta int, ttl time.Duration) (int, error)
 }
 
+// scoped is implemented by counters that can say whether other nodes see the same counts;
+// *dcache.Cache does (only its olric backend is shared). A counter without it is taken to be
+// shared.
+type scoped interface {
+	// Shared reports whether every node's increments reach the same counter.
+	Shared() bool
+	// Backend names the counter's store, for logs and health.
+	Backend() string
+}
+
+// Scopes reported in Stats.Scope.
+const (
+	// ScopeCluster: the counters are shared, limits hold for the whole cluster.
+	ScopeCluster = "cluster"
+	// ScopeNode: the counters live on this node only, so each node admits a whole limit.
+	ScopeNode = "per-node"
+)
+
 // Policy names used in Rule.Policy by RulesFor.
 const (
 	// PolicyClient is the default per-client limit (API key, else IP address).
@@ -241,6 +259,15 @@ type Stats struct {
 	Overflow int64
 	// Degraded is true while the last counter call failed: limits are enforced per node.
 	Degraded bool
+	// Scope is ScopeCluster, or ScopeNode when the counter is not shared between nodes
+	// (dcache's local and off backends).
+	Scope string
+	// ScopeDetail says why the scope is per-node, e.g. "per-node (cache backend local)";
+	// empty for ScopeCluster.
+	ScopeDetail string
+	// PerNodeCluster is true when limits are per-node although the cluster has several
+	// nodes: each of them admits a whole limit, so the cluster admits up to nodes × limit.
+	PerNodeCluster bool
 	// LastError is the last counter error, empty if none.
 	LastError string
 }
@@ -265,8 +292,11 @@ type Limiter struct {
 	overflow                             atomic.Int64
 
 	failing atomic.Bool
-	errMu   sync.Mutex
-	lastErr string
+	// scope is ScopeCluster or ScopeNode, fixed by the counter; scopeDetail its explanation.
+	scope, scopeDetail string
+	warnedScope        atomic.Bool
+	errMu              sync.Mutex
+	lastErr            string
 }
 
 // New validates cfg and starts the background sweeper that returns idle leases.
@@ -281,9 +311,31 @@ func New(cfg Config) (*Limiter, error) {
 		log:   cfg.Logger.With("component", "ratelimit"),
 		stop:  cancel,
 		swept: make(chan struct{}),
+		scope: ScopeCluster,
+	}
+	if sc, ok := cfg.Counter.(scoped); ok && !sc.Shared() {
+		l.scope = ScopeNode
+		l.scopeDetail = fmt.Sprintf("%s (cache backend %s)", ScopeNode, sc.Backend())
+		if !l.checkScope() {
+			l.log.Info("rate limits are counted on this node only", "scope", l.scopeDetail)
+		}
 	}
 	go l.sweeper(ctx)
 	return l, nil
+}
+
+// checkScope warns once when limits are per-node in a cluster of several nodes: each node
+// then admits a whole limit, which nothing else would tell the operator. It reports whether
+// that is the case. The sweeper calls it as the cluster grows.
+func (l *Limiter) checkScope() bool {
+	if l.scope != ScopeNode || l.nodes() < 2 {
+		return false
+	}
+	if !l.warnedScope.Swap(true) {
+		l.log.Warn("rate limits are per node: the cache backend does not share counters, so each node admits a whole limit; use cache backend olric for cluster-wide limits",
+			"scope", l.scopeDetail, "nodes", l.nodes())
+	}
+	return true
 }
 
 func (l *Limiter) nodes() int { return max(1, l.cfg.Nodes()) }
@@ -554,6 +606,9 @@ func (l *Limiter) Stats() Stats {
 		Overflow:        l.overflow.Load(),
 		Degraded:        l.failing.Load(),
 		LastError:       msg,
+		Scope:           l.scope,
+		ScopeDetail:     l.scopeDetail,
+		PerNodeCluster:  l.scope == ScopeNode && l.nodes() > 1,
 	}
 }
 
@@ -638,6 +693,7 @@ func (l *Limiter) sweeper(ctx context.Context) {
 		// Not ctx: Close cancels it, and a give-back cut off mid-call may still be applied
 		// and then be sent a second time by Close. Close waits for this sweep instead.
 		l.sweep(context.Background())
+		l.checkScope()
 	}
 }
 
