@@ -45,7 +45,9 @@ func TestLocalCounterInAClusterIsReportedPerNode(t *testing.T) {
 	size = 3
 	mu.Unlock()
 	require.True(t, l.Stats().PerNodeCluster)
-	require.Eventually(t, func() bool { return bytes.Contains([]byte(logs.String()), []byte("level=WARN msg=\"rate limits are per node")) },
+	require.Eventually(t, func() bool {
+		return bytes.Contains([]byte(logs.String()), []byte("level=WARN msg=\"rate limits are per node"))
+	},
 		waitTimeout, waitTick, "the sweeper warns once the cluster grows")
 }
 
