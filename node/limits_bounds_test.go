@@ -121,7 +121,7 @@ func TestTenantLimitAtNodeLevel(t *testing.T) {
 	denied := ""
 	for i := range 10 {
 		r := inferWithKey(t, nd, keys[i%2])
-		w.add(t, reply{status: r.status, header: r.header, body: r.body})
+		w.add(t, reply(r))
 		if r.status == http.StatusTooManyRequests {
 			denied = string(r.body)
 		}
