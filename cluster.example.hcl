@@ -67,6 +67,8 @@ cache {
   # Olric's own memberlist address. Default: the cache port + 2 (3322).
   memberlist_addr = ""
   # "olric" (shared by the cluster), "local" (in-process LRU, single node) or "off". Default olric.
+  # Rate-limit counters live here too: with local or off every node counts its own, so each
+  # admits a whole limit (logged at start, and /health shows ratelimit "per-node").
   backend = "olric"
   # How long a cached response lives. Default 2h.
   default_ttl = "2h"
@@ -91,7 +93,9 @@ batching {
 }
 
 rate_limit {
-  # Default requests per minute per client (API key, else IP address), cluster-wide. Default 1000.
+  # Default requests per minute per client, cluster-wide. Default 1000. A client is its API key
+  # when the key is registered, else the TCP peer's address (an IPv6 client by its /64);
+  # X-Forwarded-For is not read, and a made-up key spends its address's budget.
   rpm = 1000
 }
 
@@ -111,7 +115,7 @@ admin {
 
 auth {
   # Reject requests whose API key is not registered through the admin API. Default false:
-  # an unknown key is simply a client identity for rate limits.
+  # an unknown key is then ignored, and the request is limited by its client address.
   required = false
 }
 

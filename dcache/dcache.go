@@ -171,6 +171,16 @@ type Config struct {
 	// anyone on the network can read and write the cache and the rate-limit counters.
 	Password string
 
+	// Namespaces, when set, says which namespaces responses and locks may use (the node passes
+	// "is this model served anywhere"). Namespaces come from clients (model names), and every
+	// distinct one costs state that Olric keeps until it is purged: a DMap on each member it
+	// touches, and storage tables on the first write. A call naming another namespace never
+	// reaches the backend: Get misses, Set and Delete do nothing, Lock returns ErrInvalidKey.
+	// Counters (Incr) and Purge are not filtered: counter namespaces are the caller's own, and
+	// an operator must be able to purge a model that is no longer served. It is called on every
+	// such call, concurrently: it must be cheap and must not block. Nil: every namespace.
+	Namespaces func(ns string) bool
+
 	// Logger receives the cache's logs, Olric's and memberlist's included (their warnings and
 	// errors at Warn, the rest at Debug). Nil discards.
 	Logger *slog.Logger
@@ -428,6 +438,10 @@ func (c *Cache) MemberlistAddr() string {
 // Backend is the configured backend name.
 func (c *Cache) Backend() string { return c.cfg.Backend }
 
+// Shared reports whether other nodes see this cache's counters, locks and entries: true for
+// olric only. Rate limits counted in a cache that is not shared are per node.
+func (c *Cache) Shared() bool { return c.cfg.Backend == BackendOlric }
+
 func (c *Cache) check(ns, key string) error {
 	if c.closed.Load() {
 		return ErrClosed
@@ -438,12 +452,21 @@ func (c *Cache) check(ns, key string) error {
 	return nil
 }
 
+// allowed reports whether Config.Namespaces admits the response or lock namespace ns.
+func (c *Cache) allowed(ns string) bool {
+	return c.cfg.Namespaces == nil || c.cfg.Namespaces(ns)
+}
+
 // Get returns the value stored under (ns, key) and whether there was one. It answers within
 // LookupTimeout: a backend that does not answer in time yields ErrUnavailable, which the caller
 // treats as a miss. The returned slice belongs to the caller.
 func (c *Cache) Get(ctx context.Context, ns, key string) ([]byte, bool, error) {
 	if err := c.check(ns, key); err != nil {
 		return nil, false, err
+	}
+	if !c.allowed(ns) {
+		c.misses.Add(1)
+		return nil, false, nil
 	}
 	v, ok, err := c.st.get(ctx, ns, key)
 	if err != nil {
@@ -468,6 +491,9 @@ func (c *Cache) Set(ctx context.Context, ns, key string, val []byte, ttl time.Du
 	if len(val) > c.cfg.MaxValueBytes {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(val), c.cfg.MaxValueBytes)
 	}
+	if !c.allowed(ns) {
+		return nil
+	}
 	if err := c.st.set(ctx, ns, key, val, ttl); err != nil {
 		c.fail(err)
 		return err
@@ -481,6 +507,9 @@ func (c *Cache) Set(ctx context.Context, ns, key string, val []byte, ttl time.Du
 func (c *Cache) Delete(ctx context.Context, ns, key string) error {
 	if err := c.check(ns, key); err != nil {
 		return err
+	}
+	if !c.allowed(ns) {
+		return nil
 	}
 	if err := c.st.del(ctx, ns, key); err != nil {
 		c.fail(err)
@@ -537,6 +566,9 @@ func (c *Cache) Lock(ctx context.Context, ns, key string, lease time.Duration) (
 	}
 	if lease <= 0 {
 		return nil, fmt.Errorf("lock %s/%s: lease %s must be positive", ns, key, lease)
+	}
+	if !c.allowed(ns) {
+		return nil, fmt.Errorf("%w: lock namespace %q is not admitted", ErrInvalidKey, ns)
 	}
 	unlock, err := c.st.lock(ctx, ns, key, lease)
 	if err != nil {

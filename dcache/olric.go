@@ -637,6 +637,9 @@ func (o *olricStore) purge(ctx context.Context, ns string) error {
 			if err := dm.Destroy(ctx); err != nil {
 				return struct{}{}, fmt.Errorf("destroy %s%s: %w", respPrefix, n, err)
 			}
+			// Destroy dropped the DMap on every member; drop this handle too, so that purging
+			// names no longer served does not leave one behind each.
+			o.edmaps.Delete(respPrefix + n)
 		}
 		return struct{}{}, nil
 	})

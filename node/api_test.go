@@ -761,7 +761,8 @@ func TestMetricsExposeInferenceSeries(t *testing.T) {
 	text := string(r.body)
 	for _, want := range []string{
 		`inference_request_duration_ms_bucket{code="200",endpoint="chat",model="sim-test"`,
-		`inference_request_duration_ms_count{code="404",endpoint="chat",model="missing-model"} 1`,
+		// A model nobody serves is counted under _unknown, not under its name.
+		`inference_request_duration_ms_count{code="404",endpoint="chat",model="_unknown"} 1`,
 		`inference_queue_depth{model="sim-test"} 0`,
 		`inference_active_batches{model="sim-test"} 0`,
 		`inference_batch_size_bucket{model="sim-test"`,

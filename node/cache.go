@@ -25,6 +25,8 @@ func (n *Node) newCache() error {
 	cc.OpTimeout = time.Second
 	cc.WaitForPeers = len(n.cfg.Join) > 0
 	cc.Peers = n.cachePeers
+	// Model names come from clients: only served ones may become namespaces.
+	cc.Namespaces = n.servedAnywhere
 	cc.Logger = n.logger
 	key, err := n.cfg.clusterKey()
 	if err != nil {

@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -39,6 +38,10 @@ func (n *Node) clusterSize() int {
 func (n *Node) limiterHealth() ops.Component {
 	st := n.limiter.Stats()
 	c := ops.Component{Status: ops.StatusOK, Data: map[string]any{"allowed": st.Allowed, "denied": st.Denied}}
+	c.Data["scope"] = st.Scope
+	if st.PerNodeCluster {
+		c.Detail = st.ScopeDetail + ": each node admits a whole limit"
+	}
 	if st.Degraded {
 		c.Status, c.Detail = ops.StatusDegraded, "shared counters unreachable: each node enforces its share of every limit"
 	}
@@ -85,10 +88,7 @@ func (a admitter) Admit(ctx context.Context, w http.ResponseWriter, r *http.Requ
 				Message: "a valid API key is required: Authorization: Bearer <key>"}
 		}
 	}
-	ip, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		ip = r.RemoteAddr
-	}
+	ip := ratelimit.ClientIP(r.RemoteAddr)
 	est := estimateTokens(req)
 	rules := ratelimit.RulesFor(p, ratelimit.Request{
 		Path: r.URL.Path, KeyHash: hash, IP: ip,

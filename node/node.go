@@ -160,6 +160,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err := n.startGossip(host); err != nil {
 		return err
 	}
+	// Model names come from clients: only served ones become label values.
+	n.metrics.SetServedModels(n.servedAnywhere)
 	n.health.Register("scheduler", n.schedulerHealth)
 	n.health.Register("raft", n.raftHealth)
 	n.health.Register("gossip", n.gossipHealth)

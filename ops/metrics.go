@@ -5,6 +5,7 @@ package ops
 import (
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,9 +29,9 @@ type Metrics struct {
 	Tokens          *prometheus.CounterVec
 	TokensPerSecond *prometheus.HistogramVec
 	InFlight        prometheus.Gauge
-	CacheHits       *prometheus.CounterVec
-	CacheMisses     *prometheus.CounterVec
-	CacheLookupMs   *prometheus.HistogramVec
+	CacheHits       *ModelCounterVec
+	CacheMisses     *ModelCounterVec
+	CacheLookupMs   *ModelHistogramVec
 	RateLimited     *prometheus.CounterVec
 	BreakerState    *prometheus.GaugeVec
 	Routed          *prometheus.CounterVec
@@ -38,7 +39,15 @@ type Metrics struct {
 	RouteDecisionUs prometheus.Histogram
 	Retries         *prometheus.CounterVec
 	TokenRate       *prometheus.GaugeVec
+
+	// served decides which model names may become label values; nil: any.
+	served atomic.Pointer[func(model string) bool]
 }
+
+// UnknownModel is the model label of requests naming a model the cluster does not serve.
+// Model names come from clients; each distinct label value is a new series kept forever, so
+// only served models get their own.
+const UnknownModel = "_unknown"
 
 // latencyBuckets cover 1 ms to 60 s, dense around the seed's 300/500 ms SLOs.
 var latencyBuckets = []float64{1, 2.5, 5, 10, 25, 50, 75, 100, 150, 200, 250, 300, 400, 500, 750, 1000, 1500, 2500, 5000, 10000, 30000, 60000}
@@ -79,16 +88,6 @@ func NewMetrics() *Metrics {
 		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "inference_requests_in_flight", Help: "Requests being served by this node's HTTP port now.",
 		}),
-		CacheHits: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "inference_cache_hits_total", Help: "Response cache lookups that found an answer.",
-		}, []string{"model"}),
-		CacheMisses: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "inference_cache_misses_total", Help: "Response cache lookups that found nothing (or failed).",
-		}, []string{"model"}),
-		CacheLookupMs: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "inference_cache_lookup_ms", Help: "Response cache lookup time in milliseconds.",
-			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100},
-		}, []string{"model"}),
 		RateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "inference_rate_limited_total", Help: "Requests refused by a rate limit, by the policy that refused them.",
 		}, []string{"policy"}),
@@ -112,6 +111,16 @@ func NewMetrics() *Metrics {
 			Name: "inference_retries_total", Help: "Requests retried on another node after a failure before any byte reached the client.",
 		}, []string{"reason"}),
 	}
+	m.CacheHits = &ModelCounterVec{vec: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "inference_cache_hits_total", Help: "Response cache lookups that found an answer.",
+	}, []string{"model"}), label: m.ModelLabel}
+	m.CacheMisses = &ModelCounterVec{vec: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "inference_cache_misses_total", Help: "Response cache lookups that found nothing (or failed).",
+	}, []string{"model"}), label: m.ModelLabel}
+	m.CacheLookupMs = &ModelHistogramVec{vec: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "inference_cache_lookup_ms", Help: "Response cache lookup time in milliseconds.",
+		Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25, 50, 100},
+	}, []string{"model"}), label: m.ModelLabel}
 	reg.MustRegister(m.RequestDuration, m.Requests, m.QueueDepthGauge, m.ActiveBatches, m.BatchSize,
 		m.QueueWaitMs, m.Tokens, m.TokensPerSecond, m.InFlight, m.CacheHits, m.CacheMisses, m.CacheLookupMs,
 		m.RateLimited, m.BreakerState, m.Routed, m.ForwardErrors, m.RouteDecisionUs, m.Retries, m.TokenRate,
@@ -124,8 +133,72 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry, EnableOpenMetrics: false})
 }
 
+// SetServedModels makes served decide which model names become label values; others are
+// recorded as UnknownModel. Until it is called (or with nil) every name is used as it is. It
+// is a setter rather than a NewMetrics field because the node knows what the cluster serves
+// only once membership runs, after its metrics exist. served is called on every observation
+// that carries a model label, concurrently: it must be cheap and must not block.
+func (m *Metrics) SetServedModels(served func(model string) bool) {
+	if served == nil {
+		m.served.Store(nil)
+		return
+	}
+	m.served.Store(&served)
+}
+
+// ModelLabel is the model label value for a request naming model: model itself when the
+// cluster serves it (or no served-models check is set), else UnknownModel.
+func (m *Metrics) ModelLabel(model string) string {
+	if f := m.served.Load(); f != nil && !(*f)(model) {
+		return UnknownModel
+	}
+	return model
+}
+
+// ModelCounterVec is a counter vector whose "model" label (its first) takes only the names
+// Metrics.ModelLabel lets through, so client-chosen model names cannot add series.
+type ModelCounterVec struct {
+	vec   *prometheus.CounterVec
+	label func(string) string
+}
+
+// WithLabelValues returns the counter of the label values, the model first.
+func (v *ModelCounterVec) WithLabelValues(model string, rest ...string) prometheus.Counter {
+	if len(rest) == 0 {
+		return v.vec.WithLabelValues(v.label(model))
+	}
+	return v.vec.WithLabelValues(append([]string{v.label(model)}, rest...)...)
+}
+
+// Describe implements prometheus.Collector.
+func (v *ModelCounterVec) Describe(ch chan<- *prometheus.Desc) { v.vec.Describe(ch) }
+
+// Collect implements prometheus.Collector.
+func (v *ModelCounterVec) Collect(ch chan<- prometheus.Metric) { v.vec.Collect(ch) }
+
+// ModelHistogramVec is ModelCounterVec for histograms.
+type ModelHistogramVec struct {
+	vec   *prometheus.HistogramVec
+	label func(string) string
+}
+
+// WithLabelValues returns the histogram of the label values, the model first.
+func (v *ModelHistogramVec) WithLabelValues(model string, rest ...string) prometheus.Observer {
+	if len(rest) == 0 {
+		return v.vec.WithLabelValues(v.label(model))
+	}
+	return v.vec.WithLabelValues(append([]string{v.label(model)}, rest...)...)
+}
+
+// Describe implements prometheus.Collector.
+func (v *ModelHistogramVec) Describe(ch chan<- *prometheus.Desc) { v.vec.Describe(ch) }
+
+// Collect implements prometheus.Collector.
+func (v *ModelHistogramVec) Collect(ch chan<- prometheus.Metric) { v.vec.Collect(ch) }
+
 // ObserveRequest records one answered request.
 func (m *Metrics) ObserveRequest(model, endpoint string, code int, took time.Duration) {
+	model = m.ModelLabel(model)
 	c := strconv.Itoa(code)
 	m.RequestDuration.WithLabelValues(model, endpoint, c).Observe(float64(took) / float64(time.Millisecond))
 	m.Requests.WithLabelValues(model, endpoint, c).Inc()
@@ -133,6 +206,7 @@ func (m *Metrics) ObserveRequest(model, endpoint string, code int, took time.Dur
 
 // ObserveTokens records a finished generation.
 func (m *Metrics) ObserveTokens(model string, prompt, completion int, took time.Duration) {
+	model = m.ModelLabel(model)
 	m.Tokens.WithLabelValues(model, "prompt").Add(float64(prompt))
 	m.Tokens.WithLabelValues(model, "completion").Add(float64(completion))
 	if completion > 0 && took > 0 {

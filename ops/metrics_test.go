@@ -99,3 +99,45 @@ func TestCompletionTokensReadsTheTokenCounter(t *testing.T) {
 	m.ObserveTokens("other", 1, 100, time.Second)
 	require.Equal(t, int64(10), m.CompletionTokens("m"))
 }
+
+// seriesCount is how many samples a scrape has.
+func seriesCount(t *testing.T, m *Metrics) int {
+	t.Helper()
+	n := 0
+	for _, line := range strings.Split(scrape(t, m), "\n") {
+		if line != "" && !strings.HasPrefix(line, "#") && !strings.HasPrefix(line, "go_") && !strings.HasPrefix(line, "process_") {
+			n++
+		}
+	}
+	return n
+}
+
+// Model names come from clients: names the cluster does not serve share one label value, so
+// they cannot add series.
+func TestUnservedModelsShareOneLabel(t *testing.T) {
+	m := NewMetrics()
+	m.SetServedModels(func(model string) bool { return model == "m1" })
+	observe := func(model string) {
+		m.ObserveRequest(model, "chat", 404, time.Millisecond)
+		m.ObserveTokens(model, 1, 1, time.Second)
+		m.CacheMisses.WithLabelValues(model).Inc()
+		m.CacheHits.WithLabelValues(model).Inc()
+		m.CacheLookupMs.WithLabelValues(model).Observe(1)
+	}
+	observe("m1")
+	observe("first-unknown")
+	before := seriesCount(t, m)
+	for i := range 50 {
+		observe("random-" + strconv.Itoa(i))
+	}
+	require.Equal(t, before, seriesCount(t, m))
+	require.Equal(t, 51.0, series(t, m, `inference_requests_total{code="404",endpoint="chat",model="_unknown"}`))
+	require.Equal(t, 1.0, series(t, m, `inference_requests_total{code="404",endpoint="chat",model="m1"}`))
+	require.Equal(t, 51.0, series(t, m, `inference_cache_misses_total{model="_unknown"}`))
+	require.NotContains(t, scrape(t, m), "random-")
+
+	// Without a served-models check every name is its own label, as before.
+	m.SetServedModels(nil)
+	m.ObserveRequest("random-x", "chat", 200, time.Millisecond)
+	require.Contains(t, scrape(t, m), `model="random-x"`)
+}

@@ -39,12 +39,10 @@ func BenchmarkAllow(b *testing.B) {
 		benchAllow(b, newLimiter(b, Config{Counter: localCache(b), Nodes: nodes(3)}), denied, false)
 	})
 	b.Run("olric3/1rule", func(b *testing.B) {
-		skipUnderRaceWithClusteredOlric(b)
 		c := startOlric(b, 3)[0]
 		benchAllow(b, newLimiter(b, Config{Counter: c, Nodes: nodes(3)}), oneRule, true)
 	})
 	b.Run("olric3/3rules", func(b *testing.B) {
-		skipUnderRaceWithClusteredOlric(b)
 		c := startOlric(b, 3)[0]
 		benchAllow(b, newLimiter(b, Config{Counter: c, Nodes: nodes(3)}), threeRules, true)
 	})

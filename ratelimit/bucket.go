@@ -433,6 +433,24 @@ func (b *bucket) noteSeen(idx int64, v int) {
 	}
 }
 
+// forgetIdle marks dead a bucket of a request-counting rule that has been idle for idle and
+// holds nothing (no balance, no debt, no lease in flight, counter reachable), so the sweeper
+// can forget it before its window ends: the shared counter keeps the window's count, and a
+// client seen again leases afresh. Token-counting buckets stay until their window ends, since a
+// completed request's refund (Charge with n < 0) is bounded by what the bucket admitted.
+func (b *bucket) forgetIdle(now time.Time, idle time.Duration) bool {
+	if b.id.policy == PolicyKeyTPM || b.id.policy == PolicyTenantTPM {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.dead || b.inflight != nil || b.failed || b.balance != 0 || b.debt != 0 || now.Sub(b.lastUse) < idle {
+		return false
+	}
+	b.dead = true
+	return true
+}
+
 // expire marks a bucket whose window has passed dead, so the sweeper can forget it.
 func (b *bucket) expire(now time.Time) bool {
 	b.mu.Lock()

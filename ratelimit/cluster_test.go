@@ -143,7 +143,6 @@ func clusterLimiters(t *testing.T, mutate func(*Config)) []*Limiter {
 // over three nodes; every window admits between 95% and 110% of the limit (a per-node
 // limiter would admit 300%).
 func TestClusterAccuracy(t *testing.T) {
-	skipUnderRaceWithClusteredOlric(t)
 	ls := clusterLimiters(t, nil)
 	var rr atomic.Int64
 	roundRobin := func(int, time.Duration) int { return int(rr.Add(1) % 3) }
@@ -162,7 +161,6 @@ func TestClusterAccuracy(t *testing.T) {
 // idle return gives them back: measured, windows admit 100% with it and about 95% without
 // (IdleReturn of an hour), the small-block rule keeping the stranded part small.
 func TestClusterClientMovingBetweenNodes(t *testing.T) {
-	skipUnderRaceWithClusteredOlric(t)
 	ls := clusterLimiters(t, func(c *Config) { c.IdleReturn = accWindow / 10 })
 	runStreams(t, ls, []*stream{{
 		name: "moving/100",

@@ -223,12 +223,3 @@ func waitCounting(t testing.TB, caches []*dcache.Cache) {
 		return true
 	}, waitTimeout, 50*time.Millisecond, "olric cluster of %d did not settle", len(caches))
 }
-
-// skipUnderRaceWithClusteredOlric skips tests hosting several Olric members in one process
-// under the race detector: Olric v0.7.0's coordinator writes one error variable from parallel
-// goroutines when it pushes the routing table (olric-data/olric#272, fixed after v0.7.0).
-func skipUnderRaceWithClusteredOlric(t testing.TB) {
-	if raceDetector {
-		t.Skip("olric v0.7.0 routing-table push races (olric-data/olric#272); run without -race")
-	}
-}

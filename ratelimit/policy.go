@@ -1,6 +1,8 @@
 package ratelimit
 
 import (
+	"net"
+	"net/netip"
 	"time"
 
 	"github.com/shoal-dev/shoal/consensus"
@@ -12,7 +14,8 @@ type Request struct {
 	Path string
 	// KeyHash is consensus.HashKey of the bearer token, or "" when the request has none.
 	KeyHash string
-	// IP is the client's address, its identity when it has no key.
+	// IP is the client's address (ClientIP of the connection's remote address), its identity
+	// unless it presents a key the policy lists.
 	IP string
 	// LLM marks the token-counted endpoints (chat and text completions): TPM rules apply.
 	LLM bool
@@ -24,8 +27,10 @@ type Request struct {
 
 // RulesFor returns the rules a request is checked against under policy p (nil: none):
 //
-//   - "client": p.DefaultRPM per minute per client ("key:<hash>", else "ip:<addr>"), unless the
-//     request's key is in p.Keys with its own RPM, which replaces the default.
+//   - "client": p.DefaultRPM per minute per client, unless the request's key is in p.Keys with
+//     its own RPM, which replaces the default. The client is "key:<hash>" for a key p.Keys
+//     lists, else "ip:<addr>": a key nobody registered is no identity, so a client cannot
+//     mint fresh budgets by sending made-up keys; it spends its address's budget.
 //   - "endpoint": p.Endpoints[r.Path].RPM per minute and .RPH per hour, keyed by the path.
 //   - "key": the key's RPM per minute, keyed by its hash.
 //   - "tenant": the key's tenant's RPM per minute, keyed by the tenant name.
@@ -45,7 +50,7 @@ func RulesFor(p *consensus.LimitPolicy, r Request) []Rule {
 	}
 	if p.DefaultRPM > 0 && !(known && key.RPM > 0) {
 		client := "ip:" + r.IP
-		if r.KeyHash != "" {
+		if known {
 			client = "key:" + r.KeyHash
 		}
 		rules = append(rules, Rule{Policy: PolicyClient, Key: client, Limit: p.DefaultRPM, Window: time.Minute})
@@ -87,3 +92,28 @@ func RulesFor(p *consensus.LimitPolicy, r Request) []Rule {
 // TokenBased reports whether r counts tokens rather than requests, i.e. whether the caller
 // should Charge it with the request's true token count when the response is done.
 func (r Rule) TokenBased() bool { return r.Policy == PolicyKeyTPM || r.Policy == PolicyTenantTPM }
+
+// ClientIP is the client identity of a connection's remote address (http.Request.RemoteAddr,
+// "host:port"): the IPv4 address, or the /64 prefix of an IPv6 address ("2001:db8:1:2::/64"),
+// since one IPv6 subscriber is commonly handed a whole /64 and could otherwise rotate through
+// 2^64 identities. Headers such as X-Forwarded-For are deliberately not read: any client can
+// write them, and each made-up value would be a fresh budget. An address that does not parse
+// is used as it is, truncated to 64 bytes.
+func ClientIP(remoteAddr string) string {
+	host := remoteAddr
+	if h, _, err := net.SplitHostPort(remoteAddr); err == nil {
+		host = h
+	}
+	addr, err := netip.ParseAddr(host)
+	if err != nil {
+		if len(host) > 64 {
+			host = host[:64]
+		}
+		return host
+	}
+	addr = addr.Unmap().WithZone("")
+	if addr.Is6() {
+		return netip.PrefixFrom(addr, 64).Masked().String()
+	}
+	return addr.String()
+}

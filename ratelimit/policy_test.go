@@ -1,6 +1,8 @@
 package ratelimit
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -32,8 +34,8 @@ func TestRulesFor(t *testing.T) {
 			{Policy: PolicyEndpoint, Key: "/v1/infer", Limit: 500, Window: time.Minute},
 			{Policy: PolicyEndpoint, Key: "/v1/infer", Limit: 50000, Window: time.Hour},
 		}},
-		{"UnknownKeyIsAClientIdentity", policy, Request{Path: "/v1/models", KeyHash: "abc", IP: "10.0.0.1"}, []Rule{
-			{Policy: PolicyClient, Key: "key:abc", Limit: 60, Window: time.Minute},
+		{"UnknownKeySpendsItsAddressBudget", policy, Request{Path: "/v1/models", KeyHash: "abc", IP: "10.0.0.1"}, []Rule{
+			{Policy: PolicyClient, Key: "ip:10.0.0.1", Limit: 60, Window: time.Minute},
 		}},
 		{"KnownKeyWithoutRPMKeepsTheDefault", policy, Request{Path: "/v1/models", KeyHash: plain, LLM: true}, []Rule{
 			{Policy: PolicyClient, Key: "key:" + plain, Limit: 60, Window: time.Minute},
@@ -61,6 +63,36 @@ func TestRulesFor(t *testing.T) {
 			require.Equal(t, tc.want, RulesFor(tc.p, tc.req))
 		})
 	}
+}
+
+// A client that sends a made-up key per request must not get a budget per key.
+func TestRulesForMadeUpKeysShareTheAddressBudget(t *testing.T) {
+	p := &consensus.LimitPolicy{DefaultRPM: 5}
+	seen := map[string]bool{}
+	for i := range 12 {
+		rules := RulesFor(p, Request{Path: "/v1/infer", KeyHash: consensus.HashKey(fmt.Sprintf("sk-made-up-%d", i)), IP: "10.0.0.7"})
+		require.Len(t, rules, 1)
+		seen[rules[0].Key] = true
+	}
+	require.Equal(t, map[string]bool{"ip:10.0.0.7": true}, seen)
+}
+
+func TestClientIP(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"10.1.2.3:5555", "10.1.2.3"},
+		{"[::ffff:10.1.2.3]:5555", "10.1.2.3"},
+		{"[2001:db8:1:2:aaaa:bbbb:cccc:dddd]:443", "2001:db8:1:2::/64"},
+		{"[2001:db8:1:2::9%eth0]:443", "2001:db8:1:2::/64"},
+		{"[::1]:80", "::/64"},
+		{"127.0.0.1", "127.0.0.1"},
+		{"@", "@"},
+		{strings.Repeat("x", 100), strings.Repeat("x", 64)},
+	} {
+		require.Equal(t, tc.want, ClientIP(tc.in), tc.in)
+	}
+	// Addresses within one /64 are one client; the next /64 is another.
+	require.Equal(t, ClientIP("[2001:db8::1]:1"), ClientIP("[2001:db8::ffff:1]:2"))
+	require.NotEqual(t, ClientIP("[2001:db8::1]:1"), ClientIP("[2001:db8:0:1::1]:1"))
 }
 
 func TestTokenBased(t *testing.T) {

@@ -32,6 +32,24 @@ type Counter interface {
 	Incr(ctx context.Context, ns, key string, delta int, ttl time.Duration) (int, error)
 }
 
+// scoped is implemented by counters that can say whether other nodes see the same counts;
+// *dcache.Cache does (only its olric backend is shared). A counter without it is taken to be
+// shared.
+type scoped interface {
+	// Shared reports whether every node's increments reach the same counter.
+	Shared() bool
+	// Backend names the counter's store, for logs and health.
+	Backend() string
+}
+
+// Scopes reported in Stats.Scope.
+const (
+	// ScopeCluster: the counters are shared, limits hold for the whole cluster.
+	ScopeCluster = "cluster"
+	// ScopeNode: the counters live on this node only, so each node admits a whole limit.
+	ScopeNode = "per-node"
+)
+
 // Policy names used in Rule.Policy by RulesFor.
 const (
 	// PolicyClient is the default per-client limit (API key, else IP address).
@@ -57,6 +75,7 @@ const (
 	DefaultLeaseTimeout = 50 * time.Millisecond
 	DefaultCallTimeout  = time.Second
 	DefaultRetryEvery   = 250 * time.Millisecond
+	DefaultMaxBuckets   = 65536
 )
 
 // maxCounterKey bounds counter keys (dcache refuses keys over 256 bytes).
@@ -154,6 +173,13 @@ type Config struct {
 	// RetryEvery spaces counter calls for a key whose window is exhausted (to notice tokens
 	// given back by other nodes) or whose last counter call failed. Default 250ms.
 	RetryEvery time.Duration
+	// MaxBuckets bounds the (rule, key) states held in memory. Client identities (addresses)
+	// are client input: a flood of new ones must not grow memory without bound. Buckets of
+	// request-counting rules are forgotten once idle for IdleReturn and drained; when MaxBuckets
+	// are held all the same, a rule with no bucket yet is decided by one counter call per
+	// request instead (exact, one round trip, denied when the counter does not answer within
+	// LeaseTimeout). Default 65536 (about 25 MiB, see DESIGN.md).
+	MaxBuckets int
 	// Now is the clock for windows and idleness; nil means time.Now. Tests inject one.
 	Now func() time.Time
 	// Logger receives the limiter's logs; nil discards.
@@ -185,6 +211,9 @@ func (c Config) resolve() (Config, error) {
 	if c.RetryEvery == 0 {
 		c.RetryEvery = DefaultRetryEvery
 	}
+	if c.MaxBuckets == 0 {
+		c.MaxBuckets = DefaultMaxBuckets
+	}
 	if c.Nodes == nil {
 		c.Nodes = func() int { return 1 }
 	}
@@ -197,6 +226,8 @@ func (c Config) resolve() (Config, error) {
 	switch {
 	case c.MaxBlock < 1:
 		return c, fmt.Errorf("ratelimit: max block %d: must be at least 1", c.MaxBlock)
+	case c.MaxBuckets < 1:
+		return c, fmt.Errorf("ratelimit: max buckets %d: must be at least 1", c.MaxBuckets)
 	case c.PrefetchAt < 0 || c.PrefetchAt > 1:
 		return c, fmt.Errorf("ratelimit: prefetch at %g: must be within 0..1", c.PrefetchAt)
 	case c.IdleReturn < 0, c.LeaseTimeout < 0, c.CallTimeout < 0, c.RetryEvery < 0:
@@ -221,10 +252,22 @@ type Stats struct {
 	ReturnedTokens int64
 	// CounterErrors counts failed counter calls.
 	CounterErrors int64
-	// Buckets is the number of (rule, key) states held in memory.
+	// Buckets is the number of (rule, key) states held in memory, at most Config.MaxBuckets.
 	Buckets int
+	// Overflow counts rule decisions made by a direct counter call because MaxBuckets states
+	// were held already.
+	Overflow int64
 	// Degraded is true while the last counter call failed: limits are enforced per node.
 	Degraded bool
+	// Scope is ScopeCluster, or ScopeNode when the counter is not shared between nodes
+	// (dcache's local and off backends).
+	Scope string
+	// ScopeDetail says why the scope is per-node, e.g. "per-node (cache backend local)";
+	// empty for ScopeCluster.
+	ScopeDetail string
+	// PerNodeCluster is true when limits are per-node although the cluster has several
+	// nodes: each of them admits a whole limit, so the cluster admits up to nodes × limit.
+	PerNodeCluster bool
 	// LastError is the last counter error, empty if none.
 	LastError string
 }
@@ -235,7 +278,8 @@ type Limiter struct {
 	cfg Config
 	log *slog.Logger
 
-	buckets sync.Map // bucketID -> *bucket
+	buckets  sync.Map // bucketID -> *bucket
+	nbuckets atomic.Int64
 
 	closeMu sync.Mutex
 	closed  bool
@@ -245,10 +289,14 @@ type Limiter struct {
 
 	allowed, denied, fallback, waits     atomic.Int64
 	leaseOK, leased, returned, callFails atomic.Int64
+	overflow                             atomic.Int64
 
 	failing atomic.Bool
-	errMu   sync.Mutex
-	lastErr string
+	// scope is ScopeCluster or ScopeNode, fixed by the counter; scopeDetail its explanation.
+	scope, scopeDetail string
+	warnedScope        atomic.Bool
+	errMu              sync.Mutex
+	lastErr            string
 }
 
 // New validates cfg and starts the background sweeper that returns idle leases.
@@ -263,9 +311,31 @@ func New(cfg Config) (*Limiter, error) {
 		log:   cfg.Logger.With("component", "ratelimit"),
 		stop:  cancel,
 		swept: make(chan struct{}),
+		scope: ScopeCluster,
+	}
+	if sc, ok := cfg.Counter.(scoped); ok && !sc.Shared() {
+		l.scope = ScopeNode
+		l.scopeDetail = fmt.Sprintf("%s (cache backend %s)", ScopeNode, sc.Backend())
+		if !l.checkScope() {
+			l.log.Info("rate limits are counted on this node only", "scope", l.scopeDetail)
+		}
 	}
 	go l.sweeper(ctx)
 	return l, nil
+}
+
+// checkScope warns once when limits are per-node in a cluster of several nodes: each node
+// then admits a whole limit, which nothing else would tell the operator. It reports whether
+// that is the case. The sweeper calls it as the cluster grows.
+func (l *Limiter) checkScope() bool {
+	if l.scope != ScopeNode || l.nodes() < 2 {
+		return false
+	}
+	if !l.warnedScope.Swap(true) {
+		l.log.Warn("rate limits are per node: the cache backend does not share counters, so each node admits a whole limit; use cache backend olric for cluster-wide limits",
+			"scope", l.scopeDetail, "nodes", l.nodes())
+	}
+	return true
 }
 
 func (l *Limiter) nodes() int { return max(1, l.cfg.Nodes()) }
@@ -275,16 +345,41 @@ func (l *Limiter) bucketFor(id bucketID) *bucket {
 	if v, ok := l.buckets.Load(id); ok {
 		return v.(*bucket)
 	}
-	v, _ := l.buckets.LoadOrStore(id, &bucket{id: id, idx: -1})
+	v, loaded := l.buckets.LoadOrStore(id, &bucket{id: id, idx: -1})
+	if !loaded {
+		l.nbuckets.Add(1)
+	}
 	return v.(*bucket)
 }
 
-// taken records tokens taken for one rule, so that they can be put back.
+// bucketIfRoom returns the live state of id, creating it unless MaxBuckets are held (nil).
+func (l *Limiter) bucketIfRoom(id bucketID) *bucket {
+	if v, ok := l.buckets.Load(id); ok {
+		return v.(*bucket)
+	}
+	if l.nbuckets.Load() >= int64(l.cfg.MaxBuckets) {
+		return nil
+	}
+	return l.bucketFor(id)
+}
+
+// forget removes b, which its caller has marked dead, from the map.
+func (l *Limiter) forget(b *bucket) {
+	if l.buckets.CompareAndDelete(b.id, b) {
+		l.nbuckets.Add(-1)
+	}
+}
+
+// taken records tokens taken for one rule, so that they can be put back. A direct decision
+// (no bucket) has b nil and names its counter instead.
 type taken struct {
 	b        *bucket
 	idx      int64
 	cost     int
 	debtPart int
+
+	key string
+	ttl time.Duration
 }
 
 // ruleResult is one rule's outcome within Allow.
@@ -359,11 +454,14 @@ type allowState struct {
 func (l *Limiter) decide(ctx context.Context, r Rule, st *allowState, later []Rule) (ruleResult, taken, bool) {
 	fallback := false
 	for {
-		b := l.bucketFor(r.id())
+		b := l.bucketIfRoom(r.id())
+		if b == nil {
+			return l.decideDirect(ctx, r, st)
+		}
 		out := b.take(l, r, st.now, fallback)
 		switch out.kind {
 		case outDead:
-			l.buckets.CompareAndDelete(r.id(), b)
+			l.forget(b)
 			continue
 		case outOK:
 			return ruleResult{rule: r, remaining: out.remaining, reset: out.reset, degraded: out.degraded}, out.t, true
@@ -380,6 +478,52 @@ func (l *Limiter) decide(ctx context.Context, r Rule, st *allowState, later []Ru
 		fallback = !wait(ctx, out.wait, st.deadline)
 		st.now = l.cfg.Now()
 	}
+}
+
+// decideDirect decides r with one counter call and keeps no state: the limiter holds
+// MaxBuckets already. It takes r.Cost from the counter and gives it back at once when the
+// window had no room. A counter that does not answer within LeaseTimeout denies: without a
+// bucket there is no share to fall back on, and admitting would let a flood of new identities
+// past every limit exactly when the counter struggles.
+func (l *Limiter) decideDirect(ctx context.Context, r Rule, st *allowState) (ruleResult, taken, bool) {
+	l.overflow.Add(1)
+	idx := windowIndex(st.now, r.Window)
+	res := ruleResult{rule: r, reset: windowEnd(idx, r.Window)}
+	t := taken{idx: idx, cost: r.Cost, key: counterKey(r.id(), idx), ttl: ttlFor(idx, r.Window, st.now)}
+	if !l.startCall() {
+		res.degraded = true
+		return res, taken{}, false
+	}
+	defer l.leases.Done()
+	cctx, cancel := context.WithTimeout(ctx, l.cfg.LeaseTimeout)
+	v, err := l.callCounter(cctx, t.key, r.Cost, t.ttl)
+	cancel()
+	if err != nil {
+		// The increment may still be applied: it strands r.Cost tokens of this window.
+		res.degraded = true
+		return res, taken{}, false
+	}
+	if v > r.Limit {
+		l.giveBack(t)
+		return res, taken{}, false
+	}
+	res.remaining = r.Limit - v
+	return res, t, true
+}
+
+// giveBack returns a direct decision's tokens to the counter in the background.
+func (l *Limiter) giveBack(t taken) {
+	if !l.startCall() {
+		return
+	}
+	go func() {
+		defer l.leases.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), l.cfg.CallTimeout)
+		defer cancel()
+		if _, err := l.callCounter(ctx, t.key, -t.cost, t.ttl); err == nil {
+			l.returned.Add(int64(t.cost))
+		}
+	}()
 }
 
 // wait blocks until ch closes (true), or until deadline or ctx ends (false).
@@ -418,6 +562,10 @@ func (l *Limiter) warm(rules []Rule, now time.Time) {
 // putBack returns tokens taken by an Allow that was denied by a later rule.
 func (l *Limiter) putBack(took []taken) {
 	for _, t := range took {
+		if t.b == nil {
+			l.giveBack(t)
+			continue
+		}
 		t.b.putBack(t)
 	}
 }
@@ -436,14 +584,12 @@ func (l *Limiter) Charge(_ context.Context, rule Rule, n int) {
 		if b.charge(l, rule, l.cfg.Now(), n) {
 			return
 		}
-		l.buckets.CompareAndDelete(rule.id(), b)
+		l.forget(b)
 	}
 }
 
 // Stats returns the limiter's counters; it never blocks on the network.
 func (l *Limiter) Stats() Stats {
-	n := 0
-	l.buckets.Range(func(_, _ any) bool { n++; return true })
 	l.errMu.Lock()
 	msg := l.lastErr
 	l.errMu.Unlock()
@@ -456,9 +602,13 @@ func (l *Limiter) Stats() Stats {
 		LeasedTokens:    l.leased.Load(),
 		ReturnedTokens:  l.returned.Load(),
 		CounterErrors:   l.callFails.Load(),
-		Buckets:         n,
+		Buckets:         int(l.nbuckets.Load()),
+		Overflow:        l.overflow.Load(),
 		Degraded:        l.failing.Load(),
 		LastError:       msg,
+		Scope:           l.scope,
+		ScopeDetail:     l.scopeDetail,
+		PerNodeCluster:  l.scope == ScopeNode && l.nodes() > 1,
 	}
 }
 
@@ -543,24 +693,37 @@ func (l *Limiter) sweeper(ctx context.Context) {
 		// Not ctx: Close cancels it, and a give-back cut off mid-call may still be applied
 		// and then be sent a second time by Close. Close waits for this sweep instead.
 		l.sweep(context.Background())
+		l.checkScope()
 	}
 }
 
+// sweepWorkers bounds the idle returns one sweep runs at once: a sweep after a burst of many
+// new clients has a give-back per client to send, and one at a time would let buckets pile up
+// faster than they are returned.
+const sweepWorkers = 8
+
 func (l *Limiter) sweep(ctx context.Context) {
 	now := l.cfg.Now()
-	l.buckets.Range(func(k, v any) bool {
+	sem := make(chan struct{}, sweepWorkers)
+	var wg sync.WaitGroup
+	l.buckets.Range(func(_, v any) bool {
 		b := v.(*bucket)
-		if b.expire(now) {
-			l.buckets.CompareAndDelete(k, b)
+		if b.expire(now) || b.forgetIdle(now, l.cfg.IdleReturn) {
+			l.forget(b)
 			return true
 		}
 		if ret, ok := b.drainIdle(now, l.cfg.IdleReturn); ok {
-			if err := l.settle(ctx, b, ret); err != nil {
-				l.log.Debug("idle return failed", "policy", b.id.policy, "err", err)
-			}
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				if err := l.settle(ctx, b, ret); err != nil {
+					l.log.Debug("idle return failed", "policy", b.id.policy, "err", err)
+				}
+			})
 		}
 		return true
 	})
+	wg.Wait()
 }
 
 // settle sends a drained bucket's net change (charges owed minus tokens given back) to the

@@ -1,5 +1,5 @@
 //go:build !race
 
-package ratelimit
+package node
 
 const raceDetector = false
