@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/shoal-dev/shoal/breaker"
 	"github.com/shoal-dev/shoal/ops"
 )
 
@@ -40,7 +41,7 @@ func breakerComponent(t *testing.T, addr string) ops.Component {
 
 // The error-rate trip, seen from outside: a backend that fails every other request never
 // fails twice in a row, so the consecutive-failure threshold (1000 here) never trips; once
-// breakerRateMin requests are in the window with half of them failed, the breaker opens.
+// breaker.RateMin requests are in the window with half of them failed, the breaker opens.
 // No admin token is configured.
 func TestErrorRateTripsBreakerBlackBox(t *testing.T) {
 	up := newUpstream(t)
@@ -54,7 +55,7 @@ func TestErrorRateTripsBreakerBlackBox(t *testing.T) {
 	require.Eventually(t, func() bool { return n.Store().IsLeader() }, apiWait, 10*time.Millisecond)
 	isOpen := func() bool { return fmt.Sprint(breakerComponent(t, addr).Data["open"]) == "[up]" }
 	sent := 0
-	for ; sent < 3*breakerRateMin; sent++ {
+	for ; sent < 3*breaker.RateMin; sent++ {
 		if isOpen() {
 			break
 		}
@@ -65,11 +66,11 @@ func TestErrorRateTripsBreakerBlackBox(t *testing.T) {
 		} else {
 			require.Equal(t, http.StatusOK, res.status, string(res.body))
 		}
-		if sent+1 < breakerRateMin {
-			require.False(t, isOpen(), "opened before %d requests were in the window", breakerRateMin)
+		if sent+1 < breaker.RateMin {
+			require.False(t, isOpen(), "opened before %d requests were in the window", breaker.RateMin)
 		}
 	}
-	require.Less(t, sent, 3*breakerRateMin, "the error rate never tripped the breaker")
+	require.Less(t, sent, 3*breaker.RateMin, "the error rate never tripped the breaker")
 	t.Logf("breaker opened after %d requests, half failed", sent)
 	require.Eventually(t, func() bool {
 		v, ok := metricValue(t, addr, `inference_breaker_state{model="up",node="test-node"}`)
@@ -88,7 +89,7 @@ func TestErrorRateTripsBreakerBlackBox(t *testing.T) {
 // Retry-budget exhaustion, seen from outside: n1's backend fails every request, and n1 sends
 // every other request to itself (round-robin). Each local failure is retried on n2 while the
 // budget lasts (10 retries, refilled by one per 5 requests), then answered 502 without a retry.
-// Fewer than breakerRateMin requests fail on n1, so its breaker stays closed throughout. No
+// Fewer than breaker.RateMin requests fail on n1, so its breaker stays closed throughout. No
 // admin token is configured.
 func TestRetryBudgetExhaustionBlackBox(t *testing.T) {
 	ups := []*upstream{newUpstream(t), newUpstream(t)}
@@ -103,7 +104,7 @@ func TestRetryBudgetExhaustionBlackBox(t *testing.T) {
 	require.Eventually(t, func() bool { return len(entry.candidates("up")) == 2 }, clusterWait, 10*time.Millisecond)
 
 	retried, direct, refused := 0, 0, 0
-	for i := 0; retried+refused < breakerRateMin-1 && i < 100; i++ {
+	for i := 0; retried+refused < breaker.RateMin-1 && i < 100; i++ {
 		res := inferUp(t, entry, i)
 		switch res.status {
 		case http.StatusOK:
