@@ -66,12 +66,15 @@ func Key(in KeyInput, lower bool) (key string, ok bool) {
 		h.Write(n[:])
 		h.Write([]byte(s))
 	}
-	num := func(f float64) {
+	word := func(u uint64) {
 		var n [8]byte
-		binary.LittleEndian.PutUint64(n[:], math.Float64bits(f))
+		binary.LittleEndian.PutUint64(n[:], u)
 		h.Write(n[:])
 	}
-	field("v1")
+	num := func(f float64) { word(math.Float64bits(f)) }
+	// v2: the seed is hashed as the integer it is (v1 went through float64,
+	// so seeds above 2^53 could share a key).
+	field("v2")
 	field(in.Model)
 	field(string(in.Endpoint))
 	for _, m := range in.Messages {
@@ -86,7 +89,7 @@ func Key(in KeyInput, lower bool) (key string, ok bool) {
 	num(p.Temperature)
 	num(p.TopP)
 	if p.Seed != nil {
-		num(float64(*p.Seed))
+		word(uint64(*p.Seed))
 	} else {
 		field("noseed")
 	}

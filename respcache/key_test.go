@@ -88,3 +88,9 @@ func TestParsePolicy(t *testing.T) {
 		require.Equal(t, want, ParsePolicy(h), h)
 	}
 }
+
+func TestSeedsAbove2To53HaveTheirOwnKeys(t *testing.T) {
+	a, b := base(), base()
+	a.Params.Seed, b.Params.Seed = seed(1<<53), seed(1<<53+1)
+	require.NotEqual(t, mustKey(t, a, false), mustKey(t, b, false))
+}
