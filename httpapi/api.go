@@ -505,6 +505,6 @@ func (a *Request) requests(id string) []*scheduler.Request {
 }
 
 // cacheInput is what of the request decides its answer.
-func (a *Request) cacheInput() respcache.KeyInput {
-	return respcache.KeyInput{Model: a.Model, Endpoint: a.Endpoint, Messages: a.Messages, Prompts: a.Prompts, Params: a.Params}
+func (a *Request) cacheInput(scope string) respcache.KeyInput {
+	return respcache.KeyInput{Model: a.Model, Endpoint: a.Endpoint, Messages: a.Messages, Prompts: a.Prompts, Params: a.Params, Scope: scope}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/olric-data/olric/config"
 	"github.com/stretchr/testify/require"
 
+	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/dcache"
 	"github.com/shoal-dev/shoal/httpapi"
 	"github.com/shoal-dev/shoal/respcache"
@@ -265,4 +266,62 @@ func TestGossipKeySecuresCacheAndRaft(t *testing.T) {
 	require.NoError(t, err)
 	defer conn.Close()
 	require.NotEmpty(t, conn.ConnectionState().PeerCertificates, "raft presented no certificate")
+}
+
+// scopeProbe asks the same deterministic question with key ("" for none)
+// and returns X-Shoal-Cache.
+func scopeProbe(t *testing.T, nd *Node, key string) string {
+	t.Helper()
+	h := map[string]string{}
+	if key != "" {
+		h["Authorization"] = "Bearer " + key
+	}
+	res := deterministicInfer(t, nd, "what did the others ask?", h)
+	require.Equal(t, http.StatusOK, res.status, string(res.body))
+	return res.header.Get("X-Shoal-Cache")
+}
+
+// waitCached asks until the answer of key's first request is stored.
+func waitCached(t *testing.T, nd *Node, key string) {
+	t.Helper()
+	require.Equal(t, httpapi.CacheMiss, scopeProbe(t, nd, key))
+	require.Eventually(t, func() bool { return scopeProbe(t, nd, key) == httpapi.CacheHit },
+		5*time.Second, 10*time.Millisecond, "the first answer was never stored")
+}
+
+func addKey(t *testing.T, nd *Node, key, tenant string) {
+	t.Helper()
+	res := doJSON(t, http.MethodPost, "http://"+nd.HTTPAddr()+"/admin/v1/keys", testToken, map[string]any{"key": key, "rpm": 1000, "tenant": tenant})
+	require.Equal(t, http.StatusOK, res.status, string(res.body))
+}
+
+func TestCacheIsSharedClusterWideWithoutAuth(t *testing.T) {
+	nd := mustNewCluster(t, 1, nil).nodes[0]
+	waitCached(t, nd, "sk-scope-key-one-0000000")
+	require.Equal(t, httpapi.CacheHit, scopeProbe(t, nd, "sk-scope-key-two-0000000"))
+	require.Equal(t, httpapi.CacheHit, scopeProbe(t, nd, ""))
+}
+
+func TestCacheScopeKeyKeepsKeysApart(t *testing.T) {
+	nd := mustNewCluster(t, 1, func(_ int, cfg *Config) { cfg.Cache.Scope = CacheScopeKey }).nodes[0]
+	waitCached(t, nd, "sk-scope-key-one-0000000")
+	require.Equal(t, httpapi.CacheMiss, scopeProbe(t, nd, "sk-scope-key-two-0000000"))
+	require.Equal(t, httpapi.CacheMiss, scopeProbe(t, nd, ""))
+}
+
+// With auth required the cache defaults to the tenant scope: keys of one
+// tenant share answers, another tenant's key learns nothing from a hit.
+func TestCacheScopeDefaultsToTenantWhenAuthRequired(t *testing.T) {
+	nd := mustNewCluster(t, 1, nil).nodes[0]
+	putLimits(t, nd, map[string]any{"default_rpm": 1000, "auth_required": true,
+		"tenants": map[string]any{"acme": map[string]any{"rpm": 0}, "globex": map[string]any{"rpm": 0}}})
+	const acme1, acme2, globex = "sk-acme-one-000000000000", "sk-acme-two-000000000000", "sk-globex-000000000000000"
+	addKey(t, nd, acme1, "acme")
+	addKey(t, nd, acme2, "acme")
+	addKey(t, nd, globex, "globex")
+	waitPolicy(t, []*Node{nd}, func(p *consensus.LimitPolicy) bool { return p.AuthRequired && len(p.Keys) == 3 })
+
+	waitCached(t, nd, acme1)
+	require.Equal(t, httpapi.CacheHit, scopeProbe(t, nd, acme2), "keys of one tenant share answers")
+	require.Equal(t, httpapi.CacheMiss, scopeProbe(t, nd, globex), "a hit told one tenant what another asked")
 }

@@ -128,6 +128,11 @@ type CacheConfig struct {
 	// LookupTimeout bounds a cache lookup so a slow cache never stalls a
 	// request.
 	LookupTimeout time.Duration
+
+	// Scope partitions cached answers: "cluster" (everyone shares),
+	// "tenant" (a key's tenant, or the key itself when it has none) or
+	// "key"; "" means tenant while auth is required, else cluster.
+	Scope string
 }
 
 // BatchingConfig is the default for every model; models may override.
@@ -311,6 +316,11 @@ func (c *Config) Validate() error {
 	case "olric", "local", "off":
 	default:
 		bad("cache.backend", `must be "olric", "local" or "off", got %q`, c.Cache.Backend)
+	}
+	switch c.Cache.Scope {
+	case "", CacheScopeCluster, CacheScopeTenant, CacheScopeKey:
+	default:
+		bad("cache.scope", `must be "cluster", "tenant" or "key" (or empty for tenant when auth is required, else cluster), got %q`, c.Cache.Scope)
 	}
 	if c.Cache.DefaultTTL < time.Second {
 		bad("cache.default_ttl", "must be at least 1s, got %s", c.Cache.DefaultTTL)

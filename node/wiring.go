@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/breaker"
+	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/httpapi"
 	"github.com/shoal-dev/shoal/ops"
 	"github.com/shoal-dev/shoal/respcache"
@@ -30,7 +31,7 @@ func (n *Node) wireRequestPath() {
 	n.api = httpapi.New(httpapi.Config{
 		Node: n.cfg.NodeName, MaxBodyBytes: n.cfg.HTTP.MaxBodyBytes, RequestTimeout: n.cfg.HTTP.RequestTimeout,
 		CacheLookupTimeout: n.cfg.Cache.LookupTimeout,
-		Limiter:            admitter{n}, Cache: n.respCache, Cluster: clusterGlue{n}, Picker: n.router, Forwarder: n.fwd,
+		Limiter:            admitter{n}, Cache: n.respCache, Scoper: scopeGlue{n}, Cluster: clusterGlue{n}, Picker: n.router, Forwarder: n.fwd,
 		Scheduler: n.sched, Breakers: n.breakers, Retries: n.retries, Metrics: metricsGlue{n.metrics},
 		Logger: n.logger.With("component", "api"),
 	})
@@ -42,6 +43,44 @@ func (n *Node) cacheSettings() (ttl time.Duration, lower bool) {
 		return cs.DefaultTTL, cs.Lowercase
 	}
 	return n.cfg.Cache.DefaultTTL, n.cfg.Cache.Lowercase
+}
+
+// Values of cache.scope.
+const (
+	CacheScopeCluster = "cluster"
+	CacheScopeTenant  = "tenant"
+	CacheScopeKey     = "key"
+)
+
+// scopeGlue partitions the response cache per cache.scope.
+type scopeGlue struct{ n *Node }
+
+// CacheScope is "" for the cluster scope; otherwise the client's tenant
+// (tenant scope, for a registered key that has one) or API key, so a hit
+// never tells one tenant what another asked. Clients without a key share
+// the anonymous scope; a key the policy does not know is a scope of its
+// own (it only ever shares with whoever holds the same key).
+func (g scopeGlue) CacheScope(r *http.Request) string {
+	p := g.n.limitPolicy()
+	scope := g.n.cfg.Cache.Scope
+	if scope == "" {
+		scope = CacheScopeCluster
+		if p.AuthRequired {
+			scope = CacheScopeTenant
+		}
+	}
+	if scope == CacheScopeCluster {
+		return ""
+	}
+	key := bearerKey(r)
+	if key == "" {
+		return "anonymous"
+	}
+	hash := consensus.HashKey(key)
+	if k, ok := p.Keys[hash]; ok && scope == CacheScopeTenant && k.Tenant != "" {
+		return "tenant:" + k.Tenant
+	}
+	return "key:" + hash
 }
 
 // clusterGlue is the API's view of the cluster.

@@ -37,6 +37,9 @@ type KeyInput struct {
 	Messages []scheduler.Message
 	Prompts  []string
 	Params   scheduler.Params
+	// Scope partitions the cache: requests of different scopes never
+	// share an answer ("" is the whole cluster).
+	Scope string
 }
 
 // normalizeText trims and collapses whitespace, so prompts that differ only
@@ -75,6 +78,7 @@ func Key(in KeyInput, lower bool) (key string, ok bool) {
 	// v2: the seed is hashed as the integer it is (v1 went through float64,
 	// so seeds above 2^53 could share a key).
 	field("v2")
+	field(in.Scope)
 	field(in.Model)
 	field(string(in.Endpoint))
 	for _, m := range in.Messages {
