@@ -137,14 +137,11 @@ func tasksRun(t *testing.T, nd *Node) float64 {
 	return 0
 }
 
-func TestIdenticalMissesRunTheModelOncePerCluster(t *testing.T) {
-	tc := olricCluster(t, 3, func(_ int, cfg *Config) {
-		// Slow enough that all requests arrive while the first computes.
-		cfg.Models[0].Sim.Base = 300 * time.Millisecond
-	})
-	// Olric settles partition ownership shortly after members join; wait
-	// until every member agrees who holds this key's lock.
-	key := mustCacheKey(t, "the same burst")
+// waitLockOwner waits until every member agrees who holds key's
+// coalescing lock: Olric settles partition ownership shortly after members
+// join.
+func waitLockOwner(t *testing.T, tc *testCluster, key string) {
+	t.Helper()
 	require.Eventually(t, func() bool {
 		ctx := context.Background()
 		unlock, err := tc.nodes[0].cache.Lock(ctx, "sim-fast", "lock:"+key, time.Second)
@@ -159,6 +156,53 @@ func TestIdenticalMissesRunTheModelOncePerCluster(t *testing.T) {
 		}
 		return true
 	}, 30*time.Second, 50*time.Millisecond, "olric members never agreed on the lock owner")
+}
+
+// waitRunning waits until nd's backend runs a request.
+func waitRunning(t *testing.T, nd *Node) {
+	t.Helper()
+	require.Eventually(t, func() bool { return nd.Scheduler().Load()["sim-fast"].Running > 0 },
+		10*time.Second, time.Millisecond, "the first request never started")
+}
+
+// A request with a long deadline that joins an identical one with a short
+// deadline gets the answer: it is not cut short by the other's deadline.
+func TestCoalescedRequestKeepsItsOwnDeadline(t *testing.T) {
+	nd := mustNewCluster(t, 1, func(_ int, cfg *Config) { cfg.Models[0].Sim.Base = time.Second }).nodes[0]
+	short := make(chan httpResult, 1)
+	go func() { short <- deterministicInfer(t, nd, "deadlines apart", map[string]string{"X-Shoal-Timeout": "200ms"}) }()
+	waitRunning(t, nd)
+	long := deterministicInfer(t, nd, "deadlines apart", map[string]string{"X-Shoal-Timeout": "10s"})
+	require.Equal(t, http.StatusOK, long.status, string(long.body))
+	require.Equal(t, http.StatusGatewayTimeout, (<-short).status)
+	require.Equal(t, 1.0, tasksRun(t, nd), "the two requests ran the model twice")
+}
+
+// A generation several lock leases long still runs once per cluster: its
+// node renews the lock, and the other node waits for the answer instead
+// of computing it again once the first lease is over.
+func TestLongGenerationRunsOncePerClusterPastTheLockLease(t *testing.T) {
+	tc := olricCluster(t, 2, func(_ int, cfg *Config) {
+		cfg.Tuning.CacheLockLease = 300 * time.Millisecond
+		cfg.Models[0].Sim.Base = 1500 * time.Millisecond
+	})
+	waitLockOwner(t, tc, mustCacheKey(t, "a long answer"))
+	first := make(chan httpResult, 1)
+	go func() { first <- deterministicInfer(t, tc.nodes[0], "a long answer", nil) }()
+	waitRunning(t, tc.nodes[0])
+	second := deterministicInfer(t, tc.nodes[1], "a long answer", nil)
+	require.Equal(t, http.StatusOK, second.status, string(second.body))
+	require.Contains(t, second.header.Get("X-Shoal-Route"), "local", "the second node must wait on the lock, not forward")
+	require.Equal(t, http.StatusOK, (<-first).status)
+	require.Equal(t, 1.0, tasksRun(t, tc.nodes[0])+tasksRun(t, tc.nodes[1]), "the model ran on both nodes")
+}
+
+func TestIdenticalMissesRunTheModelOncePerCluster(t *testing.T) {
+	tc := olricCluster(t, 3, func(_ int, cfg *Config) {
+		// Slow enough that all requests arrive while the first computes.
+		cfg.Models[0].Sim.Base = 300 * time.Millisecond
+	})
+	waitLockOwner(t, tc, mustCacheKey(t, "the same burst"))
 
 	var wg sync.WaitGroup
 	statuses := make([]int, 100)

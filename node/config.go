@@ -71,6 +71,10 @@ type Tuning struct {
 	LoadPublishInterval time.Duration
 	// GPUPollInterval is how often nvidia-smi is queried (default 10s).
 	GPUPollInterval time.Duration
+
+	// CacheLockLease is the lease of the cross-node coalescing lock, renewed
+	// while a node computes (default respcache.DefaultLockLease).
+	CacheLockLease time.Duration
 }
 
 // HTTPConfig is the client-facing server.

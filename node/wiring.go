@@ -25,7 +25,7 @@ func (n *Node) wireRequestPath() {
 		Go: n.goBackground, Logger: n.logger,
 	})
 	n.respCache = respcache.New(respcache.Config{
-		Node: n.cfg.NodeName, Store: n.cache, Settings: n.cacheSettings, Observer: metricsGlue{n.metrics},
+		Node: n.cfg.NodeName, Store: n.cache, Settings: n.cacheSettings, Observer: metricsGlue{n.metrics}, LockLease: n.cfg.Tuning.CacheLockLease,
 		Go: n.goBackground, Logger: n.logger,
 	})
 	n.api = httpapi.New(httpapi.Config{
