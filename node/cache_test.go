@@ -170,7 +170,9 @@ func waitRunning(t *testing.T, nd *Node) {
 func TestCoalescedRequestKeepsItsOwnDeadline(t *testing.T) {
 	nd := mustNewCluster(t, 1, func(_ int, cfg *Config) { cfg.Models[0].Sim.Base = time.Second }).nodes[0]
 	short := make(chan httpResult, 1)
-	go func() { short <- deterministicInfer(t, nd, "deadlines apart", map[string]string{"X-Shoal-Timeout": "200ms"}) }()
+	go func() {
+		short <- deterministicInfer(t, nd, "deadlines apart", map[string]string{"X-Shoal-Timeout": "200ms"})
+	}()
 	waitRunning(t, nd)
 	long := deterministicInfer(t, nd, "deadlines apart", map[string]string{"X-Shoal-Timeout": "10s"})
 	require.Equal(t, http.StatusOK, long.status, string(long.body))
