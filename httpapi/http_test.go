@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -33,4 +34,22 @@ func TestAcceptEncodingHonoursQualities(t *testing.T) {
 	} {
 		require.Equal(t, tc.want, chooseEncoding(tc.header), "Accept-Encoding: %q", tc.header)
 	}
+}
+
+func FuzzChooseEncoding(f *testing.F) {
+	for _, s := range []string{"", "gzip", "gzip;q=0.5", "zstd;q=0, gzip", "*;q=0.5, zstd;q=0", "gzip;q=", ";;,,", "gzip;q=1e400", "GZIP ; Q = 0.3", "*"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, h string) {
+		got := chooseEncoding(h)
+		switch got {
+		case "", "zstd", "gzip":
+		default:
+			t.Fatalf("chooseEncoding(%q) = %q", h, got)
+		}
+		lower := strings.ToLower(h)
+		if got != "" && !strings.Contains(lower, got) && !strings.Contains(lower, "*") {
+			t.Fatalf("chooseEncoding(%q) = %q, which the header never names", h, got)
+		}
+	})
 }
