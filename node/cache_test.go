@@ -349,7 +349,7 @@ func TestCacheIsSharedClusterWideWithoutAuth(t *testing.T) {
 }
 
 func TestCacheScopeKeyKeepsKeysApart(t *testing.T) {
-	nd := mustNewCluster(t, 1, func(_ int, cfg *Config) { cfg.Cache.Scope = CacheScopeKey }).nodes[0]
+	nd := mustNewCluster(t, 1, func(_ int, cfg *Config) { cfg.Cache.Scope = respcache.ScopeKey }).nodes[0]
 	waitCached(t, nd, "sk-scope-key-one-0000000")
 	require.Equal(t, httpapi.CacheMiss, scopeProbe(t, nd, "sk-scope-key-two-0000000"))
 	require.Equal(t, httpapi.CacheMiss, scopeProbe(t, nd, ""))

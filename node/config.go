@@ -13,6 +13,7 @@ import (
 	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/dcache"
 	"github.com/shoal-dev/shoal/gossip"
+	"github.com/shoal-dev/shoal/respcache"
 	"github.com/shoal-dev/shoal/scheduler/sim"
 )
 
@@ -322,7 +323,7 @@ func (c *Config) Validate() error {
 		bad("cache.backend", `must be "olric", "local" or "off", got %q`, c.Cache.Backend)
 	}
 	switch c.Cache.Scope {
-	case "", CacheScopeCluster, CacheScopeTenant, CacheScopeKey:
+	case "", respcache.ScopeCluster, respcache.ScopeTenant, respcache.ScopeKey:
 	default:
 		bad("cache.scope", `must be "cluster", "tenant" or "key" (or empty for tenant when auth is required, else cluster), got %q`, c.Cache.Scope)
 	}

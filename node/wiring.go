@@ -45,42 +45,16 @@ func (n *Node) cacheSettings() (ttl time.Duration, lower bool) {
 	return n.cfg.Cache.DefaultTTL, n.cfg.Cache.Lowercase
 }
 
-// Values of cache.scope.
-const (
-	CacheScopeCluster = "cluster"
-	CacheScopeTenant  = "tenant"
-	CacheScopeKey     = "key"
-)
-
 // scopeGlue partitions the response cache per cache.scope.
 type scopeGlue struct{ n *Node }
 
-// CacheScope is "" for the cluster scope; otherwise the client's tenant
-// (tenant scope, for a registered key that has one) or API key, so a hit
-// never tells one tenant what another asked. Clients without a key share
-// the anonymous scope; a key the policy does not know is a scope of its
-// own (it only ever shares with whoever holds the same key).
 func (g scopeGlue) CacheScope(r *http.Request) string {
 	p := g.n.limitPolicy()
-	scope := g.n.cfg.Cache.Scope
-	if scope == "" {
-		scope = CacheScopeCluster
-		if p.AuthRequired {
-			scope = CacheScopeTenant
-		}
+	hash := ""
+	if key := bearerKey(r); key != "" {
+		hash = consensus.HashKey(key)
 	}
-	if scope == CacheScopeCluster {
-		return ""
-	}
-	key := bearerKey(r)
-	if key == "" {
-		return "anonymous"
-	}
-	hash := consensus.HashKey(key)
-	if k, ok := p.Keys[hash]; ok && scope == CacheScopeTenant && k.Tenant != "" {
-		return "tenant:" + k.Tenant
-	}
-	return "key:" + hash
+	return respcache.ScopeOf(g.n.cfg.Cache.Scope, p.AuthRequired, hash, p.Keys[hash].Tenant)
 }
 
 // clusterGlue is the API's view of the cluster.

@@ -30,6 +30,38 @@ func ParsePolicy(h string) Policy {
 	return p
 }
 
+// Values of cache.scope: who shares cached answers.
+const (
+	ScopeCluster = "cluster"
+	ScopeTenant  = "tenant"
+	ScopeKey     = "key"
+)
+
+// ScopeOf names the cache partition of a request (KeyInput.Scope), so a
+// hit never tells a client what a client of another partition asked. mode
+// is cache.scope ("" is tenant while auth is required, else cluster);
+// keyHash is the hash of the client's API key ("" without one) and tenant
+// its tenant ("" for a key without one, or one the policy does not know).
+// Clients without a key share the anonymous scope; a key without a tenant
+// is a tenant of its own.
+func ScopeOf(mode string, authRequired bool, keyHash, tenant string) string {
+	if mode == "" {
+		mode = ScopeCluster
+		if authRequired {
+			mode = ScopeTenant
+		}
+	}
+	switch {
+	case mode == ScopeCluster:
+		return ""
+	case keyHash == "":
+		return "anonymous"
+	case mode == ScopeTenant && tenant != "":
+		return "tenant:" + tenant
+	}
+	return "key:" + keyHash
+}
+
 // KeyInput is every part of a request that changes its answer.
 type KeyInput struct {
 	Model    string
