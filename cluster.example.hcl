@@ -78,6 +78,10 @@ cache {
   lowercase = false
   # A cache lookup never takes longer than this; past it the request runs uncached. Default 50ms.
   lookup_timeout = "50ms"
+  # Who shares cached answers (a hit tells the client someone in its scope asked the same):
+  # "cluster", "tenant" (an API key's tenant, or the key itself when it has none) or "key".
+  # Clients without an API key share one scope. Default "": tenant when auth.required, else cluster.
+  scope = ""
 }
 
 batching {

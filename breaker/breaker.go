@@ -174,11 +174,13 @@ func (s *Set) observe(model string, err error) {
 			fails++
 		}
 	}
-	trip := failed && (t.consecutive >= s.cfg.FailureThreshold ||
-		(len(t.window) >= RateMin && fails*2 >= len(t.window)))
+	// Read under the lock: another request's outcome may change the
+	// tracker as soon as it is released.
+	consecutive, seen := t.consecutive, len(t.window)
+	trip := failed && (consecutive >= s.cfg.FailureThreshold || (seen >= RateMin && fails*2 >= seen))
 	s.mu.Unlock()
 	if trip {
-		s.open(model, consensus.BreakerClosed, fmt.Sprintf("%d consecutive failures, %d/%d in %s: %v", t.consecutive, fails, len(t.window), RateWindow, err))
+		s.open(model, consensus.BreakerClosed, fmt.Sprintf("%d consecutive failures, %d/%d in %s: %v", consecutive, fails, seen, RateWindow, err))
 	}
 }
 

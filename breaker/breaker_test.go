@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -274,4 +275,46 @@ func TestRetryBudgetAllowsAFifthOfRequests(t *testing.T) {
 	b.Request()
 	require.True(t, b.Take(), "five requests did not earn a retry")
 	require.False(t, b.Take())
+}
+
+// stuckClosed is replicated state in which every proposal loses to
+// another, so the breaker stays closed and every failure trips again.
+type stuckClosed struct{ proposals atomic.Int64 }
+
+func (*stuckClosed) Breaker(model string) consensus.BreakerState {
+	return consensus.BreakerState{Model: model, State: consensus.BreakerClosed}
+}
+
+func (s *stuckClosed) ProposeBreaker(context.Context, consensus.BreakerTransition) error {
+	s.proposals.Add(1)
+	return consensus.ErrBreakerConflict
+}
+
+// Run with -race: outcomes reported from many goroutines at once, with
+// trips proposed in the background as the node does.
+func TestConcurrentOutcomesAreRaceFree(t *testing.T) {
+	st := &stuckClosed{}
+	var wg sync.WaitGroup
+	s := New(Config{Node: "n1", FailureThreshold: 1, Timeout: timeout, IsFailure: isFailure, State: st, Proposer: st,
+		Go: func(f func()) { wg.Go(f) }})
+	var callers sync.WaitGroup
+	for range 8 {
+		callers.Go(func() {
+			for i := range 200 {
+				done, ok := s.Admit("m")
+				if !ok {
+					t.Error("a closed breaker refused a request")
+					return
+				}
+				if i%3 == 0 {
+					done(nil)
+				} else {
+					done(errBackend)
+				}
+			}
+		})
+	}
+	callers.Wait()
+	wg.Wait()
+	require.Positive(t, st.proposals.Load())
 }

@@ -324,7 +324,7 @@ type store interface {
 	del(ctx context.Context, ns, key string) error
 	purge(ctx context.Context, ns string) error
 	incr(ctx context.Context, ns, key string, delta int, ttl time.Duration) (int, error)
-	lock(ctx context.Context, ns, key string, lease time.Duration) (func(context.Context) error, error)
+	lock(ctx context.Context, ns, key string, lease time.Duration) (held, error)
 	members() int
 	// expected is how many members the cluster should have by shoal's membership (0: unknown).
 	expected() int
@@ -556,11 +556,44 @@ func (c *Cache) Incr(ctx context.Context, ns, key string, delta int, ttl time.Du
 	return v, nil
 }
 
-// Lock takes the lock (ns, key) for at most lease, without waiting: if another holder has it,
-// Lock returns ErrLocked. The returned func releases it; it returns ErrNotLocked when the lease
-// had already run out. On olric the lock is cluster-wide (Olric's locks are advisory: a member
-// that loses its view of the partition owner can, briefly, let two holders in).
-func (c *Cache) Lock(ctx context.Context, ns, key string, lease time.Duration) (func(context.Context) error, error) {
+// held is a lock this member holds: unlock releases it, renew extends its
+// lease to the given duration from now. Both return ErrNotLocked once the
+// lease has run out (or another holder took the lock since).
+type held struct {
+	unlock func(context.Context) error
+	renew  func(context.Context, time.Duration) error
+}
+
+// Held is a cluster-wide lock taken with Hold.
+type Held struct {
+	c *Cache
+	h held
+}
+
+// Renew extends the lock's lease to lease from now, so a holder whose work
+// outlasts the first lease keeps the lock; ErrNotLocked means it was lost.
+func (h *Held) Renew(ctx context.Context, lease time.Duration) error {
+	if lease <= 0 {
+		return fmt.Errorf("renew lock: lease %s must be positive", lease)
+	}
+	err := h.h.renew(ctx, lease)
+	if err != nil && !errors.Is(err, ErrNotLocked) {
+		h.c.fail(err)
+	}
+	return err
+}
+
+// Unlock releases the lock; ErrNotLocked means its lease had run out.
+func (h *Held) Unlock(ctx context.Context) error {
+	err := h.h.unlock(ctx)
+	if err != nil && !errors.Is(err, ErrNotLocked) {
+		h.c.fail(err)
+	}
+	return err
+}
+
+// Hold is Lock returning a lock whose lease can be renewed.
+func (c *Cache) Hold(ctx context.Context, ns, key string, lease time.Duration) (*Held, error) {
 	if err := c.check(ns, key); err != nil {
 		return nil, err
 	}
@@ -570,7 +603,7 @@ func (c *Cache) Lock(ctx context.Context, ns, key string, lease time.Duration) (
 	if !c.allowed(ns) {
 		return nil, fmt.Errorf("%w: lock namespace %q is not admitted", ErrInvalidKey, ns)
 	}
-	unlock, err := c.st.lock(ctx, ns, key, lease)
+	h, err := c.st.lock(ctx, ns, key, lease)
 	if err != nil {
 		if !errors.Is(err, ErrLocked) {
 			c.fail(err)
@@ -578,13 +611,19 @@ func (c *Cache) Lock(ctx context.Context, ns, key string, lease time.Duration) (
 		return nil, err
 	}
 	c.ok()
-	return func(ctx context.Context) error {
-		err := unlock(ctx)
-		if err != nil && !errors.Is(err, ErrNotLocked) {
-			c.fail(err)
-		}
-		return err
-	}, nil
+	return &Held{c: c, h: h}, nil
+}
+
+// Lock takes the lock (ns, key) for at most lease, without waiting: if another holder has it,
+// Lock returns ErrLocked. The returned func releases it; it returns ErrNotLocked when the lease
+// had already run out. On olric the lock is cluster-wide (Olric's locks are advisory: a member
+// that loses its view of the partition owner can, briefly, let two holders in).
+func (c *Cache) Lock(ctx context.Context, ns, key string, lease time.Duration) (func(context.Context) error, error) {
+	h, err := c.Hold(ctx, ns, key, lease)
+	if err != nil {
+		return nil, err
+	}
+	return h.Unlock, nil
 }
 
 // Members is the number of cache members this node sees (1 for local and off, 0 before an

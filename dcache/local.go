@@ -163,27 +163,41 @@ func (s *localStore) incr(_ context.Context, ns, key string, delta int, ttl time
 	return c.v, nil
 }
 
-func (s *localStore) lock(_ context.Context, ns, key string, lease time.Duration) (func(context.Context) error, error) {
+func (s *localStore) lock(_ context.Context, ns, key string, lease time.Duration) (held, error) {
 	k := nsKey{ns, key}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
 	s.sweep(now)
 	if l, ok := s.locks[k]; ok && !expired(l.expires, now) {
-		return nil, ErrLocked
+		return held{}, ErrLocked
 	}
 	s.tokens++
 	token := s.tokens
 	s.locks[k] = localLock{token: token, expires: now.Add(lease)}
-	return func(context.Context) error {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		l, ok := s.locks[k]
-		if !ok || l.token != token || expired(l.expires, s.now()) {
-			return ErrNotLocked
-		}
-		delete(s.locks, k)
-		return nil
+	return held{
+		unlock: func(context.Context) error {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			l, ok := s.locks[k]
+			if !ok || l.token != token || expired(l.expires, s.now()) {
+				return ErrNotLocked
+			}
+			delete(s.locks, k)
+			return nil
+		},
+		renew: func(_ context.Context, lease time.Duration) error {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			now := s.now()
+			l, ok := s.locks[k]
+			if !ok || l.token != token || expired(l.expires, now) {
+				return ErrNotLocked
+			}
+			l.expires = now.Add(lease)
+			s.locks[k] = l
+			return nil
+		},
 	}, nil
 }
 

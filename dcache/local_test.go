@@ -271,6 +271,21 @@ func TestLocalLock(t *testing.T) {
 	require.NoError(t, second(ctx))
 }
 
+func TestLocalRenewedLockOutlivesItsFirstLease(t *testing.T) {
+	c, clock := newLocal(t, 1<<20)
+	ctx := context.Background()
+	h, err := c.Hold(ctx, "co", "k", time.Second)
+	require.NoError(t, err)
+	clock.Advance(900 * time.Millisecond)
+	require.NoError(t, h.Renew(ctx, time.Second))
+	clock.Advance(900 * time.Millisecond)
+	_, err = c.Lock(ctx, "co", "k", time.Second)
+	require.ErrorIs(t, err, ErrLocked, "the renewal did not extend the lease")
+	clock.Advance(200 * time.Millisecond)
+	require.ErrorIs(t, h.Renew(ctx, time.Second), ErrNotLocked, "a lapsed lease cannot be renewed")
+	require.ErrorIs(t, h.Unlock(ctx), ErrNotLocked)
+}
+
 func TestLockRejectsNonPositiveLease(t *testing.T) {
 	c, _ := newLocal(t, 1<<20)
 	_, err := c.Lock(context.Background(), "co", "k", 0)

@@ -701,7 +701,7 @@ func (o *olricStore) expireIfUnset(ctx context.Context, dm olric.DMap, key strin
 	return dm.Expire(ctx, key, max(ttl, time.Millisecond))
 }
 
-func (o *olricStore) lock(ctx context.Context, ns, key string, lease time.Duration) (func(context.Context) error, error) {
+func (o *olricStore) lock(ctx context.Context, ns, key string, lease time.Duration) (held, error) {
 	lc, err := call(o, ctx, o.cfg.OpTimeout, "lock "+lockPrefix+ns, func(ctx context.Context) (olric.LockContext, error) {
 		dm, err := o.dmap(lockPrefix + ns)
 		if err != nil {
@@ -711,13 +711,21 @@ func (o *olricStore) lock(ctx context.Context, ns, key string, lease time.Durati
 		return dm.LockWithTimeout(ctx, key, max(lease, time.Millisecond), 0)
 	})
 	if err != nil {
-		return nil, err
+		return held{}, err
 	}
-	return func(ctx context.Context) error {
-		_, err := call(o, ctx, o.cfg.OpTimeout, "unlock "+lockPrefix+ns, func(ctx context.Context) (struct{}, error) {
-			return struct{}{}, lc.Unlock(ctx)
-		})
-		return err
+	return held{
+		unlock: func(ctx context.Context) error {
+			_, err := call(o, ctx, o.cfg.OpTimeout, "unlock "+lockPrefix+ns, func(ctx context.Context) (struct{}, error) {
+				return struct{}{}, lc.Unlock(ctx)
+			})
+			return err
+		},
+		renew: func(ctx context.Context, lease time.Duration) error {
+			_, err := call(o, ctx, o.cfg.OpTimeout, "lease "+lockPrefix+ns, func(ctx context.Context) (struct{}, error) {
+				return struct{}{}, lc.Lease(ctx, lease)
+			})
+			return err
+		},
 	}, nil
 }
 

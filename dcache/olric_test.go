@@ -169,6 +169,20 @@ func TestOlricSingleMember(t *testing.T) {
 		require.NoError(t, again(ctx))
 	})
 
+	t.Run("RenewedLockOutlivesItsFirstLease", func(t *testing.T) {
+		h, err := c.Hold(ctx, "coalesce", "renewed", 300*time.Millisecond)
+		require.NoError(t, err)
+		require.NoError(t, h.Renew(ctx, 10*time.Second))
+		// Well past the first lease (checked by a later holder's own
+		// short lease running out, not by sleeping).
+		probe, err := c.Hold(ctx, "coalesce", "probe", 300*time.Millisecond)
+		require.NoError(t, err)
+		require.Eventually(t, func() bool { return errors.Is(probe.Unlock(ctx), ErrNotLocked) }, waitTimeout, waitTick)
+		_, err = c.Lock(ctx, "coalesce", "renewed", time.Second)
+		require.ErrorIs(t, err, ErrLocked, "the renewed lease ran out with the first one")
+		require.NoError(t, h.Unlock(ctx))
+	})
+
 	t.Run("StoresTheLargestValueUnderTheLongestKey", func(t *testing.T) {
 		key := strings.Repeat("k", MaxKeyLen)
 		val := bytes.Repeat([]byte{7}, DefaultMaxValueBytes)

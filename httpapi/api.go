@@ -105,7 +105,7 @@ func typeError[T any](b []byte) error {
 	return &json.UnmarshalTypeError{Value: kind, Type: reflect.TypeFor[T]()}
 }
 
-// expected names what a field takes, in the API's terms.
+// expected names what a value of type t must be, in JSON terms.
 func expected(t reflect.Type) string {
 	switch t {
 	case reflect.TypeFor[flexString]():
@@ -113,7 +113,85 @@ func expected(t reflect.Type) string {
 	case reflect.TypeFor[chatContent]():
 		return "a string or an array of content parts"
 	}
-	return t.String()
+	switch t.Kind() {
+	case reflect.Pointer:
+		return expected(t.Elem())
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Struct:
+		return "an object"
+	case reflect.Slice, reflect.Array:
+		e := t.Elem()
+		for e.Kind() == reflect.Pointer {
+			e = e.Elem()
+		}
+		switch {
+		case e.Kind() == reflect.String:
+			return "an array of strings"
+		case e.Kind() == reflect.Struct && e != reflect.TypeFor[flexString]() && e != reflect.TypeFor[chatContent]():
+			return "an array of {" + strings.Join(jsonFields(e), ", ") + "} objects"
+		}
+		return "an array"
+	}
+	return "a valid value"
+}
+
+// jsonFields lists the JSON names of a struct's fields, embedded ones
+// included.
+func jsonFields(t reflect.Type) []string {
+	var out []string
+	for f := range t.Fields() {
+		if f.Anonymous && f.Type.Kind() == reflect.Struct {
+			out = append(out, jsonFields(f.Type)...)
+			continue
+		}
+		if name, _, _ := strings.Cut(f.Tag.Get("json"), ","); name != "" && name != "-" {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// fieldType resolves a dotted JSON path (as encoding/json reports it,
+// without array indexes) to the declared Go type of that field, so an
+// error about an array's element can still describe the whole array.
+func fieldType(t reflect.Type, path string) (reflect.Type, bool) {
+	for _, name := range strings.Split(path, ".") {
+		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct {
+			return nil, false
+		}
+		f, ok := jsonField(t, name)
+		if !ok {
+			return nil, false
+		}
+		t = f
+	}
+	return t, true
+}
+
+func jsonField(t reflect.Type, name string) (reflect.Type, bool) {
+	for f := range t.Fields() {
+		if f.Anonymous && f.Type.Kind() == reflect.Struct {
+			if ft, ok := jsonField(f.Type, name); ok {
+				return ft, true
+			}
+			continue
+		}
+		if tag, _, _ := strings.Cut(f.Tag.Get("json"), ","); tag == name {
+			return f.Type, true
+		}
+	}
+	return nil, false
 }
 
 // chatContent accepts a message's content as a string or as an array of
@@ -198,11 +276,11 @@ type inferBody struct {
 }
 
 // decodeStrict unmarshals one JSON value and rejects trailing data. Type
-// errors name the offending field.
+// errors name the offending field and what it takes, in JSON terms.
 func decodeStrict(body []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(v); err != nil {
-		return describeJSONError(err)
+		return describeJSONError(reflect.TypeOf(v), err)
 	}
 	if dec.More() {
 		return badRequest("invalid_json", "request body has data after the JSON object")
@@ -210,7 +288,7 @@ func decodeStrict(body []byte, v any) error {
 	return nil
 }
 
-func describeJSONError(err error) error {
+func describeJSONError(body reflect.Type, err error) error {
 	var te *json.UnmarshalTypeError
 	var se *json.SyntaxError
 	switch {
@@ -221,7 +299,13 @@ func describeJSONError(err error) error {
 		if field == "" {
 			return badRequest("invalid_json", "request body must be a JSON object")
 		}
-		return badParam(field, fmt.Sprintf("%s: expected %s, got JSON %s", field, expected(te.Type), te.Value))
+		want := te.Type
+		if ft, ok := fieldType(body, field); ok {
+			want = ft
+		}
+		// encoding/json says "number 1.5" for a number of the wrong kind.
+		got, _, _ := strings.Cut(te.Value, " ")
+		return badParam(field, fmt.Sprintf("%s must be %s; got a JSON %s", field, expected(want), got))
 	case errors.As(err, &se):
 		return badRequest("invalid_json", fmt.Sprintf("malformed JSON at byte %d: %v", se.Offset, se))
 	case strings.Contains(err.Error(), "json: "):
@@ -421,6 +505,6 @@ func (a *Request) requests(id string) []*scheduler.Request {
 }
 
 // cacheInput is what of the request decides its answer.
-func (a *Request) cacheInput() respcache.KeyInput {
-	return respcache.KeyInput{Model: a.Model, Endpoint: a.Endpoint, Messages: a.Messages, Prompts: a.Prompts, Params: a.Params}
+func (a *Request) cacheInput(scope string) respcache.KeyInput {
+	return respcache.KeyInput{Model: a.Model, Endpoint: a.Endpoint, Messages: a.Messages, Prompts: a.Prompts, Params: a.Params, Scope: scope}
 }

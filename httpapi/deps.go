@@ -34,6 +34,14 @@ type Cache interface {
 	Coalesce(ctx context.Context, model, key string, store bool, compute respcache.Compute) ([]scheduler.Result, error)
 }
 
+// Scoper partitions the response cache by who asks.
+type Scoper interface {
+	// CacheScope names the partition r's answer is cached in ("" for the
+	// whole cluster), so a hit never tells one client what a client of
+	// another partition asked.
+	CacheScope(r *http.Request) string
+}
+
 // Cluster is what the API reads of the cluster's membership.
 type Cluster interface {
 	// Candidates are the nodes that may serve model now.
@@ -101,6 +109,7 @@ type Config struct {
 
 	Limiter   Limiter
 	Cache     Cache
+	Scoper    Scoper
 	Cluster   Cluster
 	Picker    Picker
 	Forwarder Forwarder

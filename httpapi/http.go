@@ -41,15 +41,51 @@ func newCodec() *codec {
 	return c
 }
 
-// acceptsEncoding reports whether the Accept-Encoding header allows enc.
-func acceptsEncoding(h, enc string) bool {
+// chooseEncoding picks the response encoding Accept-Encoding allows: the
+// one with the highest quality (zstd on a tie), "" for none. A coding
+// listed with q=0 is refused, one not listed takes the quality of "*",
+// and a malformed quality refuses its coding (RFC 9110 12.5.3).
+func chooseEncoding(h string) string {
+	if h == "" {
+		return ""
+	}
+	q := map[string]float64{}
 	for _, part := range strings.Split(h, ",") {
-		name, params, _ := strings.Cut(strings.TrimSpace(part), ";")
-		if strings.EqualFold(strings.TrimSpace(name), enc) {
-			return !strings.Contains(strings.ReplaceAll(params, " ", ""), "q=0")
+		name, params, _ := strings.Cut(part, ";")
+		name = strings.ToLower(strings.TrimSpace(name))
+		if name == "" {
+			continue
+		}
+		q[name] = qvalue(params)
+	}
+	best, bestQ := "", 0.0
+	for _, enc := range []string{"zstd", "gzip"} {
+		v, ok := q[enc]
+		if !ok {
+			v = q["*"]
+		}
+		if v > bestQ {
+			best, bestQ = enc, v
 		}
 	}
-	return false
+	return best
+}
+
+// qvalue reads the q parameter among a coding's parameters: 1 when absent,
+// 0 when malformed or out of range.
+func qvalue(params string) float64 {
+	for _, p := range strings.Split(params, ";") {
+		k, v, ok := strings.Cut(strings.TrimSpace(p), "=")
+		if !ok || !strings.EqualFold(strings.TrimSpace(k), "q") {
+			continue
+		}
+		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil || f < 0 || f > 1 {
+			return 0
+		}
+		return f
+	}
+	return 1
 }
 
 type codecKey struct{}
@@ -72,12 +108,11 @@ func writeJSON(w http.ResponseWriter, r *http.Request, status int, v any) {
 	c, _ := r.Context().Value(codecKey{}).(*codec)
 	if c != nil && len(body) >= compressMin {
 		h.Add("Vary", "Accept-Encoding")
-		ae := r.Header.Get("Accept-Encoding")
-		switch {
-		case acceptsEncoding(ae, "zstd"):
+		switch chooseEncoding(r.Header.Get("Accept-Encoding")) {
+		case "zstd":
 			body = c.zenc.EncodeAll(body, nil)
 			h.Set("Content-Encoding", "zstd")
-		case acceptsEncoding(ae, "gzip"):
+		case "gzip":
 			var buf bytes.Buffer
 			gw := c.gzips.Get().(*gzip.Writer)
 			gw.Reset(&buf)
@@ -128,7 +163,10 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *Err
 	data, err := io.ReadAll(io.LimitReader(rd, limit+1))
 	var mbe *http.MaxBytesError
 	switch {
-	case errors.As(err, &mbe) || int64(len(data)) > limit:
+	case errors.As(err, &mbe) || int64(len(data)) > limit ||
+		// A zstd frame that asks for a window (or content) beyond the
+		// decoder's memory bound is too large, as a gzip bomb is.
+		errors.Is(err, zstd.ErrWindowSizeExceeded) || errors.Is(err, zstd.ErrDecoderSizeExceeded):
 		return nil, &Error{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request_error", Code: "body_too_large",
 			Message: "request body is larger than the node's limit of " + strconv.FormatInt(limit, 10) + " bytes"}
 	case err != nil:

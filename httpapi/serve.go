@@ -113,7 +113,7 @@ func (a *API) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 // answerFromCache serves a cached answer when the request allows it and one
 // exists, and sets X-Shoal-Cache either way.
 func (a *API) answerFromCache(ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request) bool {
-	key, ok := a.cfg.Cache.Key(req.cacheInput())
+	key, ok := a.cfg.Cache.Key(req.cacheInput(a.cfg.Scoper.CacheScope(r)))
 	pol := respcache.ParsePolicy(r.Header.Get("Cache-Control"))
 	if !ok || !pol.Lookup {
 		setCacheHeader(w, CacheBypass)
@@ -246,7 +246,7 @@ func (a *API) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 	if !ok {
 		return 0, fmt.Errorf("%s on %s: %w", req.Model, a.cfg.Node, errBreakerOpen)
 	}
-	key, cacheable := a.cfg.Cache.Key(req.cacheInput())
+	key, cacheable := a.cfg.Cache.Key(req.cacheInput(a.cfg.Scoper.CacheScope(r)))
 	pol := respcache.ParsePolicy(r.Header.Get("Cache-Control"))
 	if w.Header().Get("X-Shoal-Cache") == "" {
 		if cacheable && pol.Lookup {

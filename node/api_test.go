@@ -253,6 +253,32 @@ func TestGzipBombIs413(t *testing.T) {
 	require.Equal(t, "body_too_large", e.Error.Code)
 }
 
+func TestZstdWindowOverLimitIs413(t *testing.T) {
+	n := startTestNode(t, nil)
+	// An 8 MiB window asks the decoder for more memory than twice the
+	// 1 MiB body limit: refused like the gzip bomb, not as a corrupt body.
+	inflated := append([]byte(`{"model":"sim-test","prompt":"x"`), bytes.Repeat([]byte(" "), 8<<20)...)
+	inflated = append(inflated, '}')
+	var buf bytes.Buffer
+	zw, err := zstd.NewWriter(&buf, zstd.WithWindowSize(8<<20), zstd.WithSingleSegment(false))
+	require.NoError(t, err)
+	_, err = zw.Write(inflated)
+	require.NoError(t, err)
+	require.NoError(t, zw.Close())
+	require.Less(t, buf.Len(), 64<<10)
+	e := requireAPIError(t, send(t, http.MethodPost, baseURL(n)+"/v1/completions", buf.Bytes(), map[string]string{"Content-Encoding": "zstd"}), http.StatusRequestEntityTooLarge)
+	require.Equal(t, "body_too_large", e.Error.Code)
+}
+
+func TestHeadersOverLimitAreAJSON431(t *testing.T) {
+	n := startTestNode(t, nil)
+	r := send(t, http.MethodPost, baseURL(n)+"/v1/completions", []byte(`{"model":"sim-test","prompt":"x"}`),
+		map[string]string{"X-Padding": strings.Repeat("p", 100<<10)})
+	e := requireAPIError(t, r, http.StatusRequestHeaderFieldsTooLarge)
+	require.Equal(t, "headers_too_large", e.Error.Code)
+	require.Equal(t, n.Name(), r.header.Get("X-Shoal-Node"))
+}
+
 func TestWrongContentTypeIs415(t *testing.T) {
 	n := startTestNode(t, nil)
 	body := []byte(`{"model":"sim-test","prompt":"x"}`)

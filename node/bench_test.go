@@ -27,6 +27,9 @@ func BenchmarkHTTPAddedLatency(b *testing.B) {
 			n := startTestNode(b, func(c *Config) {
 				withSimModel(0, 0, 0)(c)
 				c.Batching.FlushTimeout = tc.flush
+				// The default per-client limit (1000 rpm) would answer
+				// 429 within the first second of a run.
+				c.RateLimit.RPM = 0
 			})
 			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1, DisableCompression: true}}
 			defer client.CloseIdleConnections()

@@ -17,6 +17,7 @@ import (
 	"github.com/olric-data/olric/config"
 	"github.com/stretchr/testify/require"
 
+	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/dcache"
 	"github.com/shoal-dev/shoal/httpapi"
 	"github.com/shoal-dev/shoal/respcache"
@@ -136,14 +137,11 @@ func tasksRun(t *testing.T, nd *Node) float64 {
 	return 0
 }
 
-func TestIdenticalMissesRunTheModelOncePerCluster(t *testing.T) {
-	tc := olricCluster(t, 3, func(_ int, cfg *Config) {
-		// Slow enough that all requests arrive while the first computes.
-		cfg.Models[0].Sim.Base = 300 * time.Millisecond
-	})
-	// Olric settles partition ownership shortly after members join; wait
-	// until every member agrees who holds this key's lock.
-	key := mustCacheKey(t, "the same burst")
+// waitLockOwner waits until every member agrees who holds key's
+// coalescing lock: Olric settles partition ownership shortly after members
+// join.
+func waitLockOwner(t *testing.T, tc *testCluster, key string) {
+	t.Helper()
 	require.Eventually(t, func() bool {
 		ctx := context.Background()
 		unlock, err := tc.nodes[0].cache.Lock(ctx, "sim-fast", "lock:"+key, time.Second)
@@ -158,6 +156,55 @@ func TestIdenticalMissesRunTheModelOncePerCluster(t *testing.T) {
 		}
 		return true
 	}, 30*time.Second, 50*time.Millisecond, "olric members never agreed on the lock owner")
+}
+
+// waitRunning waits until nd's backend runs a request.
+func waitRunning(t *testing.T, nd *Node) {
+	t.Helper()
+	require.Eventually(t, func() bool { return nd.Scheduler().Load()["sim-fast"].Running > 0 },
+		10*time.Second, time.Millisecond, "the first request never started")
+}
+
+// A request with a long deadline that joins an identical one with a short
+// deadline gets the answer: it is not cut short by the other's deadline.
+func TestCoalescedRequestKeepsItsOwnDeadline(t *testing.T) {
+	nd := mustNewCluster(t, 1, func(_ int, cfg *Config) { cfg.Models[0].Sim.Base = time.Second }).nodes[0]
+	short := make(chan httpResult, 1)
+	go func() {
+		short <- deterministicInfer(t, nd, "deadlines apart", map[string]string{"X-Shoal-Timeout": "200ms"})
+	}()
+	waitRunning(t, nd)
+	long := deterministicInfer(t, nd, "deadlines apart", map[string]string{"X-Shoal-Timeout": "10s"})
+	require.Equal(t, http.StatusOK, long.status, string(long.body))
+	require.Equal(t, http.StatusGatewayTimeout, (<-short).status)
+	require.Equal(t, 1.0, tasksRun(t, nd), "the two requests ran the model twice")
+}
+
+// A generation several lock leases long still runs once per cluster: its
+// node renews the lock, and the other node waits for the answer instead
+// of computing it again once the first lease is over.
+func TestLongGenerationRunsOncePerClusterPastTheLockLease(t *testing.T) {
+	tc := olricCluster(t, 2, func(_ int, cfg *Config) {
+		cfg.Tuning.CacheLockLease = 300 * time.Millisecond
+		cfg.Models[0].Sim.Base = 1500 * time.Millisecond
+	})
+	waitLockOwner(t, tc, mustCacheKey(t, "a long answer"))
+	first := make(chan httpResult, 1)
+	go func() { first <- deterministicInfer(t, tc.nodes[0], "a long answer", nil) }()
+	waitRunning(t, tc.nodes[0])
+	second := deterministicInfer(t, tc.nodes[1], "a long answer", nil)
+	require.Equal(t, http.StatusOK, second.status, string(second.body))
+	require.Contains(t, second.header.Get("X-Shoal-Route"), "local", "the second node must wait on the lock, not forward")
+	require.Equal(t, http.StatusOK, (<-first).status)
+	require.Equal(t, 1.0, tasksRun(t, tc.nodes[0])+tasksRun(t, tc.nodes[1]), "the model ran on both nodes")
+}
+
+func TestIdenticalMissesRunTheModelOncePerCluster(t *testing.T) {
+	tc := olricCluster(t, 3, func(_ int, cfg *Config) {
+		// Slow enough that all requests arrive while the first computes.
+		cfg.Models[0].Sim.Base = 300 * time.Millisecond
+	})
+	waitLockOwner(t, tc, mustCacheKey(t, "the same burst"))
 
 	var wg sync.WaitGroup
 	statuses := make([]int, 100)
@@ -265,4 +312,62 @@ func TestGossipKeySecuresCacheAndRaft(t *testing.T) {
 	require.NoError(t, err)
 	defer conn.Close()
 	require.NotEmpty(t, conn.ConnectionState().PeerCertificates, "raft presented no certificate")
+}
+
+// scopeProbe asks the same deterministic question with key ("" for none)
+// and returns X-Shoal-Cache.
+func scopeProbe(t *testing.T, nd *Node, key string) string {
+	t.Helper()
+	h := map[string]string{}
+	if key != "" {
+		h["Authorization"] = "Bearer " + key
+	}
+	res := deterministicInfer(t, nd, "what did the others ask?", h)
+	require.Equal(t, http.StatusOK, res.status, string(res.body))
+	return res.header.Get("X-Shoal-Cache")
+}
+
+// waitCached asks until the answer of key's first request is stored.
+func waitCached(t *testing.T, nd *Node, key string) {
+	t.Helper()
+	require.Equal(t, httpapi.CacheMiss, scopeProbe(t, nd, key))
+	require.Eventually(t, func() bool { return scopeProbe(t, nd, key) == httpapi.CacheHit },
+		5*time.Second, 10*time.Millisecond, "the first answer was never stored")
+}
+
+func addKey(t *testing.T, nd *Node, key, tenant string) {
+	t.Helper()
+	res := doJSON(t, http.MethodPost, "http://"+nd.HTTPAddr()+"/admin/v1/keys", testToken, map[string]any{"key": key, "rpm": 1000, "tenant": tenant})
+	require.Equal(t, http.StatusOK, res.status, string(res.body))
+}
+
+func TestCacheIsSharedClusterWideWithoutAuth(t *testing.T) {
+	nd := mustNewCluster(t, 1, nil).nodes[0]
+	waitCached(t, nd, "sk-scope-key-one-0000000")
+	require.Equal(t, httpapi.CacheHit, scopeProbe(t, nd, "sk-scope-key-two-0000000"))
+	require.Equal(t, httpapi.CacheHit, scopeProbe(t, nd, ""))
+}
+
+func TestCacheScopeKeyKeepsKeysApart(t *testing.T) {
+	nd := mustNewCluster(t, 1, func(_ int, cfg *Config) { cfg.Cache.Scope = respcache.ScopeKey }).nodes[0]
+	waitCached(t, nd, "sk-scope-key-one-0000000")
+	require.Equal(t, httpapi.CacheMiss, scopeProbe(t, nd, "sk-scope-key-two-0000000"))
+	require.Equal(t, httpapi.CacheMiss, scopeProbe(t, nd, ""))
+}
+
+// With auth required the cache defaults to the tenant scope: keys of one
+// tenant share answers, another tenant's key learns nothing from a hit.
+func TestCacheScopeDefaultsToTenantWhenAuthRequired(t *testing.T) {
+	nd := mustNewCluster(t, 1, nil).nodes[0]
+	putLimits(t, nd, map[string]any{"default_rpm": 1000, "auth_required": true,
+		"tenants": map[string]any{"acme": map[string]any{"rpm": 0}, "globex": map[string]any{"rpm": 0}}})
+	const acme1, acme2, globex = "sk-acme-one-000000000000", "sk-acme-two-000000000000", "sk-globex-000000000000000"
+	addKey(t, nd, acme1, "acme")
+	addKey(t, nd, acme2, "acme")
+	addKey(t, nd, globex, "globex")
+	waitPolicy(t, []*Node{nd}, func(p *consensus.LimitPolicy) bool { return p.AuthRequired && len(p.Keys) == 3 })
+
+	waitCached(t, nd, acme1)
+	require.Equal(t, httpapi.CacheHit, scopeProbe(t, nd, acme2), "keys of one tenant share answers")
+	require.Equal(t, httpapi.CacheMiss, scopeProbe(t, nd, globex), "a hit told one tenant what another asked")
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/dcache"
 	"github.com/shoal-dev/shoal/gossip"
+	"github.com/shoal-dev/shoal/respcache"
 	"github.com/shoal-dev/shoal/scheduler/sim"
 )
 
@@ -74,6 +75,10 @@ type Tuning struct {
 	// ReconcileHook, when set, runs before every membership reconcile
 	// (tests block it to stand for a slow Raft membership change).
 	ReconcileHook func()
+
+	// CacheLockLease is the lease of the cross-node coalescing lock, renewed
+	// while a node computes (default respcache.DefaultLockLease).
+	CacheLockLease time.Duration
 }
 
 // HTTPConfig is the client-facing server.
@@ -131,6 +136,11 @@ type CacheConfig struct {
 	// LookupTimeout bounds a cache lookup so a slow cache never stalls a
 	// request.
 	LookupTimeout time.Duration
+
+	// Scope partitions cached answers: "cluster" (everyone shares),
+	// "tenant" (a key's tenant, or the key itself when it has none) or
+	// "key"; "" means tenant while auth is required, else cluster.
+	Scope string
 }
 
 // BatchingConfig is the default for every model; models may override.
@@ -314,6 +324,11 @@ func (c *Config) Validate() error {
 	case "olric", "local", "off":
 	default:
 		bad("cache.backend", `must be "olric", "local" or "off", got %q`, c.Cache.Backend)
+	}
+	switch c.Cache.Scope {
+	case "", respcache.ScopeCluster, respcache.ScopeTenant, respcache.ScopeKey:
+	default:
+		bad("cache.scope", `must be "cluster", "tenant" or "key" (or empty for tenant when auth is required, else cluster), got %q`, c.Cache.Scope)
 	}
 	if c.Cache.DefaultTTL < time.Second {
 		bad("cache.default_ttl", "must be at least 1s, got %s", c.Cache.DefaultTTL)

@@ -66,6 +66,8 @@ type fileCache struct {
 	MaxBytes       *int64  `hcl:"max_bytes,optional"`
 	Lowercase      *bool   `hcl:"lowercase,optional"`
 	LookupTimeout  *string `hcl:"lookup_timeout,optional"`
+
+	Scope *string `hcl:"scope,optional"`
 }
 
 type fileBatching struct {
@@ -301,6 +303,7 @@ func (c *Config) merge(fc *fileConfig, d *durations) error {
 		setI(&c.Cache.MaxBytes, k.MaxBytes)
 		setI(&c.Cache.Lowercase, k.Lowercase)
 		d.set(&c.Cache.LookupTimeout, k.LookupTimeout, "cache", "lookup_timeout")
+		setS(&c.Cache.Scope, k.Scope)
 	}
 	if b := fc.Batching; b != nil {
 		setI(&c.Batching.MaxSize, b.MaxSize)

@@ -34,6 +34,9 @@ import (
 // -ldflags "-X github.com/shoal-dev/shoal/node.Version=...".
 var Version = "0.1.0-dev"
 
+// maxHeaderBytes bounds a request's header; larger ones answer 431.
+const maxHeaderBytes = 64 << 10
+
 // Node is one shoal daemon.
 type Node struct {
 	cfg     Config
@@ -174,13 +177,13 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		ReadHeaderTimeout: n.cfg.HTTP.ReadHeaderTimeout,
 		ReadTimeout:       n.cfg.HTTP.ReadTimeout,
 		IdleTimeout:       n.cfg.HTTP.IdleTimeout,
-		MaxHeaderBytes:    64 << 10,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(n.logger.Handler(), slog.LevelWarn),
 	}
 	bctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
 	n.goBackground(func() {
-		if err := n.httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := n.httpSrv.Serve(httpapi.Listener(ln, n.cfg.NodeName, maxHeaderBytes)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.logger.Error("http server stopped", "err", err)
 		}
 	})

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/breaker"
+	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/httpapi"
 	"github.com/shoal-dev/shoal/ops"
 	"github.com/shoal-dev/shoal/respcache"
@@ -24,13 +25,13 @@ func (n *Node) wireRequestPath() {
 		Go: n.goBackground, Logger: n.logger,
 	})
 	n.respCache = respcache.New(respcache.Config{
-		Node: n.cfg.NodeName, Store: n.cache, Settings: n.cacheSettings, Observer: metricsGlue{n.metrics},
+		Node: n.cfg.NodeName, Store: n.cache, Settings: n.cacheSettings, Observer: metricsGlue{n.metrics}, LockLease: n.cfg.Tuning.CacheLockLease,
 		Go: n.goBackground, Logger: n.logger,
 	})
 	n.api = httpapi.New(httpapi.Config{
 		Node: n.cfg.NodeName, MaxBodyBytes: n.cfg.HTTP.MaxBodyBytes, RequestTimeout: n.cfg.HTTP.RequestTimeout,
 		CacheLookupTimeout: n.cfg.Cache.LookupTimeout,
-		Limiter:            admitter{n}, Cache: n.respCache, Cluster: clusterGlue{n}, Picker: n.router, Forwarder: n.fwd,
+		Limiter:            admitter{n}, Cache: n.respCache, Scoper: scopeGlue{n}, Cluster: clusterGlue{n}, Picker: n.router, Forwarder: n.fwd,
 		Scheduler: n.sched, Breakers: n.breakers, Retries: n.retries, Metrics: metricsGlue{n.metrics},
 		Logger: n.logger.With("component", "api"),
 	})
@@ -42,6 +43,18 @@ func (n *Node) cacheSettings() (ttl time.Duration, lower bool) {
 		return cs.DefaultTTL, cs.Lowercase
 	}
 	return n.cfg.Cache.DefaultTTL, n.cfg.Cache.Lowercase
+}
+
+// scopeGlue partitions the response cache per cache.scope.
+type scopeGlue struct{ n *Node }
+
+func (g scopeGlue) CacheScope(r *http.Request) string {
+	p := g.n.limitPolicy()
+	hash := ""
+	if key := bearerKey(r); key != "" {
+		hash = consensus.HashKey(key)
+	}
+	return respcache.ScopeOf(g.n.cfg.Cache.Scope, p.AuthRequired, hash, p.Keys[hash].Tenant)
 }
 
 // clusterGlue is the API's view of the cluster.

@@ -16,13 +16,15 @@ import (
 	"github.com/shoal-dev/shoal/scheduler"
 )
 
-// Store is the shared cache: namespaced get/set and a short-lease lock.
+// Store is the shared cache: namespaced get/set and a renewable lock.
 // Implemented by *dcache.Cache; safe for concurrent use.
 type Store interface {
 	Backend() string
 	Get(ctx context.Context, ns, key string) ([]byte, bool, error)
 	Set(ctx context.Context, ns, key string, val []byte, ttl time.Duration) error
-	Lock(ctx context.Context, ns, key string, lease time.Duration) (func(context.Context) error, error)
+	// Hold takes a lock without waiting (dcache.ErrLocked when another
+	// holder has it); its lease can be renewed.
+	Hold(ctx context.Context, ns, key string, lease time.Duration) (*dcache.Held, error)
 }
 
 // Observer records lookups for metrics; called concurrently.
@@ -41,6 +43,9 @@ type Config struct {
 	Store    Store
 	Settings Settings
 	Observer Observer
+	// LockLease is the lease of the cross-node coalescing lock, renewed
+	// while the holder computes (default DefaultLockLease).
+	LockLease time.Duration
 	// Go runs a background store (the node tracks its goroutines so
 	// Shutdown waits for them); nil means a bare goroutine.
 	Go     func(func())

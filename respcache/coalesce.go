@@ -11,18 +11,22 @@ import (
 	"github.com/shoal-dev/shoal/scheduler"
 )
 
-// lockLease bounds how long a node holds the cluster-wide lock that makes
-// one node compute an answer other nodes are also missing.
-const lockLease = 5 * time.Second
+// DefaultLockLease is how long a node holds the cluster-wide lock that
+// makes one node compute an answer other nodes are also missing, before it
+// renews it; a node that dies holding it blocks the key this long.
+const DefaultLockLease = 5 * time.Second
 
 // Compute runs the model for a request.
 type Compute func(context.Context) ([]scheduler.Result, error)
 
 // Coalesce runs compute once per key on this node and, on an Olric cache,
-// once per key across the cluster: the node holding the key's short-lease
-// lock computes; the others wait for its answer to appear in the cache, and
-// compute themselves if it does not within the lease. store says whether
-// the answer may be stored.
+// once per key across the cluster: the node holding the key's lock
+// computes, renewing the lock's lease while it does; the others wait for
+// its answer to appear in the cache, or for the lock to come free (the
+// holder failed, or died and its lease ran out) and then take it. Each
+// caller keeps its own deadline: the shared run lives while any caller
+// waits for it and is cancelled when the last one leaves. store says
+// whether the answer may be stored.
 func (c *Cache) Coalesce(ctx context.Context, model, key string, store bool, compute Compute) ([]scheduler.Result, error) {
 	return c.flights.do(ctx, key, func(fctx context.Context) ([]scheduler.Result, error) {
 		if c.cfg.Store.Backend() != dcache.BackendOlric {
@@ -32,20 +36,28 @@ func (c *Cache) Coalesce(ctx context.Context, model, key string, store bool, com
 			}
 			return res, err
 		}
-		unlock, lerr := c.cfg.Store.Lock(fctx, model, "lock:"+key, lockLease)
-		switch {
-		case lerr == nil:
-			defer func() { _ = unlock(context.WithoutCancel(fctx)) }()
+		lock, err := c.cfg.Store.Hold(fctx, model, "lock:"+key, c.lease())
+		if errors.Is(err, dcache.ErrLocked) {
+			var res []scheduler.Result
+			res, lock = c.waitForAnswer(fctx, model, key)
+			if res != nil {
+				return res, nil
+			}
+		}
+		if lock != nil {
+			stop := c.keepLease(fctx, lock)
+			defer func() {
+				stop()
+				_ = lock.Unlock(context.WithoutCancel(fctx))
+			}()
 			// The previous holder may have stored the answer between our
 			// miss and our lock.
 			if res, ok := c.Lookup(fctx, model, key); ok {
 				return res, nil
 			}
-		case errors.Is(lerr, dcache.ErrLocked):
-			if res, ok := c.waitForAnswer(fctx, model, key); ok {
-				return res, nil
-			}
 		}
+		// Without the lock (the cache failed) the node computes on its own:
+		// a broken cache costs duplicate work, never an answer.
 		res, err := compute(fctx)
 		if err == nil && store {
 			// Stored before the lock is released, so a node that takes the
@@ -56,34 +68,83 @@ func (c *Cache) Coalesce(ctx context.Context, model, key string, store bool, com
 	})
 }
 
-// waitForAnswer polls the cache while another node computes the answer.
-func (c *Cache) waitForAnswer(ctx context.Context, model, key string) ([]scheduler.Result, bool) {
-	deadline := time.Now().Add(lockLease)
+func (c *Cache) lease() time.Duration {
+	if c.cfg.LockLease > 0 {
+		return c.cfg.LockLease
+	}
+	return DefaultLockLease
+}
+
+// keepLease renews lock every third of its lease until stop is called, so
+// a generation longer than the lease still runs once per cluster.
+func (c *Cache) keepLease(ctx context.Context, lock *dcache.Held) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		lease := c.lease()
+		t := time.NewTicker(lease / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if err := lock.Renew(ctx, lease); err != nil {
+				if ctx.Err() == nil {
+					// Another node may now compute the same answer.
+					c.cfg.Logger.Debug("renew coalescing lock", "err", err)
+				}
+				if errors.Is(err, dcache.ErrNotLocked) {
+					return
+				}
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
+// waitForAnswer polls the cache while another node holds the key's lock.
+// It returns the answer once stored, or the lock once it comes free without
+// one; neither when ctx ends or the cache fails.
+func (c *Cache) waitForAnswer(ctx context.Context, model, key string) ([]scheduler.Result, *dcache.Held) {
 	backoff := 5 * time.Millisecond
-	for time.Now().Before(deadline) {
+	for {
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, false
+			return nil, nil
 		case <-t.C:
 		}
 		data, found, err := c.cfg.Store.Get(ctx, model, key)
 		if err == nil && found {
 			var a answer
 			if json.Unmarshal(data, &a) == nil {
-				return a.Results, true
+				return a.Results, nil
 			}
+		}
+		lock, err := c.cfg.Store.Hold(ctx, model, "lock:"+key, c.lease())
+		switch {
+		case err == nil:
+			return nil, lock
+		case !errors.Is(err, dcache.ErrLocked):
+			return nil, nil
 		}
 		backoff = min(backoff*2, 100*time.Millisecond)
 	}
-	return nil, false
 }
 
 // flightGroup runs one computation per key at a time; callers of the same
-// key share its result. Unlike singleflight, the computation's context is
-// cancelled once every caller has gone away, so a request whose clients all
-// left never keeps a batch slot busy.
+// key share its result. Unlike singleflight, each caller waits only until
+// its own context ends, and the computation's context is cancelled once
+// every caller has gone away, so a request whose clients all left never
+// keeps a batch slot busy, and a short deadline never cuts the run short
+// for a caller with a longer one.
 type flightGroup struct {
 	mu    sync.Mutex
 	calls map[string]*flight
@@ -98,7 +159,8 @@ type flight struct {
 }
 
 // do runs fn for key unless a run is in flight, and waits for the result
-// or for ctx to end. fn gets a context that ends when no caller waits.
+// or for ctx to end. fn gets a context without a deadline that ends when
+// no caller waits any more.
 func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Context) ([]scheduler.Result, error)) ([]scheduler.Result, error) {
 	g.mu.Lock()
 	if g.calls == nil {
@@ -107,16 +169,15 @@ func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Contex
 	f, ok := g.calls[key]
 	if !ok {
 		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		if dl, has := ctx.Deadline(); has {
-			fctx, cancel = context.WithDeadline(context.WithoutCancel(ctx), dl)
-		}
 		f = &flight{done: make(chan struct{}), cancel: cancel}
 		g.calls[key] = f
 		go func() {
 			f.res, f.err = fn(fctx)
 			cancel()
 			g.mu.Lock()
-			delete(g.calls, key)
+			if g.calls[key] == f {
+				delete(g.calls, key)
+			}
 			g.mu.Unlock()
 			close(f.done)
 		}()
@@ -131,6 +192,11 @@ func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Contex
 		f.waiters--
 		if f.waiters == 0 {
 			f.cancel()
+			// A caller arriving now starts a fresh run rather than
+			// joining one that is being cancelled.
+			if g.calls[key] == f {
+				delete(g.calls, key)
+			}
 		}
 		g.mu.Unlock()
 		return nil, ctx.Err()

@@ -87,3 +87,79 @@ func TestRunIsCancelledWhenEveryCallerLeaves(t *testing.T) {
 	require.ErrorIs(t, <-done, context.Canceled)
 	require.ErrorIs(t, <-stopped, context.Canceled)
 }
+
+// A caller with a short deadline that started the run leaves at its
+// deadline; a caller with a longer one still gets the shared answer.
+func TestEachCallerKeepsItsOwnDeadline(t *testing.T) {
+	c := localCache(t)
+	release := make(chan struct{})
+	var runs atomic.Int32
+	compute := func(ctx context.Context) ([]scheduler.Result, error) {
+		runs.Add(1)
+		select {
+		case <-release:
+			return []scheduler.Result{{Text: "x"}}, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	short, cancelShort := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancelShort()
+	shortErr := make(chan error, 1)
+	go func() {
+		_, err := c.Coalesce(short, "m", "k", true, compute)
+		shortErr <- err
+	}()
+	require.Eventually(t, func() bool { return runs.Load() == 1 }, 10*time.Second, time.Millisecond)
+	long, cancelLong := context.WithTimeout(context.Background(), time.Minute)
+	defer cancelLong()
+	longRes := make(chan []scheduler.Result, 1)
+	go func() {
+		res, err := c.Coalesce(long, "m", "k", true, compute)
+		if err != nil {
+			t.Errorf("the long caller failed: %v", err)
+		}
+		longRes <- res
+	}()
+	require.Eventually(t, func() bool {
+		c.flights.mu.Lock()
+		defer c.flights.mu.Unlock()
+		f := c.flights.calls["k"]
+		return f != nil && f.waiters == 2
+	}, 10*time.Second, time.Millisecond)
+	require.ErrorIs(t, <-shortErr, context.DeadlineExceeded)
+	close(release)
+	require.Equal(t, "x", (<-longRes)[0].Text)
+	require.EqualValues(t, 1, runs.Load(), "the long caller ran the model again")
+}
+
+// Once every caller has left, the next identical request starts afresh
+// instead of joining the run being cancelled.
+func TestCallerAfterEveryoneLeftStartsAFreshRun(t *testing.T) {
+	c := localCache(t)
+	var runs atomic.Int32
+	hold := make(chan struct{})
+	defer close(hold)
+	slow := func(ctx context.Context) ([]scheduler.Result, error) {
+		runs.Add(1)
+		<-hold // ignores cancellation for a while, as a busy backend may
+		return nil, ctx.Err()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	left := make(chan error, 1)
+	go func() {
+		_, err := c.Coalesce(ctx, "m", "k", true, slow)
+		left <- err
+	}()
+	require.Eventually(t, func() bool { return runs.Load() == 1 }, 10*time.Second, time.Millisecond)
+	cancel()
+	require.ErrorIs(t, <-left, context.Canceled)
+	// Bounded, so joining the stuck run fails the test instead of hanging.
+	again, cancelAgain := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancelAgain()
+	res, err := c.Coalesce(again, "m", "k", true, func(context.Context) ([]scheduler.Result, error) {
+		return []scheduler.Result{{Text: "fresh"}}, nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, "fresh", res[0].Text)
+}

@@ -30,6 +30,38 @@ func ParsePolicy(h string) Policy {
 	return p
 }
 
+// Values of cache.scope: who shares cached answers.
+const (
+	ScopeCluster = "cluster"
+	ScopeTenant  = "tenant"
+	ScopeKey     = "key"
+)
+
+// ScopeOf names the cache partition of a request (KeyInput.Scope), so a
+// hit never tells a client what a client of another partition asked. mode
+// is cache.scope ("" is tenant while auth is required, else cluster);
+// keyHash is the hash of the client's API key ("" without one) and tenant
+// its tenant ("" for a key without one, or one the policy does not know).
+// Clients without a key share the anonymous scope; a key without a tenant
+// is a tenant of its own.
+func ScopeOf(mode string, authRequired bool, keyHash, tenant string) string {
+	if mode == "" {
+		mode = ScopeCluster
+		if authRequired {
+			mode = ScopeTenant
+		}
+	}
+	switch {
+	case mode == ScopeCluster:
+		return ""
+	case keyHash == "":
+		return "anonymous"
+	case mode == ScopeTenant && tenant != "":
+		return "tenant:" + tenant
+	}
+	return "key:" + keyHash
+}
+
 // KeyInput is every part of a request that changes its answer.
 type KeyInput struct {
 	Model    string
@@ -37,6 +69,9 @@ type KeyInput struct {
 	Messages []scheduler.Message
 	Prompts  []string
 	Params   scheduler.Params
+	// Scope partitions the cache: requests of different scopes never
+	// share an answer ("" is the whole cluster).
+	Scope string
 }
 
 // normalizeText trims and collapses whitespace, so prompts that differ only
@@ -66,12 +101,16 @@ func Key(in KeyInput, lower bool) (key string, ok bool) {
 		h.Write(n[:])
 		h.Write([]byte(s))
 	}
-	num := func(f float64) {
+	word := func(u uint64) {
 		var n [8]byte
-		binary.LittleEndian.PutUint64(n[:], math.Float64bits(f))
+		binary.LittleEndian.PutUint64(n[:], u)
 		h.Write(n[:])
 	}
-	field("v1")
+	num := func(f float64) { word(math.Float64bits(f)) }
+	// v2: the seed is hashed as the integer it is (v1 went through float64,
+	// so seeds above 2^53 could share a key).
+	field("v2")
+	field(in.Scope)
 	field(in.Model)
 	field(string(in.Endpoint))
 	for _, m := range in.Messages {
@@ -86,7 +125,7 @@ func Key(in KeyInput, lower bool) (key string, ok bool) {
 	num(p.Temperature)
 	num(p.TopP)
 	if p.Seed != nil {
-		num(float64(*p.Seed))
+		word(uint64(*p.Seed))
 	} else {
 		field("noseed")
 	}

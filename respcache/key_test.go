@@ -88,3 +88,36 @@ func TestParsePolicy(t *testing.T) {
 		require.Equal(t, want, ParsePolicy(h), h)
 	}
 }
+
+func TestSeedsAbove2To53HaveTheirOwnKeys(t *testing.T) {
+	a, b := base(), base()
+	a.Params.Seed, b.Params.Seed = seed(1<<53), seed(1<<53+1)
+	require.NotEqual(t, mustKey(t, a, false), mustKey(t, b, false))
+}
+
+func TestScopeOf(t *testing.T) {
+	for _, tc := range []struct {
+		mode   string
+		auth   bool
+		hash   string
+		tenant string
+		want   string
+	}{
+		{"", false, "h1", "acme", ""},
+		{"", true, "h1", "acme", "tenant:acme"},
+		{"", true, "h1", "", "key:h1"},
+		{ScopeCluster, true, "h1", "acme", ""},
+		{ScopeTenant, false, "h1", "acme", "tenant:acme"},
+		{ScopeTenant, false, "", "", "anonymous"},
+		{ScopeKey, false, "h1", "acme", "key:h1"},
+		{ScopeKey, true, "", "", "anonymous"},
+	} {
+		require.Equal(t, tc.want, ScopeOf(tc.mode, tc.auth, tc.hash, tc.tenant), "%+v", tc)
+	}
+}
+
+func TestScopesNeverShareAKey(t *testing.T) {
+	a, b := base(), base()
+	a.Scope, b.Scope = "tenant:acme", "tenant:globex"
+	require.NotEqual(t, mustKey(t, a, false), mustKey(t, b, false))
+}
