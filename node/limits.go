@@ -90,7 +90,7 @@ func (a *api) admit(ctx context.Context, w http.ResponseWriter, r *http.Request,
 	}
 	est := estimateTokens(req)
 	rules := ratelimit.RulesFor(p, ratelimit.Request{
-		Path: r.URL.Path, KeyHash: hash, IP: ip,
+		Path: limitPath(r), KeyHash: hash, IP: ip,
 		// Every inference endpoint generates tokens, so token limits
 		// apply to all of them.
 		LLM:    true,

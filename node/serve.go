@@ -38,7 +38,7 @@ func (a *api) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 			if model == "" {
 				model = "unknown"
 			}
-			a.metrics.ObserveRequest(model, string(endpoint), status, time.Since(start))
+			a.metrics.ObserveRequest(model, endpointLabel(r, endpoint), status, time.Since(start))
 		}()
 		fail := func(err error) {
 			ae := toAPIError(err)
