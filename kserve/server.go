@@ -9,9 +9,9 @@ package kserve
 
 import (
 	"bytes"
-	"io"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
