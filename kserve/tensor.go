@@ -174,7 +174,14 @@ func (r *TextRequest) scalarInput(t *Tensor) error {
 	default:
 		return badRequest("unknown input %q: this model takes %s and the scalar parameters max_tokens, temperature, top_p, seed, stop, stream", clip(t.Name), TextInput)
 	}
-	if !strings.HasPrefix(t.Datatype, want) || (want == "INT" && !isIntType(t.Datatype)) || (want == "FP" && !isFloatType(t.Datatype)) {
+	ok := t.Datatype == want
+	switch want {
+	case "INT":
+		ok = isIntType(t.Datatype)
+	case "FP":
+		ok = isFloatType(t.Datatype)
+	}
+	if !ok {
 		return badRequest("input %s has the wrong datatype %q", t.Name, t.Datatype)
 	}
 	if want == "BYTES" {
@@ -191,7 +198,10 @@ func (r *TextRequest) scalarInput(t *Tensor) error {
 	if err := flatten(t.Data, &vals, 0); err != nil || len(vals) != 1 {
 		return badRequest("input %s: data must hold one %s value", t.Name, t.Datatype)
 	}
-	return r.Params.set(t.Name, vals[0], &r.Stream)
+	if err := r.Params.set(t.Name, vals[0], &r.Stream); err != nil {
+		return badRequest("input %s: %v", t.Name, err)
+	}
+	return nil
 }
 
 func isIntType(dt string) bool {
