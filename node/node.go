@@ -64,6 +64,7 @@ type Node struct {
 	retries         retryBudget
 	gpu             atomic.Pointer[ops.GPUCapacity]
 	gpuMetrics      *ops.GPUMetrics
+	upstreams       []*upstreamProbe
 
 	httpLn  net.Listener
 	httpSrv *http.Server
@@ -184,6 +185,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.goBackground(func() { n.runCluster(bctx) })
 	n.goBackground(func() { n.startCache(bctx) })
 	n.goBackground(func() { n.pollGPU(bctx) })
+	n.goBackground(func() { n.probeUpstreams(bctx) })
 	if len(n.cfg.Join) > 0 {
 		n.goBackground(func() { n.joinAtStart(bctx) })
 	}
@@ -240,6 +242,8 @@ func (n *Node) newBackend(ctx context.Context, m ModelConfig) (any, error) {
 		}
 		return openai.New(openai.Config{Model: m.Name, URL: m.OpenAI.URL, UpstreamModel: m.OpenAI.Model, APIKey: key,
 			Timeout: m.OpenAI.Timeout, MaxConns: m.OpenAI.MaxConns, Logger: n.logger})
+	case "triton":
+		return n.newTritonBackend(m)
 	}
 	return nil, fmt.Errorf("backend %q is not available in this build", m.Backend)
 }
