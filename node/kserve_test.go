@@ -373,3 +373,34 @@ func TestKServeBadRequestsAnswerInProtocolShape(t *testing.T) {
 		requireV2Error(t, r, http.StatusNotFound)
 	})
 }
+
+// A v2 call entering a node that does not serve the model is routed to the
+// peer that does, as /v1 is, and still answers in the v2 shape, streams
+// included.
+func TestKServeCallsAreForwardedToThePeerServingTheModel(t *testing.T) {
+	tc := mustNewCluster(t, 2, func(i int, cfg *Config) {
+		if i == 0 {
+			cfg.Models[0].Name = "elsewhere"
+		}
+	})
+	entry := tc.nodes[0]
+	require.Eventually(t, func() bool { return len(entry.candidates("sim-fast")) == 1 }, clusterWait, 10*time.Millisecond)
+	c := newV2Client(t, entry)
+	c.header = map[string]string{"Cache-Control": "no-cache, no-store"}
+
+	r := c.do(http.MethodGet, "/v2/models/sim-fast", nil)
+	require.Equal(t, http.StatusOK, r.status, "metadata lists models served anywhere: %s", r.body)
+
+	out, r := c.infer("sim-fast", v2InferRequest{Parameters: map[string]any{"max_tokens": 3}, Inputs: []v2Tensor{textInput("a", "b")}})
+	require.Equal(t, http.StatusOK, r.status, "body: %s", r.body)
+	require.Contains(t, r.header.Get("X-Shoal-Route"), "forward")
+	require.Equal(t, "n2", r.header.Get("X-Shoal-Node"))
+	require.Len(t, out.Outputs[0].Data, 2)
+
+	events, r := c.generateStream("sim-fast", map[string]any{"text_input": "stream me", "max_tokens": 3})
+	require.Equal(t, http.StatusOK, r.status, "body: %s", r.body)
+	require.Contains(t, r.header.Get("X-Shoal-Route"), "forward")
+	require.NotEmpty(t, events)
+	require.Equal(t, "sim-fast", events[0]["model_name"])
+	require.Contains(t, events[len(events)-1], "finish_reason")
+}
