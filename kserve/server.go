@@ -72,15 +72,20 @@ type Config struct {
 	// ServerName and ServerVersion answer GET /v2.
 	ServerName    string
 	ServerVersion string
-	Logger        *slog.Logger
+	// NotFound answers paths under /v2 that are no part of the protocol
+	// (nil: a 404 in the protocol's shape), so they fail as the node's other
+	// unknown paths do.
+	NotFound http.Handler
+	Logger   *slog.Logger
 }
 
 // Server answers the v2 REST protocol under /v2.
 type Server struct {
-	p       Pipeline
-	name    string
-	version string
-	logger  *slog.Logger
+	p        Pipeline
+	name     string
+	version  string
+	notFound http.Handler
+	logger   *slog.Logger
 }
 
 // New returns a Server; it holds no resources.
@@ -94,7 +99,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ServerName == "" {
 		cfg.ServerName = "shoal"
 	}
-	return &Server{p: cfg.Pipeline, name: cfg.ServerName, version: cfg.ServerVersion, logger: cfg.Logger.With("component", "kserve")}, nil
+	return &Server{p: cfg.Pipeline, name: cfg.ServerName, version: cfg.ServerVersion, notFound: cfg.NotFound,
+		logger: cfg.Logger.With("component", "kserve")}, nil
 }
 
 // ServeHTTP routes /v2 and everything below it.
@@ -123,6 +129,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rest, ok := strings.CutPrefix(path, "/v2/models/")
+	if !ok && s.notFound != nil && !strings.HasPrefix(path, "/v2/health/") && !strings.HasPrefix(path, "/v2/repository") {
+		s.notFound.ServeHTTP(w, r)
+		return
+	}
 	if !ok || rest == "" {
 		writeError(w, r, &Error{Status: http.StatusNotFound, Message: "no endpoint at " + r.URL.Path})
 		return

@@ -20,7 +20,8 @@ var _ kserve.Pipeline = (*kservePipeline)(nil)
 
 func newKServe(n *Node) *kserve.Server {
 	p := &kservePipeline{a: n.api, infer: n.api.handler(scheduler.EndpointInfer, decodeInfer)}
-	s, _ := kserve.New(kserve.Config{Pipeline: p, ServerName: "shoal", ServerVersion: Version, Logger: n.logger})
+	s, _ := kserve.New(kserve.Config{Pipeline: p, ServerName: "shoal", ServerVersion: Version,
+		NotFound: http.HandlerFunc(notFound), Logger: n.logger})
 	return s
 }
 
