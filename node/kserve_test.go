@@ -3,6 +3,7 @@ package node
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/shoal-dev/shoal/consensus"
 )
 
 // v2Client is a client of the Open Inference Protocol written from the
@@ -403,4 +406,52 @@ func TestKServeCallsAreForwardedToThePeerServingTheModel(t *testing.T) {
 	require.NotEmpty(t, events)
 	require.Equal(t, "sim-fast", events[0]["model_name"])
 	require.Contains(t, events[len(events)-1], "finish_reason")
+}
+
+// Per-endpoint limits see the v2 path the client called, not the /v1/infer
+// request that carries it through the node.
+func TestKServeEndpointLimitMatchesTheV2Path(t *testing.T) {
+	n := startTestNode(t, func(c *Config) { c.Admin.Token = testToken })
+	path := "/v2/models/" + testModel + "/generate"
+	require.Eventually(t, func() bool { return n.Store().LeaderID() != "" }, apiWait, 10*time.Millisecond)
+	putLimits(t, n, map[string]any{"default_rpm": 0, "endpoints": map[string]any{path: map[string]any{"rpm": 1}}})
+	waitPolicy(t, []*Node{n}, func(p *consensus.LimitPolicy) bool { return p.Endpoints[path].RPM == 1 })
+	c := newV2Client(t, n)
+	body := map[string]any{"text_input": "x", "parameters": map[string]any{"temperature": 1, "max_tokens": 2}}
+	_, r := c.generate(testModel, body)
+	require.Equal(t, http.StatusOK, r.status, "body: %s", r.body)
+	_, r = c.generate(testModel, body)
+	requireV2Error(t, r, http.StatusTooManyRequests)
+	require.NotEmpty(t, r.header.Get("Retry-After"))
+	// Other paths, /v1/infer included, are not under that limit.
+	v1 := postJSON(t, n, "/v1/infer", map[string]any{"model": testModel, "input": "x", "parameters": map[string]any{"temperature": 1}})
+	require.Equal(t, http.StatusOK, v1.status, "body: %s", v1.body)
+	_, r = c.infer(testModel, v2InferRequest{Parameters: map[string]any{"temperature": 1}, Inputs: []v2Tensor{textInput("x")}})
+	require.Equal(t, http.StatusOK, r.status, "body: %s", r.body)
+}
+
+// Triton's timeout parameter (microseconds) bounds the call as
+// X-Shoal-Timeout does: a deadline passed is a 504.
+func TestKServeTimeoutParameterIsTheDeadline(t *testing.T) {
+	n := startTestNode(t, withSimModel(2*time.Second, 0, 0))
+	c := newV2Client(t, n)
+	_, r := c.generate(testModel, map[string]any{"text_input": "slow", "parameters": map[string]any{"timeout": 50000}})
+	requireV2Error(t, r, http.StatusGatewayTimeout)
+	c.header = map[string]string{"X-Shoal-Timeout": "50ms"}
+	_, r = c.infer(testModel, v2InferRequest{Inputs: []v2Tensor{textInput("slow")}})
+	requireV2Error(t, r, http.StatusGatewayTimeout)
+}
+
+// Request bodies are decoded as on /v1: gzip is accepted.
+func TestKServeAcceptsGzipBodies(t *testing.T) {
+	n := startTestNode(t, nil)
+	raw, err := json.Marshal(v2InferRequest{Inputs: []v2Tensor{textInput("zipped")}})
+	require.NoError(t, err)
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	_, _ = zw.Write(raw)
+	require.NoError(t, zw.Close())
+	r := send(t, http.MethodPost, baseURL(n)+"/v2/models/"+testModel+"/infer", buf.Bytes(), map[string]string{"Content-Encoding": "gzip"})
+	require.Equal(t, http.StatusOK, r.status, "body: %s", r.body)
+	require.Contains(t, string(r.body), `"text_output"`)
 }
