@@ -65,6 +65,10 @@ func (t *translator) Flush() {
 	_ = http.NewResponseController(t.dst).Flush()
 }
 
+// Unwrap lets http.ResponseController reach the client's connection for
+// what the translator does not do itself (write deadlines).
+func (t *translator) Unwrap() http.ResponseWriter { return t.dst }
+
 // copyHeader passes the pipeline's headers (request ID, route, cache,
 // rate-limit, Retry-After) to the client, but not those of the /v1 body.
 func (t *translator) copyHeader() {

@@ -668,6 +668,9 @@ func decodeError(status int, body []byte, retryAfter string) *UpstreamError {
 	if e.Message == "" {
 		e.Message = http.StatusText(e.Status)
 	}
+	if e.Message == "" {
+		e.Message = "status " + strconv.Itoa(e.Status)
+	}
 	e.Message = clip(e.Message, 1024)
 	if v := strings.TrimSpace(retryAfter); v != "" {
 		if secs, err := strconv.ParseInt(v, 10, 64); err == nil && secs >= 0 {

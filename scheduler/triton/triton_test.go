@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -235,4 +236,39 @@ func TestConfigValidateNamesTheKey(t *testing.T) {
 		_, err := New(cfg)
 		require.ErrorContains(t, err, want)
 	}
+}
+
+func FuzzDecodeOutputs(f *testing.F) {
+	f.Add([]byte(`{"outputs":[{"name":"text_output","datatype":"BYTES","shape":[2,1],"data":[["a"],["b"]]}]}`), 2)
+	f.Add([]byte(`{"outputs":[{"name":"text_output","data":["a"]},{"name":"text_output","data":[]}]}`), 1)
+	f.Fuzz(func(t *testing.T, raw []byte, n int) {
+		if n < 0 || n > 1024 {
+			return
+		}
+		out, err := decodeOutputs(raw, n)
+		if err != nil {
+			if !errors.Is(err, ErrBadResponse) {
+				t.Fatalf("error %v does not wrap ErrBadResponse", err)
+			}
+			return
+		}
+		if len(out) != n {
+			t.Fatalf("%d outputs for %d prompts", len(out), n)
+		}
+	})
+}
+
+func FuzzDecodeError(f *testing.F) {
+	f.Add(429, []byte(`{"error":"slow down"}`), "7")
+	f.Add(0, []byte(`{"error":{"message":"x"}}`), "Wed, 21 Oct 2015 07:28:00 GMT")
+	f.Add(500, []byte("\xff\xfe<html>"), "99999999999999999999")
+	f.Fuzz(func(t *testing.T, status int, body []byte, retry string) {
+		e := decodeError(status, body, retry)
+		if e.Message == "" || len(e.Message) > 1024 || !utf8.ValidString(e.Message) {
+			t.Fatalf("message %q", e.Message)
+		}
+		if e.RetryAfter < 0 || e.RetryAfter > maxRetryAfter {
+			t.Fatalf("retry after %s", e.RetryAfter)
+		}
+	})
 }
