@@ -95,8 +95,14 @@ func TestTritonReadinessFeedsHealthAndTheBreaker(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return n.Store().State().Breaker(n.Name(), testModel).State == consensus.BreakerOpen
 	}, apiWait, 10*time.Millisecond, "failed readiness checks open the breaker")
-	r := newV2Client(t, n).do(http.MethodGet, "/v2/models/"+testModel+"/ready", nil)
+	c := newV2Client(t, n)
+	r := c.do(http.MethodGet, "/v2/models/"+testModel+"/ready", nil)
 	require.Equal(t, http.StatusServiceUnavailable, r.status)
+	// With the only node's breaker open, a call is refused at once: 503
+	// with Retry-After, in the protocol's shape.
+	_, r = c.generate(testModel, map[string]any{"text_input": "x"})
+	requireV2Error(t, r, http.StatusServiceUnavailable)
+	require.NotEmpty(t, r.header.Get("Retry-After"))
 
 	f.SetReady(true)
 	require.Eventually(t, func() bool { return upstream().Status == ops.StatusOK }, apiWait, 10*time.Millisecond)
