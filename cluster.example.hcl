@@ -17,7 +17,8 @@ join = ["10.0.0.2:7946"]
 join_timeout = "2m"
 
 http {
-  # Client-facing address: the OpenAI-compatible API, /v1/infer, /health, /metrics, /admin/v1.
+  # Client-facing address: the OpenAI-compatible API, /v1/infer, the Open Inference Protocol
+  # (KServe v2) under /v2, /health, /metrics, /admin/v1.
   addr = "0.0.0.0:8080"
   # Largest request body, after gzip/zstd decompression; larger bodies get 413. Default 1 MiB.
   max_body_bytes = 1048576
@@ -138,7 +139,8 @@ gpu {
 # One block per served model. The label is the model name clients send.
 model "sim-fast" {
   # "sim" (deterministic stand-in for a GPU model server), "openai" (an OpenAI-compatible
-  # upstream: vLLM, llama.cpp, Ollama, TGI) or "engine" (the embedded transformer runtime).
+  # upstream: vLLM, llama.cpp, Ollama, TGI), "triton" (a Triton / KServe v2 server) or
+  # "engine" (the embedded transformer runtime).
   backend = "sim"
   # Per-model overrides of the batching block (0 or absent: use the batching block).
   max_size               = 0
@@ -172,6 +174,33 @@ model "upstream" {
     max_conns = 64
   }
 }
+
+# --- triton backend (issue 14) ---
+model "triton-llm" {
+  # A model on a Triton Inference Server or any KServe v2 (Open Inference Protocol) server,
+  # taking a BYTES text_input tensor and answering text_output (Triton's vLLM and
+  # TensorRT-LLM backends). A flushed batch goes upstream as one /infer call with an [n, 1]
+  # tensor when the upstream model batches (its config's max_batch_size > 0), otherwise one
+  # call per request; streams go to generate_stream. Generation parameters travel in the
+  # request's "parameters" object.
+  backend = "triton"
+  triton {
+    # Base URL of the server's HTTP endpoint (calls go to <url>/v2/...).
+    url = "http://127.0.0.1:8000"
+    # Model name upstream. Default: this block's label.
+    model = "ensemble"
+    # Upstream model version. Default: empty, the server's choice.
+    version = ""
+    # Per-call timeout (for a stream: per event). Default 60s.
+    timeout = "60s"
+    # Pooled connections to the upstream. Default 64.
+    max_conns = 64
+    # How often /v2/health/ready and the model's ready endpoint are checked; failed checks
+    # show in /health and count against the model's circuit breaker. Default 5s.
+    health_interval = "5s"
+  }
+}
+# --- end triton backend ---
 
 model "tiny" {
   backend = "engine"

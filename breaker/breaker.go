@@ -149,6 +149,11 @@ func (s *Set) Admit(model string) (done func(error), ok bool) {
 	return func(err error) { s.observe(model, err) }, true
 }
 
+// Observe counts an outcome seen outside a request, such as a failed
+// upstream readiness check, as Admit's done func would; call it only while
+// the breaker is closed.
+func (s *Set) Observe(model string, err error) { s.observe(model, err) }
+
 // observe records an outcome of a closed breaker and opens it when the
 // consecutive failures or the error rate cross their thresholds.
 func (s *Set) observe(model string, err error) {

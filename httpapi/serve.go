@@ -52,7 +52,7 @@ func (a *API) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 			if model == "" {
 				model = "unknown"
 			}
-			a.cfg.Metrics.ObserveRequest(model, string(endpoint), status, time.Since(start))
+			a.cfg.Metrics.ObserveRequest(model, EndpointLabel(r, endpoint), status, time.Since(start))
 		}()
 		fail := func(err error) {
 			ae := toError(err)

@@ -200,7 +200,32 @@ type ModelConfig struct {
 	Sim    sim.Config
 	OpenAI OpenAIConfig
 	Engine EngineConfig
+	// --- triton backend (issue 14) ---
+	Triton TritonConfig
+	// --- end triton backend ---
 }
+
+// --- triton backend (issue 14) ---
+
+// TritonConfig points at a model on a Triton Inference Server or another
+// KServe v2 (Open Inference Protocol) server.
+type TritonConfig struct {
+	// URL is the server's base, e.g. http://127.0.0.1:8000.
+	URL string
+	// Model is the model name upstream (default: the block's label).
+	Model string
+	// Version is the upstream model version; empty lets the server choose.
+	Version string
+	// Timeout bounds one upstream call (for a stream, each event).
+	Timeout time.Duration
+	// MaxConns bounds pooled connections to the upstream.
+	MaxConns int
+	// HealthInterval is how often the upstream's /v2/health/ready and the
+	// model's ready endpoint are checked.
+	HealthInterval time.Duration
+}
+
+// --- end triton backend ---
 
 // OpenAIConfig points at an OpenAI-compatible upstream server.
 type OpenAIConfig struct {
@@ -399,6 +424,25 @@ func (c *Config) Validate() error {
 			if m.OpenAI.MaxConns < 1 {
 				bad(key+".openai.max_conns", "must be at least 1")
 			}
+		// --- triton backend (issue 14) ---
+		case "triton":
+			tc := m.Triton
+			if !strings.HasPrefix(tc.URL, "http://") && !strings.HasPrefix(tc.URL, "https://") {
+				bad(key+".triton.url", "must be an http(s) URL, got %q", tc.URL)
+			}
+			if strings.Contains(tc.Version, "/") {
+				bad(key+".triton.version", "must not contain '/', got %q", tc.Version)
+			}
+			if tc.Timeout <= 0 {
+				bad(key+".triton.timeout", "must be a positive duration")
+			}
+			if tc.MaxConns < 1 {
+				bad(key+".triton.max_conns", "must be at least 1")
+			}
+			if tc.HealthInterval < 100*time.Millisecond {
+				bad(key+".triton.health_interval", "must be at least 100ms, got %s", tc.HealthInterval)
+			}
+		// --- end triton backend ---
 		case "engine":
 			e := m.Engine
 			if e.Quantize != "none" && e.Quantize != "int8" {
@@ -415,7 +459,7 @@ func (c *Config) Validate() error {
 				bad(key+".engine", "threads and kv_cache_mb must not be negative")
 			}
 		default:
-			bad(key+".backend", `must be "sim", "openai" or "engine", got %q`, m.Backend)
+			bad(key+".backend", `must be "sim", "openai", "triton" or "engine", got %q`, m.Backend)
 		}
 	}
 	return errors.Join(errs...)

@@ -112,7 +112,23 @@ type fileModel struct {
 	Sim                  *fileSim    `hcl:"sim,block"`
 	OpenAI               *fileOpenAI `hcl:"openai,block"`
 	Engine               *fileEngine `hcl:"engine,block"`
+	// --- triton backend (issue 14) ---
+	Triton *fileTriton `hcl:"triton,block"`
+	// --- end triton backend ---
 }
+
+// --- triton backend (issue 14) ---
+
+type fileTriton struct {
+	URL            *string `hcl:"url,optional"`
+	Model          *string `hcl:"model,optional"`
+	Version        *string `hcl:"version,optional"`
+	Timeout        *string `hcl:"timeout,optional"`
+	MaxConns       *int    `hcl:"max_conns,optional"`
+	HealthInterval *string `hcl:"health_interval,optional"`
+}
+
+// --- end triton backend ---
 
 type fileSim struct {
 	Base             *string  `hcl:"base,optional"`
@@ -360,6 +376,16 @@ func (fm fileModel) resolve(d *durations) ModelConfig {
 		d.set(&m.OpenAI.Timeout, o.Timeout, at, "openai", "timeout")
 		setI(&m.OpenAI.MaxConns, o.MaxConns)
 	}
+	// --- triton backend (issue 14) ---
+	if tc := fm.Triton; tc != nil {
+		setS(&m.Triton.URL, tc.URL)
+		setS(&m.Triton.Model, tc.Model)
+		setS(&m.Triton.Version, tc.Version)
+		d.set(&m.Triton.Timeout, tc.Timeout, at, "triton", "timeout")
+		setI(&m.Triton.MaxConns, tc.MaxConns)
+		d.set(&m.Triton.HealthInterval, tc.HealthInterval, at, "triton", "health_interval")
+	}
+	// --- end triton backend ---
 	if e := fm.Engine; e != nil {
 		setS(&m.Engine.Checkpoint, e.Checkpoint)
 		setS(&m.Engine.Tokenizer, e.Tokenizer)
@@ -382,6 +408,9 @@ func DefaultModelConfig(name, backend string) ModelConfig {
 		Sim:     s,
 		OpenAI:  OpenAIConfig{Timeout: 60 * time.Second, MaxConns: 64},
 		Engine:  EngineConfig{Quantize: "none", MaxSequences: 32, KVCacheMB: 256},
+		// --- triton backend (issue 14) ---
+		Triton: TritonConfig{Timeout: 60 * time.Second, MaxConns: 64, HealthInterval: 5 * time.Second},
+		// --- end triton backend ---
 	}
 }
 

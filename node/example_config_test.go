@@ -13,6 +13,6 @@ func TestExampleConfigLoads(t *testing.T) {
 	require.NoError(t, cfg.LoadFile("../cluster.example.hcl"))
 	require.NoError(t, cfg.Validate())
 	require.Equal(t, "node-1", cfg.NodeName)
-	require.Len(t, cfg.Models, 3)
+	require.Len(t, cfg.Models, 4)
 	require.Equal(t, 3, cfg.Raft.BootstrapExpect)
 }

@@ -91,7 +91,7 @@ func (a admitter) Admit(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	ip := ratelimit.ClientIP(r.RemoteAddr)
 	est := estimateTokens(req)
 	rules := ratelimit.RulesFor(p, ratelimit.Request{
-		Path: r.URL.Path, KeyHash: hash, IP: ip,
+		Path: httpapi.LimitPath(r), KeyHash: hash, IP: ip,
 		// Every inference endpoint generates tokens, so token limits
 		// apply to all of them.
 		LLM:    true,

@@ -70,6 +70,7 @@ type Node struct {
 	retries         *breaker.RetryBudget
 	gpu             atomic.Pointer[ops.GPUCapacity]
 	gpuMetrics      *ops.GPUMetrics
+	upstreams       []*upstreamProbe
 
 	httpLn  net.Listener
 	httpSrv *http.Server
@@ -190,6 +191,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.goBackground(func() { n.runCluster(bctx) })
 	n.goBackground(func() { n.startCache(bctx) })
 	n.goBackground(func() { n.pollGPU(bctx) })
+	n.goBackground(func() { n.probeUpstreams(bctx) })
 	if len(n.cfg.Join) > 0 {
 		n.goBackground(func() { n.joinAtStart(bctx) })
 	}
@@ -246,6 +248,8 @@ func (n *Node) newBackend(ctx context.Context, m ModelConfig) (any, error) {
 		}
 		return openai.New(openai.Config{Model: m.Name, URL: m.OpenAI.URL, UpstreamModel: m.OpenAI.Model, APIKey: key,
 			Timeout: m.OpenAI.Timeout, MaxConns: m.OpenAI.MaxConns, Logger: n.logger})
+	case "triton":
+		return n.newTritonBackend(m)
 	}
 	return nil, fmt.Errorf("backend %q is not available in this build", m.Backend)
 }
@@ -272,6 +276,9 @@ func (n *Node) schedulerHealth() ops.Component {
 func (n *Node) routes() http.Handler {
 	mux := http.NewServeMux()
 	n.api.Register(mux)
+	v2 := newKServe(n)
+	mux.Handle("/v2", v2)
+	mux.Handle("/v2/", v2)
 	mux.HandleFunc("/health", httpapi.Methods(n.health.ServeHTTP, http.MethodGet, http.MethodHead))
 	mux.HandleFunc("/metrics", httpapi.Methods(n.metrics.Handler().ServeHTTP, http.MethodGet))
 	mux.Handle("/admin/v1/", n.admin)
