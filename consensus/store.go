@@ -682,11 +682,16 @@ func (s *Store) AppliedIndex() uint64 { return s.raft.AppliedIndex() }
 func (s *Store) Shutdown() error {
 	s.shutdownOnce.Do(func() {
 		close(s.done)
+		// Raft's shutdown waits for its replication goroutines, which may be waiting on RPCs
+		// to peers that are already gone (up to the transport's 10s timeout each). Cutting
+		// the connections first makes those RPCs fail at once; nothing is sent after this.
+		_ = s.stream.Close()
 		if err := s.raft.Shutdown().Error(); err != nil {
 			s.shutdownErr = fmt.Errorf("shutdown raft: %w", err)
 		}
 		// raft closes the transport; closing again is harmless and covers
-		// a shutdown raft had already begun.
+		// a shutdown raft had already begun. (The stream layer, closed above, only
+		// closes what it still tracks.)
 		s.trans.Close()
 		s.bg.Wait()
 		if !s.stream.waitInbound(5 * time.Second) {
