@@ -346,6 +346,10 @@ type Health struct {
 	Status  string
 	Detail  string
 	Members int
+	// Since is when the current degradation began; zero when ok or off.
+	Since time.Time
+	// Restarts counts olric members replaced by fresh ones after they had started.
+	Restarts int64
 }
 
 // Cache is the response cache and shared-counter store. Its methods are safe for concurrent use.
@@ -358,10 +362,13 @@ type Cache struct {
 
 	hits, misses, sets, deletes, purges, incrs, errs, timeouts atomic.Int64
 
-	// lastFail is the UnixNano of the last unavailable answer; 0 when none.
-	lastFail atomic.Int64
-	failMu   sync.Mutex
-	failMsg  string
+	// lastFail is the UnixNano of the last unavailable answer; 0 when none. failSince is when
+	// the current run of failures began.
+	lastFail  atomic.Int64
+	failSince atomic.Int64
+	created   time.Time
+	failMu    sync.Mutex
+	failMsg   string
 }
 
 // New validates cfg and prepares the backend. For olric it binds the memberlist listeners and
@@ -372,7 +379,7 @@ func New(cfg Config) (*Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dcache config: %w", err)
 	}
-	c := &Cache{cfg: cfg, log: cfg.Logger.With("component", "dcache", "backend", cfg.Backend)}
+	c := &Cache{cfg: cfg, log: cfg.Logger.With("component", "dcache", "backend", cfg.Backend), created: time.Now()}
 	switch cfg.Backend {
 	case BackendOlric:
 		o, err := newOlricStore(cfg, c.log)
@@ -390,9 +397,12 @@ func New(cfg Config) (*Cache, error) {
 	return c, nil
 }
 
-// Start brings the backend up. For olric it starts the embedded member, joins the peers that
-// Config.Peers returns and waits (bounded by ctx and StartTimeout) until Olric reports the member
-// started, starting a fresh member when Olric fails the start (a boot race with a peer).
+// Start brings the backend up. For olric it starts a supervisor that runs the embedded member:
+// it joins the peers that Config.Peers returns, starts a fresh member (backoff, same ports)
+// whenever Olric fails a start whatever the error, and replaces a member that stops or stays
+// split off from the members shoal lists, until Close. Start waits (bounded by ctx and
+// StartTimeout) for the first member; if none is up by then it returns an error wrapping
+// ErrUnavailable while the supervisor keeps trying, and Health says degraded meanwhile.
 // For local and off it does nothing. Start may be called once.
 func (c *Cache) Start(ctx context.Context) error {
 	if c.closed.Load() {
@@ -402,6 +412,10 @@ func (c *Cache) Start(ctx context.Context) error {
 		return nil
 	}
 	if err := c.st.start(ctx); err != nil {
+		if errors.Is(err, ErrUnavailable) {
+			// The olric member keeps trying in the background; Health tells how it goes.
+			c.started.Store(true)
+		}
 		return err
 	}
 	c.started.Store(true)
@@ -583,31 +597,43 @@ func (c *Cache) Stats() Stats {
 	}
 }
 
-// Health reports whether the cache is serving. It never blocks on the network.
+// Health reports whether the cache is serving, and since when it is not. It never blocks on
+// the network.
 func (c *Cache) Health() Health {
 	members := c.Members()
+	o, _ := c.st.(*olricStore)
+	var restarts int64
+	var down time.Time
+	var last string
+	if o != nil {
+		down, last, restarts = o.state()
+	}
+	degraded := func(detail string, since time.Time) Health {
+		return Health{Status: StatusDegraded, Detail: detail, Members: members, Since: since, Restarts: restarts}
+	}
 	switch {
 	case c.cfg.Backend == BackendOff:
 		return Health{Status: StatusOff, Detail: "response cache disabled", Members: members}
 	case c.closed.Load():
-		return Health{Status: StatusDegraded, Detail: "closed", Members: members}
+		return degraded("closed", time.Time{})
 	case !c.started.Load():
-		return Health{Status: StatusDegraded, Detail: "not started", Members: members}
+		return degraded("not started", c.created)
+	case o != nil && o.cur.Load() == nil:
+		if last == "" {
+			last = "starting"
+		}
+		return degraded("no cache member running; retrying in the background: "+last, down)
 	}
-	if last := c.lastFail.Load(); last != 0 && time.Since(time.Unix(0, last)) < c.cfg.HealthWindow {
+	if lastFail := c.lastFail.Load(); lastFail != 0 && time.Since(time.Unix(0, lastFail)) < c.cfg.HealthWindow {
 		c.failMu.Lock()
 		msg := c.failMsg
 		c.failMu.Unlock()
-		return Health{Status: StatusDegraded, Detail: msg, Members: members}
+		return degraded(msg, time.Unix(0, c.failSince.Load()))
 	}
 	if want := c.st.expected(); want > members {
-		return Health{
-			Status:  StatusDegraded,
-			Detail:  fmt.Sprintf("cache cluster has %d of the %d members shoal lists (joining or split)", members, want),
-			Members: members,
-		}
+		return degraded(fmt.Sprintf("cache cluster has %d of the %d members shoal lists (joining or split)", members, want), down)
 	}
-	return Health{Status: StatusOK, Members: members}
+	return Health{Status: StatusOK, Members: members, Restarts: restarts}
 }
 
 // Close stops the backend: an olric member leaves its cluster. Calls after Close return
@@ -638,11 +664,16 @@ func (c *Cache) fail(err error) {
 	if errors.Is(err, context.DeadlineExceeded) {
 		c.timeouts.Add(1)
 	}
-	first := c.lastFail.Load() == 0
+	now := time.Now()
+	last := c.lastFail.Load()
+	first := last == 0
+	if first || now.Sub(time.Unix(0, last)) >= c.cfg.HealthWindow {
+		c.failSince.Store(now.UnixNano())
+	}
 	c.failMu.Lock()
 	c.failMsg = err.Error()
 	c.failMu.Unlock()
-	c.lastFail.Store(time.Now().UnixNano())
+	c.lastFail.Store(now.UnixNano())
 	if first {
 		c.log.Warn("cache degraded", "err", err)
 	}
