@@ -56,6 +56,8 @@ const (
 	DefaultJoinTimeout    = 10 * time.Second
 	DefaultStartTimeout   = 30 * time.Second
 	DefaultHealthWindow   = 10 * time.Second
+	DefaultWriteQueue     = 1024
+	DefaultWriters        = 4
 	// memberlistPortOffset places Olric's memberlist next to its protocol port (3320 -> 3322),
 	// as Olric's own defaults do.
 	memberlistPortOffset = 2
@@ -82,6 +84,9 @@ var (
 	ErrNotStarted = errors.New("cache not started")
 	// ErrClosed is returned by every call after Close.
 	ErrClosed = errors.New("cache closed")
+	// ErrQueueFull is returned by SetAsync when WriteQueue writes already wait: the write is
+	// dropped (Stats.Dropped), which costs at most a future hit.
+	ErrQueueFull = errors.New("cache write queue full")
 
 	// errNoPeersYet makes Olric retry its join: membership has not listed any peer yet.
 	errNoPeersYet = errors.New("membership lists no cache peers yet")
@@ -151,11 +156,19 @@ type Config struct {
 	// namespace and partition. Default 256 KiB.
 	MaxValueBytes int
 
-	// LookupTimeout bounds every Get. Default 50ms.
+	// LookupTimeout bounds every call made on a request's path: Get, Lock and unlock.
+	// Default 50ms.
 	LookupTimeout time.Duration
 
-	// OpTimeout bounds Set, Delete, Incr, Lock and unlock. Default 250ms.
+	// OpTimeout bounds Set (also when queued by SetAsync), Delete and Incr. Default 250ms.
 	OpTimeout time.Duration
+
+	// WriteQueue bounds the writes SetAsync may hold waiting; beyond it they are dropped.
+	// Default 1024.
+	WriteQueue int
+
+	// Writers is how many goroutines run queued writes. Default 4.
+	Writers int
 
 	// HealthWindow is how long Health stays degraded after the last unavailable answer.
 	// Default 10s.
@@ -192,6 +205,8 @@ func DefaultConfig() Config {
 		LookupTimeout:  DefaultLookupTimeout,
 		OpTimeout:      DefaultOpTimeout,
 		HealthWindow:   DefaultHealthWindow,
+		WriteQueue:     DefaultWriteQueue,
+		Writers:        DefaultWriters,
 	}
 }
 
@@ -242,6 +257,12 @@ func (c Config) resolve() (Config, error) {
 	if c.HealthWindow == 0 {
 		c.HealthWindow = d.HealthWindow
 	}
+	if c.WriteQueue == 0 {
+		c.WriteQueue = d.WriteQueue
+	}
+	if c.Writers == 0 {
+		c.Writers = d.Writers
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -249,6 +270,8 @@ func (c Config) resolve() (Config, error) {
 	switch {
 	case c.JoinTimeout < 0, c.StartTimeout < 0, c.LookupTimeout < 0, c.OpTimeout < 0, c.HealthWindow < 0:
 		return c, errors.New("timeouts must not be negative")
+	case c.WriteQueue < 0, c.Writers < 0:
+		return c, fmt.Errorf("write queue %d and writers %d must not be negative", c.WriteQueue, c.Writers)
 	case c.ReplicaCount < 1:
 		return c, fmt.Errorf("replica count %d: must be at least 1", c.ReplicaCount)
 	case c.MinMembers < 1:
@@ -337,6 +360,15 @@ type Stats struct {
 	Entries  int64
 	Bytes    int64
 	Members  int
+	// Queued is how many SetAsync writes wait now; Dropped counts those refused because the
+	// queue was full.
+	Queued  int
+	Dropped int64
+	// FastFails counts olric calls refused at once because their key's owner left a call
+	// unanswered moments before (a frozen or overloaded peer).
+	FastFails int64
+	// Restarts counts olric members replaced by fresh ones after they had started.
+	Restarts int64
 }
 
 // Health is the cache's state for /health.
@@ -360,7 +392,12 @@ type Cache struct {
 	started atomic.Bool
 	closed  atomic.Bool
 
-	hits, misses, sets, deletes, purges, incrs, errs, timeouts atomic.Int64
+	hits, misses, sets, deletes, purges, incrs, errs, timeouts, dropped atomic.Int64
+
+	// writes feeds the SetAsync writers; stopWrites ends them on Close.
+	writes     chan asyncWrite
+	stopWrites chan struct{}
+	writers    sync.WaitGroup
 
 	// lastFail is the UnixNano of the last unavailable answer; 0 when none. failSince is when
 	// the current run of failures began.
@@ -394,7 +431,63 @@ func New(cfg Config) (*Cache, error) {
 		c.st = newLocalStore(0, false)
 		c.started.Store(true)
 	}
+	c.writes = make(chan asyncWrite, cfg.WriteQueue)
+	c.stopWrites = make(chan struct{})
+	for range max(cfg.Writers, 1) {
+		c.writers.Add(1)
+		go c.runWrites()
+	}
 	return c, nil
+}
+
+// asyncWrite is one queued SetAsync.
+type asyncWrite struct {
+	ns, key string
+	val     []byte
+	ttl     time.Duration
+	done    func(error)
+}
+
+// SetAsync queues Set(ns, key, val, ttl) to run off the caller's path, bounded by OpTimeout,
+// and returns at once: a request never waits on a cache write, however slow the member that
+// owns the key. The cache takes val as is: the caller must not modify it afterwards. When
+// WriteQueue writes already wait, the write is dropped and SetAsync returns ErrQueueFull
+// (counted in Stats.Dropped). done, when not nil, runs after a queued write with its result,
+// on a writer goroutine, and is not called when SetAsync returns an error.
+func (c *Cache) SetAsync(ns, key string, val []byte, ttl time.Duration, done func(error)) error {
+	if err := c.check(ns, key); err != nil {
+		return err
+	}
+	if len(val) > c.cfg.MaxValueBytes {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(val), c.cfg.MaxValueBytes)
+	}
+	select {
+	case c.writes <- asyncWrite{ns: ns, key: key, val: val, ttl: ttl, done: done}:
+		return nil
+	default:
+		if c.dropped.Add(1) == 1 {
+			c.log.Warn("cache write queue full; dropping writes", "queue", c.cfg.WriteQueue)
+		}
+		return fmt.Errorf("set %s/%s: %w (%d waiting)", ns, key, ErrQueueFull, c.cfg.WriteQueue)
+	}
+}
+
+// runWrites runs queued writes until Close; writes still queued then are dropped.
+func (c *Cache) runWrites() {
+	defer c.writers.Done()
+	for {
+		select {
+		case <-c.stopWrites:
+			return
+		case w := <-c.writes:
+			ctx, cancel := context.WithTimeout(context.Background(), c.cfg.OpTimeout)
+			err := c.Set(ctx, w.ns, w.key, w.val, w.ttl)
+			cancel()
+			if w.done != nil {
+				w.done(err)
+			}
+		}
+	}
 }
 
 // Start brings the backend up. For olric it starts a supervisor that runs the embedded member:
@@ -581,7 +674,7 @@ func (c *Cache) Members() int {
 // Stats returns the counters; it never blocks on the network.
 func (c *Cache) Stats() Stats {
 	entries, bytes := c.st.usage()
-	return Stats{
+	st := Stats{
 		Backend:  c.cfg.Backend,
 		Hits:     c.hits.Load(),
 		Misses:   c.misses.Load(),
@@ -594,7 +687,14 @@ func (c *Cache) Stats() Stats {
 		Entries:  entries,
 		Bytes:    bytes,
 		Members:  c.Members(),
+		Queued:   len(c.writes),
+		Dropped:  c.dropped.Load(),
 	}
+	if o, ok := c.st.(*olricStore); ok {
+		st.FastFails = o.fastFails.Load()
+		_, _, st.Restarts = o.state()
+	}
+	return st
 }
 
 // Health reports whether the cache is serving, and since when it is not. It never blocks on
@@ -642,6 +742,8 @@ func (c *Cache) Close(ctx context.Context) error {
 	if c.closed.Swap(true) {
 		return nil
 	}
+	close(c.stopWrites)
+	c.writers.Wait()
 	if err := c.st.close(ctx); err != nil {
 		return fmt.Errorf("close %s cache: %w", c.cfg.Backend, err)
 	}

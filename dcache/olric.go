@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/hashicorp/memberlist"
 	"github.com/olric-data/olric"
 	"github.com/olric-data/olric/config"
@@ -106,6 +107,9 @@ type olricStore struct {
 	// path (Olric checks MemberCountQuorum only on requests that arrive over the network).
 	visible  atomic.Int64
 	inflight atomic.Int64
+	// suspects maps a member name to the UnixNano until which calls for its keys fail at once.
+	suspects  sync.Map
+	fastFails atomic.Int64
 	// downSince is the UnixNano since which this node has had no current member, or one that
 	// sees fewer members than shoal lists; 0 while healthy.
 	downSince atomic.Int64
@@ -587,10 +591,20 @@ func sameRouting(a, b olric.RoutingTable) bool {
 	})
 }
 
+// target is the DMap and key a call reads or writes, for routing it to its owner; zero for
+// calls that visit every member.
+type target struct{ dmap, key string }
+
+// suspectFor is how long calls for keys owned by a member that left a call unanswered fail at
+// once instead of waiting their bound again. A frozen peer then costs each request path one
+// bound per suspectFor, not one per call.
+const suspectFor = time.Second
+
 // call runs f against Olric within d. Olric does not honour every deadline (a member that is
 // not bootstrapped waits out BootstrapTimeout, for one), so f runs in its own goroutine and the
-// caller leaves at the deadline whatever f does.
-func call[T any](o *olricStore, ctx context.Context, d time.Duration, op string, f func(context.Context, *member) (T, error)) (T, error) {
+// caller leaves at the deadline whatever f does. A call whose key's owner recently left a
+// call unanswered fails at once (ErrUnavailable).
+func call[T any](o *olricStore, ctx context.Context, d time.Duration, op string, at target, f func(context.Context, *member) (T, error)) (T, error) {
 	var zero T
 	m := o.cur.Load()
 	if m == nil {
@@ -598,6 +612,11 @@ func call[T any](o *olricStore, ctx context.Context, d time.Duration, op string,
 	}
 	if n := o.visible.Load(); n < int64(o.cfg.MinMembers) {
 		return zero, fmt.Errorf("%w: %s: %d cache members visible, %d required", ErrUnavailable, op, n, o.cfg.MinMembers)
+	}
+	owner := m.owner(at, o.cfg.PartitionCount)
+	if owner != "" && o.suspected(owner) {
+		o.fastFails.Add(1)
+		return zero, fmt.Errorf("%w: %s: owner %s left a call unanswered within the last %s", ErrUnavailable, op, owner, suspectFor)
 	}
 	if n := o.inflight.Add(1); n > maxInflight {
 		o.inflight.Add(-1)
@@ -623,8 +642,49 @@ func call[T any](o *olricStore, ctx context.Context, d time.Duration, op string,
 		}
 		return zero, o.classify(parent, ctx, d, op, r.err)
 	case <-ctx.Done():
+		if parent.Err() == nil && owner != "" {
+			o.suspect(owner)
+		}
 		return zero, o.classify(parent, ctx, d, op, ctx.Err())
 	}
+}
+
+// owner is the member that owns at's partition by this member's last copy of the routing
+// table, or "" when unknown or this member itself (its own keys never leave the process).
+func (m *member) owner(at target, partitions uint64) string {
+	if at.dmap == "" || partitions == 0 {
+		return ""
+	}
+	m.rtMu.Lock()
+	route, ok := m.lastTable[xxhash.Sum64String(at.dmap+at.key)%partitions]
+	m.rtMu.Unlock()
+	if !ok || len(route.PrimaryOwners) == 0 {
+		return ""
+	}
+	// Olric's partition owner is the last of its owners.
+	if o := route.PrimaryOwners[len(route.PrimaryOwners)-1]; o != m.name {
+		return o
+	}
+	return ""
+}
+
+func (o *olricStore) suspect(owner string) {
+	until := time.Now().Add(suspectFor).UnixNano()
+	if _, loaded := o.suspects.Swap(owner, until); !loaded {
+		o.log.Warn("cache member did not answer in time; its keys bypass the cache for a while", "member", owner, "for", suspectFor)
+	}
+}
+
+func (o *olricStore) suspected(owner string) bool {
+	v, ok := o.suspects.Load(owner)
+	if !ok {
+		return false
+	}
+	if time.Now().UnixNano() < v.(int64) {
+		return true
+	}
+	o.suspects.CompareAndDelete(owner, v)
+	return false
 }
 
 // classify maps Olric's errors onto ours. Anything that is not a verdict about the data (not
@@ -678,7 +738,7 @@ func (o *olricStore) get(ctx context.Context, ns, key string) ([]byte, bool, err
 		v  []byte
 		ok bool
 	}
-	h, err := call(o, ctx, o.cfg.LookupTimeout, "get "+respPrefix+ns, func(ctx context.Context, m *member) (hit, error) {
+	h, err := call(o, ctx, o.cfg.LookupTimeout, "get "+respPrefix+ns, target{respPrefix + ns, key}, func(ctx context.Context, m *member) (hit, error) {
 		dm, err := m.dmap(respPrefix + ns)
 		if err != nil {
 			return hit{}, err
@@ -697,7 +757,7 @@ func (o *olricStore) get(ctx context.Context, ns, key string) ([]byte, bool, err
 }
 
 func (o *olricStore) set(ctx context.Context, ns, key string, val []byte, ttl time.Duration) error {
-	_, err := call(o, ctx, o.cfg.OpTimeout, "set "+respPrefix+ns, func(ctx context.Context, m *member) (struct{}, error) {
+	_, err := call(o, ctx, o.cfg.OpTimeout, "set "+respPrefix+ns, target{respPrefix + ns, key}, func(ctx context.Context, m *member) (struct{}, error) {
 		if err := m.register(ctx, ns); err != nil {
 			return struct{}{}, err
 		}
@@ -730,7 +790,7 @@ func (m *member) register(ctx context.Context, ns string) error {
 }
 
 func (o *olricStore) del(ctx context.Context, ns, key string) error {
-	_, err := call(o, ctx, o.cfg.OpTimeout, "delete "+respPrefix+ns, func(ctx context.Context, m *member) (int, error) {
+	_, err := call(o, ctx, o.cfg.OpTimeout, "delete "+respPrefix+ns, target{respPrefix + ns, key}, func(ctx context.Context, m *member) (int, error) {
 		dm, err := m.dmap(respPrefix + ns)
 		if err != nil {
 			return 0, err
@@ -741,7 +801,7 @@ func (o *olricStore) del(ctx context.Context, ns, key string) error {
 }
 
 func (o *olricStore) purge(ctx context.Context, ns string) error {
-	_, err := call(o, ctx, purgeTimeout, "purge", func(ctx context.Context, m *member) (struct{}, error) {
+	_, err := call(o, ctx, purgeTimeout, "purge", target{}, func(ctx context.Context, m *member) (struct{}, error) {
 		names := []string{ns}
 		if ns == "" {
 			var err error
@@ -788,7 +848,7 @@ func (m *member) namespaces(ctx context.Context) ([]string, error) {
 }
 
 func (o *olricStore) incr(ctx context.Context, ns, key string, delta int, ttl time.Duration) (int, error) {
-	return call(o, ctx, o.cfg.OpTimeout, "incr "+ctrPrefix+ns, func(ctx context.Context, m *member) (int, error) {
+	return call(o, ctx, o.cfg.OpTimeout, "incr "+ctrPrefix+ns, target{ctrPrefix + ns, key}, func(ctx context.Context, m *member) (int, error) {
 		dm, err := m.ownerDMap(ctrPrefix + ns)
 		if err != nil {
 			return 0, err
@@ -819,7 +879,7 @@ func (o *olricStore) expireIfUnset(ctx context.Context, dm olric.DMap, key strin
 }
 
 func (o *olricStore) lock(ctx context.Context, ns, key string, lease time.Duration) (func(context.Context) error, error) {
-	lc, err := call(o, ctx, o.cfg.OpTimeout, "lock "+lockPrefix+ns, func(ctx context.Context, m *member) (olric.LockContext, error) {
+	lc, err := call(o, ctx, o.cfg.LookupTimeout, "lock "+lockPrefix+ns, target{lockPrefix + ns, key}, func(ctx context.Context, m *member) (olric.LockContext, error) {
 		dm, err := m.dmap(lockPrefix + ns)
 		if err != nil {
 			return nil, err
@@ -831,7 +891,7 @@ func (o *olricStore) lock(ctx context.Context, ns, key string, lease time.Durati
 		return nil, err
 	}
 	return func(ctx context.Context) error {
-		_, err := call(o, ctx, o.cfg.OpTimeout, "unlock "+lockPrefix+ns, func(ctx context.Context, m *member) (struct{}, error) {
+		_, err := call(o, ctx, o.cfg.LookupTimeout, "unlock "+lockPrefix+ns, target{lockPrefix + ns, key}, func(ctx context.Context, m *member) (struct{}, error) {
 			return struct{}{}, lc.Unlock(ctx)
 		})
 		return err
