@@ -154,21 +154,31 @@ func (n *Node) cacheStore(model, key string, results []scheduler.Result) {
 	if n.cache.Backend() == dcache.BackendOff {
 		return
 	}
-	n.goBackground(func() { n.cacheStoreSync(context.Background(), model, key, results) })
+	n.cacheStoreAsync(model, key, results, nil)
 }
 
-// cacheStoreSync saves an answer, bounded in time; failures only cost a
-// future hit.
-func (n *Node) cacheStoreSync(ctx context.Context, model, key string, results []scheduler.Result) {
+// cacheStoreAsync queues an answer's store off the request path (dcache
+// bounds the queue and each write; a full queue drops the write, which
+// only costs a future hit). then, when not nil, runs once the write is
+// done or dropped.
+func (n *Node) cacheStoreAsync(model, key string, results []scheduler.Result, then func()) {
 	data, err := json.Marshal(cachedAnswer{Results: results, Node: n.cfg.NodeName})
-	if err != nil {
-		return
+	if err == nil {
+		ttl, _ := n.cacheSettings()
+		err = n.cache.SetAsync(model, key, data, ttl, func(err error) {
+			if err != nil {
+				n.logger.Debug("cache store", "err", err)
+			}
+			if then != nil {
+				then()
+			}
+		})
 	}
-	ttl, _ := n.cacheSettings()
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-	defer cancel()
-	if err := n.cache.Set(ctx, model, key, data, ttl); err != nil {
+	if err != nil {
 		n.logger.Debug("cache store", "err", err)
+		if then != nil {
+			then()
+		}
 	}
 }
 
@@ -189,13 +199,17 @@ func (n *Node) coalesce(ctx context.Context, model, key string, store bool, comp
 			}
 			return res, err
 		}
+		// Lock and release are bounded by the cache's lookup timeout and
+		// fail open: without the lock this node computes.
 		unlock, lerr := n.cache.Lock(fctx, model, "lock:"+key, lockLease)
+		release := func() {}
 		switch {
 		case lerr == nil:
-			defer func() { _ = unlock(context.WithoutCancel(fctx)) }()
+			release = func() { _ = unlock(context.WithoutCancel(fctx)) }
 			// The previous holder may have stored the answer between our
 			// miss and our lock.
 			if a, ok := n.cacheLookup(fctx, model, key); ok {
+				release()
 				return a.Results, nil
 			}
 		case errors.Is(lerr, dcache.ErrLocked):
@@ -205,9 +219,12 @@ func (n *Node) coalesce(ctx context.Context, model, key string, store bool, comp
 		}
 		res, err := compute(fctx)
 		if err == nil && store {
-			// Stored before the lock is released, so a node that takes the
-			// lock next finds the answer instead of computing it again.
-			n.cacheStoreSync(fctx, model, key, res)
+			// The store runs off the request path; the lock is released
+			// after it, so a node that takes the lock next finds the answer
+			// instead of computing it again.
+			n.cacheStoreAsync(model, key, res, release)
+		} else {
+			release()
 		}
 		return res, err
 	})
