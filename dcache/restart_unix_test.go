@@ -18,7 +18,7 @@ import (
 )
 
 // restartRounds is how many times TestOlricWholeClusterRestart stops and starts all members.
-const restartRounds = 8
+const restartRounds = 12
 
 // freePorts returns an Olric address and a memberlist address on loopback that are free now
 // (the memberlist one for TCP and UDP alike).
@@ -132,7 +132,7 @@ func TestOlricWholeClusterRestart(t *testing.T) {
 		members = members[:0]
 		began := time.Now()
 		for i := range n {
-			members = append(members, startProcessMember(t, "lan", addrs[i], without(mls, i)))
+			members = append(members, startProcessMember(t, "local", addrs[i], without(mls, i)))
 		}
 		healthy := func() bool {
 			for _, m := range members {
