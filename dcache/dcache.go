@@ -12,9 +12,10 @@
 // Keys are opaque: the node hashes and normalizes requests; dcache stores bytes under
 // (namespace, key). A namespace is typically a model name; Purge drops one namespace or all.
 //
-// Every call is bounded in time. On the olric backend a Get that gets no answer within
-// Config.LookupTimeout returns ErrUnavailable and the cache reports itself degraded, so a slow or
-// unreachable Olric never stalls a request: the caller serves it uncached.
+// Every call is bounded in time. On the olric backend a Get, Lock or release that gets no answer
+// within Config.LookupTimeout returns ErrUnavailable and the cache reports itself degraded, so a
+// slow, frozen or unreachable member never stalls a request: the caller serves it uncached.
+// SetAsync takes stores off the request path through a bounded queue.
 package dcache
 
 import (
@@ -636,8 +637,10 @@ func (c *Cache) Incr(ctx context.Context, ns, key string, delta int, ttl time.Du
 
 // Lock takes the lock (ns, key) for at most lease, without waiting: if another holder has it,
 // Lock returns ErrLocked. The returned func releases it; it returns ErrNotLocked when the lease
-// had already run out. On olric the lock is cluster-wide (Olric's locks are advisory: a member
-// that loses its view of the partition owner can, briefly, let two holders in).
+// had already run out. Lock and the release are on a request's path, so both are bounded by
+// LookupTimeout; a lock that gets no answer is ErrUnavailable and the caller should carry on
+// without it (fail open). On olric the lock is cluster-wide (Olric's locks are advisory: a
+// member that loses its view of the partition owner can, briefly, let two holders in).
 func (c *Cache) Lock(ctx context.Context, ns, key string, lease time.Duration) (func(context.Context) error, error) {
 	if err := c.check(ns, key); err != nil {
 		return nil, err
