@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 
 	sockaddr "github.com/hashicorp/go-sockaddr"
@@ -416,6 +417,28 @@ func (n *Node) gossipHealth() ops.Component {
 // applyCommand commits cmd through Raft: here when this node leads, else on
 // the leader through its admin API.
 func (n *Node) applyCommand(ctx context.Context, cmd consensus.Command) error {
+	// A write that arrives while the leader is gone waits out the election
+	// (failoverWait) instead of failing: retried only while nothing can
+	// have been proposed (no leader known, or the leader unreachable).
+	deadline := time.Now().Add(failoverWait)
+	for {
+		err := n.applyOnce(ctx, cmd)
+		if err == nil || !undelivered(err) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// failoverWait bounds how long a write waits for a new leader: an election
+// takes about a second with the default Raft timeouts.
+const failoverWait = 3 * time.Second
+
+func (n *Node) applyOnce(ctx context.Context, cmd consensus.Command) error {
 	_, err := n.store.Apply(ctx, cmd)
 	if !errors.Is(err, consensus.ErrNotLeader) {
 		return err
@@ -426,6 +449,18 @@ func (n *Node) applyCommand(ctx context.Context, cmd consensus.Command) error {
 		return fmt.Errorf("forward to leader %q: address unknown: %w", leader, consensus.ErrNoLeader)
 	}
 	return n.forwardApply(ctx, m.Meta.HTTPAddr, cmd)
+}
+
+// undelivered reports whether err proves the command reached no leader:
+// none was known, or the forward to it could not connect. A forward that
+// failed after connecting may have been applied and is not retried.
+func undelivered(err error) bool {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		var op *net.OpError
+		return errors.As(err, &op) && op.Op == "dial"
+	}
+	return errors.Is(err, consensus.ErrNoLeader)
 }
 
 // forwardSecret signs requests one node forwards to another. It derives
