@@ -117,6 +117,8 @@ type olricStore struct {
 	attempts  atomic.Int64           // member starts tried
 	restarts  atomic.Int64           // members replaced after they had started
 	closeErr  error                  // the last member's shutdown error, for close
+	// rejoinBackoff multiplies the rejoin period; only the supervisor goroutine uses it.
+	rejoinBackoff int64
 }
 
 // member is one started Olric instance and its clients. A replacement is a new member.
@@ -137,7 +139,7 @@ type member struct {
 }
 
 func newOlricStore(cfg Config, l *slog.Logger) (*olricStore, error) {
-	o := &olricStore{cfg: cfg, log: l, timing: timingFor(cfg.Network), firstUp: make(chan struct{})}
+	o := &olricStore{cfg: cfg, log: l, timing: timingFor(cfg.Network), firstUp: make(chan struct{}), rejoinBackoff: 1}
 	o.downSince.Store(time.Now().UnixNano())
 	o.stdlog = newStdLogger(l.With("component", "olric"))
 
@@ -288,6 +290,10 @@ var errStartFailed = errors.New("olric start failed")
 
 // maxRestartBackoff caps the wait between member starts that keep failing.
 const maxRestartBackoff = 10 * time.Second
+
+// maxRejoinBackoff caps the factor on the rejoin period after replacements that did not end a
+// split (15 s x 16: a useless replacement at most every 4-8 minutes).
+const maxRejoinBackoff = 16
 
 // start launches the supervisor and waits, bounded by ctx and StartTimeout, until a member is
 // up. When the bound passes first, start returns an error but the supervisor keeps trying:
@@ -528,13 +534,17 @@ func (o *olricStore) stopMember(ctx context.Context, m *member) error {
 // watch keeps a running member's routing and health current until ctx ends or the member
 // must be replaced; it returns why. Olric has no rejoin: a member that formed a cluster of its
 // own (its peers were down when it started) stays there, so one that sees at most half the
-// members shoal lists for rejoinAfter, plus jitter so split halves do not restart in step, is
-// replaced by a fresh member, which joins the peers shoal lists now.
+// members shoal lists for the rejoin period, plus jitter so split halves do not restart in
+// step, is replaced by a fresh member, which joins the peers shoal lists now. A replacement
+// that does not end the split (a listed peer that cannot run its member, in a 2-node cluster)
+// doubles the period, up to maxRejoinBackoff times, so a member is not emptied over and over
+// for nothing; seeing every listed member resets it.
 func (o *olricStore) watch(ctx context.Context, m *member) string {
 	t := time.NewTicker(o.timing.watch)
 	defer t.Stop()
 	var short time.Time
-	rejoin := o.timing.rejoin + time.Duration(rand.Int64N(int64(o.timing.rejoin)))
+	period := o.timing.rejoin * time.Duration(o.rejoinBackoff)
+	rejoin := period + time.Duration(rand.Int64N(int64(period)))
 	for {
 		n := m.members()
 		o.visible.Store(int64(n))
@@ -546,10 +556,12 @@ func (o *olricStore) watch(ctx context.Context, m *member) string {
 		case n >= want:
 			short = time.Time{}
 			o.downSince.Store(0)
+			o.rejoinBackoff = 1
 		case short.IsZero():
 			short = time.Now()
 			o.downSince.CompareAndSwap(0, short.UnixNano())
 		case 2*n <= want && time.Since(short) > rejoin:
+			o.rejoinBackoff = min(2*o.rejoinBackoff, maxRejoinBackoff)
 			return fmt.Sprintf("member saw %d of the %d members shoal lists for %s", n, want, time.Since(short).Round(time.Second))
 		}
 		select {
