@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// defaultTimings leaves raft's production timings (raft.DefaultConfig) in
+// defaultTimings leaves the production timings (this package's defaults) in
 // place while keeping a long apply timeout.
 func defaultTimings(cfg *Config) {
 	cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout, cfg.CommitTimeout = 0, 0, 0, 0
@@ -148,4 +148,60 @@ func reportPercentiles(b *testing.B, d []time.Duration) {
 	b.ReportMetric(ms(d[len(d)/2]), "p50-ms")
 	b.ReportMetric(ms(d[min(len(d)-1, len(d)*99/100)]), "p99-ms")
 	b.ReportMetric(ms(d[len(d)-1]), "max-ms")
+}
+
+// BenchmarkLeaderFailoverWrite kills the leader of a 3-node cluster (Shutdown without leaving, which
+// closes its connections as a SIGKILL does) and measures how long until a client that retries
+// every 10ms gets a write accepted by a new leader; the old leader then restarts and catches up
+// before the next round. Timings are the production defaults.
+//
+//	go test ./consensus -run '^$' -bench LeaderFailoverWrite -benchtime 10x
+func BenchmarkLeaderFailoverWrite(b *testing.B) {
+	c := mustNewCluster(b, 3, defaultTimings)
+	ctx := context.Background()
+	var took []time.Duration
+	round := 0
+	for b.Loop() {
+		b.StopTimer()
+		leader := c.waitLeader()
+		if _, err := leader.store.Apply(ctx, setBatching("m", 1)); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		start := time.Now()
+		c.stop(leader)
+		for {
+			if d := writeOnce(c, round); d {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		took = append(took, time.Since(start))
+		b.StopTimer()
+		c.start(leader)
+		round++
+		b.StartTimer()
+	}
+	slices.Sort(took)
+	var sum time.Duration
+	for _, d := range took {
+		sum += d
+	}
+	b.ReportMetric(float64(sum)/float64(len(took))/float64(time.Millisecond), "mean_ms")
+	b.ReportMetric(float64(took[0])/float64(time.Millisecond), "min_ms")
+	b.ReportMetric(float64(took[len(took)-1])/float64(time.Millisecond), "max_ms")
+}
+
+// writeOnce tries one write on whichever running node leads, as a retrying client does.
+func writeOnce(c *testCluster, round int) bool {
+	for _, n := range c.running() {
+		if !n.store.IsLeader() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		_, err := n.store.Apply(ctx, setBatching("m", round%MaxBatchSize+1))
+		cancel()
+		return err == nil
+	}
+	return false
 }

@@ -25,6 +25,11 @@ type streamLayer struct {
 	// tls, when set, makes every connection mutual TLS (clusterTLS).
 	tls *tls.Config
 
+	// dialCtx ends on Close, so a dial to a peer that is gone (in Docker a stopped
+	// container's address swallows SYNs) does not hold raft's shutdown for the dial timeout.
+	dialCtx    context.Context
+	cancelDial context.CancelFunc
+
 	mu     sync.Mutex
 	conns  map[*trackedConn]struct{}
 	closed bool
@@ -36,7 +41,9 @@ type streamLayer struct {
 var _ raft.StreamLayer = (*streamLayer)(nil)
 
 func newStreamLayer(ln net.Listener, advertise net.Addr, tlsConfig *tls.Config) *streamLayer {
-	return &streamLayer{Listener: ln, advertise: advertise, tls: tlsConfig, conns: map[*trackedConn]struct{}{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &streamLayer{Listener: ln, advertise: advertise, tls: tlsConfig, conns: map[*trackedConn]struct{}{},
+		dialCtx: ctx, cancelDial: cancel}
 }
 
 // handshakeTimeout bounds the TLS handshake of an inbound connection, so a
@@ -61,12 +68,12 @@ func (s *streamLayer) Accept() (net.Conn, error) {
 func (s *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	d := s.dialer
 	d.Timeout = timeout
-	c, err := d.Dial("tcp", string(address))
+	c, err := d.DialContext(s.dialCtx, "tcp", string(address))
 	if err != nil {
 		return nil, err
 	}
 	if s.tls != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		ctx, cancel := context.WithTimeout(s.dialCtx, timeout)
 		defer cancel()
 		tc := tls.Client(c, s.tls)
 		if err := tc.HandshakeContext(ctx); err != nil {
@@ -138,8 +145,10 @@ func (s *streamLayer) waitInbound(d time.Duration) bool {
 	}
 }
 
-// Close stops the listener and closes every open raft connection.
+// Close stops the listener, cancels dials in progress and closes every open raft connection,
+// so RPCs waiting on peers that will never answer fail at once.
 func (s *streamLayer) Close() error {
+	s.cancelDial()
 	err := s.Listener.Close()
 	s.mu.Lock()
 	s.closed = true

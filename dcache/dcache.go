@@ -12,9 +12,10 @@
 // Keys are opaque: the node hashes and normalizes requests; dcache stores bytes under
 // (namespace, key). A namespace is typically a model name; Purge drops one namespace or all.
 //
-// Every call is bounded in time. On the olric backend a Get that gets no answer within
-// Config.LookupTimeout returns ErrUnavailable and the cache reports itself degraded, so a slow or
-// unreachable Olric never stalls a request: the caller serves it uncached.
+// Every call is bounded in time. On the olric backend a Get, Lock or release that gets no answer
+// within Config.LookupTimeout returns ErrUnavailable and the cache reports itself degraded, so a
+// slow, frozen or unreachable member never stalls a request: the caller serves it uncached.
+// SetAsync takes stores off the request path through a bounded queue.
 package dcache
 
 import (
@@ -56,6 +57,8 @@ const (
 	DefaultJoinTimeout    = 10 * time.Second
 	DefaultStartTimeout   = 30 * time.Second
 	DefaultHealthWindow   = 10 * time.Second
+	DefaultWriteQueue     = 1024
+	DefaultWriters        = 4
 	// memberlistPortOffset places Olric's memberlist next to its protocol port (3320 -> 3322),
 	// as Olric's own defaults do.
 	memberlistPortOffset = 2
@@ -82,6 +85,9 @@ var (
 	ErrNotStarted = errors.New("cache not started")
 	// ErrClosed is returned by every call after Close.
 	ErrClosed = errors.New("cache closed")
+	// ErrQueueFull is returned by SetAsync when WriteQueue writes already wait: the write is
+	// dropped (Stats.Dropped), which costs at most a future hit.
+	ErrQueueFull = errors.New("cache write queue full")
 
 	// errNoPeersYet makes Olric retry its join: membership has not listed any peer yet.
 	errNoPeersYet = errors.New("membership lists no cache peers yet")
@@ -151,11 +157,19 @@ type Config struct {
 	// namespace and partition. Default 256 KiB.
 	MaxValueBytes int
 
-	// LookupTimeout bounds every Get. Default 50ms.
+	// LookupTimeout bounds every call made on a request's path: Get, Lock and unlock.
+	// Default 50ms.
 	LookupTimeout time.Duration
 
-	// OpTimeout bounds Set, Delete, Incr, Lock and unlock. Default 250ms.
+	// OpTimeout bounds Set (also when queued by SetAsync), Delete and Incr. Default 250ms.
 	OpTimeout time.Duration
+
+	// WriteQueue bounds the writes SetAsync may hold waiting; beyond it they are dropped.
+	// Default 1024.
+	WriteQueue int
+
+	// Writers is how many goroutines run queued writes. Default 4.
+	Writers int
 
 	// HealthWindow is how long Health stays degraded after the last unavailable answer.
 	// Default 10s.
@@ -202,6 +216,8 @@ func DefaultConfig() Config {
 		LookupTimeout:  DefaultLookupTimeout,
 		OpTimeout:      DefaultOpTimeout,
 		HealthWindow:   DefaultHealthWindow,
+		WriteQueue:     DefaultWriteQueue,
+		Writers:        DefaultWriters,
 	}
 }
 
@@ -252,6 +268,12 @@ func (c Config) resolve() (Config, error) {
 	if c.HealthWindow == 0 {
 		c.HealthWindow = d.HealthWindow
 	}
+	if c.WriteQueue == 0 {
+		c.WriteQueue = d.WriteQueue
+	}
+	if c.Writers == 0 {
+		c.Writers = d.Writers
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -259,6 +281,8 @@ func (c Config) resolve() (Config, error) {
 	switch {
 	case c.JoinTimeout < 0, c.StartTimeout < 0, c.LookupTimeout < 0, c.OpTimeout < 0, c.HealthWindow < 0:
 		return c, errors.New("timeouts must not be negative")
+	case c.WriteQueue < 0, c.Writers < 0:
+		return c, fmt.Errorf("write queue %d and writers %d must not be negative", c.WriteQueue, c.Writers)
 	case c.ReplicaCount < 1:
 		return c, fmt.Errorf("replica count %d: must be at least 1", c.ReplicaCount)
 	case c.MinMembers < 1:
@@ -347,6 +371,15 @@ type Stats struct {
 	Entries  int64
 	Bytes    int64
 	Members  int
+	// Queued is how many SetAsync writes wait now; Dropped counts those refused because the
+	// queue was full.
+	Queued  int
+	Dropped int64
+	// FastFails counts olric calls refused at once because their key's owner left a call
+	// unanswered moments before (a frozen or overloaded peer).
+	FastFails int64
+	// Restarts counts olric members replaced by fresh ones after they had started.
+	Restarts int64
 }
 
 // Health is the cache's state for /health.
@@ -356,6 +389,10 @@ type Health struct {
 	Status  string
 	Detail  string
 	Members int
+	// Since is when the current degradation began; zero when ok or off.
+	Since time.Time
+	// Restarts counts olric members replaced by fresh ones after they had started.
+	Restarts int64
 }
 
 // Cache is the response cache and shared-counter store. Its methods are safe for concurrent use.
@@ -366,12 +403,20 @@ type Cache struct {
 	started atomic.Bool
 	closed  atomic.Bool
 
-	hits, misses, sets, deletes, purges, incrs, errs, timeouts atomic.Int64
+	hits, misses, sets, deletes, purges, incrs, errs, timeouts, dropped atomic.Int64
 
-	// lastFail is the UnixNano of the last unavailable answer; 0 when none.
-	lastFail atomic.Int64
-	failMu   sync.Mutex
-	failMsg  string
+	// writes feeds the SetAsync writers; stopWrites ends them on Close.
+	writes     chan asyncWrite
+	stopWrites chan struct{}
+	writers    sync.WaitGroup
+
+	// lastFail is the UnixNano of the last unavailable answer; 0 when none. failSince is when
+	// the current run of failures began.
+	lastFail  atomic.Int64
+	failSince atomic.Int64
+	created   time.Time
+	failMu    sync.Mutex
+	failMsg   string
 }
 
 // New validates cfg and prepares the backend. For olric it binds the memberlist listeners and
@@ -382,7 +427,7 @@ func New(cfg Config) (*Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dcache config: %w", err)
 	}
-	c := &Cache{cfg: cfg, log: cfg.Logger.With("component", "dcache", "backend", cfg.Backend)}
+	c := &Cache{cfg: cfg, log: cfg.Logger.With("component", "dcache", "backend", cfg.Backend), created: time.Now()}
 	switch cfg.Backend {
 	case BackendOlric:
 		o, err := newOlricStore(cfg, c.log)
@@ -397,12 +442,71 @@ func New(cfg Config) (*Cache, error) {
 		c.st = newLocalStore(0, false)
 		c.started.Store(true)
 	}
+	c.writes = make(chan asyncWrite, cfg.WriteQueue)
+	c.stopWrites = make(chan struct{})
+	for range max(cfg.Writers, 1) {
+		c.writers.Add(1)
+		go c.runWrites()
+	}
 	return c, nil
 }
 
-// Start brings the backend up. For olric it starts the embedded member, joins the peers that
-// Config.Peers returns and waits (bounded by ctx and StartTimeout) until Olric reports the member
-// started, starting a fresh member when Olric fails the start (a boot race with a peer).
+// asyncWrite is one queued SetAsync.
+type asyncWrite struct {
+	ns, key string
+	val     []byte
+	ttl     time.Duration
+	done    func(error)
+}
+
+// SetAsync queues Set(ns, key, val, ttl) to run off the caller's path, bounded by OpTimeout,
+// and returns at once: a request never waits on a cache write, however slow the member that
+// owns the key. The cache takes val as is: the caller must not modify it afterwards. When
+// WriteQueue writes already wait, the write is dropped and SetAsync returns ErrQueueFull
+// (counted in Stats.Dropped). done, when not nil, runs after a queued write with its result,
+// on a writer goroutine, and is not called when SetAsync returns an error.
+func (c *Cache) SetAsync(ns, key string, val []byte, ttl time.Duration, done func(error)) error {
+	if err := c.check(ns, key); err != nil {
+		return err
+	}
+	if len(val) > c.cfg.MaxValueBytes {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(val), c.cfg.MaxValueBytes)
+	}
+	select {
+	case c.writes <- asyncWrite{ns: ns, key: key, val: val, ttl: ttl, done: done}:
+		return nil
+	default:
+		if c.dropped.Add(1) == 1 {
+			c.log.Warn("cache write queue full; dropping writes", "queue", c.cfg.WriteQueue)
+		}
+		return fmt.Errorf("set %s/%s: %w (%d waiting)", ns, key, ErrQueueFull, c.cfg.WriteQueue)
+	}
+}
+
+// runWrites runs queued writes until Close; writes still queued then are dropped.
+func (c *Cache) runWrites() {
+	defer c.writers.Done()
+	for {
+		select {
+		case <-c.stopWrites:
+			return
+		case w := <-c.writes:
+			ctx, cancel := context.WithTimeout(context.Background(), c.cfg.OpTimeout)
+			err := c.Set(ctx, w.ns, w.key, w.val, w.ttl)
+			cancel()
+			if w.done != nil {
+				w.done(err)
+			}
+		}
+	}
+}
+
+// Start brings the backend up. For olric it starts a supervisor that runs the embedded member:
+// it joins the peers that Config.Peers returns, starts a fresh member (backoff, same ports)
+// whenever Olric fails a start whatever the error, and replaces a member that stops or stays
+// split off from the members shoal lists, until Close. Start waits (bounded by ctx and
+// StartTimeout) for the first member; if none is up by then it returns an error wrapping
+// ErrUnavailable while the supervisor keeps trying, and Health says degraded meanwhile.
 // For local and off it does nothing. Start may be called once.
 func (c *Cache) Start(ctx context.Context) error {
 	if c.closed.Load() {
@@ -412,6 +516,10 @@ func (c *Cache) Start(ctx context.Context) error {
 		return nil
 	}
 	if err := c.st.start(ctx); err != nil {
+		if errors.Is(err, ErrUnavailable) {
+			// The olric member keeps trying in the background; Health tells how it goes.
+			c.started.Store(true)
+		}
 		return err
 	}
 	c.started.Store(true)
@@ -616,8 +724,10 @@ func (c *Cache) Hold(ctx context.Context, ns, key string, lease time.Duration) (
 
 // Lock takes the lock (ns, key) for at most lease, without waiting: if another holder has it,
 // Lock returns ErrLocked. The returned func releases it; it returns ErrNotLocked when the lease
-// had already run out. On olric the lock is cluster-wide (Olric's locks are advisory: a member
-// that loses its view of the partition owner can, briefly, let two holders in).
+// had already run out. Lock and the release are on a request's path, so both are bounded by
+// LookupTimeout; a lock that gets no answer is ErrUnavailable and the caller should carry on
+// without it (fail open). On olric the lock is cluster-wide (Olric's locks are advisory: a
+// member that loses its view of the partition owner can, briefly, let two holders in).
 func (c *Cache) Lock(ctx context.Context, ns, key string, lease time.Duration) (func(context.Context) error, error) {
 	h, err := c.Hold(ctx, ns, key, lease)
 	if err != nil {
@@ -638,7 +748,7 @@ func (c *Cache) Members() int {
 // Stats returns the counters; it never blocks on the network.
 func (c *Cache) Stats() Stats {
 	entries, bytes := c.st.usage()
-	return Stats{
+	st := Stats{
 		Backend:  c.cfg.Backend,
 		Hits:     c.hits.Load(),
 		Misses:   c.misses.Load(),
@@ -651,34 +761,53 @@ func (c *Cache) Stats() Stats {
 		Entries:  entries,
 		Bytes:    bytes,
 		Members:  c.Members(),
+		Queued:   len(c.writes),
+		Dropped:  c.dropped.Load(),
 	}
+	if o, ok := c.st.(*olricStore); ok {
+		st.FastFails = o.fastFails.Load()
+		_, _, st.Restarts = o.state()
+	}
+	return st
 }
 
-// Health reports whether the cache is serving. It never blocks on the network.
+// Health reports whether the cache is serving, and since when it is not. It never blocks on
+// the network.
 func (c *Cache) Health() Health {
 	members := c.Members()
+	o, _ := c.st.(*olricStore)
+	var restarts int64
+	var down time.Time
+	var last string
+	if o != nil {
+		down, last, restarts = o.state()
+	}
+	degraded := func(detail string, since time.Time) Health {
+		return Health{Status: StatusDegraded, Detail: detail, Members: members, Since: since, Restarts: restarts}
+	}
 	switch {
 	case c.cfg.Backend == BackendOff:
 		return Health{Status: StatusOff, Detail: "response cache disabled", Members: members}
 	case c.closed.Load():
-		return Health{Status: StatusDegraded, Detail: "closed", Members: members}
+		return degraded("closed", time.Time{})
 	case !c.started.Load():
-		return Health{Status: StatusDegraded, Detail: "not started", Members: members}
+		return degraded("not started", c.created)
+	case o != nil && o.cur.Load() == nil:
+		if last == "" {
+			last = "starting"
+		}
+		return degraded("no cache member running; retrying in the background: "+last, down)
 	}
-	if last := c.lastFail.Load(); last != 0 && time.Since(time.Unix(0, last)) < c.cfg.HealthWindow {
+	if lastFail := c.lastFail.Load(); lastFail != 0 && time.Since(time.Unix(0, lastFail)) < c.cfg.HealthWindow {
 		c.failMu.Lock()
 		msg := c.failMsg
 		c.failMu.Unlock()
-		return Health{Status: StatusDegraded, Detail: msg, Members: members}
+		return degraded(msg, time.Unix(0, c.failSince.Load()))
 	}
 	if want := c.st.expected(); want > members {
-		return Health{
-			Status:  StatusDegraded,
-			Detail:  fmt.Sprintf("cache cluster has %d of the %d members shoal lists (joining or split)", members, want),
-			Members: members,
-		}
+		return degraded(fmt.Sprintf("cache cluster has %d of the %d members shoal lists (joining or split)", members, want), down)
 	}
-	return Health{Status: StatusOK, Members: members}
+	return Health{Status: StatusOK, Members: members, Restarts: restarts}
 }
 
 // Close stops the backend: an olric member leaves its cluster. Calls after Close return
@@ -687,6 +816,8 @@ func (c *Cache) Close(ctx context.Context) error {
 	if c.closed.Swap(true) {
 		return nil
 	}
+	close(c.stopWrites)
+	c.writers.Wait()
 	if err := c.st.close(ctx); err != nil {
 		return fmt.Errorf("close %s cache: %w", c.cfg.Backend, err)
 	}
@@ -709,11 +840,16 @@ func (c *Cache) fail(err error) {
 	if errors.Is(err, context.DeadlineExceeded) {
 		c.timeouts.Add(1)
 	}
-	first := c.lastFail.Load() == 0
+	now := time.Now()
+	last := c.lastFail.Load()
+	first := last == 0
+	if first || now.Sub(time.Unix(0, last)) >= c.cfg.HealthWindow {
+		c.failSince.Store(now.UnixNano())
+	}
 	c.failMu.Lock()
 	c.failMsg = err.Error()
 	c.failMu.Unlock()
-	c.lastFail.Store(time.Now().UnixNano())
+	c.lastFail.Store(now.UnixNano())
 	if first {
 		c.log.Warn("cache degraded", "err", err)
 	}

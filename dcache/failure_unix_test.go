@@ -21,7 +21,7 @@ import (
 
 // startHelperMember runs an olric member in a child process (this test binary in helper
 // mode) and returns it with its memberlist address.
-func startHelperMember(t *testing.T, peers ...string) (*exec.Cmd, string) {
+func startHelperMember(t testing.TB, peers ...string) (*exec.Cmd, string) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"=1", helperPeersEnv+"="+strings.Join(peers, ","))

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"sync"
@@ -125,7 +126,12 @@ func waitSettled(t testing.TB, members int, caches ...*Cache) {
 			}
 		}
 		for _, c := range caches {
-			ok, err := c.st.(*olricStore).syncRouting(context.Background())
+			o := c.st.(*olricStore)
+			m := o.cur.Load()
+			if m == nil {
+				return false
+			}
+			ok, err := o.syncRouting(context.Background(), m)
 			if err != nil || !ok {
 				return false
 			}
@@ -137,7 +143,9 @@ func waitSettled(t testing.TB, members int, caches ...*Cache) {
 // coordinator is the member each cache believes coordinates its Olric cluster.
 func coordinator(t *testing.T, c *Cache) string {
 	t.Helper()
-	ms, err := c.st.(*olricStore).embedded.Members(context.Background())
+	m := c.st.(*olricStore).cur.Load()
+	require.NotNil(t, m)
+	ms, err := m.embedded.Members(context.Background())
 	require.NoError(t, err)
 	for _, m := range ms {
 		if m.Coordinator {
@@ -154,6 +162,17 @@ const helperEnv = "DCACHE_HELPER_MEMBER"
 // helperPeersEnv passes the helper member its peers, comma-separated.
 const helperPeersEnv = "DCACHE_HELPER_PEERS"
 
+// helperAddrsEnv gives the helper member fixed ports, "<olric addr>,<memberlist addr>", so a
+// restarted member comes back where its peers look for it.
+const helperAddrsEnv = "DCACHE_HELPER_ADDRS"
+
+// helperNetworkEnv overrides the helper member's Network preset.
+const helperNetworkEnv = "DCACHE_HELPER_NETWORK"
+
+// helperWatchEnv makes the helper behave like a node: it keeps serving when Start fails and
+// prints "HEALTH <status> <members>" whenever its health changes.
+const helperWatchEnv = "DCACHE_HELPER_WATCH"
+
 // runHelperMember starts a member, prints "READY <memberlist addr>" and serves until its
 // stdin closes.
 func runHelperMember() int {
@@ -161,11 +180,31 @@ func runHelperMember() int {
 	if p := os.Getenv(helperPeersEnv); p != "" {
 		peers := strings.Split(p, ",")
 		cfg.Peers = func() []string { return peers }
+		cfg.WaitForPeers = true
+		if os.Getenv(helperWatchEnv) != "" {
+			// As a node's gossip does, list the peers only after a moment of convergence.
+			listed := time.Now().Add(time.Duration(rand.Int64N(int64(time.Second))))
+			cfg.Peers = func() []string {
+				if time.Now().Before(listed) {
+					return nil
+				}
+				return peers
+			}
+		}
+	}
+	if nw := os.Getenv(helperNetworkEnv); nw != "" {
+		cfg.Network = nw
+	}
+	if a := os.Getenv(helperAddrsEnv); a != "" {
+		cfg.BindAddr, cfg.MemberlistAddr, _ = strings.Cut(a, ",")
 	}
 	c, err := New(cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "helper member:", err)
 		return 1
+	}
+	if os.Getenv(helperWatchEnv) != "" {
+		return watchHelperMember(c)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
@@ -190,5 +229,42 @@ func runHelperMember() int {
 func skipUnderRaceWithClusteredOlric(tb testing.TB) {
 	if raceDetector && olric.ReleaseVersion == "0.7.0" {
 		tb.Skip("olric v0.7.0 routing-table push races (olric-data/olric#272, fixed in v0.7.2); run without -race")
+	}
+}
+
+// watchHelperMember runs c as a node does: Start in the background (a failure is logged and
+// the node serves uncached), health reported on stdout until stdin closes.
+func watchHelperMember(c *Cache) int {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		if err := c.Start(ctx); err != nil && ctx.Err() == nil {
+			fmt.Fprintln(os.Stderr, "helper member: cache did not start:", err)
+		}
+	}()
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		cancel()
+	}()
+	last := ""
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		h := c.Health()
+		if line := fmt.Sprintf("HEALTH %s %d", h.Status, h.Members); line != last {
+			fmt.Println(line)
+			last = line
+		}
+		select {
+		case <-ctx.Done():
+			cctx, ccancel := context.WithTimeout(context.Background(), waitTimeout)
+			defer ccancel()
+			if err := c.Close(cctx); err != nil {
+				fmt.Fprintln(os.Stderr, "helper member:", err)
+				return 1
+			}
+			return 0
+		case <-t.C:
+		}
 	}
 }

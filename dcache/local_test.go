@@ -428,3 +428,35 @@ func FuzzSplitHostPort(f *testing.F) {
 		}
 	})
 }
+
+// TestSetAsyncQueuesAndDropsWhenFull: SetAsync returns at once, writes in the background and
+// reports each result to done; with its one writer busy and its one-slot queue taken, a write
+// is dropped with ErrQueueFull and counted.
+func TestSetAsyncQueuesAndDropsWhenFull(t *testing.T) {
+	c, err := New(Config{Backend: BackendLocal, WriteQueue: 1, Writers: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+
+	release := make(chan struct{})
+	first := make(chan error, 1)
+	require.NoError(t, c.SetAsync("m", "k1", []byte("v1"), time.Minute, func(err error) {
+		first <- err
+		<-release // holds the only writer
+	}))
+	require.NoError(t, <-first)
+	require.NoError(t, c.SetAsync("m", "k2", []byte("v2"), time.Minute, nil))
+	require.ErrorIs(t, c.SetAsync("m", "k3", []byte("v3"), time.Minute, nil), ErrQueueFull)
+	st := c.Stats()
+	require.Equal(t, int64(1), st.Dropped)
+	require.Equal(t, 1, st.Queued)
+	close(release)
+
+	require.Eventually(t, func() bool {
+		_, ok, err := c.Get(context.Background(), "m", "k2")
+		return err == nil && ok
+	}, waitTimeout, waitTick)
+	_, ok, err := c.Get(context.Background(), "m", "k3")
+	require.NoError(t, err)
+	require.False(t, ok, "the dropped write landed")
+	require.ErrorIs(t, c.SetAsync("m", "", []byte("v"), 0, nil), ErrInvalidKey)
+}

@@ -11,8 +11,14 @@ import (
 
 // handles counts the DMap handles the olric store keeps.
 func handles(c *Cache) int {
+	m := c.st.(*olricStore).cur.Load()
+	if m == nil {
+		return 0
+	}
 	n := 0
-	c.st.(*olricStore).edmaps.Range(func(_, _ any) bool { n++; return true })
+	count := func(_, _ any) bool { n++; return true }
+	m.edmaps.Range(count)
+	m.cdmaps.Range(count)
 	return n
 }
 

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/hashicorp/memberlist"
 	"github.com/olric-data/olric"
 	"github.com/olric-data/olric/config"
@@ -45,6 +46,9 @@ const (
 // olricTiming holds the Olric intervals per Network preset.
 type olricTiming struct {
 	joinRetry, bootstrap, leave, push, balance, watch time.Duration
+	// rejoin is how long a member may see at most half of shoal's members before it is
+	// replaced by a fresh one that joins them.
+	rejoin time.Duration
 }
 
 func timingFor(network string) olricTiming {
@@ -56,6 +60,7 @@ func timingFor(network string) olricTiming {
 			push:      2 * time.Second,
 			balance:   time.Second,
 			watch:     100 * time.Millisecond,
+			rejoin:    3 * time.Second,
 		}
 	}
 	return olricTiming{
@@ -65,10 +70,14 @@ func timingFor(network string) olricTiming {
 		push:      config.DefaultRoutingTablePushInterval,
 		balance:   config.DefaultTriggerBalancerInterval,
 		watch:     time.Second,
+		rejoin:    15 * time.Second,
 	}
 }
 
-// olricStore is the embedded Olric member.
+// olricStore runs the embedded Olric member. A supervisor goroutine owns the member's life:
+// it starts one, watches it, and replaces it with a fresh one (same ports) when Olric fails
+// its start, stops, or stays split from the cluster shoal's membership describes. Calls use
+// whichever member is current; none is current while a replacement starts.
 type olricStore struct {
 	cfg    Config
 	log    *slog.Logger
@@ -77,38 +86,61 @@ type olricStore struct {
 
 	host      string       // Olric protocol bind host
 	port      int          // Olric protocol port, reserved by New
-	reserve   net.Listener // holds the port from New until Start
+	reserve   net.Listener // holds the port from New until the first attempt
 	transport *memberlist.NetTransport
 	mlHost    string // memberlist bind host
 	mlPort    int    // memberlist port, bound by New
 	mlAddr    string // advertised memberlist address
+	disc      *peerDiscovery
 
-	startMu  sync.Mutex
-	begun    bool
-	db       *olric.Olric
-	name     atomic.Pointer[string] // Olric member name (advertised protocol address)
-	embedded *olric.EmbeddedClient
-	cluster  *olric.ClusterClient
-	running  chan struct{} // closed when db.Start returns
-	ready    atomic.Bool
-	stopBG   context.CancelFunc
-	bg       sync.WaitGroup
-	disc     *peerDiscovery
+	startMu sync.Mutex
+	begun   bool
+	closed  bool
+	stopSup context.CancelFunc
+	sup     sync.WaitGroup
+	// firstUp is closed when a member first becomes current.
+	firstUp chan struct{}
 
-	edmaps   sync.Map // name -> olric.DMap (embedded: served by this member's own routing)
-	cdmaps   sync.Map // name -> olric.DMap (cluster client: commands run on the key's owner)
-	known    sync.Map // namespaces recorded in metaDMap by this member
+	cur  atomic.Pointer[member]
+	name atomic.Pointer[string] // Olric member name (advertised protocol address)
+	// visible is the member count as of the last watch, for the quorum check on the embedded
+	// path (Olric checks MemberCountQuorum only on requests that arrive over the network).
+	visible  atomic.Int64
 	inflight atomic.Int64
-	// visible is the member count as of the last routing watch, for the quorum check on the
-	// embedded path (Olric checks MemberCountQuorum only on requests that arrive over the network).
-	visible atomic.Int64
+	// suspects maps a member name to the UnixNano until which calls for its keys fail at once.
+	suspects  sync.Map
+	fastFails atomic.Int64
+	// downSince is the UnixNano since which this node has had no current member, or one that
+	// sees fewer members than shoal lists; 0 while healthy.
+	downSince atomic.Int64
+	lastErr   atomic.Pointer[string] // why the last attempt failed or the last member was replaced
+	attempts  atomic.Int64           // member starts tried
+	restarts  atomic.Int64           // members replaced after they had started
+	closeErr  error                  // the last member's shutdown error, for close
+	// rejoinBackoff multiplies the rejoin period; only the supervisor goroutine uses it.
+	rejoinBackoff int64
+}
+
+// member is one started Olric instance and its clients. A replacement is a new member.
+type member struct {
+	db        *olric.Olric
+	name      string
+	embedded  *olric.EmbeddedClient
+	cluster   *olric.ClusterClient
+	running   chan struct{} // closed when db.Start returns
+	transport *memberlist.NetTransport
+
+	edmaps sync.Map // name -> olric.DMap (embedded: served by this member's own routing)
+	cdmaps sync.Map // name -> olric.DMap (cluster client: commands run on the key's owner)
+	known  sync.Map // namespaces recorded in metaDMap by this member
 
 	rtMu      sync.Mutex
 	lastTable olric.RoutingTable
 }
 
 func newOlricStore(cfg Config, l *slog.Logger) (*olricStore, error) {
-	o := &olricStore{cfg: cfg, log: l, timing: timingFor(cfg.Network)}
+	o := &olricStore{cfg: cfg, log: l, timing: timingFor(cfg.Network), firstUp: make(chan struct{}), rejoinBackoff: 1}
+	o.downSince.Store(time.Now().UnixNano())
 	o.stdlog = newStdLogger(l.With("component", "olric"))
 
 	host, port, _ := splitHostPort(cfg.BindAddr)
@@ -249,49 +281,124 @@ func (o *olricStore) olricConfig(ready func()) (*config.Config, error) {
 	return oc, nil
 }
 
-// errStartFailed marks a start that failed inside Olric's Start: typically two members that
-// booted together and each took itself for the coordinator ("unrecognized cluster
-// coordinator"), where a fresh attempt moments later joins the one that won; or a port
-// taken in the instant between New's reservation and Olric's bind.
+// errStartFailed marks an attempt that failed inside Olric: two members that booted together
+// and each took itself for the coordinator, a member whose routing table is not ready
+// ("failed to find enough peers to create quorum" from its own clients), or a port taken in
+// the instant between New's reservation and Olric's bind. A fresh member moments later
+// usually joins the one that won.
 var errStartFailed = errors.New("olric start failed")
 
-// start runs the member: Olric's Start blocks for the member's lifetime, so it runs in a
-// goroutine. A start that Olric itself fails is retried with a fresh instance on the same
-// ports until StartTimeout, so a node that lost a boot race still gets its cache.
+// maxRestartBackoff caps the wait between member starts that keep failing.
+const maxRestartBackoff = 10 * time.Second
+
+// maxRejoinBackoff caps the factor on the rejoin period after replacements that did not end a
+// split (15 s x 16: a useless replacement at most every 4-8 minutes).
+const maxRejoinBackoff = 16
+
+// start launches the supervisor and waits, bounded by ctx and StartTimeout, until a member is
+// up. When the bound passes first, start returns an error but the supervisor keeps trying:
+// a node's cache comes up by itself whenever its peers let it.
 func (o *olricStore) start(ctx context.Context) error {
 	o.startMu.Lock()
-	defer o.startMu.Unlock()
 	if o.begun {
+		o.startMu.Unlock()
 		return errors.New("olric start: already called")
 	}
 	o.begun = true
+	sctx, stop := context.WithCancel(context.Background())
+	o.stopSup = stop
+	o.sup.Add(1)
+	go o.supervise(sctx)
+	o.startMu.Unlock()
+
 	ctx, cancel := context.WithTimeout(ctx, o.cfg.StartTimeout)
 	defer cancel()
-	for attempt := 1; ; attempt++ {
-		var err error
-		if attempt > 1 {
-			err = o.rebind()
+	select {
+	case <-o.firstUp:
+		return nil
+	case <-ctx.Done():
+		last := "none yet"
+		if e := o.lastErr.Load(); e != nil {
+			last = *e
 		}
-		if err == nil {
-			var db *olric.Olric
-			if db, err = o.startOnce(ctx, attempt); err == nil {
-				return o.finishStart(db)
-			}
-			if !errors.Is(err, errStartFailed) {
-				return err
-			}
-		}
-		o.log.Warn("olric start failed; retrying with a fresh member", "attempt", attempt, "err", err)
-		wait := min(time.Duration(attempt), 10) * (o.timing.joinRetry + time.Duration(rand.Int64N(int64(o.timing.joinRetry))))
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (gave up after %d attempts: %w)", err, attempt, ctx.Err())
-		case <-time.After(wait):
-		}
+		return fmt.Errorf("%w: olric member not up after %d attempts (%w); still retrying in the background; last error: %s",
+			ErrUnavailable, o.attempts.Load(), ctx.Err(), last)
 	}
 }
 
-// rebind takes the member's ports again for another attempt: the failed member's shutdown
+// supervise keeps a healthy member running until ctx ends: it starts members with a growing,
+// jittered backoff whatever Olric's error, and replaces a running member that stopped or stays
+// split off. It never gives up; only Close stops it.
+func (o *olricStore) supervise(ctx context.Context) {
+	defer o.sup.Done()
+	backoff := o.timing.joinRetry
+	for attempt := int64(1); ; attempt++ {
+		o.attempts.Store(attempt)
+		m, err := o.startMember(ctx, attempt)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			msg := err.Error()
+			o.lastErr.Store(&msg)
+			wait := backoff + time.Duration(rand.Int64N(int64(backoff)))
+			o.log.Warn("olric start failed; retrying with a fresh member", "attempt", attempt, "retry_in", wait, "err", err)
+			backoff = min(2*backoff, maxRestartBackoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			continue
+		}
+		backoff = o.timing.joinRetry
+		o.visible.Store(int64(m.members()))
+		o.cur.Store(m)
+		select {
+		case <-o.firstUp:
+		default:
+			close(o.firstUp)
+		}
+		o.log.Info("olric member started", "addr", m.name, "memberlist", o.mlAddr, "members", m.members(), "attempt", attempt)
+		reason := o.watch(ctx, m)
+		o.cur.Store(nil)
+		if o.downSince.Load() == 0 {
+			o.downSince.Store(time.Now().UnixNano())
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		err = o.stopMember(sctx, m)
+		cancel()
+		if ctx.Err() != nil {
+			o.closeErr = err
+			return
+		}
+		o.restarts.Add(1)
+		o.lastErr.Store(&reason)
+		o.log.Warn("olric member replaced by a fresh one", "reason", reason, "shutdown_err", err)
+	}
+}
+
+// startMember starts one Olric instance on the member's ports and connects its clients.
+func (o *olricStore) startMember(ctx context.Context, attempt int64) (*member, error) {
+	if attempt > 1 {
+		if err := o.rebind(); err != nil {
+			return nil, err
+		}
+	}
+	m, err := o.startOnce(ctx, attempt)
+	if err != nil {
+		return nil, err
+	}
+	if err := o.connect(m); err != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		defer cancel()
+		_ = o.stopMember(sctx, m)
+		return nil, err
+	}
+	return m, nil
+}
+
+// rebind takes the member's ports again for another attempt: the previous member's shutdown
 // released both. The ports stay the ones New took, since shoal's membership advertises them.
 func (o *olricStore) rebind() error {
 	ln, err := net.Listen("tcp", net.JoinHostPort(o.host, strconv.Itoa(o.port)))
@@ -309,10 +416,10 @@ func (o *olricStore) rebind() error {
 
 // startOnce creates and starts one Olric instance and waits until it is ready: Olric's
 // Started callback, which comes once every service of the member has started. Olric counts
-// started services in a process-wide checkpoint that one failed start leaves unbalanced, after
-// which the callback never comes again in this process, so a retry (attempt > 1) also accepts
-// the member answering a read as operable.
-func (o *olricStore) startOnce(ctx context.Context, attempt int) (*olric.Olric, error) {
+// started services in a process-wide checkpoint that a failed or replaced member leaves
+// unbalanced, after which the callback never comes again in this process, so a later attempt
+// also accepts the member answering a read as operable.
+func (o *olricStore) startOnce(ctx context.Context, attempt int64) (*member, error) {
 	readyCh := make(chan struct{})
 	var once sync.Once
 	markReady := func() { once.Do(func() { close(readyCh) }) }
@@ -328,32 +435,36 @@ func (o *olricStore) startOnce(ctx context.Context, attempt int) (*olric.Olric, 
 	db, err := olric.New(oc)
 	if err != nil {
 		shutdownTransport(o.transport)
-		return nil, fmt.Errorf("olric new: %w", err)
+		return nil, fmt.Errorf("%w: olric new: %w", errStartFailed, err)
 	}
-	name := oc.MemberlistConfig.Name
-	o.name.Store(&name)
-	o.db = db
-	// Each attempt's goroutines keep their own channel: a retry replaces o.running.
-	running := make(chan struct{})
-	o.running = running
+	m := &member{db: db, name: oc.MemberlistConfig.Name, running: make(chan struct{}), transport: o.transport}
+	o.name.Store(&m.name)
 	startErr := make(chan error, 1)
 	go func() {
-		defer close(running)
+		defer close(m.running)
 		startErr <- db.Start()
 	}()
 	if attempt > 1 {
-		go probeReady(ctx, db, running, markReady)
+		go probeReady(ctx, db, m.running, markReady)
 	}
+	// One attempt may take the whole join and bootstrap, not longer.
+	bound := time.NewTimer(o.cfg.JoinTimeout + 2*o.timing.bootstrap)
+	defer bound.Stop()
+	var fail error
 	select {
 	case <-readyCh:
-		return db, nil
+		return m, nil
 	case err := <-startErr:
-		o.abort()
-		return nil, fmt.Errorf("%w on %s: %w", errStartFailed, name, err)
+		fail = fmt.Errorf("%w on %s: %w", errStartFailed, m.name, err)
+	case <-bound.C:
+		fail = fmt.Errorf("%w on %s: not ready within %s", errStartFailed, m.name, o.cfg.JoinTimeout+2*o.timing.bootstrap)
 	case <-ctx.Done():
-		o.abort()
-		return nil, fmt.Errorf("olric start on %s: not ready: %w", name, ctx.Err())
+		fail = fmt.Errorf("olric start on %s: not ready: %w", m.name, ctx.Err())
 	}
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	_ = o.stopMember(sctx, m)
+	return nil, fail
 }
 
 // probeReady calls ready once db answers a read as an operable member: joined,
@@ -378,10 +489,11 @@ func probeReady(ctx context.Context, db *olric.Olric, running <-chan struct{}, r
 	}
 }
 
-// finishStart connects the clients of a started member and begins its background work.
-func (o *olricStore) finishStart(db *olric.Olric) error {
-	name := *o.name.Load()
-	o.embedded = db.NewEmbeddedClient()
+// connect opens the clients of a started member. The cluster client asks the member for its
+// routing table at once, which fails while the member has not settled ("failed to find enough
+// peers to create quorum"): that is a failed attempt like any other.
+func (o *olricStore) connect(m *member) error {
+	m.embedded = m.db.NewEmbeddedClient()
 	ccfg := config.NewClient()
 	// A retried INCR could be applied twice.
 	ccfg.MaxRetries = -1
@@ -391,74 +503,97 @@ func (o *olricStore) finishStart(db *olric.Olric) error {
 	if o.cfg.Password != "" {
 		opts = append(opts, olric.WithPassword(o.cfg.Password))
 	}
-	cc, err := olric.NewClusterClient([]string{name}, opts...)
+	cc, err := olric.NewClusterClient([]string{m.name}, opts...)
 	if err != nil {
-		o.abort()
-		return fmt.Errorf("olric cluster client on %s: %w", name, err)
+		return fmt.Errorf("%w: olric cluster client on %s: %w", errStartFailed, m.name, err)
 	}
-	o.cluster = cc
-	o.ready.Store(true)
-	o.visible.Store(int64(o.members()))
-	bg, stop := context.WithCancel(context.Background())
-	o.stopBG = stop
-	o.bg.Add(1)
-	go o.watchRouting(bg)
-	o.log.Info("olric member started", "addr", name, "memberlist", o.mlAddr, "members", o.members())
+	m.cluster = cc
 	return nil
 }
 
-// abort tears down a member whose start failed. Called with startMu held.
-func (o *olricStore) abort() {
-	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-	defer cancel()
-	if err := o.db.Shutdown(ctx); err != nil {
-		o.log.Warn("olric shutdown after failed start", "err", err)
+// stopMember shuts a member down and frees its ports.
+func (o *olricStore) stopMember(ctx context.Context, m *member) error {
+	var errs []error
+	if m.cluster != nil {
+		if err := m.cluster.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("cluster client: %w", err))
+		}
+	}
+	if err := m.db.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("olric shutdown: %w", err))
 	}
 	select {
-	case <-o.running:
+	case <-m.running:
 	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("olric did not stop: %w", ctx.Err()))
 	}
-	shutdownTransport(o.transport)
+	shutdownTransport(m.transport)
+	return errors.Join(errs...)
 }
 
-// watchRouting keeps the cluster client's routing table equal to the coordinator's. Counters
-// are atomic only while every member sends a key's increments to the same owner, so a
-// membership change must reach the cluster client quickly, not at its once-a-minute refresh.
-func (o *olricStore) watchRouting(ctx context.Context) {
-	defer o.bg.Done()
+// watch keeps a running member's routing and health current until ctx ends or the member
+// must be replaced; it returns why. Olric has no rejoin: a member that formed a cluster of its
+// own (its peers were down when it started) stays there, so one that sees at most half the
+// members shoal lists for the rejoin period, plus jitter so split halves do not restart in
+// step, is replaced by a fresh member, which joins the peers shoal lists now. A replacement
+// that does not end the split (a listed peer that cannot run its member, in a 2-node cluster)
+// doubles the period, up to maxRejoinBackoff times, so a member is not emptied over and over
+// for nothing; seeing every listed member resets it.
+func (o *olricStore) watch(ctx context.Context, m *member) string {
 	t := time.NewTicker(o.timing.watch)
 	defer t.Stop()
+	var short time.Time
+	period := o.timing.rejoin * time.Duration(o.rejoinBackoff)
+	rejoin := period + time.Duration(rand.Int64N(int64(period)))
 	for {
-		o.visible.Store(int64(o.members()))
-		if _, err := o.syncRouting(ctx); err != nil && ctx.Err() == nil {
+		n := m.members()
+		o.visible.Store(int64(n))
+		if _, err := o.syncRouting(ctx, m); err != nil && ctx.Err() == nil {
 			o.log.Debug("olric routing refresh", "err", err)
+		}
+		want := 1 + len(o.disc.list())
+		switch {
+		case n >= want:
+			short = time.Time{}
+			o.downSince.Store(0)
+			o.rejoinBackoff = 1
+		case short.IsZero():
+			short = time.Now()
+			o.downSince.CompareAndSwap(0, short.UnixNano())
+		case 2*n <= want && time.Since(short) > rejoin:
+			o.rejoinBackoff = min(2*o.rejoinBackoff, maxRejoinBackoff)
+			return fmt.Sprintf("member saw %d of the %d members shoal lists for %s", n, want, time.Since(short).Round(time.Second))
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return "closed"
+		case <-m.running:
+			return "olric stopped"
 		case <-t.C:
 		}
 	}
 }
 
 // syncRouting fetches the coordinator's routing table and, when it changed, refreshes the
-// cluster client. It reports whether the client already had the current table.
-func (o *olricStore) syncRouting(ctx context.Context) (bool, error) {
+// cluster client. It reports whether the client already had the current table. Counters are
+// atomic only while every member sends a key's increments to the same owner, so a membership
+// change must reach the cluster client quickly, not at its once-a-minute refresh.
+func (o *olricStore) syncRouting(ctx context.Context, m *member) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, max(o.cfg.OpTimeout, time.Second))
 	defer cancel()
-	rt, err := o.cluster.RoutingTable(ctx)
+	rt, err := m.cluster.RoutingTable(ctx)
 	if err != nil {
 		return false, err
 	}
-	o.rtMu.Lock()
-	defer o.rtMu.Unlock()
-	if sameRouting(rt, o.lastTable) {
+	m.rtMu.Lock()
+	defer m.rtMu.Unlock()
+	if sameRouting(rt, m.lastTable) {
 		return true, nil
 	}
-	if err := o.cluster.RefreshMetadata(ctx); err != nil {
+	if err := m.cluster.RefreshMetadata(ctx); err != nil {
 		return false, err
 	}
-	o.lastTable = rt
+	m.lastTable = rt
 	return false, nil
 }
 
@@ -468,16 +603,32 @@ func sameRouting(a, b olric.RoutingTable) bool {
 	})
 }
 
+// target is the DMap and key a call reads or writes, for routing it to its owner; zero for
+// calls that visit every member.
+type target struct{ dmap, key string }
+
+// suspectFor is how long calls for keys owned by a member that left a call unanswered fail at
+// once instead of waiting their bound again. A frozen peer then costs each request path one
+// bound per suspectFor, not one per call.
+const suspectFor = time.Second
+
 // call runs f against Olric within d. Olric does not honour every deadline (a member that is
 // not bootstrapped waits out BootstrapTimeout, for one), so f runs in its own goroutine and the
-// caller leaves at the deadline whatever f does.
-func call[T any](o *olricStore, ctx context.Context, d time.Duration, op string, f func(context.Context) (T, error)) (T, error) {
+// caller leaves at the deadline whatever f does. A call whose key's owner recently left a
+// call unanswered fails at once (ErrUnavailable).
+func call[T any](o *olricStore, ctx context.Context, d time.Duration, op string, at target, f func(context.Context, *member) (T, error)) (T, error) {
 	var zero T
-	if !o.ready.Load() {
+	m := o.cur.Load()
+	if m == nil {
 		return zero, fmt.Errorf("%w: %s: %w", ErrUnavailable, op, ErrNotStarted)
 	}
 	if n := o.visible.Load(); n < int64(o.cfg.MinMembers) {
 		return zero, fmt.Errorf("%w: %s: %d cache members visible, %d required", ErrUnavailable, op, n, o.cfg.MinMembers)
+	}
+	owner := m.owner(at, o.cfg.PartitionCount)
+	if owner != "" && o.suspected(owner) {
+		o.fastFails.Add(1)
+		return zero, fmt.Errorf("%w: %s: owner %s left a call unanswered within the last %s", ErrUnavailable, op, owner, suspectFor)
 	}
 	if n := o.inflight.Add(1); n > maxInflight {
 		o.inflight.Add(-1)
@@ -493,7 +644,7 @@ func call[T any](o *olricStore, ctx context.Context, d time.Duration, op string,
 	done := make(chan result, 1)
 	go func() {
 		defer o.inflight.Add(-1)
-		v, err := f(ctx)
+		v, err := f(ctx, m)
 		done <- result{v, err}
 	}()
 	select {
@@ -503,8 +654,49 @@ func call[T any](o *olricStore, ctx context.Context, d time.Duration, op string,
 		}
 		return zero, o.classify(parent, ctx, d, op, r.err)
 	case <-ctx.Done():
+		if parent.Err() == nil && owner != "" {
+			o.suspect(owner)
+		}
 		return zero, o.classify(parent, ctx, d, op, ctx.Err())
 	}
+}
+
+// owner is the member that owns at's partition by this member's last copy of the routing
+// table, or "" when unknown or this member itself (its own keys never leave the process).
+func (m *member) owner(at target, partitions uint64) string {
+	if at.dmap == "" || partitions == 0 {
+		return ""
+	}
+	m.rtMu.Lock()
+	route, ok := m.lastTable[xxhash.Sum64String(at.dmap+at.key)%partitions]
+	m.rtMu.Unlock()
+	if !ok || len(route.PrimaryOwners) == 0 {
+		return ""
+	}
+	// Olric's partition owner is the last of its owners.
+	if o := route.PrimaryOwners[len(route.PrimaryOwners)-1]; o != m.name {
+		return o
+	}
+	return ""
+}
+
+func (o *olricStore) suspect(owner string) {
+	until := time.Now().Add(suspectFor).UnixNano()
+	if _, loaded := o.suspects.Swap(owner, until); !loaded {
+		o.log.Warn("cache member did not answer in time; its keys bypass the cache for a while", "member", owner, "for", suspectFor)
+	}
+}
+
+func (o *olricStore) suspected(owner string) bool {
+	v, ok := o.suspects.Load(owner)
+	if !ok {
+		return false
+	}
+	if time.Now().UnixNano() < v.(int64) {
+		return true
+	}
+	o.suspects.CompareAndDelete(owner, v)
+	return false
 }
 
 // classify maps Olric's errors onto ours. Anything that is not a verdict about the data (not
@@ -528,28 +720,28 @@ func (o *olricStore) classify(parent, ctx context.Context, d time.Duration, op s
 
 // dmap returns the embedded DMap name, created once. Embedded calls route by this member's
 // own partition table, and reads of keys this member owns never leave the process.
-func (o *olricStore) dmap(name string) (olric.DMap, error) {
-	if dm, ok := o.edmaps.Load(name); ok {
+func (m *member) dmap(name string) (olric.DMap, error) {
+	if dm, ok := m.edmaps.Load(name); ok {
 		return dm.(olric.DMap), nil
 	}
-	dm, err := o.embedded.NewDMap(name)
+	dm, err := m.embedded.NewDMap(name)
 	if err != nil {
 		return nil, err
 	}
-	actual, _ := o.edmaps.LoadOrStore(name, dm)
+	actual, _ := m.edmaps.LoadOrStore(name, dm)
 	return actual.(olric.DMap), nil
 }
 
 // ownerDMap returns name through the cluster client, whose commands run on the key's owner.
-func (o *olricStore) ownerDMap(name string) (olric.DMap, error) {
-	if dm, ok := o.cdmaps.Load(name); ok {
+func (m *member) ownerDMap(name string) (olric.DMap, error) {
+	if dm, ok := m.cdmaps.Load(name); ok {
 		return dm.(olric.DMap), nil
 	}
-	dm, err := o.cluster.NewDMap(name)
+	dm, err := m.cluster.NewDMap(name)
 	if err != nil {
 		return nil, err
 	}
-	actual, _ := o.cdmaps.LoadOrStore(name, dm)
+	actual, _ := m.cdmaps.LoadOrStore(name, dm)
 	return actual.(olric.DMap), nil
 }
 
@@ -558,8 +750,8 @@ func (o *olricStore) get(ctx context.Context, ns, key string) ([]byte, bool, err
 		v  []byte
 		ok bool
 	}
-	h, err := call(o, ctx, o.cfg.LookupTimeout, "get "+respPrefix+ns, func(ctx context.Context) (hit, error) {
-		dm, err := o.dmap(respPrefix + ns)
+	h, err := call(o, ctx, o.cfg.LookupTimeout, "get "+respPrefix+ns, target{respPrefix + ns, key}, func(ctx context.Context, m *member) (hit, error) {
+		dm, err := m.dmap(respPrefix + ns)
 		if err != nil {
 			return hit{}, err
 		}
@@ -577,11 +769,11 @@ func (o *olricStore) get(ctx context.Context, ns, key string) ([]byte, bool, err
 }
 
 func (o *olricStore) set(ctx context.Context, ns, key string, val []byte, ttl time.Duration) error {
-	_, err := call(o, ctx, o.cfg.OpTimeout, "set "+respPrefix+ns, func(ctx context.Context) (struct{}, error) {
-		if err := o.register(ctx, ns); err != nil {
+	_, err := call(o, ctx, o.cfg.OpTimeout, "set "+respPrefix+ns, target{respPrefix + ns, key}, func(ctx context.Context, m *member) (struct{}, error) {
+		if err := m.register(ctx, ns); err != nil {
 			return struct{}{}, err
 		}
-		dm, err := o.dmap(respPrefix + ns)
+		dm, err := m.dmap(respPrefix + ns)
 		if err != nil {
 			return struct{}{}, err
 		}
@@ -594,24 +786,24 @@ func (o *olricStore) set(ctx context.Context, ns, key string, val []byte, ttl ti
 }
 
 // register records ns in metaDMap once per member, so Purge("") on any member finds it.
-func (o *olricStore) register(ctx context.Context, ns string) error {
-	if _, ok := o.known.Load(ns); ok {
+func (m *member) register(ctx context.Context, ns string) error {
+	if _, ok := m.known.Load(ns); ok {
 		return nil
 	}
-	dm, err := o.dmap(metaDMap)
+	dm, err := m.dmap(metaDMap)
 	if err != nil {
 		return err
 	}
 	if err := dm.Put(ctx, ns, []byte{1}); err != nil {
 		return fmt.Errorf("register namespace %q: %w", ns, err)
 	}
-	o.known.Store(ns, struct{}{})
+	m.known.Store(ns, struct{}{})
 	return nil
 }
 
 func (o *olricStore) del(ctx context.Context, ns, key string) error {
-	_, err := call(o, ctx, o.cfg.OpTimeout, "delete "+respPrefix+ns, func(ctx context.Context) (int, error) {
-		dm, err := o.dmap(respPrefix + ns)
+	_, err := call(o, ctx, o.cfg.OpTimeout, "delete "+respPrefix+ns, target{respPrefix + ns, key}, func(ctx context.Context, m *member) (int, error) {
+		dm, err := m.dmap(respPrefix + ns)
 		if err != nil {
 			return 0, err
 		}
@@ -621,16 +813,16 @@ func (o *olricStore) del(ctx context.Context, ns, key string) error {
 }
 
 func (o *olricStore) purge(ctx context.Context, ns string) error {
-	_, err := call(o, ctx, purgeTimeout, "purge", func(ctx context.Context) (struct{}, error) {
+	_, err := call(o, ctx, purgeTimeout, "purge", target{}, func(ctx context.Context, m *member) (struct{}, error) {
 		names := []string{ns}
 		if ns == "" {
 			var err error
-			if names, err = o.namespaces(ctx); err != nil {
+			if names, err = m.namespaces(ctx); err != nil {
 				return struct{}{}, err
 			}
 		}
 		for _, n := range names {
-			dm, err := o.dmap(respPrefix + n)
+			dm, err := m.dmap(respPrefix + n)
 			if err != nil {
 				return struct{}{}, err
 			}
@@ -639,7 +831,8 @@ func (o *olricStore) purge(ctx context.Context, ns string) error {
 			}
 			// Destroy dropped the DMap on every member; drop this handle too, so that purging
 			// names no longer served does not leave one behind each.
-			o.edmaps.Delete(respPrefix + n)
+			m.edmaps.Delete(respPrefix + n)
+			m.cdmaps.Delete(respPrefix + n)
 		}
 		return struct{}{}, nil
 	})
@@ -647,8 +840,8 @@ func (o *olricStore) purge(ctx context.Context, ns string) error {
 }
 
 // namespaces lists every namespace any member has registered.
-func (o *olricStore) namespaces(ctx context.Context) ([]string, error) {
-	dm, err := o.ownerDMap(metaDMap)
+func (m *member) namespaces(ctx context.Context) ([]string, error) {
+	dm, err := m.ownerDMap(metaDMap)
 	if err != nil {
 		return nil, err
 	}
@@ -661,7 +854,7 @@ func (o *olricStore) namespaces(ctx context.Context) ([]string, error) {
 	for it.Next() {
 		names = append(names, it.Key())
 	}
-	o.known.Range(func(k, _ any) bool {
+	m.known.Range(func(k, _ any) bool {
 		if n := k.(string); !slices.Contains(names, n) {
 			names = append(names, n)
 		}
@@ -671,8 +864,8 @@ func (o *olricStore) namespaces(ctx context.Context) ([]string, error) {
 }
 
 func (o *olricStore) incr(ctx context.Context, ns, key string, delta int, ttl time.Duration) (int, error) {
-	return call(o, ctx, o.cfg.OpTimeout, "incr "+ctrPrefix+ns, func(ctx context.Context) (int, error) {
-		dm, err := o.ownerDMap(ctrPrefix + ns)
+	return call(o, ctx, o.cfg.OpTimeout, "incr "+ctrPrefix+ns, target{ctrPrefix + ns, key}, func(ctx context.Context, m *member) (int, error) {
+		dm, err := m.ownerDMap(ctrPrefix + ns)
 		if err != nil {
 			return 0, err
 		}
@@ -702,8 +895,8 @@ func (o *olricStore) expireIfUnset(ctx context.Context, dm olric.DMap, key strin
 }
 
 func (o *olricStore) lock(ctx context.Context, ns, key string, lease time.Duration) (held, error) {
-	lc, err := call(o, ctx, o.cfg.OpTimeout, "lock "+lockPrefix+ns, func(ctx context.Context) (olric.LockContext, error) {
-		dm, err := o.dmap(lockPrefix + ns)
+	lc, err := call(o, ctx, o.cfg.LookupTimeout, "lock "+lockPrefix+ns, target{lockPrefix + ns, key}, func(ctx context.Context, m *member) (olric.LockContext, error) {
+		dm, err := m.dmap(lockPrefix + ns)
 		if err != nil {
 			return nil, err
 		}
@@ -713,15 +906,17 @@ func (o *olricStore) lock(ctx context.Context, ns, key string, lease time.Durati
 	if err != nil {
 		return held{}, err
 	}
+	// The release is on a request's path (LookupTimeout, fail open); a
+	// renewal runs beside a long generation, off any request's path.
 	return held{
 		unlock: func(ctx context.Context) error {
-			_, err := call(o, ctx, o.cfg.OpTimeout, "unlock "+lockPrefix+ns, func(ctx context.Context) (struct{}, error) {
+			_, err := call(o, ctx, o.cfg.LookupTimeout, "unlock "+lockPrefix+ns, target{lockPrefix + ns, key}, func(ctx context.Context, m *member) (struct{}, error) {
 				return struct{}{}, lc.Unlock(ctx)
 			})
 			return err
 		},
 		renew: func(ctx context.Context, lease time.Duration) error {
-			_, err := call(o, ctx, o.cfg.OpTimeout, "lease "+lockPrefix+ns, func(ctx context.Context) (struct{}, error) {
+			_, err := call(o, ctx, o.cfg.OpTimeout, "lease "+lockPrefix+ns, target{lockPrefix + ns, key}, func(ctx context.Context, m *member) (struct{}, error) {
 				return struct{}{}, lc.Lease(ctx, lease)
 			})
 			return err
@@ -730,10 +925,15 @@ func (o *olricStore) lock(ctx context.Context, ns, key string, lease time.Durati
 }
 
 func (o *olricStore) members() int {
-	if !o.ready.Load() {
+	m := o.cur.Load()
+	if m == nil {
 		return 0
 	}
-	ms, err := o.embedded.Members(context.Background())
+	return m.members()
+}
+
+func (m *member) members() int {
+	ms, err := m.embedded.Members(context.Background())
 	if err != nil {
 		return 0
 	}
@@ -741,10 +941,22 @@ func (o *olricStore) members() int {
 }
 
 func (o *olricStore) expected() int {
-	if !o.ready.Load() {
+	if o.cur.Load() == nil {
 		return 0
 	}
 	return 1 + len(o.disc.list())
+}
+
+// state says since when this node has had no healthy member (zero while it has one), why the
+// last attempt failed or the last member was replaced, and how many members were replaced.
+func (o *olricStore) state() (since time.Time, last string, restarts int64) {
+	if ns := o.downSince.Load(); ns != 0 {
+		since = time.Unix(0, ns)
+	}
+	if e := o.lastErr.Load(); e != nil {
+		last = *e
+	}
+	return since, last, o.restarts.Load()
 }
 
 func (o *olricStore) usage() (int64, int64) { return 0, 0 }
@@ -752,29 +964,26 @@ func (o *olricStore) usage() (int64, int64) { return 0, 0 }
 func (o *olricStore) close(ctx context.Context) error {
 	o.startMu.Lock()
 	defer o.startMu.Unlock()
+	if o.closed {
+		return nil
+	}
+	o.closed = true
 	if !o.begun {
 		o.begun = true
 		_ = o.reserve.Close()
 		shutdownTransport(o.transport)
 		return nil
 	}
-	if !o.ready.Swap(false) {
-		return nil // a failed start already cleaned up
-	}
-	o.stopBG()
-	o.bg.Wait()
-	var errs []error
-	if err := o.cluster.Close(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("cluster client: %w", err))
-	}
-	if err := o.db.Shutdown(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("olric shutdown: %w", err))
-	}
+	o.stopSup()
+	done := make(chan struct{})
+	go func() {
+		o.sup.Wait()
+		close(done)
+	}()
 	select {
-	case <-o.running:
+	case <-done:
+		return o.closeErr
 	case <-ctx.Done():
-		errs = append(errs, fmt.Errorf("olric did not stop: %w", ctx.Err()))
+		return fmt.Errorf("olric member did not stop: %w", ctx.Err())
 	}
-	shutdownTransport(o.transport)
-	return errors.Join(errs...)
 }

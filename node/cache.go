@@ -48,6 +48,10 @@ func (n *Node) newCache() error {
 		return fmt.Errorf("cache: %w", err)
 	}
 	n.cache = c
+	// inference_cache_members, _degraded, _degraded_since_seconds, ...
+	if err := n.metrics.Registry.Register(c.Collector()); err != nil {
+		return fmt.Errorf("cache metrics: %w", err)
+	}
 	return nil
 }
 
@@ -69,8 +73,10 @@ func (n *Node) cachePeers() []string {
 // startCache starts the cache member; until it has, requests run
 // uncached.
 func (n *Node) startCache(ctx context.Context) {
+	// The cache keeps trying by itself after Start gives up waiting; /health
+	// and inference_cache_degraded say when it is up.
 	if err := n.cache.Start(ctx); err != nil && ctx.Err() == nil {
-		n.logger.Error("cache did not start; requests run uncached", "backend", n.cache.Backend(), "err", err)
+		n.logger.Warn("cache not up yet; requests run uncached while it keeps trying", "backend", n.cache.Backend(), "err", err)
 	}
 }
 
@@ -85,6 +91,12 @@ func (n *Node) cacheHealth() ops.Component {
 	case dcache.StatusOK, dcache.StatusOff:
 	default:
 		c.Status = ops.StatusDegraded
+		if !h.Since.IsZero() {
+			c.Data["degraded_since"] = h.Since.UTC().Format(time.RFC3339)
+		}
+	}
+	if h.Restarts > 0 {
+		c.Data["member_restarts"] = h.Restarts
 	}
 	return c
 }

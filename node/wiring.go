@@ -26,7 +26,7 @@ func (n *Node) wireRequestPath() {
 	})
 	n.respCache = respcache.New(respcache.Config{
 		Node: n.cfg.NodeName, Store: n.cache, Settings: n.cacheSettings, Observer: metricsGlue{n.metrics}, LockLease: n.cfg.Tuning.CacheLockLease,
-		Go: n.goBackground, Logger: n.logger,
+		Logger: n.logger,
 	})
 	n.api = httpapi.New(httpapi.Config{
 		Node: n.cfg.NodeName, MaxBodyBytes: n.cfg.HTTP.MaxBodyBytes, RequestTimeout: n.cfg.HTTP.RequestTimeout,

@@ -21,7 +21,9 @@ import (
 type Store interface {
 	Backend() string
 	Get(ctx context.Context, ns, key string) ([]byte, bool, error)
-	Set(ctx context.Context, ns, key string, val []byte, ttl time.Duration) error
+	// SetAsync queues a write off the caller's path (bounded queue and
+	// time); done runs after a queued write, not when it returns an error.
+	SetAsync(ns, key string, val []byte, ttl time.Duration, done func(error)) error
 	// Hold takes a lock without waiting (dcache.ErrLocked when another
 	// holder has it); its lease can be renewed.
 	Hold(ctx context.Context, ns, key string, lease time.Duration) (*dcache.Held, error)
@@ -46,10 +48,7 @@ type Config struct {
 	// LockLease is the lease of the cross-node coalescing lock, renewed
 	// while the holder computes (default DefaultLockLease).
 	LockLease time.Duration
-	// Go runs a background store (the node tracks its goroutines so
-	// Shutdown waits for them); nil means a bare goroutine.
-	Go     func(func())
-	Logger *slog.Logger
+	Logger    *slog.Logger
 }
 
 // Cache looks answers up, stores them and coalesces identical misses.
@@ -68,9 +67,6 @@ type answer struct {
 func New(cfg Config) *Cache {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if cfg.Go == nil {
-		cfg.Go = func(f func()) { go f() }
 	}
 	return &Cache{cfg: cfg}
 }
@@ -110,26 +106,35 @@ func (c *Cache) Lookup(ctx context.Context, model, key string) ([]scheduler.Resu
 	return a.Results, true
 }
 
-// Store saves an answer in the background: the client does not wait for
-// the cache.
+// Store saves an answer off the request path: the client never waits for
+// the cache, and a full write queue drops the write (only a future hit is
+// lost).
 func (c *Cache) Store(model, key string, results []scheduler.Result) {
 	if c.off() {
 		return
 	}
-	c.cfg.Go(func() { c.storeSync(context.Background(), model, key, results) })
+	c.storeAsync(model, key, results, nil)
 }
 
-// storeSync saves an answer, bounded in time; failures only cost a future
-// hit.
-func (c *Cache) storeSync(ctx context.Context, model, key string, results []scheduler.Result) {
+// storeAsync queues an answer's store; then, when not nil, runs once the
+// write is done or dropped.
+func (c *Cache) storeAsync(model, key string, results []scheduler.Result, then func()) {
 	data, err := json.Marshal(answer{Results: results, Node: c.cfg.Node})
-	if err != nil {
-		return
+	if err == nil {
+		ttl, _ := c.cfg.Settings()
+		err = c.cfg.Store.SetAsync(model, key, data, ttl, func(err error) {
+			if err != nil {
+				c.cfg.Logger.Debug("cache store", "err", err)
+			}
+			if then != nil {
+				then()
+			}
+		})
 	}
-	ttl, _ := c.cfg.Settings()
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-	defer cancel()
-	if err := c.cfg.Store.Set(ctx, model, key, data, ttl); err != nil {
+	if err != nil {
 		c.cfg.Logger.Debug("cache store", "err", err)
+		if then != nil {
+			then()
+		}
 	}
 }

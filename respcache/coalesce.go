@@ -44,15 +44,17 @@ func (c *Cache) Coalesce(ctx context.Context, model, key string, store bool, com
 				return res, nil
 			}
 		}
+		release := func() {}
 		if lock != nil {
 			stop := c.keepLease(fctx, lock)
-			defer func() {
+			release = func() {
 				stop()
 				_ = lock.Unlock(context.WithoutCancel(fctx))
-			}()
+			}
 			// The previous holder may have stored the answer between our
 			// miss and our lock.
 			if res, ok := c.Lookup(fctx, model, key); ok {
+				release()
 				return res, nil
 			}
 		}
@@ -60,9 +62,12 @@ func (c *Cache) Coalesce(ctx context.Context, model, key string, store bool, com
 		// a broken cache costs duplicate work, never an answer.
 		res, err := compute(fctx)
 		if err == nil && store {
-			// Stored before the lock is released, so a node that takes the
-			// lock next finds the answer instead of computing it again.
-			c.storeSync(fctx, model, key, res)
+			// The store runs off the request path; the lock is released
+			// after it, so a node that takes the lock next finds the answer
+			// instead of computing it again.
+			c.storeAsync(model, key, res, release)
+		} else {
+			release()
 		}
 		return res, err
 	})

@@ -19,10 +19,7 @@ func localCache(t *testing.T) *Cache {
 	ctx := context.Background()
 	require.NoError(t, dc.Start(ctx))
 	t.Cleanup(func() { _ = dc.Close(ctx) })
-	var wg sync.WaitGroup
-	t.Cleanup(wg.Wait)
-	return New(Config{Node: "n1", Store: dc, Settings: func() (time.Duration, bool) { return time.Minute, false },
-		Go: func(f func()) { wg.Add(1); go func() { defer wg.Done(); f() }() }})
+	return New(Config{Node: "n1", Store: dc, Settings: func() (time.Duration, bool) { return time.Minute, false }})
 }
 
 func TestStoredAnswerIsFound(t *testing.T) {
@@ -30,7 +27,9 @@ func TestStoredAnswerIsFound(t *testing.T) {
 	ctx := context.Background()
 	_, ok := c.Lookup(ctx, "m", "k")
 	require.False(t, ok)
-	c.storeSync(ctx, "m", "k", []scheduler.Result{{Text: "hi"}})
+	stored := make(chan struct{})
+	c.storeAsync("m", "k", []scheduler.Result{{Text: "hi"}}, func() { close(stored) })
+	<-stored
 	got, ok := c.Lookup(ctx, "m", "k")
 	require.True(t, ok)
 	require.Equal(t, "hi", got[0].Text)
