@@ -20,6 +20,7 @@ import (
 	"github.com/shoal-dev/shoal/engine"
 	"github.com/shoal-dev/shoal/gossip"
 	"github.com/shoal-dev/shoal/ops"
+	opsadmin "github.com/shoal-dev/shoal/ops/admin"
 	"github.com/shoal-dev/shoal/ratelimit"
 	"github.com/shoal-dev/shoal/router"
 	"github.com/shoal-dev/shoal/scheduler"
@@ -39,7 +40,7 @@ type Node struct {
 	health  *ops.Health
 	sched   *scheduler.Scheduler
 	api     *api
-	admin   *ops.Admin
+	admin   *opsadmin.Server
 
 	store      *consensus.Store
 	gossip     *gossip.Gossip
@@ -112,7 +113,7 @@ func New(cfg Config) (*Node, error) {
 	n.breakers.n = n
 	n.retries.tokens = retryTokens
 	n.api = &api{n: n, node: cfg.NodeName, cfg: cfg.HTTP, sched: n.sched, metrics: metrics, logger: logger.With("component", "api")}
-	n.admin = ops.NewAdmin(ops.AdminConfig{Token: cfg.Admin.Token, Open: cfg.Dev && cfg.Admin.Token == "", Backend: adminBackend{n}, Logger: logger})
+	n.admin = opsadmin.New(opsadmin.Config{Token: cfg.Admin.Token, Open: cfg.Dev && cfg.Admin.Token == "", Backend: adminBackend{n}, Logger: logger})
 	return n, nil
 }
 

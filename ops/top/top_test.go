@@ -9,10 +9,10 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/ops/bench"
 	"github.com/shoal-dev/shoal/ops/bench/benchtest"
 	"github.com/shoal-dev/shoal/ops/top"
-	"github.com/shoal-dev/shoal/ops/tune"
 )
 
 func model() benchtest.Model {
@@ -188,7 +188,7 @@ func TestRenderShowsOpenBreakersAndScrapeErrors(t *testing.T) {
 				Models: []top.ModelRow{{Name: "m1", QueueDepth: 7, ActiveBatches: 1, Slots: 2, TokensPerSec: 12.5}, {Name: "m2"}}},
 			{Name: "b", State: "suspect", Err: "scrape http://b: connection refused"},
 		},
-		Breakers: []tune.Breaker{{Node: "b", Model: "m1", State: "open", Reason: "5 failures"}, {Node: "a", Model: "m1", State: "closed"}},
+		Breakers: []consensus.BreakerState{{Node: "b", Model: "m1", State: "open", Reason: "5 failures"}, {Node: "a", Model: "m1", State: "closed"}},
 	}
 	var out bytes.Buffer
 	require.NoError(t, top.Render(&out, f))

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bufio"
@@ -46,7 +46,7 @@ func shoalBinary(t *testing.T) string {
 			return
 		}
 		binPath = filepath.Join(binDir, "shoal")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", binPath, "github.com/shoal-dev/shoal").CombinedOutput()
 		if err != nil {
 			binErr = fmt.Errorf("go build: %w\n%s", err, out)
 		}
