@@ -68,7 +68,7 @@ func (s *syncBuffer) String() string {
 
 func TestSlogWriterSplitsLines(t *testing.T) {
 	var buf syncBuffer
-	w := slogWriter{log: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	w := newStdLogger(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))).Writer()
 	n, err := w.Write([]byte("[INFO] one\n[WARN] two\n\n"))
 	require.NoError(t, err)
 	require.Equal(t, 23, n)
