@@ -276,7 +276,9 @@ func newCacheCmd(client func() *adminapi.Client, raw rawGetter) *cobra.Command {
 	cache.AddCommand(&cobra.Command{Use: "stats", Short: "Cache statistics", Args: cobra.NoArgs, RunE: show(raw(adminapi.PathCache))})
 	var purgeModel string
 	purge := &cobra.Command{Use: "purge", Short: "Drop cached responses (all, or --model)", Args: cobra.NoArgs,
-		RunE: show(func(ctx context.Context, _ []string) (adminapi.Purged, error) { return client().PurgeCache(ctx, purgeModel) })}
+		RunE: show(func(ctx context.Context, _ []string) (adminapi.Purged, error) {
+			return client().PurgeCache(ctx, purgeModel)
+		})}
 	purge.Flags().StringVar(&purgeModel, "model", "", "only this model's entries")
 
 	settings := &cobra.Command{Use: "settings", Short: "Show or change the cache settings every node uses"}
@@ -300,7 +302,9 @@ func newCacheCmd(client func() *adminapi.Client, raw rawGetter) *cobra.Command {
 	set.Flags().BoolVar(&lower, "lowercase", false, "fold case when normalizing prompts")
 	set.Flags().StringVar(&scope, "scope", "", "who shares cached answers: "+strings.Join([]string{consensus.CacheScopeCluster, consensus.CacheScopeTenant, consensus.CacheScopeKey}, ", "))
 	settings.AddCommand(&cobra.Command{Use: "get", Short: "Show the effective cache settings", Args: cobra.NoArgs,
-		RunE: show(func(ctx context.Context, _ []string) (adminapi.CacheSettingsView, error) { return client().CacheSettings(ctx) })}, set)
+		RunE: show(func(ctx context.Context, _ []string) (adminapi.CacheSettingsView, error) {
+			return client().CacheSettings(ctx)
+		})}, set)
 	cache.AddCommand(purge, settings)
 	return cache
 }
