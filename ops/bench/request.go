@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -12,6 +11,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/sse"
 )
 
 // Error kinds that have no HTTP status; HTTP failures are keyed by their
@@ -196,63 +197,23 @@ func (r *runner) readStream(ctx context.Context, body io.Reader, res *result) {
 
 var errStreamFailed = errors.New("server sent an error event")
 
-// maxSSELine bounds one SSE line.
+// maxSSELine bounds one SSE line and event.
 const maxSSELine = 1 << 20
 
-// readSSE calls fn with the data of each server-sent event until fn asks to
-// stop, the body ends, or a line is malformed. Multi-line data fields are
-// joined with newlines as the SSE specification says.
+// readSSE calls fn with the data of each server-sent event (package sse's
+// framing) until fn asks to stop, the body ends, or a line is malformed.
 func readSSE(body io.Reader, fn func(data []byte) (stop bool, err error)) error {
-	br := bufio.NewReaderSize(body, 16<<10)
-	var data []byte
-	have := false
+	rd := sse.NewReader(body, maxSSELine)
 	for {
-		line, err := br.ReadSlice('\n')
-		if errors.Is(err, bufio.ErrBufferFull) {
-			// Rare long line: gather it whole, bounded.
-			long := append([]byte(nil), line...)
-			for errors.Is(err, bufio.ErrBufferFull) && len(long) <= maxSSELine {
-				line, err = br.ReadSlice('\n')
-				long = append(long, line...)
-			}
-			if len(long) > maxSSELine {
-				return fmt.Errorf("sse line longer than %d bytes", maxSSELine)
-			}
-			line = long
+		ev, err := rd.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
 		}
-		if err != nil && !errors.Is(err, io.EOF) {
+		if err != nil {
 			return err
 		}
-		eof := errors.Is(err, io.EOF)
-		line = bytes.TrimRight(line, "\r\n")
-		switch {
-		case len(line) == 0:
-			if have {
-				stop, ferr := fn(data)
-				if ferr != nil || stop {
-					return ferr
-				}
-				data, have = data[:0], false
-			}
-		case line[0] == ':':
-			// comment / keep-alive
-		default:
-			field, value, _ := bytes.Cut(line, []byte(":"))
-			value = bytes.TrimPrefix(value, []byte(" "))
-			if string(field) == "data" {
-				if have {
-					data = append(data, '\n')
-				}
-				data = append(data, value...)
-				have = true
-			}
-		}
-		if eof {
-			if have {
-				_, ferr := fn(data)
-				return ferr
-			}
-			return nil
+		if stop, err := fn(ev.Data); err != nil || stop {
+			return err
 		}
 	}
 }
