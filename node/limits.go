@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/consensus"
+	"github.com/shoal-dev/shoal/limitpolicy"
 	"github.com/shoal-dev/shoal/ops"
 	"github.com/shoal-dev/shoal/ratelimit"
 	"github.com/shoal-dev/shoal/router"
@@ -89,7 +90,7 @@ func (a *api) admit(ctx context.Context, w http.ResponseWriter, r *http.Request,
 		ip = r.RemoteAddr
 	}
 	est := estimateTokens(req)
-	rules := ratelimit.RulesFor(p, ratelimit.Request{
+	rules := limitpolicy.RulesFor(p, limitpolicy.Request{
 		Path: r.URL.Path, KeyHash: hash, IP: ip,
 		// Every inference endpoint generates tokens, so token limits
 		// apply to all of them.

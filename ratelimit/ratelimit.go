@@ -32,7 +32,7 @@ type Counter interface {
 	Incr(ctx context.Context, ns, key string, delta int, ttl time.Duration) (int, error)
 }
 
-// Policy names used in Rule.Policy by RulesFor.
+// Policy names used in Rule.Policy (limitpolicy.RulesFor makes the rules).
 const (
 	// PolicyClient is the default per-client limit (API key, else IP address).
 	PolicyClient = "client"
@@ -581,3 +581,7 @@ func (l *Limiter) settle(ctx context.Context, b *bucket, d drained) error {
 	b.noteSeen(d.idx, v)
 	return nil
 }
+
+// TokenBased reports whether r counts tokens rather than requests, i.e. whether the caller
+// should Charge it with the request's true token count when the response is done.
+func (r Rule) TokenBased() bool { return r.Policy == PolicyKeyTPM || r.Policy == PolicyTenantTPM }
