@@ -97,7 +97,7 @@ func newStartCmd() *cobra.Command {
 	fl.StringVar(&f.config, "config", "", "HCL configuration file (see cluster.example.hcl)")
 	fl.StringVar(&f.name, "name", "", "node name (default: host name)")
 	fl.StringVar(&f.dataDir, "data-dir", "", "data directory for Raft state and generated models")
-	fl.StringVar(&f.httpAddr, "http-addr", "", "HTTP listen address (default 0.0.0.0:8080)")
+	fl.StringVar(&f.httpAddr, "http-addr", "", "HTTP listen address (default 0.0.0.0:8080; 127.0.0.1:8080 with --dev)")
 	fl.StringVar(&f.gossipAddr, "gossip-addr", "", "gossip listen address (default 0.0.0.0:7946)")
 	fl.StringVar(&f.raftAddr, "raft-addr", "", "Raft listen address (default 0.0.0.0:7947)")
 	fl.StringVar(&f.cacheAddr, "cache-addr", "", "cache (Olric) listen address (default 0.0.0.0:3320)")
