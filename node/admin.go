@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/consensus"
+	"github.com/shoal-dev/shoal/gossip"
 	opsadmin "github.com/shoal-dev/shoal/ops/admin"
 	"github.com/shoal-dev/shoal/ops/adminapi"
 )
@@ -159,6 +160,49 @@ func (a adminBackend) CacheStats(ctx context.Context) (any, error) { return a.n.
 
 func (a adminBackend) PurgeCache(ctx context.Context, model string) error {
 	return a.n.purgeCache(ctx, model)
+}
+
+// pruneDepartedBreakers drops, on the leader, the replicated breakers of
+// nodes that are neither Raft servers nor alive gossip members any more (a
+// node that left, or was removed as dead), so their state and its
+// inference_breaker_state series do not stay forever. Only the cluster loop
+// calls it.
+func (n *Node) pruneDepartedBreakers(ctx context.Context) {
+	st := n.store.State()
+	if !n.store.IsLeader() || len(st.Breakers) == 0 {
+		return
+	}
+	servers, err := n.store.Configuration()
+	if err != nil {
+		return
+	}
+	present := map[string]bool{}
+	for _, s := range servers {
+		present[s.ID] = true
+	}
+	for _, m := range n.gossip.Members() {
+		if m.State == gossip.StateAlive || m.State == gossip.StateSuspect {
+			present[m.Name] = true
+		}
+	}
+	gone := map[string]bool{}
+	for _, b := range st.Breakers {
+		if !present[b.Node] {
+			gone[b.Node] = true
+		}
+	}
+	for node := range gone {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := n.store.Apply(actx, consensus.DeleteBreaker{Node: node})
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				n.logger.Warn("drop breakers of departed node", "node", node, "err", err)
+			}
+			return
+		}
+		n.logger.Info("dropped the breakers of a node that left the cluster", "node", node)
+	}
 }
 
 // forwardApply sends a write to the leader's admin API.

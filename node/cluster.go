@@ -147,6 +147,8 @@ func (n *Node) runCluster(ctx context.Context) {
 			n.reconcile(ctx)
 			n.breakers.tick()
 			n.seedLimits(ctx)
+			n.warnFileLimits()
+			n.pruneDepartedBreakers(ctx)
 		case <-changes:
 			n.applyState()
 			n.exportBreakers()

@@ -48,6 +48,29 @@ func (n *Node) limiterHealth() ops.Component {
 	return c
 }
 
+// warnFileLimits says once, at start, when this node's file sets
+// rate_limit.rpm or auth.required differently from the policy in Raft. The
+// file only seeds a new cluster's policy: applying each node's file on
+// every start would let nodes with different files overwrite each other,
+// so the replicated policy wins and the operator is told how to change it.
+// Only the cluster loop calls it.
+func (n *Node) warnFileLimits() {
+	p := n.store.State().Limits
+	if n.fileLimitsChecked || p == nil {
+		return
+	}
+	n.fileLimitsChecked = true
+	const how = "the cluster's policy in Raft applies; the file only seeds a new cluster: change it with `shoal admin limits set`"
+	if p.DefaultRPM != n.cfg.RateLimit.RPM {
+		n.logger.Warn("rate_limit.rpm in the configuration differs from the cluster's and is ignored",
+			"file_rpm", n.cfg.RateLimit.RPM, "cluster_rpm", p.DefaultRPM, "why", how)
+	}
+	if p.AuthRequired != n.cfg.Auth.Required {
+		n.logger.Warn("auth.required in the configuration differs from the cluster's and is ignored",
+			"file_auth_required", n.cfg.Auth.Required, "cluster_auth_required", p.AuthRequired, "why", how)
+	}
+}
+
 // limitPolicy is the replicated policy, or the configured defaults until
 // the leader has seeded it.
 func (n *Node) limitPolicy() *consensus.LimitPolicy {

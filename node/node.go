@@ -62,9 +62,12 @@ type Node struct {
 	defaultBatching map[string]consensus.BatchingSettings
 	flights         flightGroup
 	breakers        breakers
-	retries         retryBudget
-	gpu             atomic.Pointer[ops.GPUCapacity]
-	gpuMetrics      *ops.GPUMetrics
+	// fileLimitsChecked is set once warnFileLimits has compared the file's
+	// limits with the cluster's (cluster loop only).
+	fileLimitsChecked bool
+	retries           retryBudget
+	gpu               atomic.Pointer[ops.GPUCapacity]
+	gpuMetrics        *ops.GPUMetrics
 
 	httpLn  net.Listener
 	httpSrv *http.Server
