@@ -21,23 +21,33 @@ import (
 // defaultNode is where every client command looks for a node.
 const defaultNode = "http://127.0.0.1:8080"
 
-// nodeFlag adds --node (and its alias --url) to fs, the one name every
+// nodeFlag adds --node (and its alias --url) to cmd, the one name every
 // command uses for the node it talks to.
-func nodeFlag(cmd *cobra.Command, persistent bool, target *string) {
+func nodeFlag(cmd *cobra.Command, persistent bool, target *string, usage string) {
 	fs := cmd.Flags()
 	if persistent {
 		fs = cmd.PersistentFlags()
 	}
-	fs.StringVar(target, "node", defaultNode, "HTTP address of the node to talk to")
+	fs.StringVar(target, "node", defaultNode, usage)
 	fs.StringVar(target, "url", defaultNode, "alias of --node")
 	_ = fs.MarkHidden("url")
+}
+
+// withScheme makes "host:port" the http URL of a node, as every command
+// accepts both.
+func withScheme(addr string) string {
+	addr = strings.TrimRight(addr, "/")
+	if !strings.Contains(addr, "://") {
+		return "http://" + addr
+	}
+	return addr
 }
 
 // adminFlags adds --node and --token to cmd and returns a constructor for
 // the client they describe.
 func adminFlags(cmd *cobra.Command) func() *adminapi.Client {
 	var nodeURL, token string
-	nodeFlag(cmd, true, &nodeURL)
+	nodeFlag(cmd, true, &nodeURL, "HTTP address of the node to talk to")
 	cmd.PersistentFlags().StringVar(&token, "token", "", "admin token (default $SHOAL_ADMIN_TOKEN)")
 	return func() *adminapi.Client {
 		if token == "" {

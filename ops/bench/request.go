@@ -37,6 +37,8 @@ type result struct {
 	outTokens int
 	cache     string
 	node      string
+	// refusal describes a 429: which limit, and when to retry.
+	refusal *Refusal
 }
 
 func (r *result) ok() bool { return r.errKind == "" }
@@ -110,7 +112,10 @@ func (r *runner) send(ctx context.Context, res *result, p Prompt) {
 	res.node = resp.Header.Get("X-Shoal-Node")
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		res.errKind = strconv.Itoa(resp.StatusCode)
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if resp.StatusCode == http.StatusTooManyRequests {
+			res.refusal = readRefusal(resp.Header, data)
+		}
 		return
 	}
 	if r.cfg.Stream {
@@ -127,6 +132,34 @@ func (r *runner) send(ctx context.Context, res *result, p Prompt) {
 	if out.Usage != nil {
 		res.outTokens = out.Usage.CompletionTokens
 	}
+}
+
+// Refusal is what a server said when it answered 429: the error's code and
+// message (shoal names the limit: "client", "endpoint", "key", "tenant", or
+// a full queue) and the rate-limit headers.
+type Refusal struct {
+	Code    string `json:"code,omitempty"`
+	Message string `json:"message,omitempty"`
+	// Limit is X-RateLimit-Limit; RetryAfter is Retry-After, as sent.
+	Limit      string `json:"limit,omitempty"`
+	RetryAfter string `json:"retry_after,omitempty"`
+}
+
+func readRefusal(h http.Header, body []byte) *Refusal {
+	var e struct {
+		Error struct {
+			Message string `json:"message"`
+			Code    any    `json:"code"`
+		} `json:"error"`
+	}
+	r := &Refusal{Limit: h.Get("X-RateLimit-Limit"), RetryAfter: h.Get("Retry-After")}
+	if json.Unmarshal(body, &e) == nil {
+		r.Message = e.Error.Message
+		if e.Error.Code != nil {
+			r.Code = fmt.Sprint(e.Error.Code)
+		}
+	}
+	return r
 }
 
 // streamChunk covers the chunk shapes of all three endpoints.

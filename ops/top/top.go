@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -38,6 +39,9 @@ type Config struct {
 	Client *http.Client
 	// Logger receives debug logs; nil discards them.
 	Logger *slog.Logger
+	// Keys, when set, is read for key presses while Run redraws: q (or
+	// Q) quits. The CLI passes the terminal.
+	Keys io.Reader
 }
 
 // ModelRow is one model on one member.

@@ -3,6 +3,7 @@ package top_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -134,6 +135,24 @@ func TestRunRedrawsUntilCancelled(t *testing.T) {
 	w := &frameCounter{cancelAt: 3, cancel: cancel}
 	require.NoError(t, top.Run(ctx, top.Config{URL: n.URL, Token: benchtest.AdminToken, Interval: 20 * time.Millisecond}, w, false))
 	require.GreaterOrEqual(t, w.frames, 3)
+}
+
+func TestRunQuitsOnQ(t *testing.T) {
+	n := benchtest.Start(t, "top-node", model())
+	keys, press := io.Pipe()
+	defer press.Close()
+	w := &frameCounter{cancelAt: 1, cancel: func() { go press.Write([]byte("xq")) }}
+	// An hour between frames: only q ends the run.
+	require.NoError(t, top.Run(context.Background(), top.Config{URL: n.URL, Token: benchtest.AdminToken, Interval: time.Hour, Keys: keys}, w, false))
+	require.Equal(t, 1, w.frames)
+}
+
+func TestRunIgnoresTheEndOfKeys(t *testing.T) {
+	n := benchtest.Start(t, "top-node", model())
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &frameCounter{cancelAt: 3, cancel: cancel}
+	require.NoError(t, top.Run(ctx, top.Config{URL: n.URL, Token: benchtest.AdminToken, Interval: 20 * time.Millisecond, Keys: strings.NewReader("")}, w, false))
+	require.GreaterOrEqual(t, w.frames, 3, "stdin at EOF (no terminal) does not quit")
 }
 
 // frameCounter counts screen clears and cancels after enough frames.
