@@ -18,6 +18,7 @@ join_timeout = "2m"
 
 http {
   # Client-facing address: the OpenAI-compatible API, /v1/infer, /health, /metrics, /admin/v1.
+  # Default 0.0.0.0:8080; with --dev 127.0.0.1:8080, because its admin API is open.
   addr = "0.0.0.0:8080"
   # Largest request body, after gzip/zstd decompression; larger bodies get 413. Default 1 MiB.
   max_body_bytes = 1048576
@@ -66,7 +67,8 @@ cache {
   memberlist_addr = ""
   # "olric" (shared by the cluster), "local" (in-process LRU, single node) or "off". Default olric.
   backend = "olric"
-  # How long a cached response lives. Default 2h.
+  # How long a cached response lives. Default 2h. Once `shoal admin cache settings set` has put
+  # cache settings into Raft, those apply on every node instead of default_ttl and lowercase.
   default_ttl = "2h"
   # Memory bound of the local backend, in bytes. Default 256 MiB.
   max_bytes = 268435456
@@ -89,7 +91,10 @@ batching {
 }
 
 rate_limit {
-  # Default requests per minute per client (API key, else IP address), cluster-wide. Default 1000.
+  # Default requests per minute per client (API key, else IP address), cluster-wide. Default 1000
+  # (100000 with --dev). It seeds a new cluster's policy in Raft once; afterwards the replicated
+  # policy applies (change it with `shoal admin limits set`) and a node whose file differs says
+  # so in its log at start.
   rpm = 1000
 }
 
@@ -108,7 +113,8 @@ admin {
 
 auth {
   # Reject requests whose API key is not registered through the admin API. Default false:
-  # an unknown key is simply a client identity for rate limits.
+  # an unknown key is simply a client identity for rate limits. Like rate_limit.rpm it seeds
+  # Raft once; a differing file is logged at start and `shoal admin limits set` changes it.
   required = false
 }
 
