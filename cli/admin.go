@@ -87,6 +87,14 @@ func show[T any](call func(ctx context.Context, args []string) (T, error)) func(
 	}
 }
 
+// deleteCmd is a command that removes the one thing its argument names.
+func deleteCmd(use, short string, del func(ctx context.Context, name string) error) *cobra.Command {
+	return &cobra.Command{Use: use, Short: short, Args: cobra.ExactArgs(1),
+		RunE: show(func(ctx context.Context, args []string) (adminapi.Deleted, error) {
+			return adminapi.Deleted{Deleted: args[0]}, del(ctx, args[0])
+		})}
+}
+
 // newNodeAdminCmds are `shoal node join|leave|members`.
 func newNodeAdminCmds() []*cobra.Command {
 	join := &cobra.Command{
@@ -185,11 +193,8 @@ func newBatchingCmd(client func() *adminapi.Client, raw rawGetter) *cobra.Comman
 	set.Flags().IntVar(&maxSize, "max-size", 0, "largest batch")
 	set.Flags().StringVar(&put.FlushTimeout, "flush-timeout", "", "flush timeout, e.g. 5ms")
 	_ = set.MarkFlagRequired("model")
-	del := &cobra.Command{Use: "delete MODEL", Short: "Drop a model's cluster-wide batching: every node returns to its configured settings", Args: cobra.ExactArgs(1),
-		RunE: show(func(ctx context.Context, args []string) (adminapi.Deleted, error) {
-			return adminapi.Deleted{Deleted: args[0]}, client().DeleteBatching(ctx, args[0])
-		})}
-	batching.AddCommand(set, del)
+	batching.AddCommand(set, deleteCmd("delete MODEL", "Drop a model's cluster-wide batching: every node returns to its configured settings",
+		func(ctx context.Context, model string) error { return client().DeleteBatching(ctx, model) }))
 	return batching
 }
 
@@ -226,28 +231,24 @@ func newLimitsCmd(client func() *adminapi.Client, raw rawGetter) *cobra.Command 
 	epSet := &cobra.Command{Use: "set PATH", Short: "Limit a request path, e.g. /v1/chat/completions (0 is unlimited)", Args: cobra.ExactArgs(1),
 		RunE: show(func(ctx context.Context, args []string) (adminapi.EndpointPut, error) {
 			ep.Path = args[0]
-			return ep, client().Do(ctx, http.MethodPut, adminapi.PathEndpoints, ep, nil)
+			return client().SetEndpointLimit(ctx, ep)
 		})}
 	epSet.Flags().IntVar(&ep.RPM, "rpm", 0, "requests per minute")
 	epSet.Flags().IntVar(&ep.RPH, "rph", 0, "requests per hour")
-	endpoint.AddCommand(epSet, &cobra.Command{Use: "delete PATH", Short: "Remove a request path's limit", Args: cobra.ExactArgs(1),
-		RunE: show(func(ctx context.Context, args []string) (adminapi.Deleted, error) {
-			return adminapi.Deleted{Deleted: args[0]}, client().DeleteEndpointLimit(ctx, args[0])
-		})})
+	endpoint.AddCommand(epSet, deleteCmd("delete PATH", "Remove a request path's limit",
+		func(ctx context.Context, path string) error { return client().DeleteEndpointLimit(ctx, path) }))
 
 	tenant := &cobra.Command{Use: "tenant", Short: "Set or remove the limits a tenant's keys share"}
 	var tp adminapi.TenantPut
 	tSet := &cobra.Command{Use: "set NAME", Short: "Add or replace a tenant's limits (0 is unlimited)", Args: cobra.ExactArgs(1),
 		RunE: show(func(ctx context.Context, args []string) (adminapi.TenantPut, error) {
 			tp.Name = args[0]
-			return tp, client().Do(ctx, http.MethodPut, adminapi.PathTenants, tp, nil)
+			return client().PutTenant(ctx, tp)
 		})}
 	tSet.Flags().IntVar(&tp.RPM, "rpm", 0, "requests per minute")
 	tSet.Flags().IntVar(&tp.TPM, "tpm", 0, "tokens per minute")
-	tenant.AddCommand(tSet, &cobra.Command{Use: "delete NAME", Short: "Remove a tenant no key names", Args: cobra.ExactArgs(1),
-		RunE: show(func(ctx context.Context, args []string) (adminapi.Deleted, error) {
-			return adminapi.Deleted{Deleted: args[0]}, client().DeleteTenant(ctx, args[0])
-		})})
+	tenant.AddCommand(tSet, deleteCmd("delete NAME", "Remove a tenant no key names",
+		func(ctx context.Context, name string) error { return client().DeleteTenant(ctx, name) }))
 	limits.AddCommand(limitsSet, endpoint, tenant)
 	return limits
 }
@@ -262,10 +263,8 @@ func newKeysCmd(client func() *adminapi.Client) *cobra.Command {
 	add.Flags().IntVar(&kp.TPM, "tpm", 0, "tokens per minute (0 is unlimited)")
 	add.Flags().StringVar(&kp.Tenant, "tenant", "", "tenant whose limits the key shares")
 	_ = add.MarkFlagRequired("key")
-	keys.AddCommand(add, &cobra.Command{Use: "delete ID", Short: "Remove a key by the id `keys add` printed", Args: cobra.ExactArgs(1),
-		RunE: show(func(ctx context.Context, args []string) (adminapi.Deleted, error) {
-			return adminapi.Deleted{Deleted: args[0]}, client().DeleteKey(ctx, args[0])
-		})})
+	keys.AddCommand(add, deleteCmd("delete ID", "Remove a key by the id `keys add` printed",
+		func(ctx context.Context, id string) error { return client().DeleteKey(ctx, id) }))
 	return keys
 }
 

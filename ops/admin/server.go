@@ -109,15 +109,19 @@ func New(cfg Config) *Server {
 	m.HandleFunc("POST "+adminapi.PathLeave, a.leave)
 	m.HandleFunc("GET "+adminapi.PathBatching, a.getBatching)
 	m.HandleFunc("PUT "+adminapi.PathBatching, a.putBatching)
-	m.HandleFunc("DELETE "+adminapi.PathBatching+"/{model}", a.deleteBatching)
+	m.HandleFunc("DELETE "+adminapi.PathBatching+"/{model}", a.remove(pathValue("model"), func(s string) consensus.Command { return consensus.DeleteBatching{Model: s} }))
 	m.HandleFunc("GET "+adminapi.PathLimits, a.getLimits)
 	m.HandleFunc("PUT "+adminapi.PathLimits, a.putLimits)
-	m.HandleFunc("PUT "+adminapi.PathEndpoints, a.putEndpoint)
-	m.HandleFunc("DELETE "+adminapi.PathEndpoints, a.deleteEndpoint)
-	m.HandleFunc("PUT "+adminapi.PathTenants, a.putTenant)
-	m.HandleFunc("DELETE "+adminapi.PathTenants+"/{name}", a.deleteTenant)
+	m.HandleFunc("PUT "+adminapi.PathEndpoints, put(a, func(b adminapi.EndpointPut) consensus.Command {
+		return consensus.SetEndpointLimit{Path: b.Path, Limit: b.EndpointLimit}
+	}))
+	m.HandleFunc("DELETE "+adminapi.PathEndpoints, a.remove(queryValue("path"), func(s string) consensus.Command { return consensus.DeleteEndpointLimit{Path: s} }))
+	m.HandleFunc("PUT "+adminapi.PathTenants, put(a, func(b adminapi.TenantPut) consensus.Command {
+		return consensus.PutTenant{Name: b.Name, Limit: b.TenantLimit}
+	}))
+	m.HandleFunc("DELETE "+adminapi.PathTenants+"/{name}", a.remove(pathValue("name"), func(s string) consensus.Command { return consensus.DeleteTenant{Name: s} }))
 	m.HandleFunc("POST "+adminapi.PathKeys, a.putKey)
-	m.HandleFunc("DELETE "+adminapi.PathKeys+"/{id}", a.deleteKey)
+	m.HandleFunc("DELETE "+adminapi.PathKeys+"/{id}", a.remove(pathValue("id"), func(s string) consensus.Command { return consensus.DeleteKey{Hash: s} }))
 	m.HandleFunc("GET "+adminapi.PathBreakers, a.getBreakers)
 	m.HandleFunc("POST "+adminapi.PathBreakers+"/{node}/{model}/{action}", a.breakerAction)
 	m.HandleFunc("GET "+adminapi.PathCache, a.getCache)
@@ -352,14 +356,6 @@ func (a *Server) putKey(w http.ResponseWriter, r *http.Request) {
 	writeAdminJSON(w, http.StatusOK, adminapi.KeyResult{ID: cmd.Hash, Prefix: consensus.KeyPrefix(body.Key), RPM: body.RPM, TPM: body.TPM, Tenant: body.Tenant})
 }
 
-func (a *Server) deleteKey(w http.ResponseWriter, r *http.Request) {
-	cmd := consensus.DeleteKey{Hash: r.PathValue("id")}
-	if !a.apply(w, r, cmd) {
-		return
-	}
-	writeAdminJSON(w, http.StatusOK, adminapi.Deleted{Deleted: cmd.Hash})
-}
-
 func (a *Server) getBreakers(w http.ResponseWriter, _ *http.Request) {
 	writeAdminJSON(w, http.StatusOK, adminapi.BreakerList{Breakers: a.cfg.Backend.Breakers()})
 }
@@ -434,50 +430,38 @@ func (a *Server) internalApply(w http.ResponseWriter, r *http.Request) {
 	writeAdminJSON(w, http.StatusOK, adminapi.Applied{Applied: true})
 }
 
-func (a *Server) deleteBatching(w http.ResponseWriter, r *http.Request) {
-	cmd := consensus.DeleteBatching{Model: r.PathValue("model")}
-	if !a.apply(w, r, cmd) {
-		return
+// put serves a write whose body maps to one command, answering the body
+// as applied.
+func put[T any](a *Server, command func(T) consensus.Command) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var body T
+		if !decode(w, r, &body) {
+			return
+		}
+		if !a.apply(w, r, command(body)) {
+			return
+		}
+		writeAdminJSON(w, http.StatusOK, body)
 	}
-	writeAdminJSON(w, http.StatusOK, adminapi.Deleted{Deleted: cmd.Model})
 }
 
-func (a *Server) putEndpoint(w http.ResponseWriter, r *http.Request) {
-	var body adminapi.EndpointPut
-	if !decode(w, r, &body) {
-		return
+// remove serves a DELETE of the thing name reads from the request.
+func (a *Server) remove(name func(*http.Request) string, command func(string) consensus.Command) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		n := name(r)
+		if !a.apply(w, r, command(n)) {
+			return
+		}
+		writeAdminJSON(w, http.StatusOK, adminapi.Deleted{Deleted: n})
 	}
-	if !a.apply(w, r, consensus.SetEndpointLimit{Path: body.Path, Limit: body.EndpointLimit}) {
-		return
-	}
-	writeAdminJSON(w, http.StatusOK, body)
 }
 
-func (a *Server) deleteEndpoint(w http.ResponseWriter, r *http.Request) {
-	cmd := consensus.DeleteEndpointLimit{Path: r.URL.Query().Get("path")}
-	if !a.apply(w, r, cmd) {
-		return
-	}
-	writeAdminJSON(w, http.StatusOK, adminapi.Deleted{Deleted: cmd.Path})
+func pathValue(key string) func(*http.Request) string {
+	return func(r *http.Request) string { return r.PathValue(key) }
 }
 
-func (a *Server) putTenant(w http.ResponseWriter, r *http.Request) {
-	var body adminapi.TenantPut
-	if !decode(w, r, &body) {
-		return
-	}
-	if !a.apply(w, r, consensus.PutTenant{Name: body.Name, Limit: body.TenantLimit}) {
-		return
-	}
-	writeAdminJSON(w, http.StatusOK, body)
-}
-
-func (a *Server) deleteTenant(w http.ResponseWriter, r *http.Request) {
-	cmd := consensus.DeleteTenant{Name: r.PathValue("name")}
-	if !a.apply(w, r, cmd) {
-		return
-	}
-	writeAdminJSON(w, http.StatusOK, adminapi.Deleted{Deleted: cmd.Name})
+func queryValue(key string) func(*http.Request) string {
+	return func(r *http.Request) string { return r.URL.Query().Get(key) }
 }
 
 func (a *Server) cacheSettingsView() adminapi.CacheSettingsView {

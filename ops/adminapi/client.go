@@ -171,9 +171,10 @@ func (c *Client) Limits(ctx context.Context) (consensus.LimitPolicy, error) {
 	return v, c.Do(ctx, http.MethodGet, PathLimits, nil, &v)
 }
 
-// SetEndpointLimit sets one request path's cluster-wide limit.
-func (c *Client) SetEndpointLimit(ctx context.Context, put EndpointPut) (consensus.LimitPolicy, error) {
-	var v consensus.LimitPolicy
+// SetEndpointLimit sets one request path's cluster-wide limit and returns
+// what was applied.
+func (c *Client) SetEndpointLimit(ctx context.Context, put EndpointPut) (EndpointPut, error) {
+	var v EndpointPut
 	return v, c.Do(ctx, http.MethodPut, PathEndpoints, put, &v)
 }
 
@@ -182,9 +183,10 @@ func (c *Client) DeleteEndpointLimit(ctx context.Context, path string) error {
 	return c.Do(ctx, http.MethodDelete, PathEndpoints+"?path="+url.QueryEscape(path), nil, nil)
 }
 
-// PutTenant adds or replaces a tenant's limits.
-func (c *Client) PutTenant(ctx context.Context, put TenantPut) (consensus.LimitPolicy, error) {
-	var v consensus.LimitPolicy
+// PutTenant adds or replaces a tenant's limits and returns what was
+// applied.
+func (c *Client) PutTenant(ctx context.Context, put TenantPut) (TenantPut, error) {
+	var v TenantPut
 	return v, c.Do(ctx, http.MethodPut, PathTenants, put, &v)
 }
 
