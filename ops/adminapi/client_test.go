@@ -3,6 +3,7 @@ package adminapi_test
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -235,4 +236,14 @@ func TestAdminOffWithoutTokenOpenInDev(t *testing.T) {
 	}, 20*time.Second, 20*time.Millisecond)
 	_, err = a.Limits(context.Background())
 	require.NoError(t, err)
+}
+
+// A server that is not shoal (or a proxy hiding /admin/v1) answers a bare
+// 404: the client says there is no admin API rather than "not found".
+func TestBare404IsNoAdminAPI(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	defer srv.Close()
+	_, err := adminapi.NewClient(srv.URL, "", nil).Cluster(context.Background())
+	require.ErrorIs(t, err, adminapi.ErrNoAdminAPI)
+	require.NotErrorIs(t, err, adminapi.ErrUnauthorized)
 }
