@@ -19,6 +19,7 @@ join_timeout = "2m"
 http {
   # Client-facing address: the OpenAI-compatible API, /v1/infer, the Open Inference Protocol
   # (KServe v2) under /v2, /health, /metrics, /admin/v1.
+  # Default 0.0.0.0:8080; with --dev 127.0.0.1:8080, because its admin API is open.
   addr = "0.0.0.0:8080"
   # Largest request body, after gzip/zstd decompression; larger bodies get 413. Default 1 MiB.
   max_body_bytes = 1048576
@@ -71,7 +72,8 @@ cache {
   # Rate-limit counters live here too: with local or off every node counts its own, so each
   # admits a whole limit (logged at start, and /health shows ratelimit "per-node").
   backend = "olric"
-  # How long a cached response lives. Default 2h.
+  # How long a cached response lives. Default 2h. Once `shoal admin cache settings set` has put
+  # cache settings into Raft, those apply on every node instead of default_ttl and lowercase.
   default_ttl = "2h"
   # Memory bound of the local backend, in bytes. Default 256 MiB.
   max_bytes = 268435456
@@ -98,9 +100,12 @@ batching {
 }
 
 rate_limit {
-  # Default requests per minute per client, cluster-wide. Default 1000. A client is its API key
-  # when the key is registered, else the TCP peer's address (an IPv6 client by its /64);
-  # X-Forwarded-For is not read, and a made-up key spends its address's budget.
+  # Default requests per minute per client, cluster-wide. Default 1000 (100000 with --dev). A
+  # client is its API key when the key is registered, else the TCP peer's address (an IPv6
+  # client by its /64); X-Forwarded-For is not read, and a made-up key spends its address's
+  # budget. It seeds a new cluster's policy in Raft once; afterwards the replicated policy
+  # applies (change it with `shoal admin limits set`) and a node whose file differs says so in
+  # its log at start.
   rpm = 1000
 }
 
@@ -120,7 +125,9 @@ admin {
 
 auth {
   # Reject requests whose API key is not registered through the admin API. Default false:
-  # an unknown key is then ignored, and the request is limited by its client address.
+  # an unknown key is then ignored, and the request is limited by its client address. Like
+  # rate_limit.rpm it seeds Raft once; a differing file is logged at start and
+  # `shoal admin limits set` changes it.
   required = false
 }
 

@@ -1,25 +1,14 @@
-// Command shoal runs and operates a shoal inference cluster.
+// Command shoal runs and operates a shoal inference cluster; the commands
+// live in package cli.
 package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"os"
 
-	"github.com/shoal-dev/shoal/node"
+	"github.com/shoal-dev/shoal/cli"
 )
 
 func main() {
-	ctx := context.Background()
-	root := newRootCmd()
-	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "shoal:", err)
-		var ce *node.ConfigError
-		var ue usageError
-		if errors.As(err, &ce) || errors.As(err, &ue) {
-			os.Exit(2)
-		}
-		os.Exit(1)
-	}
+	os.Exit(cli.Main(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }

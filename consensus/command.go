@@ -643,12 +643,16 @@ type SetCacheSettings struct {
 // Type returns SetCacheSettingsType.
 func (SetCacheSettings) Type() CommandType { return SetCacheSettingsType }
 
-// Validate checks default_ttl in 0..MaxCacheTTL.
+// Validate checks default_ttl in 0..MaxCacheTTL and the scope's name.
 func (c SetCacheSettings) Validate() error {
 	if c.Settings.DefaultTTL < 0 || c.Settings.DefaultTTL > MaxCacheTTL {
 		return invalid("default_ttl", "must be between 0s and %s", MaxCacheTTL)
 	}
-	return nil
+	switch c.Settings.Scope {
+	case "", CacheScopeCluster, CacheScopeTenant, CacheScopeKey:
+		return nil
+	}
+	return invalid("scope", "must be cluster, tenant or key, got %q", c.Settings.Scope)
 }
 
 func (c SetCacheSettings) apply(st *State) error {

@@ -31,7 +31,7 @@ func sampleCommands() []Command {
 		DeleteTenant{Name: "globex"},
 		BreakerTransition{Node: "n1", Model: "meta/llama", From: BreakerClosed, To: BreakerOpen, At: t0, OpenUntil: t0.Add(30 * time.Second), Trips: 1, Reason: "3 consecutive failures"},
 		DeleteBreaker{Node: "n1"},
-		SetCacheSettings{Settings: CacheSettings{Enabled: true, DefaultTTL: 5 * time.Minute, Lowercase: true}},
+		SetCacheSettings{Settings: CacheSettings{Enabled: true, DefaultTTL: 5 * time.Minute, Lowercase: true, Scope: CacheScopeTenant}},
 	}
 }
 
@@ -157,6 +157,7 @@ func TestCommandValidateNamesField(t *testing.T) {
 		{"breaker long reason", func() Command { c := okBreaker; c.Reason = strings.Repeat("r", 300); return c }(), "reason"},
 		{"delete breaker node", DeleteBreaker{Node: "a/b"}, "node"},
 		{"cache ttl", SetCacheSettings{Settings: CacheSettings{DefaultTTL: -time.Second}}, "default_ttl must be between 0s and 720h0m0s"},
+		{"cache scope", SetCacheSettings{Settings: CacheSettings{Scope: "everyone"}}, `scope must be cluster, tenant or key, got "everyone"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -7,10 +7,11 @@ import (
 	"io"
 	"log"
 	"log/slog"
-	"strings"
 	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/shoal-dev/shoal/internal/logadapt"
 )
 
 // hclogAdapter lets hashicorp/raft log through a *slog.Logger. hclog's
@@ -34,7 +35,7 @@ func newHCLogAdapter(logger *slog.Logger, name string) *hclogAdapter {
 func slogLevel(l hclog.Level) slog.Level {
 	switch l {
 	case hclog.Trace:
-		return slog.LevelDebug - 4
+		return logadapt.LevelTrace
 	case hclog.Debug:
 		return slog.LevelDebug
 	case hclog.Warn:
@@ -166,21 +167,29 @@ type stdWriter struct{ a *hclogAdapter }
 
 func (w stdWriter) Write(p []byte) (int, error) {
 	for line := range bytes.Lines(p) {
-		msg := strings.TrimSpace(string(line))
-		if msg == "" {
+		if len(bytes.TrimSpace(line)) == 0 {
 			continue
 		}
-		level := hclog.Info
-		for prefix, l := range map[string]hclog.Level{
-			"[TRACE]": hclog.Trace, "[DEBUG]": hclog.Debug, "[INFO]": hclog.Info,
-			"[WARN]": hclog.Warn, "[ERR]": hclog.Error, "[ERROR]": hclog.Error,
-		} {
-			if strings.HasPrefix(msg, prefix) {
-				level, msg = l, strings.TrimSpace(strings.TrimPrefix(msg, prefix))
-				break
-			}
+		level, msg, ok := logadapt.Parse(string(line))
+		if !ok {
+			level = slog.LevelInfo
 		}
-		w.a.Log(level, msg)
+		w.a.Log(hclogLevel(level), msg)
 	}
 	return len(p), nil
+}
+
+// hclogLevel is slogLevel's inverse.
+func hclogLevel(l slog.Level) hclog.Level {
+	switch {
+	case l < slog.LevelDebug:
+		return hclog.Trace
+	case l < slog.LevelInfo:
+		return hclog.Debug
+	case l < slog.LevelWarn:
+		return hclog.Info
+	case l < slog.LevelError:
+		return hclog.Warn
+	}
+	return hclog.Error
 }

@@ -137,17 +137,28 @@ type CacheSettings struct {
 	DefaultTTL time.Duration
 	// Lowercase makes prompt normalization fold case.
 	Lowercase bool
+	// Scope says who may share a cached answer: "cluster", "tenant" or
+	// "key"; empty leaves each node's configured scope in force.
+	Scope string
 }
+
+// Cache scopes a CacheSettings.Scope may name.
+const (
+	CacheScopeCluster = "cluster"
+	CacheScopeTenant  = "tenant"
+	CacheScopeKey     = "key"
+)
 
 type cacheJSON struct {
 	Enabled    bool         `json:"enabled"`
 	DefaultTTL jsonDuration `json:"default_ttl"`
 	Lowercase  bool         `json:"lowercase"`
+	Scope      string       `json:"scope,omitempty"`
 }
 
 // MarshalJSON encodes {"enabled": b, "default_ttl": "5m0s", "lowercase": b}.
 func (c CacheSettings) MarshalJSON() ([]byte, error) {
-	return json.Marshal(cacheJSON{Enabled: c.Enabled, DefaultTTL: jsonDuration(c.DefaultTTL), Lowercase: c.Lowercase})
+	return json.Marshal(cacheJSON{Enabled: c.Enabled, DefaultTTL: jsonDuration(c.DefaultTTL), Lowercase: c.Lowercase, Scope: c.Scope})
 }
 
 // UnmarshalJSON accepts what MarshalJSON writes; default_ttl may also be a
@@ -157,7 +168,7 @@ func (c *CacheSettings) UnmarshalJSON(data []byte) error {
 	if err := json.Unmarshal(data, &v); err != nil {
 		return err
 	}
-	*c = CacheSettings{Enabled: v.Enabled, DefaultTTL: time.Duration(v.DefaultTTL), Lowercase: v.Lowercase}
+	*c = CacheSettings{Enabled: v.Enabled, DefaultTTL: time.Duration(v.DefaultTTL), Lowercase: v.Lowercase, Scope: v.Scope}
 	return nil
 }
 

@@ -269,9 +269,8 @@ func (o *olricStore) olricConfig(ready func()) (*config.Config, error) {
 	oc.Started = ready
 
 	// Olric replaces Logger's output with LogOutput, then filters it by LogLevel.
-	w := slogWriter{log: o.log.With("component", "olric")}
-	oc.LogOutput = w
-	oc.Logger = log.New(w, "", 0)
+	oc.Logger = newStdLogger(o.log.With("component", "olric"))
+	oc.LogOutput = oc.Logger.Writer()
 	oc.LogLevel = config.LogLevelWarn
 	oc.LogVerbosity = 2
 	if o.log.Enabled(context.Background(), slog.LevelDebug) {

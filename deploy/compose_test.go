@@ -34,9 +34,28 @@ func TestComposeFileValidates(t *testing.T) {
 	for _, profile := range [][]string{nil, {"--profile", "monitoring"}} {
 		args := append(append(slices.Clone(cmd[1:]), "-f", composeFile), profile...)
 		args = append(args, "config", "-q")
-		out, err := exec.Command(cmd[0], args...).CombinedOutput()
+		c := exec.Command(cmd[0], args...)
+		// The file has no default admin token: compose refuses without one.
+		c.Env = append(os.Environ(), "SHOAL_ADMIN_TOKEN=compose-config-check")
+		out, err := c.CombinedOutput()
 		require.NoError(t, err, "%v: %s", args, out)
 	}
+}
+
+// The admin token is the operator's secret: the compose file requires it
+// rather than shipping a default that anyone reading the file knows.
+func TestComposeRequiresAnAdminToken(t *testing.T) {
+	b, err := os.ReadFile(composeFile)
+	require.NoError(t, err)
+	require.NotContains(t, string(b), "change-me")
+	var c struct {
+		Shoal struct {
+			Environment map[string]string `yaml:"environment"`
+		} `yaml:"x-shoal"`
+	}
+	require.NoError(t, yaml.Unmarshal(b, &c))
+	tok := c.Shoal.Environment["SHOAL_ADMIN_TOKEN"]
+	require.True(t, strings.HasPrefix(tok, "${SHOAL_ADMIN_TOKEN:?"), "compose must refuse to start without SHOAL_ADMIN_TOKEN, got %q", tok)
 }
 
 // composeSpec is the part of docker-compose.yml the tests read.

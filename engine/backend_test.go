@@ -177,7 +177,7 @@ func TestPromptLongerThanContextFails(t *testing.T) {
 	task := newTask(context.Background(), strings.Repeat("zq", 10), scheduler.Params{})
 	require.True(t, b.Admit(task), "a task that can never run is finished, not queued")
 	_, err := outcome(t, task)
-	require.ErrorIs(t, err, ErrPromptTooLong)
+	require.ErrorIs(t, err, scheduler.ErrPromptTooLong, "any backend's callers test the scheduler's error")
 	require.Zero(t, b.Active())
 }
 

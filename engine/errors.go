@@ -1,6 +1,10 @@
 package engine
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/shoal-dev/shoal/scheduler"
+)
 
 // Errors the engine returns, wrapped with context; test with errors.Is.
 var (
@@ -20,8 +24,9 @@ var (
 	// the message names the field.
 	ErrInvalidConfig = errors.New("invalid engine config")
 	// ErrPromptTooLong means a prompt has more tokens than the model's
-	// context (seq_len).
-	ErrPromptTooLong = errors.New("prompt longer than the model context")
+	// context (seq_len). It is scheduler.ErrPromptTooLong, which callers
+	// test for whatever the backend.
+	ErrPromptTooLong = scheduler.ErrPromptTooLong
 	// ErrBadGGUF means a GGUF file is malformed.
 	ErrBadGGUF = errors.New("invalid GGUF file")
 	// ErrUnsupported means a well-formed model uses something the engine

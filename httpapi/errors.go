@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/shoal-dev/shoal/engine"
 	"github.com/shoal-dev/shoal/scheduler"
 )
 
@@ -74,7 +73,7 @@ func toError(err error) *Error {
 	switch {
 	case errors.Is(err, scheduler.ErrUnknownModel):
 		return &Error{Status: http.StatusNotFound, Type: "invalid_request_error", Code: "model_not_found", Param: "model", Message: err.Error()}
-	case errors.Is(err, engine.ErrPromptTooLong):
+	case errors.Is(err, scheduler.ErrPromptTooLong):
 		return &Error{Status: http.StatusBadRequest, Type: "invalid_request_error", Code: "context_length_exceeded", Message: err.Error()}
 	case errors.Is(err, scheduler.ErrQueueFull):
 		return &Error{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "queue_full", Message: "the model's queue is full; retry later", RetryAfter: time.Second}
@@ -134,7 +133,7 @@ func IsBackendFailure(err error) bool {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, scheduler.ErrQueueFull), errors.Is(err, scheduler.ErrDraining),
 		errors.Is(err, scheduler.ErrUnknownModel), errors.Is(err, errBreakerOpen), errors.As(err, &ae),
-		errors.Is(err, engine.ErrPromptTooLong):
+		errors.Is(err, scheduler.ErrPromptTooLong):
 		return false
 	case errors.As(err, &us):
 		return us.HTTPStatus() >= 500

@@ -3,58 +3,27 @@ package node
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"time"
 
 	"github.com/shoal-dev/shoal/consensus"
-	"github.com/shoal-dev/shoal/ops"
+	"github.com/shoal-dev/shoal/gossip"
+	opsadmin "github.com/shoal-dev/shoal/ops/admin"
+	"github.com/shoal-dev/shoal/ops/adminapi"
 )
 
 // adminBackend adapts the node to the admin API.
 type adminBackend struct{ n *Node }
 
-var _ ops.AdminBackend = adminBackend{}
+var _ opsadmin.Backend = adminBackend{}
 
-// MemberView is one member in GET /admin/v1/cluster.
-type MemberView struct {
-	Name     string                   `json:"name"`
-	State    string                   `json:"state"`
-	Role     string                   `json:"role"`
-	HTTPAddr string                   `json:"http_addr"`
-	Gossip   string                   `json:"gossip_addr"`
-	RaftAddr string                   `json:"raft_addr"`
-	Version  string                   `json:"version"`
-	Models   map[string]ModelLoadView `json:"models"`
-	GPU      GPUView                  `json:"gpu"`
-	LoadAge  string                   `json:"load_age"`
-}
+// ClusterView is GET /admin/v1/cluster; the type lives with the admin
+// API's other bodies.
+type ClusterView = adminapi.ClusterView
 
-// ModelLoadView is a member's load for one model.
-type ModelLoadView struct {
-	QueueDepth    int `json:"queue_depth"`
-	ActiveBatches int `json:"active_batches"`
-	Running       int `json:"running"`
-	Slots         int `json:"slots"`
-}
-
-// GPUView is a member's GPU capacity.
-type GPUView struct {
-	Count          int     `json:"count"`
-	MemoryTotalMB  int     `json:"memory_total_mb"`
-	MemoryFreeMB   int     `json:"memory_free_mb"`
-	UtilizationPct float64 `json:"utilization_pct"`
-}
-
-// ClusterView is GET /admin/v1/cluster.
-type ClusterView struct {
-	Node    string             `json:"node"`
-	Leader  string             `json:"leader"`
-	Members []MemberView       `json:"members"`
-	Raft    []consensus.Server `json:"raft"`
-	Index   uint64             `json:"raft_applied_index"`
-}
-
-func (a adminBackend) ClusterView(_ context.Context) (any, error) {
+func (a adminBackend) ClusterView(_ context.Context) (adminapi.ClusterView, error) {
 	n := a.n
 	servers, err := n.store.Configuration()
 	if err != nil {
@@ -84,11 +53,11 @@ func (a adminBackend) ClusterView(_ context.Context) (any, error) {
 		if m.Name == n.cfg.NodeName {
 			load, age = n.localLoad(), "0s"
 		}
-		mv := MemberView{Name: m.Name, State: m.State.String(), Role: role, HTTPAddr: m.Meta.HTTPAddr, Gossip: m.Addr,
-			RaftAddr: m.Meta.RaftAddr, Version: m.Meta.Version, Models: map[string]ModelLoadView{}, LoadAge: age,
-			GPU: GPUView{Count: load.GPU.Count, MemoryTotalMB: load.GPU.MemoryTotalMB, MemoryFreeMB: load.GPU.MemoryFreeMB, UtilizationPct: load.GPU.UtilizationPct}}
+		mv := adminapi.MemberView{Name: m.Name, State: m.State.String(), Role: role, HTTPAddr: m.Meta.HTTPAddr, Gossip: m.Addr,
+			RaftAddr: m.Meta.RaftAddr, Version: m.Meta.Version, Models: map[string]adminapi.ModelLoadView{}, LoadAge: age,
+			GPU: adminapi.GPUView{Count: load.GPU.Count, MemoryTotalMB: load.GPU.MemoryTotalMB, MemoryFreeMB: load.GPU.MemoryFreeMB, UtilizationPct: load.GPU.UtilizationPct}}
 		for name, l := range load.Models {
-			mv.Models[name] = ModelLoadView{QueueDepth: l.QueueDepth, ActiveBatches: l.ActiveBatches, Running: l.InFlight, Slots: l.Slots}
+			mv.Models[name] = adminapi.ModelLoadView{QueueDepth: l.QueueDepth, ActiveBatches: l.ActiveBatches, Running: l.InFlight, Slots: l.Slots}
 		}
 		v.Members = append(v.Members, mv)
 	}
@@ -100,11 +69,6 @@ func (a adminBackend) State() *consensus.State { return a.n.store.State() }
 
 func (a adminBackend) Apply(ctx context.Context, cmd consensus.Command) error {
 	return a.n.applyCommand(ctx, cmd)
-}
-
-func (a adminBackend) ApplyLocal(ctx context.Context, cmd consensus.Command) error {
-	_, err := a.n.store.Apply(ctx, cmd)
-	return err
 }
 
 func (a adminBackend) Batching() map[string]consensus.BatchingSettings {
@@ -145,6 +109,34 @@ func (a adminBackend) Breakers() []consensus.BreakerState {
 	return out
 }
 
+// Nodes are the gossip members and Raft servers, and the nodes that still
+// hold breaker state, so an operator can reset a departed node's breaker.
+func (a adminBackend) Nodes() []string {
+	seen := map[string]bool{}
+	for _, m := range a.n.gossip.Members() {
+		seen[m.Name] = true
+	}
+	if servers, err := a.n.store.Configuration(); err == nil {
+		for _, s := range servers {
+			seen[s.ID] = true
+		}
+	}
+	for _, b := range a.n.store.State().Breakers {
+		seen[b.Node] = true
+	}
+	return slices.Sorted(maps.Keys(seen))
+}
+
+// CacheSettings are the replicated settings once set through the admin
+// API, else this node's configuration.
+func (a adminBackend) CacheSettings() (consensus.CacheSettings, bool) {
+	if cs := a.n.store.State().Cache; cs != nil {
+		return *cs, true
+	}
+	c := a.n.cfg.Cache
+	return consensus.CacheSettings{Enabled: c.Backend != "off", DefaultTTL: c.DefaultTTL, Lowercase: c.Lowercase}, false
+}
+
 func (a adminBackend) BreakerAction(ctx context.Context, node, model, action string) error {
 	return a.n.breakerAction(ctx, node, model, action)
 }
@@ -159,6 +151,49 @@ func (a adminBackend) CacheStats(ctx context.Context) (any, error) { return a.n.
 
 func (a adminBackend) PurgeCache(ctx context.Context, model string) error {
 	return a.n.purgeCache(ctx, model)
+}
+
+// pruneDepartedBreakers drops, on the leader, the replicated breakers of
+// nodes that are neither Raft servers nor alive gossip members any more (a
+// node that left, or was removed as dead), so their state and its
+// inference_breaker_state series do not stay forever. Only the cluster loop
+// calls it.
+func (n *Node) pruneDepartedBreakers(ctx context.Context) {
+	st := n.store.State()
+	if !n.store.IsLeader() || len(st.Breakers) == 0 {
+		return
+	}
+	servers, err := n.store.Configuration()
+	if err != nil {
+		return
+	}
+	present := map[string]bool{}
+	for _, s := range servers {
+		present[s.ID] = true
+	}
+	for _, m := range n.gossip.Members() {
+		if m.State == gossip.StateAlive || m.State == gossip.StateSuspect {
+			present[m.Name] = true
+		}
+	}
+	gone := map[string]bool{}
+	for _, b := range st.Breakers {
+		if !present[b.Node] {
+			gone[b.Node] = true
+		}
+	}
+	for node := range gone {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := n.store.Apply(actx, consensus.DeleteBreaker{Node: node})
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				n.logger.Warn("drop breakers of departed node", "node", node, "err", err)
+			}
+			return
+		}
+		n.logger.Info("dropped the breakers of a node that left the cluster", "node", node)
+	}
 }
 
 // Leave leaves the cluster gracefully: Raft first (handing off leadership

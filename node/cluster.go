@@ -152,6 +152,8 @@ func (n *Node) runCluster(ctx context.Context) {
 			n.breakers.Tick(n.sched.Models())
 			n.seedLimits(ctx)
 			n.seedClusterSecret(ctx)
+			n.warnFileLimits()
+			n.pruneDepartedBreakers(ctx)
 		case <-changes:
 			n.applyState()
 			n.exportBreakers()

@@ -282,11 +282,20 @@ func DevModels() []ModelConfig {
 	return []ModelConfig{DefaultModelConfig("tiny", "engine"), DefaultModelConfig("sim-fast", "sim")}
 }
 
-// ApplyDev turns cfg into a dev node: temporary data, loopback addresses,
-// one-node bootstrap, the local cache, and the dev models unless models are
-// configured.
+// DevRPM is the default per-client limit of a dev node: high enough that
+// the README's `shoal bench` runs (1000 requests, twice a minute) pass,
+// low enough that the limiter still runs.
+const DevRPM = 100_000
+
+// ApplyDev turns cfg into a dev node: temporary data, every port on
+// loopback (HTTP too: the dev admin API is open, as consul agent -dev binds
+// 127.0.0.1), one-node bootstrap, the local cache, a per-client limit of
+// DevRPM, and the dev models unless models are configured. A config file,
+// the environment or flags applied after it still win.
 func (c *Config) ApplyDev() error {
 	c.Dev = true
+	c.HTTP.Addr = "127.0.0.1:8080"
+	c.RateLimit.RPM = DevRPM
 	dir, err := os.MkdirTemp("", "shoal-dev-")
 	if err != nil {
 		return fmt.Errorf("dev data dir: %w", err)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/httpapi"
+	"github.com/shoal-dev/shoal/limitpolicy"
 	"github.com/shoal-dev/shoal/ops"
 	"github.com/shoal-dev/shoal/ratelimit"
 )
@@ -46,6 +47,29 @@ func (n *Node) limiterHealth() ops.Component {
 		c.Status, c.Detail = ops.StatusDegraded, "shared counters unreachable: each node enforces its share of every limit"
 	}
 	return c
+}
+
+// warnFileLimits says once, at start, when this node's file sets
+// rate_limit.rpm or auth.required differently from the policy in Raft. The
+// file only seeds a new cluster's policy: applying each node's file on
+// every start would let nodes with different files overwrite each other,
+// so the replicated policy wins and the operator is told how to change it.
+// Only the cluster loop calls it.
+func (n *Node) warnFileLimits() {
+	p := n.store.State().Limits
+	if n.fileLimitsChecked || p == nil {
+		return
+	}
+	n.fileLimitsChecked = true
+	const how = "the cluster's policy in Raft applies; the file only seeds a new cluster: change it with `shoal admin limits set`"
+	if p.DefaultRPM != n.cfg.RateLimit.RPM {
+		n.logger.Warn("rate_limit.rpm in the configuration differs from the cluster's and is ignored",
+			"file_rpm", n.cfg.RateLimit.RPM, "cluster_rpm", p.DefaultRPM, "why", how)
+	}
+	if p.AuthRequired != n.cfg.Auth.Required {
+		n.logger.Warn("auth.required in the configuration differs from the cluster's and is ignored",
+			"file_auth_required", n.cfg.Auth.Required, "cluster_auth_required", p.AuthRequired, "why", how)
+	}
 }
 
 // limitPolicy is the replicated policy, or the configured defaults until
@@ -90,7 +114,7 @@ func (a admitter) Admit(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	}
 	ip := ratelimit.ClientIP(r.RemoteAddr)
 	est := estimateTokens(req)
-	rules := ratelimit.RulesFor(p, ratelimit.Request{
+	rules := limitpolicy.RulesFor(p, limitpolicy.Request{
 		Path: httpapi.LimitPath(r), KeyHash: hash, IP: ip,
 		// Every inference endpoint generates tokens, so token limits
 		// apply to all of them.

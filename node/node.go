@@ -22,6 +22,7 @@ import (
 	"github.com/shoal-dev/shoal/gossip"
 	"github.com/shoal-dev/shoal/httpapi"
 	"github.com/shoal-dev/shoal/ops"
+	opsadmin "github.com/shoal-dev/shoal/ops/admin"
 	"github.com/shoal-dev/shoal/ratelimit"
 	"github.com/shoal-dev/shoal/respcache"
 	"github.com/shoal-dev/shoal/router"
@@ -45,7 +46,7 @@ type Node struct {
 	health  *ops.Health
 	sched   *scheduler.Scheduler
 	api     *httpapi.API
-	admin   *ops.Admin
+	admin   *opsadmin.Server
 
 	store   *consensus.Store
 	gossip  *gossip.Gossip
@@ -71,6 +72,9 @@ type Node struct {
 	gpu             atomic.Pointer[ops.GPUCapacity]
 	gpuMetrics      *ops.GPUMetrics
 	upstreams       []*upstreamProbe
+	// fileLimitsChecked is set once warnFileLimits has compared the file's
+	// limits with the cluster's (cluster loop only).
+	fileLimitsChecked bool
 
 	httpLn  net.Listener
 	httpSrv *http.Server
@@ -116,7 +120,7 @@ func New(cfg Config) (*Node, error) {
 	n.fwd = router.NewForwarder(router.ForwarderConfig{Self: cfg.NodeName, Secret: n.forwardSecret})
 	n.peer.verifier = router.NewVerifier(cfg.NodeName, 0, 0)
 	n.retries = breaker.NewRetryBudget()
-	n.admin = ops.NewAdmin(ops.AdminConfig{Token: cfg.Admin.Token, Open: cfg.Dev && cfg.Admin.Token == "", Backend: adminBackend{n}, Logger: logger})
+	n.admin = opsadmin.New(opsadmin.Config{Token: cfg.Admin.Token, Open: cfg.Dev && cfg.Admin.Token == "", Backend: adminBackend{n}, Logger: logger})
 	return n, nil
 }
 

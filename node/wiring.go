@@ -54,7 +54,13 @@ func (g scopeGlue) CacheScope(r *http.Request) string {
 	if key := bearerKey(r); key != "" {
 		hash = consensus.HashKey(key)
 	}
-	return respcache.ScopeOf(g.n.cfg.Cache.Scope, p.AuthRequired, hash, p.Keys[hash].Tenant)
+	scope := g.n.cfg.Cache.Scope
+	// Replicated cache settings (shoal admin cache settings set) win over
+	// the file, so every node partitions the cache the same way.
+	if cs := g.n.store.State().Cache; cs != nil && cs.Scope != "" {
+		scope = cs.Scope
+	}
+	return respcache.ScopeOf(scope, p.AuthRequired, hash, p.Keys[hash].Tenant)
 }
 
 // clusterGlue is the API's view of the cluster.

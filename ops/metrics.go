@@ -1,5 +1,7 @@
-// Package ops holds what operators touch: Prometheus metrics, the health
-// report, the admin API, and the bench and tune tools.
+// Package ops is what a node exposes to its operators' monitoring: the
+// Prometheus metrics, the /health report and GPU discovery. The admin API
+// server (ops/admin), its contract and client (ops/adminapi) and the client
+// tools (ops/bench, ops/tune, ops/top) live in subpackages.
 package ops
 
 import (

@@ -42,3 +42,9 @@ func TestSetHeaders(t *testing.T) {
 		})
 	}
 }
+
+func TestTokenBased(t *testing.T) {
+	require.True(t, Rule{Policy: PolicyKeyTPM}.TokenBased())
+	require.True(t, Rule{Policy: PolicyTenantTPM}.TokenBased())
+	require.False(t, Rule{Policy: PolicyKey}.TokenBased())
+}

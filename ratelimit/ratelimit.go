@@ -50,7 +50,7 @@ const (
 	ScopeNode = "per-node"
 )
 
-// Policy names used in Rule.Policy by RulesFor.
+// Policy names used in Rule.Policy (limitpolicy.RulesFor makes the rules).
 const (
 	// PolicyClient is the default per-client limit (API key, else IP address).
 	PolicyClient = "client"
@@ -744,3 +744,7 @@ func (l *Limiter) settle(ctx context.Context, b *bucket, d drained) error {
 	b.noteSeen(d.idx, v)
 	return nil
 }
+
+// TokenBased reports whether r counts tokens rather than requests, i.e. whether the caller
+// should Charge it with the request's true token count when the response is done.
+func (r Rule) TokenBased() bool { return r.Policy == PolicyKeyTPM || r.Policy == PolicyTenantTPM }

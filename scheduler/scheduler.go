@@ -24,6 +24,10 @@ var (
 	ErrDraining = errors.New("node is draining")
 	// ErrBackendDropped means a backend returned without finishing a task.
 	ErrBackendDropped = errors.New("backend returned without a result")
+	// ErrPromptTooLong means a prompt has more tokens than the model's
+	// context. Any backend may finish a task with it (wrapped); it is the
+	// client's mistake (400), not a failure of the backend.
+	ErrPromptTooLong = errors.New("prompt longer than the model context")
 )
 
 // Settings are a model's batching knobs. They can change at run time; a

@@ -166,7 +166,7 @@ func TestManifestsDecodeStrictly(t *testing.T) {
 	m := load(t)
 	require.Len(t, m.namespaces, 1)
 	require.Len(t, m.configMaps, 1)
-	require.Len(t, m.secrets, 1)
+	require.Empty(t, m.secrets, "the secret is generated at install (doc.go), never shipped with a public value")
 	require.Len(t, m.services, 2)
 }
 
@@ -305,20 +305,29 @@ func TestConfigMapConfigLoads(t *testing.T) {
 	require.NotEmpty(t, cfg.Models)
 }
 
-func TestSecretsReferencedExist(t *testing.T) {
+// The StatefulSet reads its secrets from shoal-secrets, which the install
+// command in doc.go generates with both keys.
+func TestSecretIsGeneratedByTheDocumentedCommand(t *testing.T) {
 	m := load(t)
-	secret := m.secrets[0]
+	keys := map[string]bool{}
 	for _, e := range container(t, m.sts).Env {
 		if e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
 			continue
 		}
 		ref := e.ValueFrom.SecretKeyRef
-		require.Equal(t, secret.Name, ref.Name, e.Name)
-		_, ok := secret.StringData[ref.Key]
-		require.True(t, ok, "secret %s has no key %s", secret.Name, ref.Key)
+		require.Equal(t, "shoal-secrets", ref.Name, e.Name)
+		keys[ref.Key] = true
 	}
-	require.Contains(t, secret.StringData, "admin-token")
-	require.Contains(t, secret.StringData, "gossip-key")
+	require.Equal(t, map[string]bool{"admin-token": true, "gossip-key": true}, keys)
+	doc, err := os.ReadFile("doc.go")
+	require.NoError(t, err)
+	for _, want := range []string{
+		"kubectl -n shoal create secret generic shoal-secrets",
+		`--from-literal=admin-token="$(openssl rand -hex 32)"`,
+		`--from-literal=gossip-key="$(openssl rand -base64 32)"`,
+	} {
+		require.Contains(t, string(doc), want)
+	}
 }
 
 func TestServices(t *testing.T) {

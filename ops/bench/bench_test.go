@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"image/png"
 	"io"
 	"net/http"
@@ -176,6 +177,33 @@ func TestRunCountsErrorsByStatus(t *testing.T) {
 	require.InDelta(t, 1.0, rep.ErrorRate, 1e-9)
 	require.Equal(t, bench.StatusSkip, rep.SLO[0].Status, "no latency without a success")
 	require.Equal(t, bench.StatusFail, bench.Worst(rep.SLO))
+}
+
+// A run that the server mostly refuses with 429 names the limit and the
+// Retry-After, so the operator knows why it failed.
+func TestRunNamesTheLimitWhenMostErrorsAre429(t *testing.T) {
+	cfg := benchtest.Config(t, "limited", benchtest.Model{Name: "sim-fast", Sim: benchtest.FastSim(), MaxSize: 8, FlushTimeout: time.Millisecond})
+	cfg.RateLimit.RPM = 3
+	n := benchtest.StartConfig(t, cfg)
+	rep := run(t, bench.Config{URL: n.URL, Model: "sim-fast", Requests: 20, Concurrency: 2})
+	// Windows align to the wall-clock minute: a run across a minute's end
+	// gets a second budget.
+	require.True(t, rep.OK == 3 || rep.OK == 6, "ok %d, errors: %v", rep.OK, rep.ErrorsByStatus)
+	refused := 20 - rep.OK
+	require.Equal(t, map[string]int64{"429": refused}, rep.ErrorsByStatus)
+	require.NotNil(t, rep.RateLimited)
+	require.Equal(t, "rate_limit_exceeded", rep.RateLimited.Code)
+	require.Equal(t, "3", rep.RateLimited.Limit)
+	require.NotEmpty(t, rep.RateLimited.RetryAfter)
+	cause := rep.Cause()
+	require.Contains(t, cause, fmt.Sprintf("%d of %d errors are 429: rate limit exceeded (client: 3 per window)", refused, refused))
+	require.Contains(t, cause, "Retry-After "+rep.RateLimited.RetryAfter+"s")
+	var out strings.Builder
+	require.NoError(t, bench.WriteText(&out, rep))
+	require.Contains(t, out.String(), fmt.Sprintf("cause:       %d of %d errors are 429", refused, refused))
+
+	other := bench.Report{Errors: 10, ErrorsByStatus: map[string]int64{"429": 2, "503": 8}, RateLimited: rep.RateLimited}
+	require.Empty(t, other.Cause(), "a few 429s among other errors are not the cause")
 }
 
 func TestRunCountsTimeouts(t *testing.T) {

@@ -46,6 +46,9 @@ func WriteText(w io.Writer, r Report) error {
 		}
 		p("errors:      %s\n", strings.Join(parts, " "))
 	}
+	if c := r.Cause(); c != "" {
+		p("cause:       %s\n", c)
+	}
 	if r.Cache.Seen {
 		p("cache:       %.1f%% hit ratio (%d hits, %d misses, %d bypass)\n", r.Cache.HitRatio*100, r.Cache.Hits, r.Cache.Misses, r.Cache.Bypass)
 	} else {

@@ -1,8 +1,10 @@
 package bench
 
 import (
+	"fmt"
 	"math"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -64,6 +66,8 @@ type Report struct {
 	Dropped        int64            `json:"dropped"`
 	ErrorsByStatus map[string]int64 `json:"errors_by_status"`
 	ErrorRate      float64          `json:"error_rate"`
+	// RateLimited is the last 429's explanation, nil without any.
+	RateLimited *Refusal `json:"rate_limited,omitempty"`
 
 	// RequestsPerSec is successful responses per second of Elapsed.
 	RequestsPerSec float64 `json:"requests_per_sec"`
@@ -112,6 +116,7 @@ type aggregate struct {
 	cacheHit, cacheMiss    int64
 	cacheBypass, cacheSeen int64
 	nodes                  map[string]int64
+	refusal                *Refusal
 	samples                []Sample
 	streamed               bool
 }
@@ -172,6 +177,9 @@ func (a *aggregate) add(r *result) {
 	if !r.ok() {
 		a.errs++
 		a.byStatus[r.errKind]++
+		if r.refusal != nil {
+			a.refusal = r.refusal
+		}
 		return
 	}
 	a.ok++
@@ -225,7 +233,7 @@ func (a *aggregate) report(cfg Config) Report {
 		URL: cfg.URL, Model: cfg.Model, Endpoint: cfg.Endpoint, Stream: cfg.Stream, Mode: cfg.Mode(),
 		Started:  a.start,
 		Requests: a.ok + a.errs, OK: a.ok, Errors: a.errs, Dropped: a.dropped,
-		ErrorsByStatus: a.byStatus, Nodes: a.nodes,
+		ErrorsByStatus: a.byStatus, Nodes: a.nodes, RateLimited: a.refusal,
 		Latency:      percentiles(a.lat),
 		OutputTokens: a.outTokens,
 		MaxSendLagMs: float64(a.maxLag) / float64(time.Millisecond),
@@ -264,6 +272,37 @@ func (a *aggregate) report(cfg Config) Report {
 	sort.Slice(r.Samples, func(i, j int) bool { return r.Samples[i].At < r.Samples[j].At })
 	r.SLO = CheckSLO(r, DefaultSLO())
 	return r
+}
+
+// Cause explains the run's errors when most of them are 429, naming the
+// limit the server reported and when to retry; "" otherwise.
+func (r Report) Cause() string {
+	n := r.ErrorsByStatus["429"]
+	if r.RateLimited == nil || n == 0 || 2*n < r.Errors {
+		return ""
+	}
+	what := r.RateLimited.Message
+	if what == "" {
+		what = "no explanation in the body"
+	}
+	var extra []string
+	if r.RateLimited.Code != "" {
+		extra = append(extra, "code "+r.RateLimited.Code)
+	}
+	if r.RateLimited.Limit != "" {
+		extra = append(extra, "X-RateLimit-Limit "+r.RateLimited.Limit)
+	}
+	if r.RateLimited.RetryAfter != "" {
+		extra = append(extra, "Retry-After "+r.RateLimited.RetryAfter+"s")
+	}
+	msg := fmt.Sprintf("%d of %d errors are 429: %s", n, r.Errors, what)
+	if len(extra) > 0 {
+		msg += " (" + strings.Join(extra, ", ") + ")"
+	}
+	if r.RateLimited.Code == "rate_limit_exceeded" {
+		msg += "; the client limit counts per API key, else per IP: raise it with `shoal admin limits set` (default_rpm) or bench with --api-key of a key that has its own rpm"
+	}
+	return msg
 }
 
 // NodeShares is each node's share of the responses that named a node

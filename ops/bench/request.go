@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -12,6 +11,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/sse"
 )
 
 // Error kinds that have no HTTP status; HTTP failures are keyed by their
@@ -36,6 +37,8 @@ type result struct {
 	outTokens int
 	cache     string
 	node      string
+	// refusal describes a 429: which limit, and when to retry.
+	refusal *Refusal
 }
 
 func (r *result) ok() bool { return r.errKind == "" }
@@ -109,7 +112,10 @@ func (r *runner) send(ctx context.Context, res *result, p Prompt) {
 	res.node = resp.Header.Get("X-Shoal-Node")
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		res.errKind = strconv.Itoa(resp.StatusCode)
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if resp.StatusCode == http.StatusTooManyRequests {
+			res.refusal = readRefusal(resp.Header, data)
+		}
 		return
 	}
 	if r.cfg.Stream {
@@ -126,6 +132,34 @@ func (r *runner) send(ctx context.Context, res *result, p Prompt) {
 	if out.Usage != nil {
 		res.outTokens = out.Usage.CompletionTokens
 	}
+}
+
+// Refusal is what a server said when it answered 429: the error's code and
+// message (shoal names the limit: "client", "endpoint", "key", "tenant", or
+// a full queue) and the rate-limit headers.
+type Refusal struct {
+	Code    string `json:"code,omitempty"`
+	Message string `json:"message,omitempty"`
+	// Limit is X-RateLimit-Limit; RetryAfter is Retry-After, as sent.
+	Limit      string `json:"limit,omitempty"`
+	RetryAfter string `json:"retry_after,omitempty"`
+}
+
+func readRefusal(h http.Header, body []byte) *Refusal {
+	var e struct {
+		Error struct {
+			Message string `json:"message"`
+			Code    any    `json:"code"`
+		} `json:"error"`
+	}
+	r := &Refusal{Limit: h.Get("X-RateLimit-Limit"), RetryAfter: h.Get("Retry-After")}
+	if json.Unmarshal(body, &e) == nil {
+		r.Message = e.Error.Message
+		if e.Error.Code != nil {
+			r.Code = fmt.Sprint(e.Error.Code)
+		}
+	}
+	return r
 }
 
 // streamChunk covers the chunk shapes of all three endpoints.
@@ -196,63 +230,23 @@ func (r *runner) readStream(ctx context.Context, body io.Reader, res *result) {
 
 var errStreamFailed = errors.New("server sent an error event")
 
-// maxSSELine bounds one SSE line.
+// maxSSELine bounds one SSE line and event.
 const maxSSELine = 1 << 20
 
-// readSSE calls fn with the data of each server-sent event until fn asks to
-// stop, the body ends, or a line is malformed. Multi-line data fields are
-// joined with newlines as the SSE specification says.
+// readSSE calls fn with the data of each server-sent event (package sse's
+// framing) until fn asks to stop, the body ends, or a line is malformed.
 func readSSE(body io.Reader, fn func(data []byte) (stop bool, err error)) error {
-	br := bufio.NewReaderSize(body, 16<<10)
-	var data []byte
-	have := false
+	rd := sse.NewReader(body, maxSSELine)
 	for {
-		line, err := br.ReadSlice('\n')
-		if errors.Is(err, bufio.ErrBufferFull) {
-			// Rare long line: gather it whole, bounded.
-			long := append([]byte(nil), line...)
-			for errors.Is(err, bufio.ErrBufferFull) && len(long) <= maxSSELine {
-				line, err = br.ReadSlice('\n')
-				long = append(long, line...)
-			}
-			if len(long) > maxSSELine {
-				return fmt.Errorf("sse line longer than %d bytes", maxSSELine)
-			}
-			line = long
+		ev, err := rd.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
 		}
-		if err != nil && !errors.Is(err, io.EOF) {
+		if err != nil {
 			return err
 		}
-		eof := errors.Is(err, io.EOF)
-		line = bytes.TrimRight(line, "\r\n")
-		switch {
-		case len(line) == 0:
-			if have {
-				stop, ferr := fn(data)
-				if ferr != nil || stop {
-					return ferr
-				}
-				data, have = data[:0], false
-			}
-		case line[0] == ':':
-			// comment / keep-alive
-		default:
-			field, value, _ := bytes.Cut(line, []byte(":"))
-			value = bytes.TrimPrefix(value, []byte(" "))
-			if string(field) == "data" {
-				if have {
-					data = append(data, '\n')
-				}
-				data = append(data, value...)
-				have = true
-			}
-		}
-		if eof {
-			if have {
-				_, ferr := fn(data)
-				return ferr
-			}
-			return nil
+		if stop, err := fn(ev.Data); err != nil || stop {
+			return err
 		}
 	}
 }

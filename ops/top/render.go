@@ -93,13 +93,21 @@ func orDash(s string) string {
 	return s
 }
 
-// Run redraws the view every interval until ctx ends. With once it takes
-// two scrapes an interval apart (so rates are real) and prints a single
-// frame without terminal control codes.
+// Run redraws the view every interval until ctx ends or q is pressed on
+// cfg.Keys. With once it takes two scrapes an interval apart (so rates are
+// real) and prints a single frame without terminal control codes.
 func Run(ctx context.Context, cfg Config, w io.Writer, once bool) error {
 	c, err := New(cfg)
 	if err != nil {
 		return err
+	}
+	if cfg.Keys != nil && !once {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		// The reader may block until the process ends (a terminal); the
+		// goroutine then ends with it.
+		go watchQuit(cfg.Keys, cancel)
 	}
 	if once {
 		if _, err := c.Collect(ctx); err != nil {
@@ -130,6 +138,24 @@ func Run(ctx context.Context, cfg Config, w io.Writer, once bool) error {
 		}
 		if sleep(ctx, c.cfg.Interval) != nil {
 			return nil
+		}
+	}
+}
+
+// watchQuit calls quit when q or Q is read. The end of keys (stdin is
+// /dev/null under a supervisor) is not a request to quit.
+func watchQuit(keys io.Reader, quit func()) {
+	buf := make([]byte, 64)
+	for {
+		n, err := keys.Read(buf)
+		for _, b := range buf[:n] {
+			if b == 'q' || b == 'Q' {
+				quit()
+				return
+			}
+		}
+		if err != nil {
+			return
 		}
 	}
 }

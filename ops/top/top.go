@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -18,6 +19,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shoal-dev/shoal/consensus"
+	"github.com/shoal-dev/shoal/ops/adminapi"
 	"github.com/shoal-dev/shoal/ops/bench"
 	"github.com/shoal-dev/shoal/ops/tune"
 )
@@ -36,6 +39,9 @@ type Config struct {
 	Client *http.Client
 	// Logger receives debug logs; nil discards them.
 	Logger *slog.Logger
+	// Keys, when set, is read for key presses while Run redraws: q (or
+	// Q) quits. The CLI passes the terminal.
+	Keys io.Reader
 }
 
 // ModelRow is one model on one member.
@@ -69,11 +75,11 @@ type MemberRow struct {
 
 // Frame is one refresh of the view.
 type Frame struct {
-	At       time.Time      `json:"at"`
-	Via      string         `json:"via"`
-	Leader   string         `json:"leader"`
-	Members  []MemberRow    `json:"members"`
-	Breakers []tune.Breaker `json:"breakers"`
+	At       time.Time                `json:"at"`
+	Via      string                   `json:"via"`
+	Leader   string                   `json:"leader"`
+	Members  []MemberRow              `json:"members"`
+	Breakers []consensus.BreakerState `json:"breakers"`
 	// Warnings are shown under the table (admin API missing, and so on).
 	Warnings []string `json:"warnings,omitempty"`
 }
@@ -83,7 +89,7 @@ type Frame struct {
 type Collector struct {
 	cfg   Config
 	base  *url.URL
-	admin *tune.Admin
+	admin *adminapi.Client
 	log   *slog.Logger
 
 	mu   sync.Mutex
@@ -111,7 +117,7 @@ func New(cfg Config) (*Collector, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	cfg.URL = u.String()
-	return &Collector{cfg: cfg, base: u, admin: tune.NewAdmin(cfg.URL, cfg.Token, cfg.Client),
+	return &Collector{cfg: cfg, base: u, admin: adminapi.NewClient(cfg.URL, cfg.Token, cfg.Client),
 		log: cfg.Logger.With("component", "top"), prev: map[string]tune.Snapshot{}}, nil
 }
 
@@ -133,7 +139,7 @@ func (c *Collector) Collect(ctx context.Context) (Frame, error) {
 		}
 		f.Warnings = append(f.Warnings, fmt.Sprintf("cluster view unavailable (%v); showing %s only", err, h.Node))
 		c.fallback = true
-		cl = tune.Cluster{Node: h.Node, Members: []tune.Member{{Name: h.Node, State: h.Status, Role: "?", HTTPAddr: c.base.Host}}}
+		cl = adminapi.ClusterView{Node: h.Node, Members: []adminapi.MemberView{{Name: h.Node, State: h.Status, Role: "?", HTTPAddr: c.base.Host}}}
 	}
 	f.Leader = cl.Leader
 	if br, err := c.admin.Breakers(ctx); err == nil {
@@ -155,7 +161,7 @@ func (c *Collector) Collect(ctx context.Context) (Frame, error) {
 // memberURL is where a member's HTTP port is reached from here. The member
 // answering is reached through URL itself, and an unspecified host
 // (0.0.0.0) takes URL's host.
-func (c *Collector) memberURL(via string, m tune.Member) string {
+func (c *Collector) memberURL(via string, m adminapi.MemberView) string {
 	if m.Name == via || m.HTTPAddr == "" {
 		return c.cfg.URL
 	}
@@ -169,7 +175,7 @@ func (c *Collector) memberURL(via string, m tune.Member) string {
 	return c.base.Scheme + "://" + net.JoinHostPort(host, port)
 }
 
-func (c *Collector) member(ctx context.Context, via string, m tune.Member) MemberRow {
+func (c *Collector) member(ctx context.Context, via string, m adminapi.MemberView) MemberRow {
 	row := MemberRow{Name: m.Name, State: m.State, Role: m.Role, Addr: m.HTTPAddr}
 	for name, l := range m.Models {
 		row.Models = append(row.Models, ModelRow{Name: name, QueueDepth: l.QueueDepth, ActiveBatches: l.ActiveBatches, Slots: l.Slots})

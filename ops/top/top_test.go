@@ -3,16 +3,17 @@ package top_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/ops/bench"
 	"github.com/shoal-dev/shoal/ops/bench/benchtest"
 	"github.com/shoal-dev/shoal/ops/top"
-	"github.com/shoal-dev/shoal/ops/tune"
 )
 
 func model() benchtest.Model {
@@ -136,6 +137,24 @@ func TestRunRedrawsUntilCancelled(t *testing.T) {
 	require.GreaterOrEqual(t, w.frames, 3)
 }
 
+func TestRunQuitsOnQ(t *testing.T) {
+	n := benchtest.Start(t, "top-node", model())
+	keys, press := io.Pipe()
+	defer press.Close()
+	w := &frameCounter{cancelAt: 1, cancel: func() { go press.Write([]byte("xq")) }}
+	// An hour between frames: only q ends the run.
+	require.NoError(t, top.Run(context.Background(), top.Config{URL: n.URL, Token: benchtest.AdminToken, Interval: time.Hour, Keys: keys}, w, false))
+	require.Equal(t, 1, w.frames)
+}
+
+func TestRunIgnoresTheEndOfKeys(t *testing.T) {
+	n := benchtest.Start(t, "top-node", model())
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &frameCounter{cancelAt: 3, cancel: cancel}
+	require.NoError(t, top.Run(ctx, top.Config{URL: n.URL, Token: benchtest.AdminToken, Interval: 20 * time.Millisecond, Keys: strings.NewReader("")}, w, false))
+	require.GreaterOrEqual(t, w.frames, 3, "stdin at EOF (no terminal) does not quit")
+}
+
 // frameCounter counts screen clears and cancels after enough frames.
 type frameCounter struct {
 	frames   int
@@ -188,7 +207,7 @@ func TestRenderShowsOpenBreakersAndScrapeErrors(t *testing.T) {
 				Models: []top.ModelRow{{Name: "m1", QueueDepth: 7, ActiveBatches: 1, Slots: 2, TokensPerSec: 12.5}, {Name: "m2"}}},
 			{Name: "b", State: "suspect", Err: "scrape http://b: connection refused"},
 		},
-		Breakers: []tune.Breaker{{Node: "b", Model: "m1", State: "open", Reason: "5 failures"}, {Node: "a", Model: "m1", State: "closed"}},
+		Breakers: []consensus.BreakerState{{Node: "b", Model: "m1", State: "open", Reason: "5 failures"}, {Node: "a", Model: "m1", State: "closed"}},
 	}
 	var out bytes.Buffer
 	require.NoError(t, top.Render(&out, f))

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+
+	"github.com/shoal-dev/shoal/consensus"
 )
 
 // Thresholds of the performance guide that trigger advice.
@@ -64,7 +66,7 @@ func GetHealth(ctx context.Context, client *http.Client, baseURL string) (Health
 type Observed struct {
 	Metrics  *Snapshot
 	Health   *Health
-	Breakers []Breaker
+	Breakers []consensus.BreakerState
 }
 
 // Advise lists the guide's troubleshooting advice for every symptom the

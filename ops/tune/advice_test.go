@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/ops/tune"
 )
 
@@ -49,13 +50,13 @@ func TestAdviseHealthyNodeHasNoAdvice(t *testing.T) {
 func TestAdviseSymptoms(t *testing.T) {
 	tests := []struct {
 		name, metrics string
-		breakers      []tune.Breaker
+		breakers      []consensus.BreakerState
 		want          string
 	}{
 		{name: "queue depth", metrics: "inference_queue_depth{model=\"big\"} 75\ninference_queue_depth{model=\"small\"} 2\n", want: "queue depth over 50: big 75"},
 		{name: "cache hit rate", metrics: "inference_cache_hits_total{model=\"m\"} 10\ninference_cache_misses_total{model=\"m\"} 90\n", want: "cache hit rate 10.0% is under 30%"},
 		{name: "error rate", metrics: "inference_requests_total{code=\"200\",model=\"m\"} 90\ninference_requests_total{code=\"500\",model=\"m\"} 6\ninference_requests_total{code=\"503\",model=\"m\"} 4\n", want: "error rate 10.0% (5xx) is over 2%"},
-		{name: "breaker from admin", breakers: []tune.Breaker{{Node: "n2", Model: "m", State: "open"}, {Node: "n1", Model: "m", State: "closed"}}, want: "circuit breakers not closed: n2/m open"},
+		{name: "breaker from admin", breakers: []consensus.BreakerState{{Node: "n2", Model: "m", State: "open"}, {Node: "n1", Model: "m", State: "closed"}}, want: "circuit breakers not closed: n2/m open"},
 		{name: "breaker from metrics", metrics: "inference_breaker_state{model=\"m\",node=\"n3\"} 1\n", want: "n3/m half_open"},
 		{name: "memory", metrics: "process_resident_memory_bytes 9e+09\n", want: "over 8 GB (critical)"},
 		{name: "rate limited", metrics: "inference_rate_limited_total{policy=\"client\"} 12\n", want: "rate limits: client 12"},

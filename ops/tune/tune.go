@@ -15,6 +15,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/shoal-dev/shoal/ops/adminapi"
 	"github.com/shoal-dev/shoal/ops/bench"
 )
 
@@ -205,7 +206,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		return Result{}, err
 	}
 	log := cfg.Logger.With("component", "tune")
-	admin := NewAdmin(cfg.URL, cfg.Token, cfg.Client)
+	admin := adminapi.NewClient(cfg.URL, cfg.Token, cfg.Client)
 	var res Result
 	obs := Observed{}
 	if snap, err := Scrape(ctx, cfg.Client, cfg.URL); err == nil {
@@ -221,7 +222,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 	res.Advice = Advise(obs)
 
-	current, err := admin.Batching(ctx)
+	current, err := batching(ctx, admin)
 	if err != nil {
 		return res, err
 	}
@@ -250,7 +251,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 
 type tuner struct {
 	cfg   Config
-	admin *Admin
+	admin *adminapi.Client
 	model string
 	log   *slog.Logger
 	steps []Step
@@ -401,12 +402,12 @@ func (t *tuner) record(st Step) {
 // apply sets s and waits until the node reports it, so the next
 // measurement does not straddle the change.
 func (t *tuner) apply(ctx context.Context, s Setting) error {
-	if _, err := t.admin.SetBatching(ctx, t.model, s); err != nil {
+	if err := setBatching(ctx, t.admin, t.model, s); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		cur, err := t.admin.Batching(ctx)
+		cur, err := batching(ctx, t.admin)
 		if err != nil {
 			return err
 		}

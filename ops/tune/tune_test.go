@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/shoal-dev/shoal/ops/adminapi"
 	"github.com/shoal-dev/shoal/ops/bench"
 	"github.com/shoal-dev/shoal/ops/bench/benchtest"
 	"github.com/shoal-dev/shoal/ops/tune"
@@ -51,9 +52,9 @@ func runTune(t *testing.T, cfg tune.Config) tune.Result {
 
 func batching(t *testing.T, n *benchtest.Node) tune.Setting {
 	t.Helper()
-	all, err := tune.NewAdmin(n.URL, benchtest.AdminToken, nil).Batching(context.Background())
+	all, err := adminapi.NewClient(n.URL, benchtest.AdminToken, nil).Batching(context.Background())
 	require.NoError(t, err)
-	return all[peakedModel]
+	return tune.Setting(all[peakedModel])
 }
 
 func TestRunFindsBestBatchSize(t *testing.T) {
@@ -164,39 +165,6 @@ func TestRunRejectsUnknownModel(t *testing.T) {
 	cfg.Models = []string{"nope"}
 	_, err := tune.Run(context.Background(), cfg)
 	require.ErrorContains(t, err, `model "nope"`)
-}
-
-func TestAdminClientErrors(t *testing.T) {
-	n := startPeaked(t)
-	ctx := context.Background()
-
-	_, err := tune.NewAdmin(n.URL, "wrong", nil).Batching(ctx)
-	require.ErrorIs(t, err, tune.ErrUnauthorized)
-
-	a := tune.NewAdmin(n.URL, benchtest.AdminToken, nil)
-	_, err = a.SetBatching(ctx, "nope", tune.Setting{MaxSize: 4, FlushTimeout: time.Millisecond})
-	var ae *tune.APIError
-	require.ErrorAs(t, err, &ae)
-	require.Equal(t, 404, ae.Status)
-
-	_, err = a.SetBatching(ctx, peakedModel, tune.Setting{MaxSize: 0, FlushTimeout: time.Millisecond})
-	require.ErrorAs(t, err, &ae)
-	require.Equal(t, 400, ae.Status)
-	require.Contains(t, ae.Message, "max_size")
-
-	got, err := a.SetBatching(ctx, peakedModel, tune.Setting{MaxSize: 32, FlushTimeout: 5 * time.Millisecond})
-	require.NoError(t, err)
-	require.Equal(t, tune.Setting{MaxSize: 32, FlushTimeout: 5 * time.Millisecond}, got)
-
-	c, err := a.Cluster(ctx)
-	require.NoError(t, err)
-	require.Equal(t, "tune-node", c.Leader)
-	require.Len(t, c.Members, 1)
-	require.Contains(t, c.Members[0].Models, peakedModel)
-
-	br, err := a.Breakers(ctx)
-	require.NoError(t, err)
-	require.Empty(t, br)
 }
 
 func TestRunRejectsBadConfig(t *testing.T) {

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -40,7 +40,7 @@ type loadFlags struct {
 
 func (f *loadFlags) register(cmd *cobra.Command, defaultConcurrency int) {
 	fl := cmd.Flags()
-	fl.StringVar(&f.url, "url", "http://localhost:8080", "base URL of a shoal node (or any OpenAI-compatible server)")
+	nodeFlag(cmd, false, &f.url, "HTTP address of a shoal node (or any OpenAI-compatible server)")
 	fl.StringVar(&f.endpoint, "endpoint", "chat", "API to drive: chat, completions or infer")
 	fl.BoolVar(&f.stream, "stream", false, "stream responses (measures time to first token and inter-token latency)")
 	fl.IntVar(&f.concurrency, "concurrency", defaultConcurrency, "closed loop: requests in flight, each worker sends when its last answer arrives")
@@ -71,7 +71,7 @@ func (f *loadFlags) config(cmd *cobra.Command) (bench.Config, error) {
 		headers.Add(strings.TrimSpace(k), strings.TrimSpace(v))
 	}
 	cfg := bench.Config{
-		URL: f.url, Model: f.model, Endpoint: ep, Stream: f.stream, Concurrency: f.concurrency, Rate: f.rate,
+		URL: withScheme(f.url), Model: f.model, Endpoint: ep, Stream: f.stream, Concurrency: f.concurrency, Rate: f.rate,
 		MaxTokens: f.maxTokens, APIKey: f.apiKey, Headers: headers, RepeatRatio: f.repeatRatio, Timeout: f.timeout,
 	}
 	if f.prompts != "" {
@@ -115,7 +115,7 @@ Closed loop (--concurrency N) keeps N requests in flight. Open loop (--rate R)
 sends R requests per second on a fixed schedule and measures latency from the
 scheduled send time, so a slow server cannot hide its latency by slowing the
 client down.`,
-		Example: `  shoal bench --url http://localhost:8080 --requests 1000 --concurrency 50
+		Example: `  shoal bench --node http://localhost:8080 --requests 1000 --concurrency 50
   shoal bench --rate 200 --duration 30s --stream --json out.json --plot latency.png
   shoal bench --repeat-ratio 0.6 --fail-on-slo`,
 		Args: cobra.NoArgs,
@@ -307,7 +307,7 @@ shortest flush timeout, then every flush timeout at the best sizes
 with the most throughput whose p95 stays under --p95 (with --dry-run it only
 recommends and restores the original settings). An interrupted search
 restores the original settings too.`,
-		Example: `  shoal tune --url http://localhost:8080 --token $SHOAL_ADMIN_TOKEN --concurrency 64
+		Example: `  shoal tune --node http://localhost:8080 --token $SHOAL_ADMIN_TOKEN --concurrency 64
   shoal tune --rate 200 --p95 250ms --model sim-fast --dry-run`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runTune(cmd, &f) },
@@ -334,7 +334,7 @@ func runTune(cmd *cobra.Command, f *tuneFlags) error {
 		return err
 	}
 	cfg := tune.Config{
-		URL: f.load.url, Token: f.token, Models: f.models, Load: load, P95Target: f.p95, MaxErrorRate: f.maxErrors,
+		URL: withScheme(f.load.url), Token: f.token, Models: f.models, Load: load, P95Target: f.p95, MaxErrorRate: f.maxErrors,
 		StepDuration: f.step, StepWarmup: f.stepWarmup, Sizes: f.sizes, FlushTimeouts: f.flushes,
 		Exhaustive: f.exhaustive, DryRun: f.dryRun,
 	}
@@ -382,12 +382,19 @@ func newTopCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "top",
 		Short: "Live view of the cluster: members, roles, models, queues, batches, tokens/s, cache hits, breakers",
-		Example: `  shoal top --url http://localhost:8080 --token $SHOAL_ADMIN_TOKEN
+		Long:  "top redraws a view of the cluster every interval; press q (or Ctrl-C) to quit.",
+		Example: `  shoal top --node http://localhost:8080 --token $SHOAL_ADMIN_TOKEN
   shoal top --once`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if !once {
+				keys, restore := terminalKeys(os.Stdin)
+				defer restore()
+				cfg.Keys = keys
+			}
+			cfg.URL = withScheme(cfg.URL)
 			err := top.Run(ctx, cfg, cmd.OutOrStdout(), once)
 			if errors.Is(err, top.ErrBadConfig) {
 				return usageError{err}
@@ -396,7 +403,7 @@ func newTopCmd() *cobra.Command {
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&cfg.URL, "url", "http://localhost:8080", "base URL of any cluster member")
+	nodeFlag(cmd, false, &cfg.URL, "HTTP address of any cluster member")
 	fl.StringVar(&cfg.Token, "token", os.Getenv("SHOAL_ADMIN_TOKEN"), "admin API token (default $SHOAL_ADMIN_TOKEN)")
 	fl.DurationVar(&cfg.Interval, "interval", time.Second, "refresh interval")
 	fl.BoolVar(&once, "once", false, "print one frame (rates over one interval) and exit")

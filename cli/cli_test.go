@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bufio"
@@ -46,7 +46,7 @@ func shoalBinary(t *testing.T) string {
 			return
 		}
 		binPath = filepath.Join(binDir, "shoal")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", binPath, "github.com/shoal-dev/shoal").CombinedOutput()
 		if err != nil {
 			binErr = fmt.Errorf("go build: %w\n%s", err, out)
 		}
@@ -161,6 +161,29 @@ func TestDevNeedsNoConfigFile(t *testing.T) {
 	require.DirExists(t, cfg.DataDir)
 	require.Equal(t, "127.0.0.1:0", cfg.Gossip.Addr, "flags override the dev addresses")
 	require.Equal(t, "127.0.0.1:7947", cfg.Raft.Addr)
+}
+
+// --dev serves an open admin API, so it listens on loopback only unless
+// --http-addr says otherwise (as consul agent -dev does).
+func TestDevBindsHTTPToLoopbackUnlessHTTPAddrSays(t *testing.T) {
+	cfg, err := parseStart(t, "--dev")
+	require.NoError(t, err)
+	require.Equal(t, "127.0.0.1:8080", cfg.HTTP.Addr)
+	cfg, err = parseStart(t, "--dev", "--http-addr", "0.0.0.0:9090")
+	require.NoError(t, err)
+	require.Equal(t, "0.0.0.0:9090", cfg.HTTP.Addr)
+	require.Equal(t, "0.0.0.0:8080", node.DefaultConfig().HTTP.Addr, "without --dev the default stays")
+}
+
+// The README's `shoal bench --requests 1000` twice a minute fits a dev
+// node's default per-client limit; a config file still sets its own.
+func TestDevDefaultClientLimitFitsTheReadmeBench(t *testing.T) {
+	cfg, err := parseStart(t, "--dev")
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, cfg.RateLimit.RPM, 2000)
+	cfg, err = parseStart(t, "--dev", "--config", writeFile(t, "rl.hcl", "rate_limit {\n  rpm = 50\n}\n"))
+	require.NoError(t, err)
+	require.Equal(t, 50, cfg.RateLimit.RPM)
 }
 
 func TestLoadConfigErrorsAreConfigErrors(t *testing.T) {

@@ -1,9 +1,12 @@
-package main
+// Package cli is the shoal command line: it parses flags and runs the
+// node, admin, model, bench, tune and top commands.
+package cli
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -17,6 +20,27 @@ import (
 
 // usageError marks a command-line mistake (exit status 2).
 type usageError struct{ error }
+
+// Main runs the command line args (without the program name) and returns
+// the process exit status: 0 on success, 2 for a usage or configuration
+// mistake, 1 for any other failure, which it prints to stderr.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := newRootCmd()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(stderr, "shoal:", err)
+	var ce *node.ConfigError
+	var ue usageError
+	if errors.As(err, &ce) || errors.As(err, &ue) {
+		return 2
+	}
+	return 1
+}
 
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
@@ -73,7 +97,7 @@ func newStartCmd() *cobra.Command {
 	fl.StringVar(&f.config, "config", "", "HCL configuration file (see cluster.example.hcl)")
 	fl.StringVar(&f.name, "name", "", "node name (default: host name)")
 	fl.StringVar(&f.dataDir, "data-dir", "", "data directory for Raft state and generated models")
-	fl.StringVar(&f.httpAddr, "http-addr", "", "HTTP listen address (default 0.0.0.0:8080)")
+	fl.StringVar(&f.httpAddr, "http-addr", "", "HTTP listen address (default 0.0.0.0:8080; 127.0.0.1:8080 with --dev)")
 	fl.StringVar(&f.gossipAddr, "gossip-addr", "", "gossip listen address (default 0.0.0.0:7946)")
 	fl.StringVar(&f.raftAddr, "raft-addr", "", "Raft listen address (default 0.0.0.0:7947)")
 	fl.StringVar(&f.cacheAddr, "cache-addr", "", "cache (Olric) listen address (default 0.0.0.0:3320)")

@@ -1,11 +1,13 @@
-package ratelimit
+// Package limitpolicy maps the replicated limit policy (consensus) to the
+// rules the rate limiter checks (ratelimit): the glue that keeps the limiter
+// free of the cluster's state types.
+package limitpolicy
 
 import (
-	"net"
-	"net/netip"
 	"time"
 
 	"github.com/shoal-dev/shoal/consensus"
+	"github.com/shoal-dev/shoal/ratelimit"
 )
 
 // Request is what RulesFor needs to know about one HTTP request.
@@ -39,11 +41,11 @@ type Request struct {
 //
 // Limits of 0 produce no rule. Whether an unknown key is refused (p.AuthRequired) is the
 // caller's decision, made before it asks for rules.
-func RulesFor(p *consensus.LimitPolicy, r Request) []Rule {
+func RulesFor(p *consensus.LimitPolicy, r Request) []ratelimit.Rule {
 	if p == nil {
 		return nil
 	}
-	var rules []Rule
+	var rules []ratelimit.Rule
 	key, known := consensus.KeyLimit{}, false
 	if r.KeyHash != "" {
 		key, known = p.Keys[r.KeyHash]
@@ -53,14 +55,14 @@ func RulesFor(p *consensus.LimitPolicy, r Request) []Rule {
 		if known {
 			client = "key:" + r.KeyHash
 		}
-		rules = append(rules, Rule{Policy: PolicyClient, Key: client, Limit: p.DefaultRPM, Window: time.Minute})
+		rules = append(rules, ratelimit.Rule{Policy: ratelimit.PolicyClient, Key: client, Limit: p.DefaultRPM, Window: time.Minute})
 	}
 	if e, ok := p.Endpoints[r.Path]; ok {
 		if e.RPM > 0 {
-			rules = append(rules, Rule{Policy: PolicyEndpoint, Key: r.Path, Limit: e.RPM, Window: time.Minute})
+			rules = append(rules, ratelimit.Rule{Policy: ratelimit.PolicyEndpoint, Key: r.Path, Limit: e.RPM, Window: time.Minute})
 		}
 		if e.RPH > 0 {
-			rules = append(rules, Rule{Policy: PolicyEndpoint, Key: r.Path, Limit: e.RPH, Window: time.Hour})
+			rules = append(rules, ratelimit.Rule{Policy: ratelimit.PolicyEndpoint, Key: r.Path, Limit: e.RPH, Window: time.Hour})
 		}
 	}
 	if !known {
@@ -71,49 +73,20 @@ func RulesFor(p *consensus.LimitPolicy, r Request) []Rule {
 		tenant, hasTenant = p.Tenants[key.Tenant]
 	}
 	if key.RPM > 0 {
-		rules = append(rules, Rule{Policy: PolicyKey, Key: r.KeyHash, Limit: key.RPM, Window: time.Minute})
+		rules = append(rules, ratelimit.Rule{Policy: ratelimit.PolicyKey, Key: r.KeyHash, Limit: key.RPM, Window: time.Minute})
 	}
 	if hasTenant && tenant.RPM > 0 {
-		rules = append(rules, Rule{Policy: PolicyTenant, Key: key.Tenant, Limit: tenant.RPM, Window: time.Minute})
+		rules = append(rules, ratelimit.Rule{Policy: ratelimit.PolicyTenant, Key: key.Tenant, Limit: tenant.RPM, Window: time.Minute})
 	}
 	if !r.LLM {
 		return rules
 	}
 	cost := max(r.Tokens, 1)
 	if key.TPM > 0 {
-		rules = append(rules, Rule{Policy: PolicyKeyTPM, Key: r.KeyHash, Limit: key.TPM, Window: time.Minute, Cost: cost})
+		rules = append(rules, ratelimit.Rule{Policy: ratelimit.PolicyKeyTPM, Key: r.KeyHash, Limit: key.TPM, Window: time.Minute, Cost: cost})
 	}
 	if hasTenant && tenant.TPM > 0 {
-		rules = append(rules, Rule{Policy: PolicyTenantTPM, Key: key.Tenant, Limit: tenant.TPM, Window: time.Minute, Cost: cost})
+		rules = append(rules, ratelimit.Rule{Policy: ratelimit.PolicyTenantTPM, Key: key.Tenant, Limit: tenant.TPM, Window: time.Minute, Cost: cost})
 	}
 	return rules
-}
-
-// TokenBased reports whether r counts tokens rather than requests, i.e. whether the caller
-// should Charge it with the request's true token count when the response is done.
-func (r Rule) TokenBased() bool { return r.Policy == PolicyKeyTPM || r.Policy == PolicyTenantTPM }
-
-// ClientIP is the client identity of a connection's remote address (http.Request.RemoteAddr,
-// "host:port"): the IPv4 address, or the /64 prefix of an IPv6 address ("2001:db8:1:2::/64"),
-// since one IPv6 subscriber is commonly handed a whole /64 and could otherwise rotate through
-// 2^64 identities. Headers such as X-Forwarded-For are deliberately not read: any client can
-// write them, and each made-up value would be a fresh budget. An address that does not parse
-// is used as it is, truncated to 64 bytes.
-func ClientIP(remoteAddr string) string {
-	host := remoteAddr
-	if h, _, err := net.SplitHostPort(remoteAddr); err == nil {
-		host = h
-	}
-	addr, err := netip.ParseAddr(host)
-	if err != nil {
-		if len(host) > 64 {
-			host = host[:64]
-		}
-		return host
-	}
-	addr = addr.Unmap().WithZone("")
-	if addr.Is6() {
-		return netip.PrefixFrom(addr, 64).Masked().String()
-	}
-	return addr.String()
 }

@@ -1,4 +1,7 @@
-package ops
+// Package admin serves a node's /admin/v1 API: it authenticates the
+// operator, decodes the bodies of package adminapi, and turns each write
+// into a Raft command through the node's Backend.
+package admin
 
 import (
 	"context"
@@ -9,24 +12,25 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/shoal-dev/shoal/consensus"
+	"github.com/shoal-dev/shoal/ops"
+	"github.com/shoal-dev/shoal/ops/adminapi"
 )
 
-// AdminBackend is what the admin API needs from the node. Writes go
-// through Raft: on a follower, Apply forwards to the leader.
-type AdminBackend interface {
+// Backend is what the admin API needs from the node. Writes go through
+// Raft: on a follower, Apply forwards to the leader. Methods are called
+// concurrently from request goroutines.
+type Backend interface {
 	// ClusterView describes members, leader, Raft configuration and load.
-	ClusterView(ctx context.Context) (any, error)
+	ClusterView(ctx context.Context) (adminapi.ClusterView, error)
 	// State is the replicated state, read from the local FSM.
 	State() *consensus.State
 	// Apply commits a command through Raft (forwarding to the leader).
 	Apply(ctx context.Context, cmd consensus.Command) error
-	// ApplyLocal commits a command on this node, which must be the leader;
-	// it serves forwarded writes.
-	ApplyLocal(ctx context.Context, cmd consensus.Command) error
 	// Batching returns the effective batching settings per local model.
 	Batching() map[string]consensus.BatchingSettings
 	// HasModel reports whether any member serves model.
@@ -35,6 +39,12 @@ type AdminBackend interface {
 	Limits() consensus.LimitPolicy
 	// Breakers lists every breaker known to the cluster.
 	Breakers() []consensus.BreakerState
+	// Nodes names every node a breaker may belong to: the members and the
+	// Raft servers.
+	Nodes() []string
+	// CacheSettings returns the effective response-cache settings and
+	// whether they come from Raft.
+	CacheSettings() (s consensus.CacheSettings, fromRaft bool)
 	// BreakerAction forces a breaker open, closed, or resets it.
 	BreakerAction(ctx context.Context, node, model, action string) error
 	// Join joins the gossip cluster that addrs belong to.
@@ -46,12 +56,14 @@ type AdminBackend interface {
 	PurgeCache(ctx context.Context, model string) error
 }
 
-// Errors an AdminBackend returns that the admin API maps to statuses.
+// Errors a Backend returns that the admin API maps to statuses. They live
+// in package ops so node code that must not import this server can return
+// them.
 var (
-	// ErrAdminNotFound answers 404.
-	ErrAdminNotFound = errors.New("not found")
-	// ErrAdminBadRequest answers 400.
-	ErrAdminBadRequest = errors.New("bad request")
+	// ErrNotFound answers 404.
+	ErrNotFound = ops.ErrAdminNotFound
+	// ErrBadRequest answers 400.
+	ErrBadRequest = ops.ErrAdminBadRequest
 )
 
 // StatusError carries the status and message of a forwarded admin call
@@ -65,44 +77,54 @@ type StatusError struct {
 
 func (e *StatusError) Error() string { return e.Msg }
 
-// AdminConfig configures the admin API.
-type AdminConfig struct {
+// Config configures the admin API.
+type Config struct {
 	// Token is the bearer token; empty disables the API unless Open.
 	Token string
 	// Open serves without a token (dev mode).
 	Open    bool
-	Backend AdminBackend
+	Backend Backend
 	Logger  *slog.Logger
 }
 
-// Admin serves /admin/v1.
-type Admin struct {
-	cfg    AdminConfig
+// Server serves /admin/v1.
+type Server struct {
+	cfg    Config
 	logger *slog.Logger
 	mux    *http.ServeMux
 }
 
-// NewAdmin returns the admin API handler.
-func NewAdmin(cfg AdminConfig) *Admin {
+// New returns the admin API handler.
+func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	a := &Admin{cfg: cfg, logger: cfg.Logger.With("component", "admin"), mux: http.NewServeMux()}
+	a := &Server{cfg: cfg, logger: cfg.Logger.With("component", "admin"), mux: http.NewServeMux()}
 	m := a.mux
-	m.HandleFunc("GET /admin/v1/cluster", a.cluster)
-	m.HandleFunc("POST /admin/v1/cluster/join", a.join)
-	m.HandleFunc("POST /admin/v1/cluster/leave", a.leave)
-	m.HandleFunc("GET /admin/v1/batching", a.getBatching)
-	m.HandleFunc("PUT /admin/v1/batching", a.putBatching)
-	m.HandleFunc("GET /admin/v1/limits", a.getLimits)
-	m.HandleFunc("PUT /admin/v1/limits", a.putLimits)
-	m.HandleFunc("POST /admin/v1/keys", a.putKey)
-	m.HandleFunc("DELETE /admin/v1/keys/{id}", a.deleteKey)
-	m.HandleFunc("GET /admin/v1/breakers", a.getBreakers)
-	m.HandleFunc("POST /admin/v1/breakers/{node}/{model}/{action}", a.breakerAction)
-	m.HandleFunc("GET /admin/v1/cache", a.getCache)
-	m.HandleFunc("DELETE /admin/v1/cache", a.deleteCache)
-	m.HandleFunc("POST /admin/v1/internal/apply", a.internalApply)
+	m.HandleFunc("GET "+adminapi.PathCluster, a.cluster)
+	m.HandleFunc("POST "+adminapi.PathJoin, a.join)
+	m.HandleFunc("POST "+adminapi.PathLeave, a.leave)
+	m.HandleFunc("GET "+adminapi.PathBatching, a.getBatching)
+	m.HandleFunc("PUT "+adminapi.PathBatching, a.putBatching)
+	m.HandleFunc("DELETE "+adminapi.PathBatching+"/{model}", a.remove(pathValue("model"), func(s string) consensus.Command { return consensus.DeleteBatching{Model: s} }))
+	m.HandleFunc("GET "+adminapi.PathLimits, a.getLimits)
+	m.HandleFunc("PUT "+adminapi.PathLimits, a.putLimits)
+	m.HandleFunc("PUT "+adminapi.PathEndpoints, put(a, func(b adminapi.EndpointPut) consensus.Command {
+		return consensus.SetEndpointLimit{Path: b.Path, Limit: b.EndpointLimit}
+	}))
+	m.HandleFunc("DELETE "+adminapi.PathEndpoints, a.remove(queryValue("path"), func(s string) consensus.Command { return consensus.DeleteEndpointLimit{Path: s} }))
+	m.HandleFunc("PUT "+adminapi.PathTenants, put(a, func(b adminapi.TenantPut) consensus.Command {
+		return consensus.PutTenant{Name: b.Name, Limit: b.TenantLimit}
+	}))
+	m.HandleFunc("DELETE "+adminapi.PathTenants+"/{name}", a.remove(pathValue("name"), func(s string) consensus.Command { return consensus.DeleteTenant{Name: s} }))
+	m.HandleFunc("POST "+adminapi.PathKeys, a.putKey)
+	m.HandleFunc("DELETE "+adminapi.PathKeys+"/{id}", a.remove(pathValue("id"), func(s string) consensus.Command { return consensus.DeleteKey{Hash: s} }))
+	m.HandleFunc("GET "+adminapi.PathBreakers, a.getBreakers)
+	m.HandleFunc("POST "+adminapi.PathBreakers+"/{node}/{model}/{action}", a.breakerAction)
+	m.HandleFunc("GET "+adminapi.PathCache, a.getCache)
+	m.HandleFunc("DELETE "+adminapi.PathCache, a.deleteCache)
+	m.HandleFunc("GET "+adminapi.PathCacheSetting, a.getCacheSettings)
+	m.HandleFunc("PUT "+adminapi.PathCacheSetting, a.putCacheSettings)
 	m.HandleFunc("/admin/v1/", func(w http.ResponseWriter, r *http.Request) {
 		adminError(w, http.StatusNotFound, "not_found", "no admin endpoint "+r.Method+" "+r.URL.Path)
 	})
@@ -110,7 +132,7 @@ func NewAdmin(cfg AdminConfig) *Admin {
 }
 
 // ServeHTTP checks the bearer token, then dispatches.
-func (a *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (a *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !a.cfg.Open {
 		if a.cfg.Token == "" {
 			adminError(w, http.StatusForbidden, "admin_disabled", "the admin API is disabled: set admin.token or SHOAL_ADMIN_TOKEN on every node")
@@ -130,7 +152,7 @@ func adminError(w http.ResponseWriter, status int, code, msg string) {
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
 	}
-	writeAdminJSON(w, status, map[string]any{"error": map[string]any{"message": msg, "type": "admin_error", "code": code}})
+	writeAdminJSON(w, status, adminapi.ErrorBody{Error: adminapi.ErrorDetail{Message: msg, Type: "admin_error", Code: code}})
 }
 
 func writeAdminJSON(w http.ResponseWriter, status int, v any) {
@@ -143,7 +165,7 @@ func writeAdminJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // fail maps backend errors to statuses in one place.
-func (a *Admin) fail(w http.ResponseWriter, err error) {
+func (a *Server) fail(w http.ResponseWriter, err error) {
 	var ve *consensus.ValidationError
 	var se *StatusError
 	switch {
@@ -151,10 +173,10 @@ func (a *Admin) fail(w http.ResponseWriter, err error) {
 		adminError(w, se.Status, se.Code, se.Msg)
 	case errors.As(err, &ve):
 		adminError(w, http.StatusBadRequest, "invalid_field", err.Error())
-	case errors.Is(err, consensus.ErrInvalidCommand), errors.Is(err, ErrAdminBadRequest),
+	case errors.Is(err, consensus.ErrInvalidCommand), errors.Is(err, ErrBadRequest),
 		errors.Is(err, consensus.ErrUnknownTenant), errors.Is(err, consensus.ErrTenantInUse):
 		adminError(w, http.StatusBadRequest, "bad_request", err.Error())
-	case errors.Is(err, ErrAdminNotFound):
+	case errors.Is(err, ErrNotFound):
 		adminError(w, http.StatusNotFound, "not_found", err.Error())
 	case errors.Is(err, consensus.ErrBreakerConflict):
 		adminError(w, http.StatusConflict, "conflict", err.Error())
@@ -189,13 +211,13 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	return true
 }
 
-func (a *Admin) ctx(r *http.Request) (context.Context, context.CancelFunc) {
+func (a *Server) ctx(r *http.Request) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(r.Context(), 10*time.Second)
 }
 
 // apply validates cmd and commits it through Raft, answering the error if
 // either fails; it reports whether the caller should write its answer.
-func (a *Admin) apply(w http.ResponseWriter, r *http.Request, cmd consensus.Command) bool {
+func (a *Server) apply(w http.ResponseWriter, r *http.Request, cmd consensus.Command) bool {
 	if err := cmd.Validate(); err != nil {
 		a.fail(w, err)
 		return false
@@ -209,7 +231,7 @@ func (a *Admin) apply(w http.ResponseWriter, r *http.Request, cmd consensus.Comm
 	return true
 }
 
-func (a *Admin) cluster(w http.ResponseWriter, r *http.Request) {
+func (a *Server) cluster(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := a.ctx(r)
 	defer cancel()
 	v, err := a.cfg.Backend.ClusterView(ctx)
@@ -220,10 +242,8 @@ func (a *Admin) cluster(w http.ResponseWriter, r *http.Request) {
 	writeAdminJSON(w, http.StatusOK, v)
 }
 
-func (a *Admin) join(w http.ResponseWriter, r *http.Request) {
-	var body struct {
-		Addrs []string `json:"addrs"`
-	}
+func (a *Server) join(w http.ResponseWriter, r *http.Request) {
+	var body adminapi.JoinRequest
 	if !decode(w, r, &body) {
 		return
 	}
@@ -238,31 +258,25 @@ func (a *Admin) join(w http.ResponseWriter, r *http.Request) {
 		adminError(w, http.StatusBadGateway, "join_failed", err.Error())
 		return
 	}
-	writeAdminJSON(w, http.StatusOK, map[string]any{"joined": n})
+	writeAdminJSON(w, http.StatusOK, adminapi.JoinResult{Joined: n})
 }
 
-func (a *Admin) leave(w http.ResponseWriter, r *http.Request) {
+func (a *Server) leave(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
 	if err := a.cfg.Backend.Leave(ctx); err != nil {
 		a.fail(w, err)
 		return
 	}
-	writeAdminJSON(w, http.StatusOK, map[string]any{"left": true})
+	writeAdminJSON(w, http.StatusOK, adminapi.Left{Left: true})
 }
 
-func (a *Admin) getBatching(w http.ResponseWriter, _ *http.Request) {
-	writeAdminJSON(w, http.StatusOK, map[string]any{"models": a.cfg.Backend.Batching()})
+func (a *Server) getBatching(w http.ResponseWriter, _ *http.Request) {
+	writeAdminJSON(w, http.StatusOK, adminapi.BatchingList{Models: a.cfg.Backend.Batching()})
 }
 
-type batchingPut struct {
-	Model        string `json:"model"`
-	MaxSize      *int   `json:"max_size"`
-	FlushTimeout string `json:"flush_timeout"`
-}
-
-func (a *Admin) putBatching(w http.ResponseWriter, r *http.Request) {
-	var body batchingPut
+func (a *Server) putBatching(w http.ResponseWriter, r *http.Request) {
+	var body adminapi.BatchingPut
 	if !decode(w, r, &body) {
 		return
 	}
@@ -293,17 +307,17 @@ func (a *Admin) putBatching(w http.ResponseWriter, r *http.Request) {
 	if !a.apply(w, r, cmd) {
 		return
 	}
-	writeAdminJSON(w, http.StatusOK, map[string]any{"model": body.Model, "max_size": cur.MaxSize, "flush_timeout": cur.FlushTimeout.String()})
+	writeAdminJSON(w, http.StatusOK, adminapi.BatchingResult{Model: body.Model, MaxSize: cur.MaxSize, FlushTimeout: cur.FlushTimeout.String()})
 }
 
-func (a *Admin) getLimits(w http.ResponseWriter, _ *http.Request) {
+func (a *Server) getLimits(w http.ResponseWriter, _ *http.Request) {
 	writeAdminJSON(w, http.StatusOK, a.cfg.Backend.Limits())
 }
 
 // putLimits replaces the policy. API keys are kept unless the body lists
 // "keys" (keys are added one by one through /admin/v1/keys, which hashes
 // them).
-func (a *Admin) putLimits(w http.ResponseWriter, r *http.Request) {
+func (a *Server) putLimits(w http.ResponseWriter, r *http.Request) {
 	var body struct {
 		consensus.LimitPolicy
 		Keys *map[string]consensus.KeyLimit `json:"keys"`
@@ -322,13 +336,8 @@ func (a *Admin) putLimits(w http.ResponseWriter, r *http.Request) {
 	writeAdminJSON(w, http.StatusOK, a.cfg.Backend.Limits())
 }
 
-func (a *Admin) putKey(w http.ResponseWriter, r *http.Request) {
-	var body struct {
-		Key    string `json:"key"`
-		RPM    int    `json:"rpm"`
-		TPM    int    `json:"tpm"`
-		Tenant string `json:"tenant"`
-	}
+func (a *Server) putKey(w http.ResponseWriter, r *http.Request) {
+	var body adminapi.KeyPut
 	if !decode(w, r, &body) {
 		return
 	}
@@ -340,22 +349,14 @@ func (a *Admin) putKey(w http.ResponseWriter, r *http.Request) {
 	if !a.apply(w, r, cmd) {
 		return
 	}
-	writeAdminJSON(w, http.StatusOK, map[string]any{"id": cmd.Hash, "prefix": consensus.KeyPrefix(body.Key), "rpm": body.RPM, "tpm": body.TPM, "tenant": body.Tenant})
+	writeAdminJSON(w, http.StatusOK, adminapi.KeyResult{ID: cmd.Hash, Prefix: consensus.KeyPrefix(body.Key), RPM: body.RPM, TPM: body.TPM, Tenant: body.Tenant})
 }
 
-func (a *Admin) deleteKey(w http.ResponseWriter, r *http.Request) {
-	cmd := consensus.DeleteKey{Hash: r.PathValue("id")}
-	if !a.apply(w, r, cmd) {
-		return
-	}
-	writeAdminJSON(w, http.StatusOK, map[string]any{"deleted": cmd.Hash})
+func (a *Server) getBreakers(w http.ResponseWriter, _ *http.Request) {
+	writeAdminJSON(w, http.StatusOK, adminapi.BreakerList{Breakers: a.cfg.Backend.Breakers()})
 }
 
-func (a *Admin) getBreakers(w http.ResponseWriter, _ *http.Request) {
-	writeAdminJSON(w, http.StatusOK, map[string]any{"breakers": a.cfg.Backend.Breakers()})
-}
-
-func (a *Admin) breakerAction(w http.ResponseWriter, r *http.Request) {
+func (a *Server) breakerAction(w http.ResponseWriter, r *http.Request) {
 	action := r.PathValue("action")
 	switch action {
 	case "open", "close", "reset":
@@ -363,16 +364,21 @@ func (a *Admin) breakerAction(w http.ResponseWriter, r *http.Request) {
 		adminError(w, http.StatusBadRequest, "invalid_field", "action must be open, close or reset, got "+action)
 		return
 	}
+	node := r.PathValue("node")
+	if known := a.cfg.Backend.Nodes(); !slices.Contains(known, node) {
+		adminError(w, http.StatusNotFound, "node_not_found", fmt.Sprintf("node %q is not in the cluster; known nodes: %s", node, strings.Join(known, ", ")))
+		return
+	}
 	ctx, cancel := a.ctx(r)
 	defer cancel()
-	if err := a.cfg.Backend.BreakerAction(ctx, r.PathValue("node"), r.PathValue("model"), action); err != nil {
+	if err := a.cfg.Backend.BreakerAction(ctx, node, r.PathValue("model"), action); err != nil {
 		a.fail(w, err)
 		return
 	}
-	writeAdminJSON(w, http.StatusOK, map[string]any{"breaker": consensus.BreakerKey(r.PathValue("node"), r.PathValue("model")), "action": action})
+	writeAdminJSON(w, http.StatusOK, adminapi.BreakerResult{Breaker: consensus.BreakerKey(node, r.PathValue("model")), Action: action})
 }
 
-func (a *Admin) getCache(w http.ResponseWriter, r *http.Request) {
+func (a *Server) getCache(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := a.ctx(r)
 	defer cancel()
 	v, err := a.cfg.Backend.CacheStats(ctx)
@@ -383,7 +389,7 @@ func (a *Admin) getCache(w http.ResponseWriter, r *http.Request) {
 	writeAdminJSON(w, http.StatusOK, v)
 }
 
-func (a *Admin) deleteCache(w http.ResponseWriter, r *http.Request) {
+func (a *Server) deleteCache(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := a.ctx(r)
 	defer cancel()
 	model := r.URL.Query().Get("model")
@@ -391,31 +397,80 @@ func (a *Admin) deleteCache(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, err)
 		return
 	}
-	writeAdminJSON(w, http.StatusOK, map[string]any{"purged": true, "model": model})
+	writeAdminJSON(w, http.StatusOK, adminapi.Purged{Purged: true, Model: model})
 }
 
-// internalApply serves a follower's forwarded write: the body is a command
-// encoded with consensus.EncodeCommand.
-func (a *Admin) internalApply(w http.ResponseWriter, r *http.Request) {
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
-	if err != nil {
-		adminError(w, http.StatusBadRequest, "invalid_body", err.Error())
+// put serves a write whose body maps to one command, answering the body
+// as applied.
+func put[T any](a *Server, command func(T) consensus.Command) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var body T
+		if !decode(w, r, &body) {
+			return
+		}
+		if !a.apply(w, r, command(body)) {
+			return
+		}
+		writeAdminJSON(w, http.StatusOK, body)
+	}
+}
+
+// remove serves a DELETE of the thing name reads from the request.
+func (a *Server) remove(name func(*http.Request) string, command func(string) consensus.Command) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		n := name(r)
+		if !a.apply(w, r, command(n)) {
+			return
+		}
+		writeAdminJSON(w, http.StatusOK, adminapi.Deleted{Deleted: n})
+	}
+}
+
+func pathValue(key string) func(*http.Request) string {
+	return func(r *http.Request) string { return r.PathValue(key) }
+}
+
+func queryValue(key string) func(*http.Request) string {
+	return func(r *http.Request) string { return r.URL.Query().Get(key) }
+}
+
+func (a *Server) cacheSettingsView() adminapi.CacheSettingsView {
+	s, fromRaft := a.cfg.Backend.CacheSettings()
+	v := adminapi.CacheSettingsView{Settings: s, Source: "config"}
+	if fromRaft {
+		v.Source = "raft"
+	}
+	return v
+}
+
+func (a *Server) getCacheSettings(w http.ResponseWriter, _ *http.Request) {
+	writeAdminJSON(w, http.StatusOK, a.cacheSettingsView())
+}
+
+// putCacheSettings changes the cluster's cache settings, starting from the
+// effective ones so that a field left out keeps its value.
+func (a *Server) putCacheSettings(w http.ResponseWriter, r *http.Request) {
+	var body adminapi.CacheSettingsPut
+	if !decode(w, r, &body) {
 		return
 	}
-	cmd, err := consensus.DecodeCommand(data)
-	if err != nil {
-		adminError(w, http.StatusBadRequest, "invalid_command", err.Error())
+	cur, _ := a.cfg.Backend.CacheSettings()
+	if body.DefaultTTL != nil {
+		d, err := time.ParseDuration(*body.DefaultTTL)
+		if err != nil {
+			adminError(w, http.StatusBadRequest, "invalid_field", fmt.Sprintf("default_ttl: invalid duration %q", *body.DefaultTTL))
+			return
+		}
+		cur.DefaultTTL = d
+	}
+	if body.Lowercase != nil {
+		cur.Lowercase = *body.Lowercase
+	}
+	if body.Scope != nil {
+		cur.Scope = *body.Scope
+	}
+	if !a.apply(w, r, consensus.SetCacheSettings{Settings: cur}) {
 		return
 	}
-	if err := cmd.Validate(); err != nil {
-		a.fail(w, err)
-		return
-	}
-	ctx, cancel := a.ctx(r)
-	defer cancel()
-	if err := a.cfg.Backend.ApplyLocal(ctx, cmd); err != nil {
-		a.fail(w, err)
-		return
-	}
-	writeAdminJSON(w, http.StatusOK, map[string]any{"applied": true})
+	writeAdminJSON(w, http.StatusOK, adminapi.CacheSettingsView{Settings: cur, Source: "raft"})
 }
