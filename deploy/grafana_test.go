@@ -37,7 +37,9 @@ func exportedMetrics(t *testing.T) map[string]bool {
 		if !ok || v.Field(i).IsNil() {
 			continue
 		}
-		_, histogram := c.(*prometheus.HistogramVec)
+		_, plain := c.(*prometheus.HistogramVec)
+		_, perModel := c.(*ops.ModelHistogramVec)
+		histogram := plain || perModel
 		ch := make(chan *prometheus.Desc, 16)
 		go func() { c.Describe(ch); close(ch) }()
 		for d := range ch {
