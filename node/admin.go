@@ -39,6 +39,8 @@ type ModelLoadView struct {
 	ActiveBatches int `json:"active_batches"`
 	Running       int `json:"running"`
 	Slots         int `json:"slots"`
+	// TokensPerSec is the member's recent generation rate, from its load report.
+	TokensPerSec float64 `json:"tokens_per_sec"`
 }
 
 // GPUView is a member's GPU capacity.
@@ -92,7 +94,7 @@ func (a adminBackend) ClusterView(_ context.Context) (any, error) {
 			RaftAddr: m.Meta.RaftAddr, Version: m.Meta.Version, Models: map[string]ModelLoadView{}, LoadAge: age,
 			GPU: GPUView{Count: load.GPU.Count, MemoryTotalMB: load.GPU.MemoryTotalMB, MemoryFreeMB: load.GPU.MemoryFreeMB, UtilizationPct: load.GPU.UtilizationPct}}
 		for name, l := range load.Models {
-			mv.Models[name] = ModelLoadView{QueueDepth: l.QueueDepth, ActiveBatches: l.ActiveBatches, Running: l.InFlight, Slots: l.Slots}
+			mv.Models[name] = ModelLoadView{QueueDepth: l.QueueDepth, ActiveBatches: l.ActiveBatches, Running: l.InFlight, Slots: l.Slots, TokensPerSec: l.TokensPerSec}
 		}
 		v.Members = append(v.Members, mv)
 	}
