@@ -61,7 +61,7 @@ func (h *Handler) metrics(w http.ResponseWriter, _ *http.Request) {
 
 // Summarize folds the inference_* families into per-model summaries.
 func Summarize(node string, now time.Time, families []*dto.MetricFamily) Summary {
-	s := Summary{Node: node, TimeMs: now.UnixMilli(), Models: map[string]*ModelSummary{}}
+	s := Summary{Node: node, TimeMs: now.UnixMilli(), Total: *newModelSummary(), Models: map[string]*ModelSummary{}}
 	model := func(m *dto.Metric) *ModelSummary {
 		name := label(m, "model")
 		if ms, ok := s.Models[name]; ok {
@@ -70,7 +70,7 @@ func Summarize(node string, now time.Time, families []*dto.MetricFamily) Summary
 		if len(s.Models) >= maxModels {
 			return nil
 		}
-		ms := &ModelSummary{}
+		ms := newModelSummary()
 		s.Models[name] = ms
 		return ms
 	}
@@ -121,6 +121,12 @@ func Summarize(node string, now time.Time, families []*dto.MetricFamily) Summary
 	return s
 }
 
+// newModelSummary has empty rather than null bucket lists, so the page
+// reads a model that has a queue but no requests yet like any other.
+func newModelSummary() *ModelSummary {
+	return &ModelSummary{UpperMs: []float64{}, Buckets: []float64{}}
+}
+
 func label(m *dto.Metric, name string) string {
 	for _, l := range m.GetLabel() {
 		if l.GetName() == name {
@@ -134,7 +140,7 @@ func label(m *dto.Metric, name string) string {
 // family shares its bucket bounds, so adding by position is exact.
 func addHistogram(ms *ModelSummary, h *dto.Histogram) {
 	bs := h.GetBucket()
-	if ms.UpperMs == nil {
+	if len(ms.UpperMs) == 0 {
 		for _, b := range bs {
 			if !math.IsInf(b.GetUpperBound(), 1) {
 				ms.UpperMs = append(ms.UpperMs, b.GetUpperBound())

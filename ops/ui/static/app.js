@@ -137,9 +137,9 @@ function windowed(pick, windowMs) {
     old = s[i];
   }
   if (!old) return { rps: NaN, p50: cur.p50_ms || NaN, p95: cur.p95_ms || NaN };
-  const prev = pick(old.data) || { requests: 0, count: 0, bucket_counts: cur.bucket_counts.map(() => 0) };
+  const prev = pick(old.data) || {};
   const dt = (s[s.length - 1].t - old.t) / 1000;
-  const cum = cur.bucket_counts.map((v, i) => v - ((prev.bucket_counts || [])[i] || 0));
+  const cum = (cur.bucket_counts || []).map((v, i) => v - ((prev.bucket_counts || [])[i] || 0));
   const count = cur.count - (prev.count || 0);
   return {
     rps: dt > 0 ? (cur.requests - (prev.requests || 0)) / dt : NaN,
@@ -256,9 +256,28 @@ function renderChart() {
     '<text x="' + (W - pad + 2) + '" y="' + (pad / 2 + 4) + '">' + esc(num(maxL)) + "ms</text>" +
     '<text x="' + pad + '" y="' + (H - 2) + '">-5 min</text><text x="' + (W - pad - 20) + '" y="' + (H - 2) + '">now</text>' +
     '<polyline class="rps" points="' + line("rps", maxR) + '"/><polyline class="p95" points="' + line("p95", maxL) + '"/>';
+  // A dot on each series' newest point, so a single sample still shows.
+  for (const [key, max] of [["rps", maxR], ["p95", maxL]]) {
+    const p = pts.filter((q) => !Number.isNaN(q[key])).pop();
+    if (p) svg.innerHTML += '<circle class="' + key + '" r="3" cx="' + x(p.t).toFixed(1) + '" cy="' + (H - pad / 2 - (H - pad) * p[key] / max).toFixed(1) + '"/>';
+  }
   const last = pts[pts.length - 1];
   $("chart-rps").textContent = last ? num(last.rps, 1) : "";
   $("chart-p95").textContent = last ? ms(last.p95) : "";
+}
+
+// section shows a fetch's error in the section's box, then renders it; a
+// rendering bug shows in the same box rather than stopping every refresh.
+function section(id, path, e, render) {
+  showError(id, path, e);
+  try {
+    render();
+  } catch (ex) {
+    const el = $(id);
+    el.hidden = false;
+    el.textContent = (e ? el.textContent + "\n" : "") + "page error: " + ex.message;
+    console.error(ex);
+  }
 }
 
 async function refresh() {
@@ -279,17 +298,12 @@ async function refresh() {
     if (val(1)) state.batching = val(1).models || {};
     if (val(3)) state.breakers = val(3).breakers || [];
 
-    showError("members-error", paths[0], err(0));
-    if (val(0)) renderMembers(val(0));
-    showError("models-error", err(1) ? paths[1] : paths[5], err(1) || err(5));
-    if (state.cluster) renderModels(state.cluster, state.batching);
-    showError("limits-error", paths[2], err(2));
-    if (val(2)) renderLimits(val(2));
-    showError("breakers-error", paths[3], err(3));
-    if (val(3)) renderBreakers(state.cluster, state.breakers);
-    showError("cache-error", paths[4], err(4));
-    if (val(4)) renderCache(val(4));
-    renderChart();
+    section("members-error", paths[0], err(0), () => val(0) && renderMembers(val(0)));
+    section("models-error", err(1) ? paths[1] : paths[5], err(1) || err(5), () => state.cluster && renderModels(state.cluster, state.batching));
+    section("limits-error", paths[2], err(2), () => val(2) && renderLimits(val(2)));
+    section("breakers-error", paths[3], err(3), () => val(3) && renderBreakers(state.cluster, state.breakers));
+    section("cache-error", paths[4], err(4), () => val(4) && renderCache(val(4)));
+    section("chart-error", paths[5], err(5), renderChart);
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
   } finally {
     state.busy = false;
