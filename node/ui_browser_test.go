@@ -114,6 +114,7 @@ func TestWebUIInBrowser(t *testing.T) {
 	step("open the page",
 		chromedp.Navigate("http://"+n1.HTTPAddr()+"/ui/"),
 		poll(`!document.getElementById("banner").hidden && document.getElementById("banner").textContent.includes("401")`))
+	screenshot("webui-login.png")
 	step("sign in",
 		chromedp.SendKeys(chromedp.ID("token"), testToken),
 		chromedp.Click(chromedp.ID("token-save")),
