@@ -104,7 +104,7 @@ function renderMembers(c) {
       return "<span>" + esc(name) + ": " + l.queue_depth + " / " + l.running + " / " + l.slots + "</span>";
     }).join("") || '<span class="muted">no models</span>';
     const g = m.gpu || {};
-    const gpu = g.count ? g.count + " × · " + g.memory_free_mb + "/" + g.memory_total_mb + " MB free · " + num(g.utilization_pct) + "%" : '<span class="muted">none</span>';
+    const gpu = g.count ? esc(g.count + " GPU · " + g.memory_free_mb + "/" + g.memory_total_mb + " MB free · " + num(g.utilization_pct) + "% busy") : '<span class="muted">none</span>';
     return '<tr data-member="' + esc(m.name) + '"><td>' + esc(m.name) + (m.name === c.node ? ' <span class="muted">(this node)</span>' : "") +
       "</td><td>" + badge(m.role) + "</td><td>" + badge(m.state) + "</td><td>" + esc(m.http_addr) +
       "</td><td>" + esc(m.version) + "</td><td>" + gpu + '</td><td class="loads">' + loads + "</td><td>" + esc(m.load_age) + "</td></tr>";
