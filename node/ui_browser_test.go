@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -47,8 +50,10 @@ func artifactDir(t *testing.T) string {
 // TestWebUIInBrowser drives /ui/ in headless Chromium against a real
 // 3-node cluster: the page asks for the admin token, lists the members, a
 // fourth node appears without a reload, a batching change made through the
-// form is seen on another node, and a breaker opened by its button shows
-// as open.
+// form is seen on another node (and a bad one shows the admin API's 400), a
+// breaker opened by its button shows as open here and on another node and
+// closes again, the cache purges, and the chart and latency columns fill
+// from live traffic. It fails on any uncaught exception or console.error.
 func TestWebUIInBrowser(t *testing.T) {
 	chromium := findChromium(t)
 	if testing.Short() {
@@ -181,15 +186,51 @@ func TestWebUIInBrowser(t *testing.T) {
 		return false
 	}, clusterWait, 50*time.Millisecond, "n3 never saw the breaker opened through the page")
 
-	// Some traffic, so the chart and the latency columns have something.
-	for i := 0; i < 20; i++ {
-		require.Equal(t, http.StatusOK, infer(t, n1, fmt.Sprintf("q%d", i)).status)
-	}
+	step("close it again and purge the cache",
+		chromedp.Click(chromedp.CSS(row+` button[data-action="close"]`)),
+		poll(`document.querySelector('`+row+` td.state').textContent === "closed"`),
+		chromedp.Click(chromedp.ID("purge")),
+		poll(`document.getElementById("purge-result").textContent === "purged all models"`))
+
+	// Traffic into n1 until the page has drawn it: a steady trickle rather
+	// than one burst, so the newest interval on the chart is never empty
+	// however slowly the box runs.
+	stop, done := make(chan struct{}), make(chan struct{})
+	var sent, failed atomic.Int64
+	stopTraffic := sync.OnceFunc(func() { close(stop); <-done })
+	defer stopTraffic() // also when a step fails
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		client := &http.Client{Timeout: 10 * time.Second}
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			body := fmt.Sprintf(`{"model":"sim-fast","input":"q%d"}`, i)
+			resp, err := client.Post("http://"+n1.HTTPAddr()+"/v1/infer", "application/json", strings.NewReader(body))
+			sent.Add(1)
+			if err != nil {
+				failed.Add(1)
+				continue
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				failed.Add(1)
+			}
+		}
+	}()
 	step("chart and latency drawn",
 		poll(`parseFloat(document.getElementById("chart-rps").textContent) > 0`),
 		poll(`document.querySelector("#chart polyline.rps").getAttribute("points").split(" ").length >= 2`),
 		poll(`document.querySelector('#models tr[data-model="sim-fast"] td:nth-child(7)').textContent.endsWith("ms")`))
 	screenshot("webui.png")
+	stopTraffic()
+	require.Zero(t, failed.Load(), "of %d requests", sent.Load())
 
 	mu.Lock()
 	defer mu.Unlock()
