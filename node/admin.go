@@ -57,7 +57,7 @@ func (a adminBackend) ClusterView(_ context.Context) (adminapi.ClusterView, erro
 			RaftAddr: m.Meta.RaftAddr, Version: m.Meta.Version, Models: map[string]adminapi.ModelLoadView{}, LoadAge: age,
 			GPU: adminapi.GPUView{Count: load.GPU.Count, MemoryTotalMB: load.GPU.MemoryTotalMB, MemoryFreeMB: load.GPU.MemoryFreeMB, UtilizationPct: load.GPU.UtilizationPct}}
 		for name, l := range load.Models {
-			mv.Models[name] = adminapi.ModelLoadView{QueueDepth: l.QueueDepth, ActiveBatches: l.ActiveBatches, Running: l.InFlight, Slots: l.Slots}
+			mv.Models[name] = adminapi.ModelLoadView{QueueDepth: l.QueueDepth, ActiveBatches: l.ActiveBatches, Running: l.InFlight, Slots: l.Slots, TokensPerSec: l.TokensPerSec}
 		}
 		v.Members = append(v.Members, mv)
 	}

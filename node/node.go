@@ -23,6 +23,7 @@ import (
 	"github.com/shoal-dev/shoal/httpapi"
 	"github.com/shoal-dev/shoal/ops"
 	opsadmin "github.com/shoal-dev/shoal/ops/admin"
+	"github.com/shoal-dev/shoal/ops/ui"
 	"github.com/shoal-dev/shoal/ratelimit"
 	"github.com/shoal-dev/shoal/respcache"
 	"github.com/shoal-dev/shoal/router"
@@ -286,6 +287,9 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("/health", httpapi.Methods(n.health.ServeHTTP, http.MethodGet, http.MethodHead))
 	mux.HandleFunc("/metrics", httpapi.Methods(n.metrics.Handler().ServeHTTP, http.MethodGet))
 	mux.Handle("/admin/v1/", n.admin)
+	webUI := ui.New(ui.Config{Node: n.cfg.NodeName, Token: n.cfg.Admin.Token, Open: n.cfg.Dev && n.cfg.Admin.Token == "", Metrics: n.metrics.Registry, Logger: n.logger})
+	mux.Handle("/ui/", webUI)
+	mux.Handle("/ui", webUI)
 	mux.HandleFunc("/", httpapi.NotFound)
 	return httpapi.Middleware(n.cfg.NodeName, n.logger, mux)
 }

@@ -52,6 +52,8 @@ type ModelLoadView struct {
 	ActiveBatches int `json:"active_batches"`
 	Running       int `json:"running"`
 	Slots         int `json:"slots"`
+	// TokensPerSec is the member's recent generation rate, from its load report.
+	TokensPerSec float64 `json:"tokens_per_sec"`
 }
 
 // GPUView is a member's GPU capacity.
