@@ -24,6 +24,9 @@ type modelQueue struct {
 	running  int // tasks handed to the backend and not finished
 	batches  int // batches in flight
 	idle     *sync.Cond
+	// service is the measured batch (or, for a continuous backend,
+	// request) duration, gossiped so routers can predict completion.
+	service serviceFit
 
 	wake      chan struct{}
 	stop      chan struct{}
@@ -89,7 +92,9 @@ func (m *modelQueue) cancel(t *Task) {
 func (m *modelQueue) load() ModelLoad {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return ModelLoad{QueueDepth: m.q.len(), ActiveBatches: m.batches, Running: m.running, Slots: m.settings.Slots}
+	base, per := m.service.estimate()
+	return ModelLoad{QueueDepth: m.q.len(), ActiveBatches: m.batches, Running: m.running, Slots: m.settings.Slots,
+		MaxBatch: m.settings.MaxSize, ServiceBase: base, ServicePerItem: per}
 }
 
 // runBatches is the dispatcher of a batch backend: it takes a free slot,
@@ -175,8 +180,10 @@ func (m *modelQueue) execute(batch []*Task) {
 	for _, t := range batch {
 		t.Finish(Result{}, ErrBackendDropped)
 	}
-	m.obs.BatchFinished(m.name, len(batch), time.Since(start))
+	took := time.Since(start)
+	m.obs.BatchFinished(m.name, len(batch), took)
 	m.mu.Lock()
+	m.service.add(len(batch), took)
 	m.batches--
 	m.running -= len(batch)
 	if m.idle != nil {
@@ -236,7 +243,7 @@ func (m *modelQueue) runContinuous() {
 			m.running++
 			m.mu.Unlock()
 			if m.cont.Admit(t) {
-				go m.awaitContinuous(t)
+				go m.awaitContinuous(t, time.Now())
 				continue
 			}
 			m.mu.Lock()
@@ -260,9 +267,15 @@ func (m *modelQueue) runContinuous() {
 	}
 }
 
-func (m *modelQueue) awaitContinuous(t *Task) {
+func (m *modelQueue) awaitContinuous(t *Task, admitted time.Time) {
 	<-t.Done()
+	took := time.Since(admitted)
 	m.mu.Lock()
+	if t.ctx.Err() == nil {
+		// A request's own duration is its service time: the running set
+		// shares each step, so there is no per-item term to fit.
+		m.service.add(1, took)
+	}
 	m.running--
 	if m.idle != nil {
 		m.idle.Broadcast()

@@ -231,6 +231,13 @@ type ModelLoad struct {
 	ActiveBatches int
 	Running       int
 	Slots         int
+	// MaxBatch is the most tasks in one batch (or running sequences).
+	MaxBatch int
+	// ServiceBase and ServicePerItem fit recent batch durations as
+	// base + per-item*size (for a continuous backend: a request's duration
+	// as base); zero until the first batch finished.
+	ServiceBase    time.Duration
+	ServicePerItem time.Duration
 }
 
 // Load reports every model's queue depth and running work.
