@@ -62,6 +62,9 @@ type Config struct {
 	// DefaultMaxTokens is the completion length when a request sets none;
 	// default 128. Completions are always bounded by seq_len.
 	DefaultMaxTokens int
+	// NoPrefixCache turns off keeping finished prompts' KV pages for later
+	// prompts that share their prefix (on by default, within KVCacheBytes).
+	NoPrefixCache bool
 	// Logger receives the engine's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -141,6 +144,14 @@ type Stats struct {
 	KVBytesAllocated int64
 	// KVBytesBudget is the configured bound on the KV cache.
 	KVBytesBudget int64
+	// PrefixCachedBytes is the KV cache held for prompt prefixes (in use
+	// or evictable); with KVBytesInUse it stays within KVBytesBudget.
+	PrefixCachedBytes int64
+	// PrefixLookupTokens counts admitted prompt tokens looked up in the
+	// prefix cache; PrefixHitTokens those whose KV was found there, which
+	// skipped their prefill.
+	PrefixLookupTokens uint64
+	PrefixHitTokens    uint64
 }
 
 // Backend is an embedded transformer runtime with continuous batching. It
@@ -193,8 +204,12 @@ type sequence struct {
 	generated int
 	reserved  int // KV pages reserved
 	kv        kvSeq
-	sampler   sampler
-	out       textOut
+	// hashes are the prompt's full-block hashes; the first shared of
+	// kv.pages belong to the prefix cache.
+	hashes  []uint64
+	shared  int
+	sampler sampler
+	out     textOut
 	// per-step bookkeeping
 	stepRows int
 	logit    int
@@ -246,6 +261,7 @@ func newBackend(cfg Config, log *slog.Logger, w *weights, tok *Tokenizer) (*Back
 		return nil, fmt.Errorf("%w: vocabulary of %d lacks <unk>, <s> and </s>", ErrBadHeader, w.cfg.Vocab)
 	}
 	kv := newKVCache(w.cfg, cfg.KVCacheBytes)
+	kv.prefix = prefixCache{enabled: !cfg.NoPrefixCache, entries: map[uint64]*prefixEntry{}}
 	if full := pagesFor(w.cfg.SeqLen); kv.budget < full {
 		return nil, fmt.Errorf("%w: kv_cache_bytes %d holds less than one full-length sequence (%d bytes)",
 			ErrInvalidConfig, cfg.KVCacheBytes, int64(full)*kv.pageBytes)
@@ -273,18 +289,22 @@ func (b *Backend) Tokenizer() *Tokenizer { return b.tok }
 // Stats returns the backend's counters and gauges.
 func (b *Backend) Stats() Stats {
 	b.mu.Lock()
-	active, reserved, allocated := b.active, b.kv.reserved, b.kv.allocated
+	active, reserved, allocated, cached := b.active, b.kv.reserved, b.kv.allocated, b.kv.cached
+	lookups, hits := b.kv.prefix.lookups, b.kv.prefix.hits
 	b.mu.Unlock()
 	return Stats{
-		TokensGenerated:  b.tokens.Load(),
-		PromptTokens:     b.prompt.Load(),
-		Steps:            b.steps.Load(),
-		Requests:         b.requests.Load(),
-		ActiveSequences:  active,
-		MaxSequences:     b.cfg.MaxSequences,
-		KVBytesInUse:     int64(reserved) * b.kv.pageBytes,
-		KVBytesAllocated: int64(allocated) * b.kv.pageBytes,
-		KVBytesBudget:    int64(b.kv.budget) * b.kv.pageBytes,
+		PrefixCachedBytes:  int64(cached) * b.kv.pageBytes,
+		PrefixLookupTokens: lookups,
+		PrefixHitTokens:    hits,
+		TokensGenerated:    b.tokens.Load(),
+		PromptTokens:       b.prompt.Load(),
+		Steps:              b.steps.Load(),
+		Requests:           b.requests.Load(),
+		ActiveSequences:    active,
+		MaxSequences:       b.cfg.MaxSequences,
+		KVBytesInUse:       int64(reserved) * b.kv.pageBytes,
+		KVBytesAllocated:   int64(allocated) * b.kv.pageBytes,
+		KVBytesBudget:      int64(b.kv.budget) * b.kv.pageBytes,
 	}
 }
 
@@ -333,6 +353,10 @@ func (b *Backend) Admit(t *scheduler.Task) bool {
 	// prompt of n tokens leaves seq_len-n+1 to generate.
 	maxTokens = min(maxTokens, seqLen-len(prompt)+1)
 	need := pagesFor(min(len(prompt)+maxTokens-1, seqLen))
+	var hashes []uint64
+	if b.kv.prefix.enabled {
+		hashes = blockHashes(prompt)
+	}
 
 	b.mu.Lock()
 	if b.closed {
@@ -340,14 +364,29 @@ func (b *Backend) Admit(t *scheduler.Task) bool {
 		t.Finish(scheduler.Result{}, ErrClosed)
 		return true
 	}
-	if b.active >= b.cfg.MaxSequences || !b.kv.reserve(need) {
+	if b.active >= b.cfg.MaxSequences {
 		b.mu.Unlock()
 		return false
+	}
+	// Cached prefix pages are pinned before reserving, so making room
+	// cannot evict them; the sequence reserves only the pages it writes.
+	shared := b.kv.prefix.pin(hashes, len(prompt))
+	need -= len(shared)
+	if !b.kv.reserve(need) {
+		b.kv.prefix.unpin(hashes, len(shared))
+		b.mu.Unlock()
+		return false
+	}
+	if b.kv.prefix.enabled {
+		b.kv.prefix.lookups += uint64(len(prompt))
+		b.kv.prefix.hits += uint64(len(shared) * kvPageTokens)
 	}
 	s := b.newSequence()
 	b.active++
 	s.task, s.ctx, s.prompt, s.maxTokens, s.reserved = t, t.Context(), prompt, maxTokens, need
-	s.pos, s.generated, s.prevTok, s.next = 0, 0, prompt[len(prompt)-1], 0
+	s.kv.pages = append(s.kv.pages[:0], shared...)
+	s.hashes, s.shared = hashes, len(shared)
+	s.pos, s.generated, s.prevTok, s.next = len(shared)*kvPageTokens, 0, prompt[len(prompt)-1], 0
 	seed := rand.Uint64()
 	if req.Params.Seed != nil {
 		seed = uint64(*req.Params.Seed)
@@ -541,10 +580,11 @@ func (b *Backend) leave(s *sequence, res scheduler.Result, err error) {
 	}
 	b.requests.Add(1)
 	b.mu.Lock()
-	b.kv.release(s.kv.pages, s.reserved)
+	b.keepPrefix(s)
+	b.kv.release(s.kv.pages[s.shared:], s.reserved)
 	clear(s.kv.pages)
 	s.kv.pages = s.kv.pages[:0]
-	s.task, s.ctx, s.prompt = nil, nil, nil
+	s.task, s.ctx, s.prompt, s.hashes, s.shared = nil, nil, nil, nil, 0
 	b.active--
 	b.spare = append(b.spare, s)
 	b.mu.Unlock()
@@ -553,4 +593,38 @@ func (b *Backend) leave(s *sequence, res scheduler.Result, err error) {
 	case b.room <- struct{}{}:
 	default:
 	}
+}
+
+// keepPrefix hands a leaving sequence's computed full prompt blocks to the
+// prefix cache (their pages leave the sequence's list, so release skips
+// them) and unpins the blocks it shared. Called with b.mu held.
+func (b *Backend) keepPrefix(s *sequence) {
+	c := &b.kv.prefix
+	if !c.enabled {
+		return
+	}
+	end := min(len(s.hashes), s.pos/kvPageTokens, len(s.kv.pages))
+	var added []*prefixEntry
+	for i := s.shared; i < end; i++ {
+		h := s.hashes[i]
+		if _, ok := c.entries[h]; ok {
+			// Another sequence cached the same block meanwhile.
+			continue
+		}
+		if i > 0 {
+			if _, ok := c.entries[s.hashes[i-1]]; !ok {
+				break // its parent was evicted: no prompt could reach it
+			}
+		}
+		e := &prefixEntry{hash: h, page: s.kv.pages[i]}
+		c.entries[h] = e
+		added = append(added, e)
+		s.kv.pages[i] = nil
+		b.kv.cached++
+	}
+	// Deepest first, so parents are the more recently used.
+	for i := len(added) - 1; i >= 0; i-- {
+		added[i].elem = c.idle.PushFront(added[i])
+	}
+	c.unpin(s.hashes, s.shared)
 }

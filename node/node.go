@@ -46,6 +46,7 @@ type Node struct {
 	cache      *dcache.Cache
 	limiter    *ratelimit.Limiter
 	router     *router.Router
+	prefixes   *router.PrefixIndex
 	fwd        *router.Forwarder
 	fwdSecret  []byte
 	peerClient *http.Client
@@ -93,7 +94,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	logger := cfg.Logger.With("node", cfg.NodeName)
 	metrics := ops.NewMetrics()
-	rt, err := router.New(router.Config{Policy: cfg.Router.Policy})
+	rt, err := router.New(router.Config{Policy: cfg.Router.Policy, PrefixWeight: &cfg.Router.PrefixWeight})
 	if err != nil {
 		return nil, &ConfigError{err}
 	}
@@ -104,6 +105,7 @@ func New(cfg Config) (*Node, error) {
 		health:          ops.NewHealth(cfg.NodeName),
 		sched:           scheduler.New(scheduler.Config{Logger: logger, Observer: metrics}),
 		router:          rt,
+		prefixes:        router.NewPrefixIndex(0),
 		fwdSecret:       forwardSecret(cfg),
 		peerClient:      &http.Client{Timeout: 15 * time.Second},
 		defaultBatching: map[string]consensus.BatchingSettings{},
@@ -213,6 +215,7 @@ func (n *Node) startModel(ctx context.Context, m ModelConfig) error {
 	if err := n.sched.AddModel(m.Name, backend, st); err != nil {
 		return fmt.Errorf("start model %q: %w", m.Name, err)
 	}
+	n.watchBackend(m.Name, backend)
 	n.defaultBatching[m.Name] = consensus.BatchingSettings{MaxSize: maxSize, FlushTimeout: flush}
 	n.health.Register("model/"+m.Name, func() ops.Component {
 		l := n.sched.Load()[m.Name]
@@ -228,7 +231,8 @@ func (n *Node) newBackend(ctx context.Context, m ModelConfig) (any, error) {
 	case "engine":
 		e := m.Engine
 		return engine.New(ctx, engine.Config{Checkpoint: e.Checkpoint, Tokenizer: e.Tokenizer, DataDir: n.cfg.DataDir,
-			Quantize: e.Quantize, MaxSequences: e.MaxSequences, Threads: e.Threads, KVCacheBytes: int64(e.KVCacheMB) << 20, Logger: n.logger})
+			Quantize: e.Quantize, MaxSequences: e.MaxSequences, Threads: e.Threads, KVCacheBytes: int64(e.KVCacheMB) << 20,
+			NoPrefixCache: !e.PrefixCache, Logger: n.logger})
 	case "sim":
 		sc := m.Sim
 		sc.Model = m.Name

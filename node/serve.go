@@ -147,6 +147,8 @@ func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		return a.fail(w, r, fmt.Errorf("%w: %q (see GET /v1/models)", scheduler.ErrUnknownModel, req.Model))
 	}
 	a.n.retries.request()
+	// Prefix-aware routing: the prompt's block hashes (shoal-routing).
+	rreq := router.Request{Prefix: promptHashes(req)}
 	tried := map[string]bool{}
 	var lastErr error
 	for attempt := 0; attempt < 2; attempt++ {
@@ -155,7 +157,7 @@ func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			break
 		}
 		pickStart := time.Now()
-		target, policy, err := a.n.router.Pick(cands, tried)
+		target, reason, err := a.n.router.Route(rreq, cands, tried)
 		a.n.metrics.RouteDecisionUs.Observe(float64(time.Since(pickStart)) / float64(time.Microsecond))
 		if err != nil {
 			if lastErr == nil {
@@ -163,14 +165,14 @@ func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			}
 			break
 		}
-		route := policy
 		if attempt > 0 {
-			route += ",retry"
+			reason = router.ReasonRetry
 		}
+		a.n.metrics.RouteReason.WithLabelValues(reason).Inc()
 		tried[target.Node] = true
 		if target.Local {
 			a.n.metrics.Routed.WithLabelValues(target.Node, "local").Inc()
-			w.Header().Set(router.HeaderRoute, "local,"+route)
+			w.Header().Set(router.HeaderRoute, routeHeader(true, reason))
 			status, err := a.serve(ctx, w, r, req, start)
 			if err == nil {
 				return status
@@ -180,7 +182,7 @@ func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			continue
 		}
 		a.n.metrics.Routed.WithLabelValues(target.Node, "forward").Inc()
-		reply, err := a.n.fwd.Forward(ctx, w, r, body, target, "forward,"+route)
+		reply, err := a.n.fwd.Forward(ctx, w, r, body, target, routeHeader(false, reason))
 		if err == nil {
 			if reply.Tokens >= 0 {
 				a.settleTokens(ctx, req, reply.Tokens)
@@ -232,6 +234,8 @@ func (a *api) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 	if !ok {
 		return 0, fmt.Errorf("%s on %s: %w", req.Model, a.node, errBreakerOpen)
 	}
+	// This node now likely caches the prompt's prefix (shoal-routing).
+	a.n.prefixes.Record(req.Model, promptHashes(req))
 	key, cacheable := a.n.requestCacheKey(req)
 	pol := parseCacheControl(r.Header.Get("Cache-Control"))
 	if w.Header().Get("X-Shoal-Cache") == "" {

@@ -1,0 +1,43 @@
+package node
+
+import (
+	"github.com/shoal-dev/shoal/engine"
+	"github.com/shoal-dev/shoal/router"
+	"github.com/shoal-dev/shoal/scheduler"
+)
+
+// promptHashes are the request's prompt block hashes for prefix-aware
+// routing: its first prompt, or the chat as the backend will read it.
+func promptHashes(req *apiRequest) []uint64 {
+	text := ""
+	switch {
+	case len(req.Prompts) > 0:
+		text = req.Prompts[0]
+	case len(req.Messages) > 0:
+		text = (&scheduler.Request{Endpoint: scheduler.EndpointChat, Messages: req.Messages}).PromptText()
+	}
+	return router.PrefixHashes(text, router.DefaultPrefixBlockBytes)
+}
+
+// routeHeader is the X-Shoal-Route value: where the request runs, then
+// why that node was picked.
+func routeHeader(local bool, reason string) string {
+	if local {
+		return "local," + reason
+	}
+	return "forward," + reason
+}
+
+// watchBackend exports what a model's backend measures beyond the
+// scheduler's view (the engine's prefix cache) and hands it to tests.
+func (n *Node) watchBackend(model string, backend any) {
+	if eb, ok := backend.(*engine.Backend); ok {
+		n.metrics.WatchPrefixCache(model, func() (uint64, uint64) {
+			st := eb.Stats()
+			return st.PrefixLookupTokens, st.PrefixHitTokens
+		})
+	}
+	if f := n.cfg.Tuning.Backend; f != nil {
+		f(model, backend)
+	}
+}
