@@ -339,7 +339,7 @@ func (n *Node) candidates(model string) []router.Candidate {
 	if !n.isDraining() {
 		if l, ok := n.sched.Load()[model]; ok {
 			out = append(out, router.Candidate{Node: n.cfg.NodeName, Local: true, QueueDepth: l.QueueDepth, Running: l.Running, Slots: l.Slots,
-				MaxBatch: l.MaxBatch, ServiceBase: l.ServiceBase, ServicePerItem: l.ServicePerItem, Prefix: n.prefixes.Summary(model),
+				ActiveBatches: l.ActiveBatches, MaxBatch: l.MaxBatch, ServiceBase: l.ServiceBase, ServicePerItem: l.ServicePerItem, Prefix: n.prefixes.Summary(model),
 				Open: st.Breaker(n.cfg.NodeName, model).State == consensus.BreakerOpen})
 		}
 	}
@@ -352,7 +352,7 @@ func (n *Node) candidates(model string) []router.Candidate {
 			continue
 		}
 		out = append(out, router.Candidate{Node: m.Name, HTTPAddr: m.Meta.HTTPAddr, QueueDepth: l.QueueDepth, Running: l.InFlight, Slots: l.Slots,
-			MaxBatch: l.MaxBatch, ServiceBase: l.ServiceBase, ServicePerItem: l.ServicePerItem, Prefix: router.PrefixSummary(l.Prefix),
+			ActiveBatches: l.ActiveBatches, MaxBatch: l.MaxBatch, ServiceBase: l.ServiceBase, ServicePerItem: l.ServicePerItem, Prefix: router.PrefixSummary(l.Prefix),
 			LoadAge: now.Sub(m.LoadUpdated), LoadAt: m.LoadUpdated, Open: st.Breaker(m.Name, model).State == consensus.BreakerOpen})
 	}
 	return out

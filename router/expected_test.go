@@ -14,21 +14,22 @@ func TestExpectedCompletion(t *testing.T) {
 	r, _ := New(Config{})
 	fast := Candidate{Node: "f", Slots: 1, MaxBatch: 8, ServiceBase: 20 * ms, ServicePerItem: 2 * ms}
 	for _, tt := range []struct {
-		name         string
-		queue, run   int
-		slots, batch int
-		want         time.Duration
+		name                string
+		queue, run, batches int
+		slots               int
+		want                time.Duration
 	}{
-		{"idle: one batch of one", 0, 0, 1, 8, 22 * ms},
-		{"joins the running round", 3, 0, 1, 8, 28 * ms},
-		{"waits for a full round", 0, 8, 1, 8, 36*ms + 22*ms},
-		{"two slots share a round", 0, 8, 2, 8, 30 * ms},
-		{"three full rounds ahead", 16, 8, 1, 8, 3*36*ms + 22*ms},
+		{"idle: one batch of one", 0, 0, 0, 1, 22 * ms},
+		{"queued work joins its batch", 3, 0, 0, 1, 28 * ms},
+		{"waits for the running batch, half done", 0, 8, 1, 1, 18*ms + 22*ms},
+		{"a free slot starts at once", 0, 8, 1, 2, 22 * ms},
+		{"two full rounds queued", 16, 8, 1, 1, 18*ms + 2*36*ms + 22*ms},
+		{"continuous: running sequences share the round", 0, 5, 0, 1, 32 * ms},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := fast
-			c.QueueDepth, c.Running, c.Slots, c.MaxBatch = tt.queue, tt.run, tt.slots, tt.batch
-			require.InDelta(t, float64(tt.want), r.expected(c, cost{}), float64(time.Microsecond))
+			c.QueueDepth, c.Running, c.ActiveBatches, c.Slots = tt.queue, tt.run, tt.batches, tt.slots
+			require.InDelta(t, float64(tt.want), r.expected(c, cost{}), float64(ms)/2) // plus the tie-break
 		})
 	}
 }
@@ -37,8 +38,8 @@ func TestExpectedCompletion(t *testing.T) {
 // is still the worse choice.
 func TestLeastExpectedWeighsSpeed(t *testing.T) {
 	ms := time.Millisecond
-	fast := Candidate{Node: "fast", Slots: 1, MaxBatch: 8, ServiceBase: 20 * ms, ServicePerItem: 2 * ms, Running: 8, QueueDepth: 2}
-	slow := Candidate{Node: "slow", Slots: 1, MaxBatch: 8, ServiceBase: 80 * ms, ServicePerItem: 8 * ms, Running: 1}
+	fast := Candidate{Node: "fast", Slots: 1, MaxBatch: 8, ServiceBase: 20 * ms, ServicePerItem: 2 * ms, Running: 8, ActiveBatches: 1, QueueDepth: 2}
+	slow := Candidate{Node: "slow", Slots: 1, MaxBatch: 8, ServiceBase: 80 * ms, ServicePerItem: 8 * ms, Running: 1, ActiveBatches: 1}
 	for seed := uint64(1); seed <= 10; seed++ {
 		r, _ := New(Config{Seed: seed})
 		got, reason, err := r.Pick([]Candidate{fast, slow}, nil)

@@ -66,6 +66,9 @@ type Candidate struct {
 	LoadAt time.Time
 	// Open marks a target whose breaker for the model is open.
 	Open bool
+	// ActiveBatches is how many batches the target runs now (0 on a
+	// continuous backend, which has running sequences instead).
+	ActiveBatches int
 	// MaxBatch is the most requests the target runs in one batch.
 	MaxBatch int
 	// ServiceBase and ServicePerItem are the target's measured batch cost
@@ -354,21 +357,34 @@ func fallbackCost(cands []Candidate) cost {
 	return cost{base: sum.base / float64(n), per: sum.per / float64(n)}
 }
 
-// expected is when one more request would finish on c: the work ahead of it
-// (queued, running, and sent here since c's report) runs in rounds of
-// MaxBatch per slot; the new request finishes with the last round.
+// expected is when one more request would finish on c. On a batch backend
+// whose slots are all busy it first waits for a running batch (half done,
+// on average); then the queue ahead of it (queued, plus what this node sent
+// since c's report) runs in rounds of MaxBatch per slot, and the new
+// request finishes with the last round. A continuous backend (running
+// sequences but no batches) takes newcomers into its running set, so its
+// running work counts as queue. Ties within a round go to the shorter
+// queue.
 func (r *Router) expected(c Candidate, fb cost) float64 {
 	k := fb
 	if c.ServiceBase+c.ServicePerItem > 0 {
 		k = cost{base: float64(c.ServiceBase), per: float64(c.ServicePerItem)}
 	}
 	slots, batch := max(c.Slots, 1), max(c.MaxBatch, 1)
-	work := c.QueueDepth + c.Running + 1
+	queue := c.QueueDepth + 1
 	if !c.Local {
-		work += r.sentSince(c.Node, c.LoadAt)
+		queue += r.sentSince(c.Node, c.LoadAt)
+	}
+	var wait float64
+	switch {
+	case c.ActiveBatches == 0:
+		queue += c.Running
+	case c.ActiveBatches >= slots:
+		wait = k.of((c.Running+c.ActiveBatches-1)/c.ActiveBatches) / 2
 	}
 	perRound := slots * batch
-	rounds := (work + perRound - 1) / perRound
-	last := work - (rounds-1)*perRound
-	return float64(rounds-1)*k.of(batch) + k.of((last+slots-1)/slots)
+	rounds := (queue + perRound - 1) / perRound
+	last := queue - (rounds-1)*perRound
+	tie := float64(queue) * k.of(1) * 1e-3
+	return wait + float64(rounds-1)*k.of(batch) + k.of((last+slots-1)/slots) + tie
 }
