@@ -309,17 +309,20 @@ func (r *Router) pickLeastExpected(cands []Candidate, req Request) (Candidate, s
 			}
 		}
 	}
-	best := pool[0]
-	minExp := pool[0].exp
-	for _, s := range pool[1:] {
-		minExp = min(minExp, s.exp)
-		if s.score < best.score {
-			best = s
+	bi := 0
+	for i, s := range pool {
+		if s.score < pool[bi].score {
+			bi = i
 		}
 	}
+	best := pool[bi]
+	// The prefix is the reason when, without it, another candidate would
+	// have been at least as good.
 	reason := PolicyLeastExpected
-	if best.hit > 0 && best.exp > minExp {
-		reason = ReasonPrefix
+	for i, s := range pool {
+		if i != bi && best.hit > 0 && s.exp <= best.exp {
+			reason = ReasonPrefix
+		}
 	}
 	// Serving here saves a hop, so the local node wins whenever it is no
 	// worse than the pick.

@@ -1,0 +1,153 @@
+package node
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/shoal-dev/shoal/scheduler/sim"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// A node that slows down mid-run loses its share of the work: its batch
+// cost, measured and gossiped, makes least-expected route around it (the
+// wait is a condition, bounded generously; BenchmarkRoutingUneven and the
+// README give the speed).
+func TestSlowedNodeLosesShare(t *testing.T) {
+	var mu sync.Mutex
+	backends := map[string]*sim.Backend{}
+	tc := mustNewCluster(t, 3, func(i int, cfg *Config) {
+		m := &cfg.Models[0]
+		m.Sim.Base, m.Sim.PerItem, m.Sim.Exponent = 10*time.Millisecond, time.Millisecond, 1
+		m.MaxSize, m.FlushTimeout = 8, time.Millisecond
+		name := cfg.NodeName
+		cfg.Tuning.Backend = func(_ string, b any) {
+			mu.Lock()
+			backends[name] = b.(*sim.Backend)
+			mu.Unlock()
+		}
+	})
+	tc.waitMembers(tc.nodes...)
+
+	// Recent answers, newest last, by the node that ran them.
+	var recent []string
+	var phase atomic.Int32 // answers to requests sent after the slowdown count in phase 1
+	record := func(node string, p int32) {
+		mu.Lock()
+		defer mu.Unlock()
+		if p != phase.Load() {
+			return
+		}
+		recent = append(recent, node)
+		if len(recent) > 60 {
+			recent = recent[1:]
+		}
+	}
+	share := func(node string) (float64, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, r := range recent {
+			if r == node {
+				n++
+			}
+		}
+		return float64(n) / float64(max(len(recent), 1)), len(recent)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	client := &http.Client{Timeout: 10 * time.Second}
+	for c := range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			entry := tc.nodes[c%3].HTTPAddr()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				p := phase.Load()
+				body := fmt.Sprintf(`{"model":"sim-fast","input":"load %d %d","parameters":{"temperature":1}}`, c, i)
+				resp, err := client.Post("http://"+entry+"/v1/infer", "application/json", strings.NewReader(body))
+				if err != nil {
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					record(resp.Header.Get("X-Shoal-Node"), p)
+				}
+			}
+		}()
+	}
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
+	require.Eventually(t, func() bool {
+		s, n := share("n3")
+		return n == 60 && s >= 0.2
+	}, clusterWait, 10*time.Millisecond, "n3 never took a share of the load while equal")
+
+	mu.Lock()
+	backends["n3"].SetSlowdown(10)
+	recent = nil
+	phase.Store(1)
+	mu.Unlock()
+	start := time.Now()
+	require.Eventually(t, func() bool {
+		s, n := share("n3")
+		return n == 60 && s <= 0.05
+	}, 20*time.Second, 10*time.Millisecond, "the slowed node kept its share")
+	t.Logf("slowed node's share of the last 60 answers fell to 5%% or less %s after the slowdown", time.Since(start).Round(10*time.Millisecond))
+}
+
+// X-Shoal-Route says where and why; every decision is counted by reason,
+// and a long shared prompt prefix routes later requests to the node that
+// served it.
+func TestRouteReasonHeaderAndMetric(t *testing.T) {
+	tc := mustNewCluster(t, 3, nil)
+	tc.waitMembers(tc.nodes...)
+	system := strings.Repeat("You are a careful assistant who answers briefly. ", 20)
+	post := func(nd *Node, input string) *http.Response {
+		body, _ := json.Marshal(map[string]any{"model": "sim-fast", "input": input, "parameters": map[string]any{"temperature": 1}})
+		resp, err := http.Post("http://"+nd.HTTPAddr()+"/v1/infer", "application/json", bytes.NewReader(body))
+		require.NoError(t, err)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		return resp
+	}
+	first := post(tc.nodes[0], system+"first question")
+	holder := first.Header.Get("X-Shoal-Node")
+	route := first.Header.Get("X-Shoal-Route")
+	where, why, ok := strings.Cut(route, ",")
+	require.True(t, ok, route)
+	require.Contains(t, []string{"local", "forward"}, where)
+	require.Contains(t, []string{"least-expected", "local"}, why)
+
+	// Once the holder's summary has reached the other nodes, a request
+	// with the same prefix entering another node is routed for it: to the
+	// holder, or to the entry itself once it served the prefix too.
+	other := tc.nodes[0]
+	if other.Name() == holder {
+		other = tc.nodes[1]
+	}
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		resp := post(other, system+"another question")
+		assert.True(c, strings.HasSuffix(resp.Header.Get("X-Shoal-Route"), ",prefix"), resp.Header.Get("X-Shoal-Route"))
+	}, clusterWait, 20*time.Millisecond)
+
+	metrics := string(doJSON(t, http.MethodGet, "http://"+other.HTTPAddr()+"/metrics", "", nil).body)
+	require.Contains(t, metrics, `inference_route_reason_total{reason="prefix"}`)
+}
