@@ -206,8 +206,11 @@ type sequence struct {
 	kv        kvSeq
 	// hashes are the prompt's full-block hashes; the first shared of
 	// kv.pages belong to the prefix cache.
-	hashes  []uint64
-	shared  int
+	hashes []uint64
+	shared int
+	// donated: a block of this prompt was found cached by another
+	// sequence, so no later block can join the shared pages.
+	donated bool
 	sampler sampler
 	out     textOut
 	// per-step bookkeeping
@@ -529,6 +532,11 @@ func (b *Backend) step() {
 			continue
 		}
 		s.pos += s.stepRows
+		if s.pos-s.stepRows < len(s.prompt) && s.pos/kvPageTokens > s.shared && len(s.hashes) > s.shared {
+			b.mu.Lock()
+			b.donate(s)
+			b.mu.Unlock()
+		}
 		if s.logit < 0 {
 			continue
 		}
@@ -580,11 +588,12 @@ func (b *Backend) leave(s *sequence, res scheduler.Result, err error) {
 	}
 	b.requests.Add(1)
 	b.mu.Lock()
-	b.keepPrefix(s)
+	b.donate(s)
+	b.kv.prefix.unpin(s.hashes, s.shared)
 	b.kv.release(s.kv.pages[s.shared:], s.reserved)
 	clear(s.kv.pages)
 	s.kv.pages = s.kv.pages[:0]
-	s.task, s.ctx, s.prompt, s.hashes, s.shared = nil, nil, nil, nil, 0
+	s.task, s.ctx, s.prompt, s.hashes, s.shared, s.donated = nil, nil, nil, nil, 0, false
 	b.active--
 	b.spare = append(b.spare, s)
 	b.mu.Unlock()
@@ -595,36 +604,29 @@ func (b *Backend) leave(s *sequence, res scheduler.Result, err error) {
 	}
 }
 
-// keepPrefix hands a leaving sequence's computed full prompt blocks to the
-// prefix cache (their pages leave the sequence's list, so release skips
-// them) and unpins the blocks it shared. Called with b.mu held.
-func (b *Backend) keepPrefix(s *sequence) {
+// donate hands a sequence's computed full prompt blocks to the prefix
+// cache as soon as prefill has passed them, so prompts sharing the prefix
+// reuse it while this one is still running: each page becomes a cache
+// entry the sequence keeps pinned (it joins the shared pages, and leaves the
+// sequence's reservation for the cache's count). It stops at the first block
+// another sequence cached meanwhile, since shared pages must lead the
+// sequence's page list. Called with b.mu held.
+func (b *Backend) donate(s *sequence) {
 	c := &b.kv.prefix
-	if !c.enabled {
+	if !c.enabled || s.donated {
 		return
 	}
 	end := min(len(s.hashes), s.pos/kvPageTokens, len(s.kv.pages))
-	var added []*prefixEntry
-	for i := s.shared; i < end; i++ {
-		h := s.hashes[i]
+	for s.shared < end {
+		h := s.hashes[s.shared]
 		if _, ok := c.entries[h]; ok {
-			// Another sequence cached the same block meanwhile.
-			continue
+			s.donated = true
+			return
 		}
-		if i > 0 {
-			if _, ok := c.entries[s.hashes[i-1]]; !ok {
-				break // its parent was evicted: no prompt could reach it
-			}
-		}
-		e := &prefixEntry{hash: h, page: s.kv.pages[i]}
-		c.entries[h] = e
-		added = append(added, e)
-		s.kv.pages[i] = nil
+		c.entries[h] = &prefixEntry{hash: h, page: s.kv.pages[s.shared], refs: 1}
+		s.shared++
+		s.reserved--
+		b.kv.reserved--
 		b.kv.cached++
 	}
-	// Deepest first, so parents are the more recently used.
-	for i := len(added) - 1; i >= 0; i-- {
-		added[i].elem = c.idle.PushFront(added[i])
-	}
-	c.unpin(s.hashes, s.shared)
 }

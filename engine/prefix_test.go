@@ -101,3 +101,29 @@ func TestBlockHashesChain(t *testing.T) {
 	require.NotEqual(t, h[1], hb[1], "a block's hash covers its whole prefix")
 	require.Nil(t, blockHashes(a[:15]))
 }
+
+// A prompt's blocks are shared as soon as its prefill passed them: a second
+// request with the same prefix reuses them while the first still runs.
+func TestPrefixSharedWhileFirstStillRuns(t *testing.T) {
+	c := longModel(t)
+	b := tinyBackend(t, c, Config{})
+	plain := tinyBackend(t, c, Config{NoPrefixCache: true})
+	system := strings.Repeat("world the cat sat hello ", 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	first := newTask(ctx, system+"first", scheduler.Params{MaxTokens: 3000, Temperature: 1, Seed: seed(2)})
+	require.True(t, b.Admit(first))
+	_, _, err := first.Next(context.Background()) // prefill done
+	require.NoError(t, err)
+	got := runPrompt(t, b, system+"second", scheduler.Params{MaxTokens: 8})
+	require.Equal(t, runPrompt(t, plain, system+"second", scheduler.Params{MaxTokens: 8}), got)
+	require.Positive(t, b.Stats().PrefixHitTokens)
+	require.Equal(t, 1, b.Active(), "the first is still running")
+	cancel()
+	_, err = outcome(t, first)
+	require.ErrorIs(t, err, context.Canceled)
+	waitFor(t, "the first to leave", func() bool { return b.Active() == 0 })
+	st := b.Stats()
+	require.Zero(t, st.KVBytesInUse)
+	require.LessOrEqual(t, st.PrefixCachedBytes, st.KVBytesBudget)
+}

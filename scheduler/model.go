@@ -24,8 +24,9 @@ type modelQueue struct {
 	running  int // tasks handed to the backend and not finished
 	batches  int // batches in flight
 	idle     *sync.Cond
-	// service is the measured batch (or, for a continuous backend,
-	// request) duration, gossiped so routers can predict completion.
+	// service is the measured batch duration by size (for a continuous
+	// backend: request duration by concurrency), gossiped so routers can
+	// predict completion.
 	service serviceFit
 
 	wake      chan struct{}
@@ -241,9 +242,10 @@ func (m *modelQueue) runContinuous() {
 			m.obs.QueueWait(m.name, time.Since(t.enqueued))
 			m.mu.Lock()
 			m.running++
+			n := m.running
 			m.mu.Unlock()
 			if m.cont.Admit(t) {
-				go m.awaitContinuous(t, time.Now())
+				go m.awaitContinuous(t, time.Now(), n)
 				continue
 			}
 			m.mu.Lock()
@@ -267,14 +269,16 @@ func (m *modelQueue) runContinuous() {
 	}
 }
 
-func (m *modelQueue) awaitContinuous(t *Task, admitted time.Time) {
+// awaitContinuous waits for an admitted task; running is how many ran,
+// itself included, when it was admitted.
+func (m *modelQueue) awaitContinuous(t *Task, admitted time.Time, running int) {
 	<-t.Done()
 	took := time.Since(admitted)
 	m.mu.Lock()
 	if t.ctx.Err() == nil {
-		// A request's own duration is its service time: the running set
-		// shares each step, so there is no per-item term to fit.
-		m.service.add(1, took)
+		// The running set shares each step, so a request's duration
+		// grows with how many run beside it: the fit is by that count.
+		m.service.add(running, took)
 	}
 	m.running--
 	if m.idle != nil {

@@ -235,7 +235,7 @@ type ModelLoad struct {
 	MaxBatch int
 	// ServiceBase and ServicePerItem fit recent batch durations as
 	// base + per-item*size (for a continuous backend: a request's duration
-	// as base); zero until the first batch finished.
+	// by how many ran at its admission); zero until the first finished.
 	ServiceBase    time.Duration
 	ServicePerItem time.Duration
 }

@@ -1,0 +1,201 @@
+package node
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/shoal-dev/shoal/engine"
+	"github.com/stretchr/testify/require"
+)
+
+// prefixWords build the system prompts: common words of the built-in
+// model's vocabulary, about one token each.
+var prefixWords = strings.Fields("the of and to in is you that it he was for on are as with his they at be this have from or one had by word but not what all were we when your can said there use an each which she do how their if will up other about out many then them these so some her would make like him into time has look two more write go see number no way could people my than first water been call who oil its now find long down day did get come made may part")
+
+// systemPrompt is the i-th of the benchmark's system prompts: about n
+// tokens, distinct from its first words.
+func systemPrompt(i, n int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "system %d:", i)
+	for j := 0; j < n; j++ {
+		b.WriteByte(' ')
+		b.WriteString(prefixWords[(i*7+j*j+3*j)%len(prefixWords)])
+	}
+	return b.String()
+}
+
+type prefixRun struct {
+	name           string
+	ttft50, ttft99 float64
+	reqPerSec      float64
+	hitRatio       float64
+	errors         int
+}
+
+// BenchmarkPrefixRouting: 8 system prompts of about 400 tokens, each with
+// many user suffixes, over three engine nodes serving the built-in model's
+// generator with a 512-token context; TTFT and throughput with prefix
+// caching and prefix-aware routing against without either (and caching
+// with load-only routing in between):
+//
+//	go test ./node -run '^$' -bench PrefixRouting -benchtime 1x
+func BenchmarkPrefixRouting(b *testing.B) {
+	dir := b.TempDir()
+	opts := engine.DefaultGenOptions()
+	opts.SeqLen = 512
+	require.NoError(b, engine.GenerateModel(dir, opts))
+	const systems, suffixes, clients = 8, 8, 6
+	for i := 0; i < b.N; i++ {
+		var runs []prefixRun
+		for _, sc := range []struct {
+			name   string
+			cache  bool
+			weight float64
+		}{
+			{"no-prefix", false, 0},
+			{"cache-only", true, 0},
+			{"cache+routing", true, 0.5},
+		} {
+			tc := mustNewCluster(b, 3, func(_ int, cfg *Config) {
+				cfg.Router.PrefixWeight = sc.weight
+				m := DefaultModelConfig("tiny", "engine")
+				m.Engine.Checkpoint = filepath.Join(dir, "model.bin")
+				m.Engine.Tokenizer = filepath.Join(dir, "tokenizer.bin")
+				m.Engine.Threads, m.Engine.MaxSequences, m.Engine.PrefixCache = 1, 8, sc.cache
+				cfg.Models = append(cfg.Models, m)
+			})
+			require.Eventually(b, func() bool {
+				for _, nd := range tc.nodes {
+					if len(nd.candidates("tiny")) != 3 {
+						return false
+					}
+				}
+				return true
+			}, clusterWait, 10*time.Millisecond)
+			r := runPrefixLoad(b, tc.nodes, systems, suffixes, clients)
+			r.name = sc.name
+			var hits, lookups float64
+			for _, nd := range tc.nodes {
+				m := scrapeMetrics(b, nd)
+				hits += metricSum(m, "inference_prefix_cache_hit_tokens_total")
+				lookups += metricSum(m, "inference_prefix_cache_lookup_tokens_total")
+			}
+			r.hitRatio = hits / max(lookups, 1)
+			runs = append(runs, r)
+			for _, nd := range tc.nodes {
+				stopNode(nd)
+			}
+		}
+		for _, r := range runs {
+			b.Logf("%-14s TTFT p50 %7.1fms p99 %7.1fms, %5.2f req/s, prefix hit ratio %.2f, errors %d", r.name, r.ttft50, r.ttft99, r.reqPerSec, r.hitRatio, r.errors)
+			b.ReportMetric(r.ttft50, r.name+"-ttft-p50-ms")
+			b.ReportMetric(r.reqPerSec, r.name+"-req/s")
+		}
+		with, without := runs[len(runs)-1], runs[0]
+		b.ReportMetric(without.ttft50/with.ttft50, "ttft-p50-speedup")
+		b.ReportMetric(with.reqPerSec/without.reqPerSec, "throughput-gain")
+		b.ReportMetric(with.hitRatio, "hit-ratio")
+		b.Logf("prefix caching and routing: TTFT p50 %.1fx lower, throughput %.2fx", without.ttft50/with.ttft50, with.reqPerSec/without.reqPerSec)
+	}
+}
+
+// runPrefixLoad streams systems*suffixes completions (temperature 0, 4
+// tokens) from clients goroutines over every node as entry point and times
+// each first token.
+func runPrefixLoad(b *testing.B, nodes []*Node, systems, suffixes, clients int) prefixRun {
+	hist := hdrhistogram.New(1, 600_000_000, 3)
+	var mu sync.Mutex
+	var run prefixRun
+	next := make(chan int, systems*suffixes)
+	for j := range systems * suffixes {
+		next <- j
+	}
+	close(next)
+	client := &http.Client{Timeout: 5 * time.Minute}
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range next {
+				prompt := systemPrompt(j%systems, 400) + fmt.Sprintf(" user %d: %s %s?", j, prefixWords[j%len(prefixWords)], prefixWords[(j*5)%len(prefixWords)])
+				body, _ := json.Marshal(map[string]any{"model": "tiny", "prompt": prompt, "max_tokens": 4, "temperature": 0, "stream": true})
+				ttft, err := firstToken(client, "http://"+nodes[j%len(nodes)].HTTPAddr()+"/v1/completions", body)
+				mu.Lock()
+				if err != nil {
+					run.errors++
+					b.Logf("request %d: %v", j, err)
+				} else {
+					_ = hist.RecordValue(ttft.Microseconds())
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	run.ttft50 = float64(hist.ValueAtQuantile(50)) / 1000
+	run.ttft99 = float64(hist.ValueAtQuantile(99)) / 1000
+	run.reqPerSec = float64(hist.TotalCount()) / elapsed.Seconds()
+	return run
+}
+
+// firstToken posts a streaming request and returns when its first data
+// event arrived; it reads the stream to its end.
+func firstToken(client *http.Client, url string, body []byte) (time.Duration, error) {
+	t0 := time.Now()
+	resp, err := client.Post(url, "application/json", bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("status %d", resp.StatusCode)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	var ttft time.Duration
+	for sc.Scan() {
+		if ttft == 0 && strings.HasPrefix(sc.Text(), "data: {") {
+			ttft = time.Since(t0)
+		}
+	}
+	if ttft == 0 {
+		return 0, fmt.Errorf("no data event")
+	}
+	return ttft, sc.Err()
+}
+
+// metricSum adds every sample of a metric in Prometheus text.
+func metricSum(text, name string) float64 {
+	var sum float64
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, name) || (len(line) > len(name) && line[len(name)] != '{' && line[len(name)] != ' ') {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%g", &v); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
+func scrapeMetrics(tb testing.TB, nd *Node) string {
+	resp, err := http.Get("http://" + nd.HTTPAddr() + "/metrics")
+	require.NoError(tb, err)
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	_, err = buf.ReadFrom(resp.Body)
+	require.NoError(tb, err)
+	return buf.String()
+}
