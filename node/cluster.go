@@ -308,7 +308,7 @@ func (n *Node) localLoad() gossip.Load {
 	}
 	for name, ml := range n.sched.Load() {
 		l.Models[name] = gossip.ModelLoad{QueueDepth: ml.QueueDepth, ActiveBatches: ml.ActiveBatches, Slots: ml.Slots, InFlight: ml.Running,
-			TokensPerSec: n.tokenRate(name), MaxBatch: ml.MaxBatch, ServiceBase: ml.ServiceBase, ServicePerItem: ml.ServicePerItem,
+			TokensPerSec: n.tokenRate(name), MaxBatch: ml.MaxBatch, ServiceBase: roughly(ml.ServiceBase), ServicePerItem: roughly(ml.ServicePerItem),
 			Prefix: string(n.prefixes.Summary(name))}
 	}
 	g := n.gpuCapacity()

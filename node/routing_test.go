@@ -151,3 +151,11 @@ func TestRouteReasonHeaderAndMetric(t *testing.T) {
 	metrics := string(doJSON(t, http.MethodGet, "http://"+other.HTTPAddr()+"/metrics", "", nil).body)
 	require.Contains(t, metrics, `inference_route_reason_total{reason="prefix"}`)
 }
+
+func TestRoughly(t *testing.T) {
+	require.Equal(t, 21*time.Millisecond, roughly(20_870*time.Microsecond))
+	require.Equal(t, 2100*time.Microsecond, roughly(2_104_999*time.Nanosecond))
+	require.Equal(t, 150*time.Millisecond, roughly(149_700*time.Microsecond))
+	require.Zero(t, roughly(0))
+	require.Equal(t, 7*time.Nanosecond, roughly(7))
+}
