@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/shoal-dev/shoal/engine"
 	"github.com/shoal-dev/shoal/scheduler/sim"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -158,4 +160,31 @@ func TestRoughly(t *testing.T) {
 	require.Equal(t, 150*time.Millisecond, roughly(149_700*time.Microsecond))
 	require.Zero(t, roughly(0))
 	require.Equal(t, 7*time.Nanosecond, roughly(7))
+}
+
+// An engine model's prefix cache reports its hit ratio in /metrics: a second
+// prompt sharing a long prefix with the first reuses its KV.
+func TestPrefixCacheHitRatioInMetrics(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, engine.GenerateModel(dir, engine.GenOptions{Dim: 32, HiddenDim: 64, Layers: 2, Heads: 2, Vocab: 600, SeqLen: 256, Seed: 1}))
+	tc := mustNewCluster(t, 1, func(_ int, cfg *Config) {
+		m := DefaultModelConfig("tiny", "engine")
+		m.Engine.Checkpoint, m.Engine.Tokenizer = filepath.Join(dir, "model.bin"), filepath.Join(dir, "tokenizer.bin")
+		m.Engine.Threads, m.Engine.KVCacheMB = 1, 16
+		cfg.Models = append(cfg.Models, m)
+	})
+	system := systemPrompt(1, 60)
+	for _, q := range []string{" first?", " second?"} {
+		body, _ := json.Marshal(map[string]any{"model": "tiny", "prompt": system + q, "max_tokens": 2, "temperature": 0})
+		resp, err := http.Post("http://"+tc.nodes[0].HTTPAddr()+"/v1/completions", "application/json", bytes.NewReader(body))
+		require.NoError(t, err)
+		out, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode, string(out))
+	}
+	m := scrapeMetrics(t, tc.nodes[0])
+	require.Positive(t, metricSum(m, "inference_prefix_cache_hit_tokens_total"))
+	ratio := metricSum(m, "inference_prefix_cache_hit_ratio")
+	require.Greater(t, ratio, 0.3, "the second prompt reuses most of the first's blocks")
+	require.Less(t, ratio, 0.6, "the first found nothing")
 }
