@@ -107,7 +107,7 @@ func shares(served map[string]int) string {
 // BenchmarkRoutingPolicies: three nodes whose sim models run at 1x, 1x and
 // 4x slower; 1000 requests at concurrency 32, all sent to the first node.
 func BenchmarkRoutingPolicies(b *testing.B) {
-	for _, policy := range []string{"least-queued", "round-robin", "random"} {
+	for _, policy := range []string{"least-expected", "least-queued", "round-robin", "random"} {
 		b.Run(policy, func(b *testing.B) {
 			tc := mustNewCluster(b, 3, func(i int, cfg *Config) {
 				cfg.Router.Policy = policy

@@ -147,7 +147,7 @@ func (a *api) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		return a.fail(w, r, fmt.Errorf("%w: %q (see GET /v1/models)", scheduler.ErrUnknownModel, req.Model))
 	}
 	a.n.retries.request()
-	// Prefix-aware routing: the prompt's block hashes (shoal-routing).
+	// The prompt's block hashes, for prefix-aware routing.
 	rreq := router.Request{Prefix: promptHashes(req)}
 	tried := map[string]bool{}
 	var lastErr error
@@ -234,7 +234,8 @@ func (a *api) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 	if !ok {
 		return 0, fmt.Errorf("%s on %s: %w", req.Model, a.node, errBreakerOpen)
 	}
-	// This node now likely caches the prompt's prefix (shoal-routing).
+	// This node now likely holds the prompt's prefix in its KV cache; its
+	// load report tells the other routers.
 	a.n.prefixes.Record(req.Model, promptHashes(req))
 	key, cacheable := a.n.requestCacheKey(req)
 	pol := parseCacheControl(r.Header.Get("Cache-Control"))
