@@ -15,7 +15,6 @@ import (
 
 	"github.com/shoal-dev/shoal/engine"
 	"github.com/shoal-dev/shoal/scheduler/sim"
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -114,44 +113,39 @@ func TestSlowedNodeLosesShare(t *testing.T) {
 	t.Logf("slowed node's share of the last 60 answers fell to 5%% or less %s after the slowdown", time.Since(start).Round(10*time.Millisecond))
 }
 
-// X-Shoal-Route says where and why; every decision is counted by reason,
-// and a long shared prompt prefix routes later requests to the node that
-// served it.
+// X-Shoal-Route says where the request ran and why that node was picked,
+// and every decision is counted by reason. (Which reason wins depends on
+// measured load, so placement itself is tested in the router package and
+// measured in BenchmarkPrefixRouting.)
 func TestRouteReasonHeaderAndMetric(t *testing.T) {
 	tc := mustNewCluster(t, 3, nil)
 	tc.waitMembers(tc.nodes...)
 	system := strings.Repeat("You are a careful assistant who answers briefly. ", 20)
-	post := func(nd *Node, input string) *http.Response {
-		body, _ := json.Marshal(map[string]any{"model": "sim-fast", "input": input, "parameters": map[string]any{"temperature": 1}})
-		resp, err := http.Post("http://"+nd.HTTPAddr()+"/v1/infer", "application/json", bytes.NewReader(body))
+	reasons := map[string]int{}
+	const requests = 30
+	for i := range requests {
+		body, _ := json.Marshal(map[string]any{"model": "sim-fast", "input": fmt.Sprintf("%squestion %d", system, i), "parameters": map[string]any{"temperature": 1}})
+		resp, err := http.Post("http://"+tc.nodes[0].HTTPAddr()+"/v1/infer", "application/json", bytes.NewReader(body))
 		require.NoError(t, err)
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		require.Equal(t, http.StatusOK, resp.StatusCode)
-		return resp
+		route := resp.Header.Get("X-Shoal-Route")
+		where, why, ok := strings.Cut(route, ",")
+		require.True(t, ok, route)
+		require.Contains(t, []string{"local", "forward"}, where)
+		require.Contains(t, []string{"least-expected", "prefix", "local"}, why)
+		require.Equal(t, where == "local", resp.Header.Get("X-Shoal-Node") == tc.nodes[0].Name(), route)
+		reasons[why]++
 	}
-	first := post(tc.nodes[0], system+"first question")
-	holder := first.Header.Get("X-Shoal-Node")
-	route := first.Header.Get("X-Shoal-Route")
-	where, why, ok := strings.Cut(route, ",")
-	require.True(t, ok, route)
-	require.Contains(t, []string{"local", "forward"}, where)
-	require.Contains(t, []string{"least-expected", "local"}, why)
-
-	// Once the holder's summary has reached the other nodes, a request
-	// with the same prefix entering another node is routed for it: to the
-	// holder, or to the entry itself once it served the prefix too.
-	other := tc.nodes[0]
-	if other.Name() == holder {
-		other = tc.nodes[1]
+	metrics := scrapeMetrics(t, tc.nodes[0])
+	total := 0.0
+	for why, n := range reasons {
+		v := metricSum(metrics, `inference_route_reason_total{reason="`+why+`"}`)
+		require.Equal(t, float64(n), v, why)
+		total += v
 	}
-	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		resp := post(other, system+"another question")
-		assert.True(c, strings.HasSuffix(resp.Header.Get("X-Shoal-Route"), ",prefix"), resp.Header.Get("X-Shoal-Route"))
-	}, clusterWait, 20*time.Millisecond)
-
-	metrics := string(doJSON(t, http.MethodGet, "http://"+other.HTTPAddr()+"/metrics", "", nil).body)
-	require.Contains(t, metrics, `inference_route_reason_total{reason="prefix"}`)
+	require.Equal(t, float64(requests), total)
 }
 
 func TestRoughly(t *testing.T) {

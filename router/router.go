@@ -265,9 +265,9 @@ func (r *Router) twoChoices(n int) (int, int) {
 }
 
 // pickLeastExpected scores by expected completion, discounted by prefix
-// hit. It compares two random candidates and the candidate with the best
-// prefix hit (which random sampling would often miss), then lets the local
-// node win when it is no worse.
+// hit. It compares two random candidates, the local node, and the candidate
+// with the best prefix hit (which random sampling would often miss); the
+// local node wins ties.
 func (r *Router) pickLeastExpected(cands []Candidate, req Request) (Candidate, string) {
 	fb := fallbackCost(cands)
 	usePrefix := r.prefixWeight > 0 && len(req.Prefix) > 0
@@ -293,44 +293,45 @@ func (r *Router) pickLeastExpected(cands []Candidate, req Request) (Candidate, s
 	} else {
 		i, j := r.twoChoices(len(cands))
 		pool = append(pool, eval(cands[i]), eval(cands[j]))
-		if usePrefix {
-			best := -1
-			var bs scored
-			for k, c := range cands {
-				if k == i || k == j {
-					continue
-				}
-				if s := eval(c); s.hit > 0 && (best < 0 || s.hit > bs.hit) {
-					best, bs = k, s
+		holder := -1
+		var hs scored
+		for k, c := range cands {
+			if k == i || k == j {
+				continue
+			}
+			if c.Local {
+				// Serving here saves a hop, so the local node is always
+				// compared.
+				pool = append(pool, eval(c))
+				continue
+			}
+			if usePrefix {
+				if s := eval(c); s.hit > 0 && (holder < 0 || s.hit > hs.hit) {
+					holder, hs = k, s
 				}
 			}
-			if best >= 0 {
-				pool = append(pool, bs)
-			}
+		}
+		if holder >= 0 {
+			pool = append(pool, hs)
 		}
 	}
 	bi := 0
 	for i, s := range pool {
-		if s.score < pool[bi].score {
+		if s.score < pool[bi].score || (s.score == pool[bi].score && s.c.Local) {
 			bi = i
 		}
 	}
 	best := pool[bi]
 	// The prefix is the reason when, without it, another candidate would
-	// have been at least as good.
+	// have been at least as good; locality when it won a tie.
 	reason := PolicyLeastExpected
 	for i, s := range pool {
-		if i != bi && best.hit > 0 && s.exp <= best.exp {
-			reason = ReasonPrefix
-		}
-	}
-	// Serving here saves a hop, so the local node wins whenever it is no
-	// worse than the pick.
-	for _, c := range cands {
-		if c.Local && !best.c.Local {
-			if s := eval(c); s.score <= best.score {
-				return c, ReasonLocal
-			}
+		switch {
+		case i == bi:
+		case best.hit > 0 && s.exp <= best.exp:
+			return best.c, ReasonPrefix
+		case best.c.Local && s.score == best.score:
+			reason = ReasonLocal
 		}
 	}
 	return best.c, reason
