@@ -18,10 +18,11 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// A node that slows down mid-run loses its share of the work: its batch
-// cost, measured and gossiped, makes least-expected route around it (the
-// wait is a condition, bounded generously; BenchmarkRoutingUneven and the
-// README give the speed).
+// A node that slows down 4x mid-run loses its share of the work: its batch
+// cost, measured and gossiped, makes least-expected route around it.
+// (least-queued, which counts only queues, keeps sending it more than 5%:
+// this test fails with it. The wait is a condition, bounded generously; the
+// time it took is logged and in the README.)
 func TestSlowedNodeLosesShare(t *testing.T) {
 	var mu sync.Mutex
 	backends := map[string]*sim.Backend{}
@@ -101,7 +102,7 @@ func TestSlowedNodeLosesShare(t *testing.T) {
 	}, clusterWait, 10*time.Millisecond, "n3 never took a share of the load while equal")
 
 	mu.Lock()
-	backends["n3"].SetSlowdown(10)
+	backends["n3"].SetSlowdown(4)
 	recent = nil
 	phase.Store(1)
 	mu.Unlock()
