@@ -230,3 +230,14 @@ func TestParseKey(t *testing.T) {
 	require.NoError(t, err)
 	require.Nil(t, got, "blank means no encryption")
 }
+
+// A load report with one model's prefix summary (router's 1 KiB filter)
+// still goes out as one UDP packet.
+func TestLoadWithPrefixSummaryFitsOnePacket(t *testing.T) {
+	l := sampleLoad(10)
+	m := l.Models["llama-3-8b"]
+	m.Prefix = strings.Repeat("\xa5", 1024)
+	l.Models["llama-3-8b"] = m
+	msg := encodeLoadMsg(loadEntry{Name: "node-with-a-long-name-01", Load: l, Interval: time.Second})
+	require.Less(t, len(msg), 1400-64)
+}

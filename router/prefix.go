@@ -26,11 +26,12 @@ const (
 	// 8 KiB of text): a long prompt costs no more.
 	MaxPrefixBlocks = 128
 	// DefaultPrefixIndexBlocks is how many recent blocks a node remembers
-	// per model.
-	DefaultPrefixIndexBlocks = 2048
-	// prefixFilterBits is the Bloom filter size: 2 KiB, about 1% false
-	// positives at 2048 blocks with 4 probes.
-	prefixFilterBits  = 16 << 10
+	// per model (64 KiB of prompt text).
+	DefaultPrefixIndexBlocks = 1024
+	// prefixFilterBits is the Bloom filter size: 1 KiB, about 2.4% false
+	// positives when full with 4 probes, small enough that a load report
+	// with one model's summary still fits a UDP packet.
+	prefixFilterBits  = 8 << 10
 	prefixFilterProbe = 4
 )
 
