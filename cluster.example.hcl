@@ -119,10 +119,10 @@ router {
   # or "random". Default least-expected.
   policy = "least-expected"
   # How much a node that likely holds the prompt's prefix in its KV cache is preferred, 0 to 1:
-  # a full hit discounts its expected completion by this share, so it wins while it is under
-  # 1/(1-weight) times as busy as the best other node. 0 turns prefix-aware routing off
-  # (least-expected only). Default 0.5.
-  prefix_weight = 0.5
+  # a full hit discounts its expected completion by this share, so it wins while its expected
+  # completion is under 1/(1-weight) times the best other node's (1.33 at 0.25). 0 turns
+  # prefix-aware routing off (least-expected only). Default 0.25.
+  prefix_weight = 0.25
 }
 
 gpu {

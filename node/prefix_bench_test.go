@@ -14,6 +14,7 @@ import (
 
 	"github.com/HdrHistogram/hdrhistogram-go"
 	"github.com/shoal-dev/shoal/engine"
+	"github.com/shoal-dev/shoal/router"
 	"github.com/stretchr/testify/require"
 )
 
@@ -54,7 +55,7 @@ func BenchmarkPrefixRouting(b *testing.B) {
 	opts := engine.DefaultGenOptions()
 	opts.SeqLen = 512
 	require.NoError(b, engine.GenerateModel(dir, opts))
-	const systems, suffixes, clients = 8, 8, 6
+	const systems, suffixes, clients = 8, 16, 6
 	for i := 0; i < b.N; i++ {
 		var runs []prefixRun
 		for _, sc := range []struct {
@@ -64,7 +65,7 @@ func BenchmarkPrefixRouting(b *testing.B) {
 		}{
 			{"no-prefix", false, 0},
 			{"cache-only", true, 0},
-			{"cache+routing", true, 0.5},
+			{"cache+routing", true, router.DefaultPrefixWeight},
 		} {
 			tc := mustNewCluster(b, 3, func(_ int, cfg *Config) {
 				cfg.Router.PrefixWeight = sc.weight
