@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -41,73 +43,91 @@ type prefixRun struct {
 	reqPerSec      float64
 	hitRatio       float64
 	errors         int
+	served         map[string]int
 }
 
-// BenchmarkPrefixRouting: 8 system prompts of about 400 tokens, each with
+// BenchmarkPrefixRouting: system prompts of about 400 tokens, each with
 // many user suffixes, over three engine nodes serving the built-in model's
-// generator with a 512-token context; TTFT and throughput with prefix
-// caching and prefix-aware routing against without either (and caching
-// with load-only routing in between):
+// generator with a 768-token context; TTFT and throughput with prefix
+// caching and prefix-aware routing against without either, and caching
+// with load-only routing in between. With 8 prompts every node's cache
+// holds them all; with 24 prompts and 64 MiB of KV per node it holds about
+// a third, which is where routing by prefix matters:
 //
 //	go test ./node -run '^$' -bench PrefixRouting -benchtime 1x
 func BenchmarkPrefixRouting(b *testing.B) {
 	dir := b.TempDir()
 	opts := engine.DefaultGenOptions()
-	opts.SeqLen = 512
+	opts.SeqLen = 768
 	require.NoError(b, engine.GenerateModel(dir, opts))
-	const systems, suffixes, clients = 8, 16, 6
-	for i := 0; i < b.N; i++ {
-		var runs []prefixRun
-		for _, sc := range []struct {
-			name   string
-			cache  bool
-			weight float64
-		}{
-			{"no-prefix", false, 0},
-			{"cache-only", true, 0},
-			{"cache+routing", true, router.DefaultPrefixWeight},
-		} {
-			tc := mustNewCluster(b, 3, func(_ int, cfg *Config) {
-				cfg.Router.PrefixWeight = sc.weight
-				m := DefaultModelConfig("tiny", "engine")
-				m.Engine.Checkpoint = filepath.Join(dir, "model.bin")
-				m.Engine.Tokenizer = filepath.Join(dir, "tokenizer.bin")
-				m.Engine.Threads, m.Engine.MaxSequences, m.Engine.PrefixCache = 1, 8, sc.cache
-				cfg.Models = append(cfg.Models, m)
-			})
-			require.Eventually(b, func() bool {
-				for _, nd := range tc.nodes {
-					if len(nd.candidates("tiny")) != 3 {
-						return false
-					}
-				}
-				return true
-			}, clusterWait, 10*time.Millisecond)
-			r := runPrefixLoad(b, tc.nodes, systems, suffixes, clients)
-			r.name = sc.name
-			var hits, lookups float64
-			for _, nd := range tc.nodes {
-				m := scrapeMetrics(b, nd)
-				hits += metricSum(m, "inference_prefix_cache_hit_tokens_total")
-				lookups += metricSum(m, "inference_prefix_cache_lookup_tokens_total")
+	for _, load := range []struct {
+		name              string
+		systems, suffixes int
+		kvMB              int
+	}{
+		{"8-prompts", 8, 16, 256},
+		{"24-prompts-64MiB", 24, 6, 64},
+	} {
+		b.Run(load.name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				prefixScenarios(b, dir, load.systems, load.suffixes, load.kvMB)
 			}
-			r.hitRatio = hits / max(lookups, 1)
-			runs = append(runs, r)
-			for _, nd := range tc.nodes {
-				stopNode(nd)
-			}
-		}
-		for _, r := range runs {
-			b.Logf("%-14s TTFT p50 %7.1fms p99 %7.1fms, %5.2f req/s, prefix hit ratio %.2f, errors %d", r.name, r.ttft50, r.ttft99, r.reqPerSec, r.hitRatio, r.errors)
-			b.ReportMetric(r.ttft50, r.name+"-ttft-p50-ms")
-			b.ReportMetric(r.reqPerSec, r.name+"-req/s")
-		}
-		with, without := runs[len(runs)-1], runs[0]
-		b.ReportMetric(without.ttft50/with.ttft50, "ttft-p50-speedup")
-		b.ReportMetric(with.reqPerSec/without.reqPerSec, "throughput-gain")
-		b.ReportMetric(with.hitRatio, "hit-ratio")
-		b.Logf("prefix caching and routing: TTFT p50 %.1fx lower, throughput %.2fx", without.ttft50/with.ttft50, with.reqPerSec/without.reqPerSec)
+		})
 	}
+}
+
+func prefixScenarios(b *testing.B, dir string, systems, suffixes, kvMB int) {
+	const clients = 6
+	var runs []prefixRun
+	for _, sc := range []struct {
+		name   string
+		cache  bool
+		weight float64
+	}{
+		{"no-prefix", false, 0},
+		{"cache-only", true, 0},
+		{"cache+routing", true, router.DefaultPrefixWeight},
+	} {
+		tc := mustNewCluster(b, 3, func(_ int, cfg *Config) {
+			cfg.Router.PrefixWeight = sc.weight
+			m := DefaultModelConfig("tiny", "engine")
+			m.Engine.Checkpoint = filepath.Join(dir, "model.bin")
+			m.Engine.Tokenizer = filepath.Join(dir, "tokenizer.bin")
+			m.Engine.Threads, m.Engine.MaxSequences, m.Engine.PrefixCache, m.Engine.KVCacheMB = 1, 8, sc.cache, kvMB
+			cfg.Models = append(cfg.Models, m)
+		})
+		require.Eventually(b, func() bool {
+			for _, nd := range tc.nodes {
+				if len(nd.candidates("tiny")) != 3 {
+					return false
+				}
+			}
+			return true
+		}, clusterWait, 10*time.Millisecond)
+		r := runPrefixLoad(b, tc.nodes, systems, suffixes, clients)
+		r.name = sc.name
+		var hits, lookups float64
+		for _, nd := range tc.nodes {
+			m := scrapeMetrics(b, nd)
+			hits += metricSum(m, "inference_prefix_cache_hit_tokens_total")
+			lookups += metricSum(m, "inference_prefix_cache_lookup_tokens_total")
+		}
+		r.hitRatio = hits / max(lookups, 1)
+		runs = append(runs, r)
+		for _, nd := range tc.nodes {
+			stopNode(nd)
+		}
+	}
+	for _, r := range runs {
+		b.Logf("%-14s TTFT p50 %7.1fms p99 %7.1fms, %5.2f req/s, prefix hit ratio %.2f, errors %d, shares %s", r.name, r.ttft50, r.ttft99, r.reqPerSec, r.hitRatio, r.errors, shares(r.served))
+		b.ReportMetric(r.ttft50, r.name+"-ttft-p50-ms")
+		b.ReportMetric(r.reqPerSec, r.name+"-req/s")
+	}
+	with, without := runs[len(runs)-1], runs[0]
+	b.ReportMetric(without.ttft50/with.ttft50, "ttft-p50-speedup")
+	b.ReportMetric(with.reqPerSec/without.reqPerSec, "throughput-gain")
+	b.ReportMetric(with.hitRatio, "hit-ratio")
+	b.Logf("prefix caching and routing: TTFT p50 %.1fx lower, throughput %.2fx", without.ttft50/with.ttft50, with.reqPerSec/without.reqPerSec)
 }
 
 // runPrefixLoad streams systems*suffixes completions (temperature 0, 4
@@ -116,9 +136,13 @@ func BenchmarkPrefixRouting(b *testing.B) {
 func runPrefixLoad(b *testing.B, nodes []*Node, systems, suffixes, clients int) prefixRun {
 	hist := hdrhistogram.New(1, 600_000_000, 3)
 	var mu sync.Mutex
-	var run prefixRun
+	run := prefixRun{served: map[string]int{}}
+	// Each request picks its system prompt at random (a fixed sequence).
+	rng := rand.New(rand.NewPCG(1, 2))
+	sys := make([]int, systems*suffixes)
 	next := make(chan int, systems*suffixes)
 	for j := range systems * suffixes {
+		sys[j] = rng.IntN(systems)
 		next <- j
 	}
 	close(next)
@@ -131,15 +155,16 @@ func runPrefixLoad(b *testing.B, nodes []*Node, systems, suffixes, clients int) 
 			defer wg.Done()
 			for j := range next {
 				// A system prompt of about 400 tokens, then the user's part.
-				prompt := systemPrompt(j%systems, 338) + fmt.Sprintf(" user %d: %s %s?", j, prefixWords[j%len(prefixWords)], prefixWords[(j*5)%len(prefixWords)])
+				prompt := systemPrompt(sys[j], 338) + fmt.Sprintf(" user %d: %s %s?", j, prefixWords[j%len(prefixWords)], prefixWords[(j*5)%len(prefixWords)])
 				body, _ := json.Marshal(map[string]any{"model": "tiny", "prompt": prompt, "max_tokens": 4, "temperature": 0, "stream": true})
-				ttft, err := firstToken(client, "http://"+nodes[j%len(nodes)].HTTPAddr()+"/v1/completions", body)
+				ttft, node, err := firstToken(client, "http://"+nodes[j%len(nodes)].HTTPAddr()+"/v1/completions", body)
 				mu.Lock()
 				if err != nil {
 					run.errors++
 					b.Logf("request %d: %v", j, err)
 				} else {
 					_ = hist.RecordValue(ttft.Microseconds())
+					run.served[node]++
 				}
 				mu.Unlock()
 			}
@@ -154,16 +179,18 @@ func runPrefixLoad(b *testing.B, nodes []*Node, systems, suffixes, clients int) 
 }
 
 // firstToken posts a streaming request and returns when its first data
-// event arrived; it reads the stream to its end.
-func firstToken(client *http.Client, url string, body []byte) (time.Duration, error) {
+// event arrived and which node ran it; it reads the stream to its end.
+func firstToken(client *http.Client, url string, body []byte) (time.Duration, string, error) {
 	t0 := time.Now()
 	resp, err := client.Post(url, "application/json", bytes.NewReader(body))
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	defer resp.Body.Close()
+	node := resp.Header.Get("X-Shoal-Node")
 	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("status %d", resp.StatusCode)
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return 0, node, fmt.Errorf("status %d: %s", resp.StatusCode, msg)
 	}
 	sc := bufio.NewScanner(resp.Body)
 	var ttft time.Duration
@@ -173,9 +200,9 @@ func firstToken(client *http.Client, url string, body []byte) (time.Duration, er
 		}
 	}
 	if ttft == 0 {
-		return 0, fmt.Errorf("no data event")
+		return 0, node, fmt.Errorf("no data event")
 	}
-	return ttft, sc.Err()
+	return ttft, node, sc.Err()
 }
 
 // metricSum adds every sample of a metric in Prometheus text.
