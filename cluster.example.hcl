@@ -132,9 +132,16 @@ auth {
 }
 
 router {
-  # How a node picks the node that runs a request: "least-queued" (queued work per slot,
-  # power of two choices), "round-robin" or "random". Default least-queued.
-  policy = "least-queued"
+  # How a node picks the node that runs a request: "least-expected" (when one more request
+  # would finish there: queued and running work over the node's measured batch cost, power of
+  # two choices), "least-queued" (queued work per slot, power of two choices), "round-robin"
+  # or "random". Default least-expected.
+  policy = "least-expected"
+  # How much a node that likely holds the prompt's prefix in its KV cache is preferred, 0 to 1:
+  # a full hit discounts its expected completion by this share, so it wins while its expected
+  # completion is under 1/(1-weight) times the best other node's (1.33 at 0.25). 0 turns
+  # prefix-aware routing off (least-expected only). Default 0.25.
+  prefix_weight = 0.25
 }
 
 gpu {
@@ -224,5 +231,8 @@ model "tiny" {
     threads = 0
     # KV cache budget in MiB; when full, new requests wait in the queue. Default 256.
     kv_cache_mb = 256
+    # Keep finished prompts' KV cache, in blocks of 16 tokens, for later prompts sharing their
+    # prefix (within kv_cache_mb, least recently used evicted first). Default true.
+    prefix_cache = true
   }
 }

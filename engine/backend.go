@@ -62,6 +62,9 @@ type Config struct {
 	// DefaultMaxTokens is the completion length when a request sets none;
 	// default 128. Completions are always bounded by seq_len.
 	DefaultMaxTokens int
+	// NoPrefixCache turns off keeping finished prompts' KV pages for later
+	// prompts that share their prefix (on by default, within KVCacheBytes).
+	NoPrefixCache bool
 	// Logger receives the engine's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -141,6 +144,14 @@ type Stats struct {
 	KVBytesAllocated int64
 	// KVBytesBudget is the configured bound on the KV cache.
 	KVBytesBudget int64
+	// PrefixCachedBytes is the KV cache held for prompt prefixes (in use
+	// or evictable); with KVBytesInUse it stays within KVBytesBudget.
+	PrefixCachedBytes int64
+	// PrefixLookupTokens counts admitted prompt tokens looked up in the
+	// prefix cache; PrefixHitTokens those whose KV was found there, which
+	// skipped their prefill.
+	PrefixLookupTokens uint64
+	PrefixHitTokens    uint64
 }
 
 // Backend is an embedded transformer runtime with continuous batching. It
@@ -193,8 +204,15 @@ type sequence struct {
 	generated int
 	reserved  int // KV pages reserved
 	kv        kvSeq
-	sampler   sampler
-	out       textOut
+	// hashes are the prompt's full-block hashes; the first shared of
+	// kv.pages belong to the prefix cache.
+	hashes []uint64
+	shared int
+	// donated: a block of this prompt was found cached by another
+	// sequence, so no later block can join the shared pages.
+	donated bool
+	sampler sampler
+	out     textOut
 	// per-step bookkeeping
 	stepRows int
 	logit    int
@@ -246,6 +264,7 @@ func newBackend(cfg Config, log *slog.Logger, w *weights, tok *Tokenizer) (*Back
 		return nil, fmt.Errorf("%w: vocabulary of %d lacks <unk>, <s> and </s>", ErrBadHeader, w.cfg.Vocab)
 	}
 	kv := newKVCache(w.cfg, cfg.KVCacheBytes)
+	kv.prefix = prefixCache{enabled: !cfg.NoPrefixCache, entries: map[uint64]*prefixEntry{}}
 	if full := pagesFor(w.cfg.SeqLen); kv.budget < full {
 		return nil, fmt.Errorf("%w: kv_cache_bytes %d holds less than one full-length sequence (%d bytes)",
 			ErrInvalidConfig, cfg.KVCacheBytes, int64(full)*kv.pageBytes)
@@ -273,18 +292,22 @@ func (b *Backend) Tokenizer() *Tokenizer { return b.tok }
 // Stats returns the backend's counters and gauges.
 func (b *Backend) Stats() Stats {
 	b.mu.Lock()
-	active, reserved, allocated := b.active, b.kv.reserved, b.kv.allocated
+	active, reserved, allocated, cached := b.active, b.kv.reserved, b.kv.allocated, b.kv.cached
+	lookups, hits := b.kv.prefix.lookups, b.kv.prefix.hits
 	b.mu.Unlock()
 	return Stats{
-		TokensGenerated:  b.tokens.Load(),
-		PromptTokens:     b.prompt.Load(),
-		Steps:            b.steps.Load(),
-		Requests:         b.requests.Load(),
-		ActiveSequences:  active,
-		MaxSequences:     b.cfg.MaxSequences,
-		KVBytesInUse:     int64(reserved) * b.kv.pageBytes,
-		KVBytesAllocated: int64(allocated) * b.kv.pageBytes,
-		KVBytesBudget:    int64(b.kv.budget) * b.kv.pageBytes,
+		PrefixCachedBytes:  int64(cached) * b.kv.pageBytes,
+		PrefixLookupTokens: lookups,
+		PrefixHitTokens:    hits,
+		TokensGenerated:    b.tokens.Load(),
+		PromptTokens:       b.prompt.Load(),
+		Steps:              b.steps.Load(),
+		Requests:           b.requests.Load(),
+		ActiveSequences:    active,
+		MaxSequences:       b.cfg.MaxSequences,
+		KVBytesInUse:       int64(reserved) * b.kv.pageBytes,
+		KVBytesAllocated:   int64(allocated) * b.kv.pageBytes,
+		KVBytesBudget:      int64(b.kv.budget) * b.kv.pageBytes,
 	}
 }
 
@@ -333,6 +356,10 @@ func (b *Backend) Admit(t *scheduler.Task) bool {
 	// prompt of n tokens leaves seq_len-n+1 to generate.
 	maxTokens = min(maxTokens, seqLen-len(prompt)+1)
 	need := pagesFor(min(len(prompt)+maxTokens-1, seqLen))
+	var hashes []uint64
+	if b.kv.prefix.enabled {
+		hashes = blockHashes(prompt)
+	}
 
 	b.mu.Lock()
 	if b.closed {
@@ -340,14 +367,29 @@ func (b *Backend) Admit(t *scheduler.Task) bool {
 		t.Finish(scheduler.Result{}, ErrClosed)
 		return true
 	}
-	if b.active >= b.cfg.MaxSequences || !b.kv.reserve(need) {
+	if b.active >= b.cfg.MaxSequences {
 		b.mu.Unlock()
 		return false
+	}
+	// Cached prefix pages are pinned before reserving, so making room
+	// cannot evict them; the sequence reserves only the pages it writes.
+	shared := b.kv.prefix.pin(hashes, len(prompt))
+	need -= len(shared)
+	if !b.kv.reserve(need) {
+		b.kv.prefix.unpin(hashes, len(shared))
+		b.mu.Unlock()
+		return false
+	}
+	if b.kv.prefix.enabled {
+		b.kv.prefix.lookups += uint64(len(prompt))
+		b.kv.prefix.hits += uint64(len(shared) * kvPageTokens)
 	}
 	s := b.newSequence()
 	b.active++
 	s.task, s.ctx, s.prompt, s.maxTokens, s.reserved = t, t.Context(), prompt, maxTokens, need
-	s.pos, s.generated, s.prevTok, s.next = 0, 0, prompt[len(prompt)-1], 0
+	s.kv.pages = append(s.kv.pages[:0], shared...)
+	s.hashes, s.shared = hashes, len(shared)
+	s.pos, s.generated, s.prevTok, s.next = len(shared)*kvPageTokens, 0, prompt[len(prompt)-1], 0
 	seed := rand.Uint64()
 	if req.Params.Seed != nil {
 		seed = uint64(*req.Params.Seed)
@@ -490,6 +532,11 @@ func (b *Backend) step() {
 			continue
 		}
 		s.pos += s.stepRows
+		if s.pos-s.stepRows < len(s.prompt) && s.pos/kvPageTokens > s.shared && len(s.hashes) > s.shared {
+			b.mu.Lock()
+			b.donate(s)
+			b.mu.Unlock()
+		}
 		if s.logit < 0 {
 			continue
 		}
@@ -541,10 +588,12 @@ func (b *Backend) leave(s *sequence, res scheduler.Result, err error) {
 	}
 	b.requests.Add(1)
 	b.mu.Lock()
-	b.kv.release(s.kv.pages, s.reserved)
+	b.donate(s)
+	b.kv.prefix.unpin(s.hashes, s.shared)
+	b.kv.release(s.kv.pages[s.shared:], s.reserved)
 	clear(s.kv.pages)
 	s.kv.pages = s.kv.pages[:0]
-	s.task, s.ctx, s.prompt = nil, nil, nil
+	s.task, s.ctx, s.prompt, s.hashes, s.shared, s.donated = nil, nil, nil, nil, 0, false
 	b.active--
 	b.spare = append(b.spare, s)
 	b.mu.Unlock()
@@ -552,5 +601,32 @@ func (b *Backend) leave(s *sequence, res scheduler.Result, err error) {
 	select {
 	case b.room <- struct{}{}:
 	default:
+	}
+}
+
+// donate hands a sequence's computed full prompt blocks to the prefix
+// cache as soon as prefill has passed them, so prompts sharing the prefix
+// reuse it while this one is still running: each page becomes a cache
+// entry the sequence keeps pinned (it joins the shared pages, and leaves the
+// sequence's reservation for the cache's count). It stops at the first block
+// another sequence cached meanwhile, since shared pages must lead the
+// sequence's page list. Called with b.mu held.
+func (b *Backend) donate(s *sequence) {
+	c := &b.kv.prefix
+	if !c.enabled || s.donated {
+		return
+	}
+	end := min(len(s.hashes), s.pos/kvPageTokens, len(s.kv.pages))
+	for s.shared < end {
+		h := s.hashes[s.shared]
+		if _, ok := c.entries[h]; ok {
+			s.donated = true
+			return
+		}
+		c.entries[h] = &prefixEntry{hash: h, page: s.kv.pages[s.shared], refs: 1}
+		s.shared++
+		s.reserved--
+		b.kv.reserved--
+		b.kv.cached++
 	}
 }

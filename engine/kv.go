@@ -7,6 +7,10 @@ package engine
 // pages go to a free list and are reused, never handed back to the garbage
 // collector, so steady serving allocates no cache memory. Callers serialise
 // access (Backend.mu).
+//
+// The prefix cache's pages count against the same budget: reserved plus
+// cached never exceeds it, and a reservation that would not fit evicts idle
+// prefix pages first.
 type kvCache struct {
 	pageFloats int
 	pageBytes  int64
@@ -14,6 +18,8 @@ type kvCache struct {
 	reserved   int
 	allocated  int
 	free       [][]float32
+	prefix     prefixCache
+	cached     int // pages held by the prefix cache
 }
 
 func newKVCache(c ModelConfig, budgetBytes int64) kvCache {
@@ -28,8 +34,13 @@ func pagesFor(positions int) int { return (positions + kvPageTokens - 1) / kvPag
 // reserve claims n pages of the budget, or reports false when they are not
 // free.
 func (k *kvCache) reserve(n int) bool {
-	if k.reserved+n > k.budget {
-		return false
+	for k.reserved+n+k.cached > k.budget {
+		p := k.prefix.evictOne()
+		if p == nil {
+			return false
+		}
+		k.cached--
+		k.free = append(k.free, p)
 	}
 	k.reserved += n
 	return true
@@ -49,7 +60,12 @@ func (k *kvCache) take() []float32 {
 
 // release returns a sequence's pages to the free list and its reservation
 // to the budget.
+// Pages handed to the prefix cache are nil here and skipped.
 func (k *kvCache) release(pages [][]float32, reserved int) {
-	k.free = append(k.free, pages...)
+	for _, p := range pages {
+		if p != nil {
+			k.free = append(k.free, p)
+		}
+	}
 	k.reserved -= reserved
 }

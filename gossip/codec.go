@@ -24,6 +24,10 @@ const (
 	MaxNameLen = 256
 	// MaxModels caps the models in one load report.
 	MaxModels = 1024
+	// MaxPrefixSummary caps one model's ModelLoad.Prefix.
+	MaxPrefixSummary = 8 << 10
+	// maxExtSize caps one model's extension record.
+	maxExtSize = MaxPrefixSummary + 64
 	// maxStateEntries caps the loads in one push-pull state.
 	maxStateEntries = 4096
 	// maxMessageSize caps a user message or push-pull state we decode.
@@ -110,9 +114,12 @@ func validateLoad(l Load) error {
 	if len(l.Models) > MaxModels {
 		return fmt.Errorf("%w: %d models (max %d)", ErrLoadTooLarge, len(l.Models), MaxModels)
 	}
-	for name := range l.Models {
+	for name, m := range l.Models {
 		if len(name) > MaxNameLen {
 			return fmt.Errorf("%w: model name of %d bytes (max %d)", ErrLoadTooLarge, len(name), MaxNameLen)
+		}
+		if len(m.Prefix) > MaxPrefixSummary {
+			return fmt.Errorf("%w: prefix summary of %d bytes for %q (max %d)", ErrLoadTooLarge, len(m.Prefix), name, MaxPrefixSummary)
 		}
 	}
 	return nil
@@ -130,11 +137,7 @@ func appendLoadEntry(b []byte, e loadEntry) []byte {
 	b = binary.AppendVarint(b, int64(g.MemoryTotalMB))
 	b = binary.AppendVarint(b, int64(g.MemoryFreeMB))
 	b = appendFloat(b, g.UtilizationPct)
-	names := make([]string, 0, len(e.Load.Models))
-	for name := range e.Load.Models {
-		names = append(names, name)
-	}
-	slices.Sort(names)
+	names := sortedModels(e.Load.Models)
 	b = binary.AppendUvarint(b, uint64(len(names)))
 	for _, name := range names {
 		m := e.Load.Models[name]
@@ -182,15 +185,78 @@ func readLoadEntry(r *reader) loadEntry {
 	return e
 }
 
-// encodeLoadMsg returns the user message carrying e.
-func encodeLoadMsg(e loadEntry) []byte {
-	return appendLoadEntry([]byte{msgLoad}, e)
+// Load extensions: fields added after the first release travel in a
+// trailer after the entries (a load message's one entry, or all of a
+// push-pull state's), because bytes inside an entry would shift the fields
+// an older decoder reads next, while a trailer is ignored by it. The
+// trailer holds, per entry, the model count and then one length-prefixed
+// record per model in wire (sorted) order; a record's own later fields are
+// ignored by decoders that know fewer.
+
+// appendLoadExt appends e's extension records.
+func appendLoadExt(b []byte, e loadEntry) []byte {
+	names := sortedModels(e.Load.Models)
+	b = binary.AppendUvarint(b, uint64(len(names)))
+	var rec []byte
+	for _, name := range names {
+		m := e.Load.Models[name]
+		rec = rec[:0]
+		rec = binary.AppendUvarint(rec, uint64(max(m.ServiceBase, 0)/time.Microsecond))
+		rec = binary.AppendUvarint(rec, uint64(max(m.ServicePerItem, 0)/time.Microsecond))
+		rec = binary.AppendVarint(rec, int64(m.MaxBatch))
+		rec = appendString(rec, m.Prefix)
+		b = binary.AppendUvarint(b, uint64(len(rec)))
+		b = append(b, rec...)
+	}
+	return b
 }
 
-// decodeLoadMsg parses a load message body (after the type byte).
+// readLoadExt reads e's extension records into its models (matched in
+// sorted order, as the encoder writes them); errors are left in r.err.
+func readLoadExt(r *reader, e *loadEntry) {
+	names := sortedModels(e.Load.Models)
+	n := r.count(MaxModels)
+	if r.err == nil && n != len(names) {
+		r.fail("extension for %d models, entry has %d", n, len(names))
+		return
+	}
+	for i := 0; i < n && r.err == nil; i++ {
+		rec := reader{b: r.bytes(maxExtSize)}
+		m := e.Load.Models[names[i]]
+		m.ServiceBase = rec.micros()
+		m.ServicePerItem = rec.micros()
+		m.MaxBatch = rec.int()
+		m.Prefix = rec.string(MaxPrefixSummary)
+		if rec.err != nil {
+			r.fail("model %q extension: %v", names[i], rec.err)
+			return
+		}
+		e.Load.Models[names[i]] = m
+	}
+}
+
+func sortedModels(models map[string]ModelLoad) []string {
+	names := make([]string, 0, len(models))
+	for name := range models {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// encodeLoadMsg returns the user message carrying e.
+func encodeLoadMsg(e loadEntry) []byte {
+	return appendLoadExt(appendLoadEntry([]byte{msgLoad}, e), e)
+}
+
+// decodeLoadMsg parses a load message body (after the type byte). A message
+// from an older node has no extension trailer.
 func decodeLoadMsg(b []byte) (loadEntry, error) {
 	r := reader{b: b}
 	e := readLoadEntry(&r)
+	if r.err == nil && len(r.b) > 0 {
+		readLoadExt(&r, &e)
+	}
 	if r.err != nil {
 		return loadEntry{}, fmt.Errorf("%w: load: %v", ErrMalformed, r.err)
 	}
@@ -222,6 +288,9 @@ func encodeState(entries []loadEntry) []byte {
 	for _, e := range entries {
 		b = appendLoadEntry(b, e)
 	}
+	for _, e := range entries {
+		b = appendLoadExt(b, e)
+	}
 	return b
 }
 
@@ -238,6 +307,11 @@ func decodeState(b []byte) ([]loadEntry, error) {
 	entries := make([]loadEntry, 0, n)
 	for i := 0; i < n && r.err == nil; i++ {
 		entries = append(entries, readLoadEntry(&r))
+	}
+	if r.err == nil && len(r.b) > 0 {
+		for i := range entries {
+			readLoadExt(&r, &entries[i])
+		}
 	}
 	if r.err != nil {
 		return nil, fmt.Errorf("%w: state: %v", ErrMalformed, r.err)
@@ -333,6 +407,26 @@ func (r *reader) string(limit int) string {
 	s := string(r.b[:n])
 	r.b = r.b[n:]
 	return s
+}
+
+// bytes reads a length-prefixed byte string, sharing r's buffer.
+func (r *reader) bytes(limit int) []byte {
+	n := r.count(limit)
+	if r.err != nil {
+		return nil
+	}
+	v := r.b[:n:n]
+	r.b = r.b[n:]
+	return v
+}
+
+// micros reads a uvarint count of microseconds, capped at a day.
+func (r *reader) micros() time.Duration {
+	v := r.uvarint()
+	if v > uint64(24*time.Hour/time.Microsecond) {
+		v = uint64(24 * time.Hour / time.Microsecond)
+	}
+	return time.Duration(v) * time.Microsecond
 }
 
 func (r *reader) float() float64 {

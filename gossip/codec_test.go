@@ -154,6 +154,52 @@ func TestStateRoundTrip(t *testing.T) {
 	require.ErrorIs(t, err, ErrMalformed)
 }
 
+// Fields added after the first release travel in a trailer: an older
+// node's decoder (which reads the entries only) still parses a newer node's
+// messages and state, and a newer decoder parses an older node's with the
+// new fields zero.
+func TestLoadExtensionIsBackwardCompatible(t *testing.T) {
+	withExt := loadEntry{Name: "a", Load: sampleLoad(2), Interval: time.Second}
+	old := withExt
+	old.Load = old.Load.clone()
+	for name, m := range old.Load.Models {
+		m.MaxBatch, m.ServiceBase, m.ServicePerItem, m.Prefix = 0, 0, 0, ""
+		old.Load.Models[name] = m
+	}
+
+	// Old decoder, new message: readLoadEntry alone is the old decoder.
+	r := reader{b: encodeLoadMsg(withExt)[1:]}
+	require.Equal(t, old, readLoadEntry(&r))
+	require.NoError(t, r.err)
+	// Old decoder, new state: entries first, trailer ignored.
+	st := encodeState([]loadEntry{withExt, {Name: "b", Load: Load{Seq: 3}}})
+	r = reader{b: st[1:]}
+	require.Equal(t, 2, r.count(maxStateEntries))
+	require.Equal(t, old, readLoadEntry(&r))
+	require.Equal(t, "b", readLoadEntry(&r).Name)
+	require.NoError(t, r.err)
+
+	// New decoder, old message and state.
+	got, err := decodeLoadMsg(appendLoadEntry(nil, withExt))
+	require.NoError(t, err)
+	require.Equal(t, old, got)
+	oldState := binary.AppendUvarint([]byte{stateVersion}, 1)
+	oldState = appendLoadEntry(oldState, withExt)
+	entries, err := decodeState(oldState)
+	require.NoError(t, err)
+	require.Equal(t, []loadEntry{old}, entries)
+
+	// A trailer that does not match the entry is malformed.
+	bad := binary.AppendUvarint(appendLoadEntry(nil, withExt), 5)
+	_, err = decodeLoadMsg(bad)
+	require.ErrorIs(t, err, ErrMalformed)
+}
+
+func TestPrefixSummaryIsCapped(t *testing.T) {
+	l := Load{Models: map[string]ModelLoad{"m": {Prefix: strings.Repeat("x", MaxPrefixSummary+1)}}}
+	require.ErrorIs(t, validateLoad(l), ErrLoadTooLarge)
+}
+
 func TestLeaveMessageRoundTrip(t *testing.T) {
 	msg := encodeLeaveMsg("node-7")
 	require.Equal(t, msgLeave, msg[0])
@@ -183,4 +229,15 @@ func TestParseKey(t *testing.T) {
 	got, err := ParseKey("  ")
 	require.NoError(t, err)
 	require.Nil(t, got, "blank means no encryption")
+}
+
+// A load report with one model's prefix summary (router's 1 KiB filter)
+// still goes out as one UDP packet.
+func TestLoadWithPrefixSummaryFitsOnePacket(t *testing.T) {
+	l := sampleLoad(10)
+	m := l.Models["llama-3-8b"]
+	m.Prefix = strings.Repeat("\xa5", 1024)
+	l.Models["llama-3-8b"] = m
+	msg := encodeLoadMsg(loadEntry{Name: "node-with-a-long-name-01", Load: l, Interval: time.Second})
+	require.Less(t, len(msg), 1400-64)
 }

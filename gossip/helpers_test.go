@@ -167,8 +167,9 @@ func waitEvent(t testing.TB, ch <-chan Event, typ EventType, name string) Event 
 func sampleLoad(queue int) Load {
 	return Load{
 		Models: map[string]ModelLoad{
-			"llama-3-8b": {QueueDepth: queue, ActiveBatches: 2, Slots: 32, InFlight: 17, TokensPerSec: 1234.5},
-			"qwen-0.5b":  {QueueDepth: 1, Slots: 8},
+			"llama-3-8b": {QueueDepth: queue, ActiveBatches: 2, Slots: 32, InFlight: 17, TokensPerSec: 1234.5,
+				MaxBatch: 64, ServiceBase: 20 * time.Millisecond, ServicePerItem: 1500 * time.Microsecond, Prefix: "\x01\x80"},
+			"qwen-0.5b": {QueueDepth: 1, Slots: 8},
 		},
 		GPU: GPU{Count: 2, MemoryTotalMB: 81920, MemoryFreeMB: 4096, UtilizationPct: 87.5},
 	}

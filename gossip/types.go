@@ -78,6 +78,17 @@ type ModelLoad struct {
 	InFlight int
 	// TokensPerSec is the recent generation throughput.
 	TokensPerSec float64
+	// MaxBatch is the most requests in one batch (or running sequences).
+	MaxBatch int
+	// ServiceBase and ServicePerItem are the node's measured batch cost,
+	// base + per-item*size, so routers can predict when one more request
+	// would finish there; zero until measured.
+	ServiceBase    time.Duration
+	ServicePerItem time.Duration
+	// Prefix summarises the prompt prefixes the node served recently (and
+	// so likely holds in its KV cache); opaque here, at most
+	// MaxPrefixSummary bytes. A string so that loads stay comparable.
+	Prefix string
 }
 
 // GPU is a node's accelerator capacity and use.

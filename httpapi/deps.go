@@ -55,10 +55,16 @@ type Cluster interface {
 	TrustedForward(r *http.Request, body []byte) bool
 }
 
-// Picker chooses a node among candidates, never one in exclude
-// (*router.Router).
+// Picker chooses a node among candidates for a request, never one in
+// exclude, and says why (*router.Router).
 type Picker interface {
-	Pick(cands []router.Candidate, exclude map[string]bool) (router.Candidate, string, error)
+	Route(req router.Request, cands []router.Candidate, exclude map[string]bool) (router.Candidate, string, error)
+}
+
+// Prefixes records the prompt prefixes this node serves, so its load report
+// can tell other routers (*router.PrefixIndex).
+type Prefixes interface {
+	Record(model string, hashes []uint64)
 }
 
 // Forwarder sends a request to a peer and copies its answer to w
@@ -92,6 +98,9 @@ type Metrics interface {
 	Retry(reason string)
 	RouteDecision(took time.Duration)
 	Routed(node, how string)
+	// RouteReason counts why a node was picked (least-expected, prefix,
+	// local, retry, or the configured policy).
+	RouteReason(reason string)
 	ForwardError(node string)
 }
 
@@ -112,6 +121,7 @@ type Config struct {
 	Scoper    Scoper
 	Cluster   Cluster
 	Picker    Picker
+	Prefixes  Prefixes
 	Forwarder Forwarder
 	Scheduler Scheduler
 	Breakers  Breakers

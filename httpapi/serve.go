@@ -161,6 +161,8 @@ func (a *API) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		return a.fail(w, r, fmt.Errorf("%w: %q (see GET /v1/models)", scheduler.ErrUnknownModel, req.Model))
 	}
 	a.cfg.Retries.Request()
+	// The prompt's block hashes, for prefix-aware routing.
+	rreq := router.Request{Prefix: promptHashes(req)}
 	tried := map[string]bool{}
 	var lastErr error
 	for attempt := 0; attempt < 2; attempt++ {
@@ -169,7 +171,7 @@ func (a *API) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			break
 		}
 		pickStart := time.Now()
-		target, policy, err := a.cfg.Picker.Pick(cands, tried)
+		target, reason, err := a.cfg.Picker.Route(rreq, cands, tried)
 		a.cfg.Metrics.RouteDecision(time.Since(pickStart))
 		if err != nil {
 			if lastErr == nil {
@@ -177,14 +179,14 @@ func (a *API) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			}
 			break
 		}
-		route := policy
 		if attempt > 0 {
-			route += ",retry"
+			reason = router.ReasonRetry
 		}
+		a.cfg.Metrics.RouteReason(reason)
 		tried[target.Node] = true
 		if target.Local {
 			a.cfg.Metrics.Routed(target.Node, "local")
-			w.Header().Set(router.HeaderRoute, "local,"+route)
+			w.Header().Set(router.HeaderRoute, routeHeader(true, reason))
 			status, err := a.serve(ctx, w, r, req, start)
 			if err == nil {
 				return status
@@ -194,7 +196,7 @@ func (a *API) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			continue
 		}
 		a.cfg.Metrics.Routed(target.Node, "forward")
-		reply, err := a.cfg.Forwarder.Forward(ctx, w, r, body, target, "forward,"+route)
+		reply, err := a.cfg.Forwarder.Forward(ctx, w, r, body, target, routeHeader(false, reason))
 		if err == nil {
 			if reply.Tokens >= 0 {
 				a.cfg.Limiter.SettleTokens(ctx, req, reply.Tokens)
@@ -246,6 +248,9 @@ func (a *API) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 	if !ok {
 		return 0, fmt.Errorf("%s on %s: %w", req.Model, a.cfg.Node, errBreakerOpen)
 	}
+	// This node now likely holds the prompt's prefix in its KV cache; its
+	// load report tells the other routers.
+	a.cfg.Prefixes.Record(req.Model, promptHashes(req))
 	key, cacheable := a.cfg.Cache.Key(req.cacheInput(a.cfg.Scoper.CacheScope(r)))
 	pol := respcache.ParsePolicy(r.Header.Get("Cache-Control"))
 	if w.Header().Get("X-Shoal-Cache") == "" {

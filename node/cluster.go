@@ -335,7 +335,8 @@ func (n *Node) localLoad() gossip.Load {
 	}
 	for name, ml := range n.sched.Load() {
 		l.Models[name] = gossip.ModelLoad{QueueDepth: ml.QueueDepth, ActiveBatches: ml.ActiveBatches, Slots: ml.Slots, InFlight: ml.Running,
-			TokensPerSec: n.tokenRate(name)}
+			TokensPerSec: n.tokenRate(name), MaxBatch: ml.MaxBatch, ServiceBase: roughly(ml.ServiceBase), ServicePerItem: roughly(ml.ServicePerItem),
+			Prefix: string(n.prefixes.Summary(name))}
 	}
 	g := n.gpuCapacity()
 	l.GPU = gossip.GPU{Count: g.Count, MemoryTotalMB: g.MemoryTotalMB, MemoryFreeMB: g.MemoryFreeMB, UtilizationPct: g.UtilizationPct}
@@ -365,6 +366,7 @@ func (n *Node) candidates(model string) []router.Candidate {
 	if !n.isDraining() {
 		if l, ok := n.sched.Load()[model]; ok {
 			out = append(out, router.Candidate{Node: n.cfg.NodeName, Model: model, Local: true, QueueDepth: l.QueueDepth, Running: l.Running, Slots: l.Slots,
+				ActiveBatches: l.ActiveBatches, MaxBatch: l.MaxBatch, ServiceBase: l.ServiceBase, ServicePerItem: l.ServicePerItem, Prefix: n.prefixes.Summary(model),
 				Open: st.Breaker(n.cfg.NodeName, model).State == consensus.BreakerOpen})
 		}
 	}
@@ -377,6 +379,7 @@ func (n *Node) candidates(model string) []router.Candidate {
 			continue
 		}
 		out = append(out, router.Candidate{Node: m.Name, Model: model, HTTPAddr: m.Meta.HTTPAddr, QueueDepth: l.QueueDepth, Running: l.InFlight, Slots: l.Slots,
+			ActiveBatches: l.ActiveBatches, MaxBatch: l.MaxBatch, ServiceBase: l.ServiceBase, ServicePerItem: l.ServicePerItem, Prefix: router.PrefixSummary(l.Prefix),
 			LoadAge: now.Sub(m.LoadUpdated), LoadAt: m.LoadUpdated, Open: st.Breaker(m.Name, model).State == consensus.BreakerOpen})
 	}
 	return out

@@ -36,6 +36,16 @@ type loadResult struct {
 // to targets[i % len(targets)].
 func runLoad(tb testing.TB, targets []*Node, model string, total, clients int) loadResult {
 	tb.Helper()
+	addrs := make([]string, len(targets))
+	for i, nd := range targets {
+		addrs[i] = nd.HTTPAddr()
+	}
+	return runLoadAddrs(tb, addrs, model, total, clients)
+}
+
+// runLoadAddrs is runLoad against HTTP addresses (nodes or proxies).
+func runLoadAddrs(tb testing.TB, targets []string, model string, total, clients int) loadResult {
+	tb.Helper()
 	tr := &http.Transport{MaxIdleConnsPerHost: clients, MaxConnsPerHost: clients}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 60 * time.Second}
@@ -55,7 +65,7 @@ func runLoad(tb testing.TB, targets []*Node, model string, total, clients int) l
 			for i := range next {
 				body, _ := json.Marshal(map[string]any{"model": model, "input": fmt.Sprintf("request %d", i), "parameters": map[string]any{"temperature": 1}})
 				t0 := time.Now()
-				resp, err := client.Post("http://"+targets[i%len(targets)].HTTPAddr()+"/v1/infer", "application/json", bytes.NewReader(body))
+				resp, err := client.Post("http://"+targets[i%len(targets)]+"/v1/infer", "application/json", bytes.NewReader(body))
 				if err != nil {
 					mu.Lock()
 					res.errors++
@@ -99,7 +109,7 @@ func shares(served map[string]int) string {
 // BenchmarkRoutingPolicies: three nodes whose sim models run at 1x, 1x and
 // 4x slower; 1000 requests at concurrency 32, all sent to the first node.
 func BenchmarkRoutingPolicies(b *testing.B) {
-	for _, policy := range []string{"least-queued", "round-robin", "random"} {
+	for _, policy := range []string{"least-expected", "least-queued", "round-robin", "random"} {
 		b.Run(policy, func(b *testing.B) {
 			tc := mustNewCluster(b, 3, func(i int, cfg *Config) {
 				cfg.Router.Policy = policy

@@ -14,6 +14,7 @@ import (
 	"github.com/shoal-dev/shoal/dcache"
 	"github.com/shoal-dev/shoal/gossip"
 	"github.com/shoal-dev/shoal/respcache"
+	"github.com/shoal-dev/shoal/router"
 	"github.com/shoal-dev/shoal/scheduler/sim"
 )
 
@@ -79,6 +80,9 @@ type Tuning struct {
 	// CacheLockLease is the lease of the cross-node coalescing lock, renewed
 	// while a node computes (default respcache.DefaultLockLease).
 	CacheLockLease time.Duration
+	// Backend, when set, sees each model's backend once it serves (tests
+	// slow a sim backend down mid-run).
+	Backend func(model string, backend any)
 }
 
 // HTTPConfig is the client-facing server.
@@ -177,8 +181,12 @@ type AuthConfig struct {
 
 // RouterConfig picks the node that runs a request.
 type RouterConfig struct {
-	// Policy is "least-queued", "round-robin" or "random".
+	// Policy is "least-expected", "least-queued", "round-robin" or
+	// "random".
 	Policy string
+	// PrefixWeight (0..1) is how much a full prompt-prefix hit discounts a
+	// node's expected completion; 0 turns prefix-aware routing off.
+	PrefixWeight float64
 }
 
 // GPUConfig declares capacity when nvidia-smi is absent.
@@ -245,6 +253,8 @@ type EngineConfig struct {
 	MaxSequences int
 	Threads      int
 	KVCacheMB    int
+	// PrefixCache keeps the KV cache of recent prompt prefixes for reuse.
+	PrefixCache bool
 }
 
 // DefaultConfig is the configuration with nothing set.
@@ -272,7 +282,7 @@ func DefaultConfig() Config {
 		Batching:       BatchingConfig{MaxSize: 64, FlushTimeout: 10 * time.Millisecond, MaxQueue: 1000},
 		RateLimit:      RateLimitConfig{RPM: 1000},
 		CircuitBreaker: BreakerConfig{FailureThreshold: 3, Timeout: 30 * time.Second},
-		Router:         RouterConfig{Policy: "least-queued"},
+		Router:         RouterConfig{Policy: "least-expected", PrefixWeight: router.DefaultPrefixWeight},
 	}
 }
 
@@ -389,9 +399,12 @@ func (c *Config) Validate() error {
 		bad("circuit_breaker.failure_threshold", "must be between 1 and 1000, got %d", c.CircuitBreaker.FailureThreshold)
 	}
 	switch c.Router.Policy {
-	case "least-queued", "round-robin", "random":
+	case router.PolicyLeastExpected, router.PolicyLeastQueued, router.PolicyRoundRobin, router.PolicyRandom:
 	default:
-		bad("router.policy", `must be "least-queued", "round-robin" or "random", got %q`, c.Router.Policy)
+		bad("router.policy", `must be "least-expected", "least-queued", "round-robin" or "random", got %q`, c.Router.Policy)
+	}
+	if c.Router.PrefixWeight < 0 || c.Router.PrefixWeight > 1 {
+		bad("router.prefix_weight", "must be between 0 and 1, got %g", c.Router.PrefixWeight)
 	}
 	if c.GPU.Count < 0 || c.GPU.MemoryMB < 0 {
 		bad("gpu", "count and memory_mb must not be negative")

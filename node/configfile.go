@@ -95,7 +95,8 @@ type fileAuth struct {
 }
 
 type fileRouter struct {
-	Policy *string `hcl:"policy,optional"`
+	Policy       *string  `hcl:"policy,optional"`
+	PrefixWeight *float64 `hcl:"prefix_weight,optional"`
 }
 
 type fileGPU struct {
@@ -153,6 +154,7 @@ type fileEngine struct {
 	MaxSequences *int    `hcl:"max_sequences,optional"`
 	Threads      *int    `hcl:"threads,optional"`
 	KVCacheMB    *int    `hcl:"kv_cache_mb,optional"`
+	PrefixCache  *bool   `hcl:"prefix_cache,optional"`
 }
 
 // ConfigError is a configuration mistake; main exits with status 2 on it.
@@ -342,6 +344,7 @@ func (c *Config) merge(fc *fileConfig, d *durations) error {
 	}
 	if r := fc.Router; r != nil {
 		setS(&c.Router.Policy, r.Policy)
+		setI(&c.Router.PrefixWeight, r.PrefixWeight)
 	}
 	if g := fc.GPU; g != nil {
 		setI(&c.GPU.Count, g.Count)
@@ -393,6 +396,7 @@ func (fm fileModel) resolve(d *durations) ModelConfig {
 		setI(&m.Engine.MaxSequences, e.MaxSequences)
 		setI(&m.Engine.Threads, e.Threads)
 		setI(&m.Engine.KVCacheMB, e.KVCacheMB)
+		setI(&m.Engine.PrefixCache, e.PrefixCache)
 	}
 	return m
 }
@@ -407,7 +411,7 @@ func DefaultModelConfig(name, backend string) ModelConfig {
 		Backend: backend,
 		Sim:     s,
 		OpenAI:  OpenAIConfig{Timeout: 60 * time.Second, MaxConns: 64},
-		Engine:  EngineConfig{Quantize: "none", MaxSequences: 32, KVCacheMB: 256},
+		Engine:  EngineConfig{Quantize: "none", MaxSequences: 32, KVCacheMB: 256, PrefixCache: true},
 		// --- triton backend (issue 14) ---
 		Triton: TritonConfig{Timeout: 60 * time.Second, MaxConns: 64, HealthInterval: 5 * time.Second},
 		// --- end triton backend ---

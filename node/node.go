@@ -55,6 +55,8 @@ type Node struct {
 	limiter *ratelimit.Limiter
 	router  *router.Router
 	fwd     *router.Forwarder
+	// prefixes records the prompt prefixes this node served, for its load report.
+	prefixes *router.PrefixIndex
 	// peer is the peer plane (peerplane.go).
 	peer peerPlane
 
@@ -105,7 +107,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	logger := cfg.Logger.With("node", cfg.NodeName)
 	metrics := ops.NewMetrics()
-	rt, err := router.New(router.Config{Policy: cfg.Router.Policy})
+	rt, err := router.New(router.Config{Policy: cfg.Router.Policy, PrefixWeight: &cfg.Router.PrefixWeight})
 	if err != nil {
 		return nil, &ConfigError{err}
 	}
@@ -116,6 +118,7 @@ func New(cfg Config) (*Node, error) {
 		health:          ops.NewHealth(cfg.NodeName),
 		sched:           scheduler.New(scheduler.Config{Logger: logger, Observer: metrics}),
 		router:          rt,
+		prefixes:        router.NewPrefixIndex(0),
 		defaultBatching: map[string]consensus.BatchingSettings{},
 	}
 	n.fwd = router.NewForwarder(router.ForwarderConfig{Self: cfg.NodeName, Secret: n.forwardSecret})
@@ -226,6 +229,7 @@ func (n *Node) startModel(ctx context.Context, m ModelConfig) error {
 	if err := n.sched.AddModel(m.Name, backend, st); err != nil {
 		return fmt.Errorf("start model %q: %w", m.Name, err)
 	}
+	n.watchBackend(m.Name, backend)
 	n.defaultBatching[m.Name] = consensus.BatchingSettings{MaxSize: maxSize, FlushTimeout: flush}
 	n.health.Register("model/"+m.Name, func() ops.Component {
 		l := n.sched.Load()[m.Name]
@@ -241,7 +245,8 @@ func (n *Node) newBackend(ctx context.Context, m ModelConfig) (any, error) {
 	case "engine":
 		e := m.Engine
 		return engine.New(ctx, engine.Config{Checkpoint: e.Checkpoint, Tokenizer: e.Tokenizer, DataDir: n.cfg.DataDir,
-			Quantize: e.Quantize, MaxSequences: e.MaxSequences, Threads: e.Threads, KVCacheBytes: int64(e.KVCacheMB) << 20, Logger: n.logger})
+			Quantize: e.Quantize, MaxSequences: e.MaxSequences, Threads: e.Threads, KVCacheBytes: int64(e.KVCacheMB) << 20,
+			NoPrefixCache: !e.PrefixCache, Logger: n.logger})
 	case "sim":
 		sc := m.Sim
 		sc.Model = m.Name

@@ -31,7 +31,7 @@ func (n *Node) wireRequestPath() {
 	n.api = httpapi.New(httpapi.Config{
 		Node: n.cfg.NodeName, MaxBodyBytes: n.cfg.HTTP.MaxBodyBytes, RequestTimeout: n.cfg.HTTP.RequestTimeout,
 		CacheLookupTimeout: n.cfg.Cache.LookupTimeout,
-		Limiter:            admitter{n}, Cache: n.respCache, Scoper: scopeGlue{n}, Cluster: clusterGlue{n}, Picker: n.router, Forwarder: n.fwd,
+		Limiter:            admitter{n}, Cache: n.respCache, Scoper: scopeGlue{n}, Cluster: clusterGlue{n}, Picker: n.router, Prefixes: n.prefixes, Forwarder: n.fwd,
 		Scheduler: n.sched, Breakers: n.breakers, Retries: n.retries, Metrics: metricsGlue{n.metrics},
 		Logger: n.logger.With("component", "api"),
 	})
@@ -92,8 +92,9 @@ func (g metricsGlue) RouteDecision(took time.Duration) {
 	g.m.RouteDecisionUs.Observe(float64(took) / float64(time.Microsecond))
 }
 
-func (g metricsGlue) Routed(node, how string)  { g.m.Routed.WithLabelValues(node, how).Inc() }
-func (g metricsGlue) ForwardError(node string) { g.m.ForwardErrors.WithLabelValues(node).Inc() }
+func (g metricsGlue) Routed(node, how string)   { g.m.Routed.WithLabelValues(node, how).Inc() }
+func (g metricsGlue) RouteReason(reason string) { g.m.RouteReason.WithLabelValues(reason).Inc() }
+func (g metricsGlue) ForwardError(node string)  { g.m.ForwardErrors.WithLabelValues(node).Inc() }
 
 func (g metricsGlue) CacheLookup(model string, took time.Duration, hit bool) {
 	g.m.CacheLookupMs.WithLabelValues(model).Observe(float64(took) / float64(time.Millisecond))

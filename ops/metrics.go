@@ -39,6 +39,7 @@ type Metrics struct {
 	Routed          *prometheus.CounterVec
 	ForwardErrors   *prometheus.CounterVec
 	RouteDecisionUs prometheus.Histogram
+	RouteReason     *prometheus.CounterVec
 	Retries         *prometheus.CounterVec
 	TokenRate       *prometheus.GaugeVec
 
@@ -106,6 +107,9 @@ func NewMetrics() *Metrics {
 			Name: "inference_route_decision_us", Help: "Time to pick a target node, in microseconds.",
 			Buckets: []float64{1, 2, 5, 10, 25, 50, 100, 250, 1000},
 		}),
+		RouteReason: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "inference_route_reason_total", Help: "Requests this node routed, by why the target was picked (least-expected, prefix, local, retry, or the configured policy).",
+		}, []string{"reason"}),
 		TokenRate: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "inference_tokens_per_second", Help: "Completion tokens this node generated per second, over the last second, by model.",
 		}, []string{"model"}),
@@ -125,7 +129,7 @@ func NewMetrics() *Metrics {
 	}, []string{"model"}), label: m.ModelLabel}
 	reg.MustRegister(m.RequestDuration, m.Requests, m.QueueDepthGauge, m.ActiveBatches, m.BatchSize,
 		m.QueueWaitMs, m.Tokens, m.TokensPerSecond, m.InFlight, m.CacheHits, m.CacheMisses, m.CacheLookupMs,
-		m.RateLimited, m.BreakerState, m.Routed, m.ForwardErrors, m.RouteDecisionUs, m.Retries, m.TokenRate,
+		m.RateLimited, m.BreakerState, m.Routed, m.ForwardErrors, m.RouteDecisionUs, m.RouteReason, m.Retries, m.TokenRate,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -245,4 +249,28 @@ func (m *Metrics) BatchStarted(model string, size int) {
 // BatchFinished implements scheduler.Observer.
 func (m *Metrics) BatchFinished(model string, _ int, _ time.Duration) {
 	m.ActiveBatches.WithLabelValues(model).Dec()
+}
+
+// WatchPrefixCache exports a model's prompt-prefix KV cache counters, read
+// from stats at scrape time: prompt tokens looked up, tokens found cached,
+// and their ratio since start.
+func (m *Metrics) WatchPrefixCache(model string, stats func() (lookupTokens, hitTokens uint64)) {
+	labels := prometheus.Labels{"model": model}
+	m.Registry.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "inference_prefix_cache_lookup_tokens_total", Help: "Prompt tokens looked up in the prefix KV cache.", ConstLabels: labels,
+		}, func() float64 { l, _ := stats(); return float64(l) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "inference_prefix_cache_hit_tokens_total", Help: "Prompt tokens whose KV came from the prefix cache, skipping their prefill.", ConstLabels: labels,
+		}, func() float64 { _, h := stats(); return float64(h) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "inference_prefix_cache_hit_ratio", Help: "Share of looked-up prompt tokens found in the prefix KV cache since start.", ConstLabels: labels,
+		}, func() float64 {
+			l, h := stats()
+			if l == 0 {
+				return 0
+			}
+			return float64(h) / float64(l)
+		}),
+	)
 }

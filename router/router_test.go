@@ -1,6 +1,7 @@
 package router
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -50,7 +51,7 @@ func TestLeastQueuedPrefersLessWorkPerSlot(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			// With two candidates power of two choices always compares both.
 			for seed := uint64(1); seed <= 20; seed++ {
-				r, _ := New(Config{Seed: seed})
+				r, _ := New(Config{Policy: PolicyLeastQueued, Seed: seed})
 				got, reason, err := r.Pick(tt.cands, nil)
 				require.NoError(t, err)
 				require.Equal(t, tt.want, got.Node)
@@ -63,7 +64,13 @@ func TestLeastQueuedPrefersLessWorkPerSlot(t *testing.T) {
 // A router that sends to the idle-looking node counts its own sends until
 // the target reports again, so it does not herd every request there.
 func TestLeastQueuedCountsOwnSendsSinceReport(t *testing.T) {
-	r, _ := New(Config{Seed: 7})
+	for _, policy := range []string{PolicyLeastQueued, PolicyLeastExpected} {
+		t.Run(policy, func(t *testing.T) { testCountsOwnSends(t, policy) })
+	}
+}
+
+func testCountsOwnSends(t *testing.T, policy string) {
+	r, _ := New(Config{Policy: policy, Seed: 7})
 	report := time.Now()
 	cands := []Candidate{{Node: "a", Slots: 1, LoadAt: report}, {Node: "b", Slots: 1, LoadAt: report}}
 	counts := map[string]int{}
@@ -103,7 +110,7 @@ func TestRandomSpreads(t *testing.T) {
 }
 
 func BenchmarkPickLeastQueued(b *testing.B) {
-	r, _ := New(Config{Seed: 1})
+	r, _ := New(Config{Policy: PolicyLeastQueued, Seed: 1})
 	now := time.Now()
 	cands := make([]Candidate, 5)
 	for i := range cands {
@@ -112,5 +119,22 @@ func BenchmarkPickLeastQueued(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		_, _, _ = r.Pick(cands, nil)
+	}
+}
+
+func BenchmarkPickLeastExpectedWithPrefix(b *testing.B) {
+	r, _ := New(Config{Seed: 1})
+	now := time.Now()
+	x := NewPrefixIndex(0)
+	prompt := strings.Repeat("system prompt words ", 100)
+	x.Record("m", PrefixHashes(prompt, 0))
+	cands := make([]Candidate, 5)
+	for i := range cands {
+		cands[i] = Candidate{Node: string(rune('a' + i)), QueueDepth: i, Slots: 2, MaxBatch: 8, ServiceBase: 20 * time.Millisecond, LoadAt: now}
+	}
+	cands[3].Prefix = x.Summary("m")
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		_, _, _ = r.Route(Request{Prefix: PrefixHashes(prompt, 0)}, cands, nil)
 	}
 }

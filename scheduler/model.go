@@ -24,6 +24,10 @@ type modelQueue struct {
 	running  int // tasks handed to the backend and not finished
 	batches  int // batches in flight
 	idle     *sync.Cond
+	// service is the measured batch duration by size (for a continuous
+	// backend: request duration by concurrency), gossiped so routers can
+	// predict completion.
+	service serviceFit
 
 	wake      chan struct{}
 	stop      chan struct{}
@@ -89,7 +93,9 @@ func (m *modelQueue) cancel(t *Task) {
 func (m *modelQueue) load() ModelLoad {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return ModelLoad{QueueDepth: m.q.len(), ActiveBatches: m.batches, Running: m.running, Slots: m.settings.Slots}
+	base, per := m.service.estimate()
+	return ModelLoad{QueueDepth: m.q.len(), ActiveBatches: m.batches, Running: m.running, Slots: m.settings.Slots,
+		MaxBatch: m.settings.MaxSize, ServiceBase: base, ServicePerItem: per}
 }
 
 // runBatches is the dispatcher of a batch backend: it takes a free slot,
@@ -175,8 +181,10 @@ func (m *modelQueue) execute(batch []*Task) {
 	for _, t := range batch {
 		t.Finish(Result{}, ErrBackendDropped)
 	}
-	m.obs.BatchFinished(m.name, len(batch), time.Since(start))
+	took := time.Since(start)
+	m.obs.BatchFinished(m.name, len(batch), took)
 	m.mu.Lock()
+	m.service.add(len(batch), took)
 	m.batches--
 	m.running -= len(batch)
 	if m.idle != nil {
@@ -234,9 +242,10 @@ func (m *modelQueue) runContinuous() {
 			m.obs.QueueWait(m.name, time.Since(t.enqueued))
 			m.mu.Lock()
 			m.running++
+			n := m.running
 			m.mu.Unlock()
 			if m.cont.Admit(t) {
-				go m.awaitContinuous(t)
+				go m.awaitContinuous(t, time.Now(), n)
 				continue
 			}
 			m.mu.Lock()
@@ -260,9 +269,17 @@ func (m *modelQueue) runContinuous() {
 	}
 }
 
-func (m *modelQueue) awaitContinuous(t *Task) {
+// awaitContinuous waits for an admitted task; running is how many ran,
+// itself included, when it was admitted.
+func (m *modelQueue) awaitContinuous(t *Task, admitted time.Time, running int) {
 	<-t.Done()
+	took := time.Since(admitted)
 	m.mu.Lock()
+	if t.ctx.Err() == nil {
+		// The running set shares each step, so a request's duration
+		// grows with how many run beside it: the fit is by that count.
+		m.service.add(running, took)
+	}
 	m.running--
 	if m.idle != nil {
 		m.idle.Broadcast()

@@ -235,6 +235,13 @@ type ModelLoad struct {
 	ActiveBatches int
 	Running       int
 	Slots         int
+	// MaxBatch is the most tasks in one batch (or running sequences).
+	MaxBatch int
+	// ServiceBase and ServicePerItem fit recent batch durations as
+	// base + per-item*size (for a continuous backend: a request's duration
+	// by how many ran at its admission); zero until the first finished.
+	ServiceBase    time.Duration
+	ServicePerItem time.Duration
 }
 
 // Load reports every model's queue depth and running work.

@@ -530,3 +530,17 @@ func TestSimBackendBehindScheduler(t *testing.T) {
 		require.Equal(t, 3, res.PromptTokens)
 	}
 }
+
+// Load reports the fitted batch cost once batches have run.
+func TestLoadReportsServiceTime(t *testing.T) {
+	b := newRecordingBackend(false)
+	s := newScheduler(t, scheduler.Config{}, b, scheduler.Settings{MaxSize: 4, FlushTimeout: time.Millisecond, MaxQueue: 10, Slots: 1})
+	require.Zero(t, s.Load()["m"].ServiceBase)
+	task := submit(t, s, "a", scheduler.PriorityNormal)
+	_, err := outcome(t, task)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		l := s.Load()["m"]
+		return l.ServiceBase+l.ServicePerItem > 0 && l.MaxBatch == 4
+	}, 5*time.Second, time.Millisecond)
+}

@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/shoal-dev/shoal/scheduler"
@@ -60,6 +61,9 @@ func (c Config) Validate() error {
 // Backend is the simulated model. It implements scheduler.Backend.
 type Backend struct {
 	cfg Config
+	// slowdown multiplies Cost (float64 bits; 0 means 1), so tests and
+	// benchmarks can make a node slow down mid-run.
+	slowdown atomic.Uint64
 }
 
 // New returns a simulated backend.
@@ -75,7 +79,20 @@ func New(cfg Config) (*Backend, error) {
 
 // Cost is the simulated compute time of a batch of n.
 func (b *Backend) Cost(n int) time.Duration {
-	return b.cfg.Base + time.Duration(float64(b.cfg.PerItem)*math.Pow(float64(n), b.cfg.Exponent))
+	d := b.cfg.Base + time.Duration(float64(b.cfg.PerItem)*math.Pow(float64(n), b.cfg.Exponent))
+	if f := math.Float64frombits(b.slowdown.Load()); f > 0 {
+		d = time.Duration(float64(d) * f)
+	}
+	return d
+}
+
+// SetSlowdown makes every later batch take factor times its configured
+// cost (1 restores it), as a node that is throttled or shares its device.
+func (b *Backend) SetSlowdown(factor float64) {
+	if factor <= 0 || math.IsNaN(factor) || math.IsInf(factor, 0) {
+		factor = 1
+	}
+	b.slowdown.Store(math.Float64bits(factor))
 }
 
 type seq struct {

@@ -2,6 +2,7 @@ package sim_test
 
 import (
 	"context"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -276,4 +277,14 @@ func TestDeadlineDuringComputeIsDeadlineExceeded(t *testing.T) {
 	}
 	_, err = task.Outcome()
 	require.ErrorIs(t, err, context.DeadlineExceeded)
+}
+
+func TestSetSlowdownScalesCost(t *testing.T) {
+	b, err := sim.New(sim.Config{Base: 10 * time.Millisecond, PerItem: time.Millisecond, Exponent: 1})
+	require.NoError(t, err)
+	require.Equal(t, 14*time.Millisecond, b.Cost(4))
+	b.SetSlowdown(4)
+	require.Equal(t, 56*time.Millisecond, b.Cost(4))
+	b.SetSlowdown(math.NaN())
+	require.Equal(t, 14*time.Millisecond, b.Cost(4))
 }

@@ -1,0 +1,53 @@
+package scheduler
+
+import "time"
+
+// serviceFit estimates how long a batch of n tasks takes on this node,
+// T(n) = base + perItem*n, by least squares over recent batches with
+// exponentially decaying weights: a node that slows down (thermal
+// throttling, a noisy neighbour, a bigger model) shows it within a few
+// batches, and routers that read the fit from its load report move work
+// away. Callers hold the model's lock.
+type serviceFit struct {
+	w, sn, sd, snn, snd float64
+	samples             int
+}
+
+// serviceDecay weighs each earlier sample down per new one: about the last
+// ten batches count.
+const serviceDecay = 0.85
+
+// add records a batch of n tasks that took d.
+func (f *serviceFit) add(n int, d time.Duration) {
+	x, y := float64(n), float64(d)
+	f.w = f.w*serviceDecay + 1
+	f.sn = f.sn*serviceDecay + x
+	f.sd = f.sd*serviceDecay + y
+	f.snn = f.snn*serviceDecay + x*x
+	f.snd = f.snd*serviceDecay + x*y
+	f.samples++
+}
+
+// estimate returns the fitted base and per-item cost; zero before the first
+// sample. When recent batches all had about the same size the slope is
+// unknowable, so the whole mean cost is the base (a conservative T(n) for
+// smaller batches); a negative intercept or slope from noise is clamped.
+func (f *serviceFit) estimate() (base, perItem time.Duration) {
+	if f.samples == 0 || f.w == 0 {
+		return 0, 0
+	}
+	meanN, meanD := f.sn/f.w, f.sd/f.w
+	varN := f.snn/f.w - meanN*meanN
+	if varN < 0.25 {
+		return time.Duration(meanD), 0
+	}
+	b := (f.snd/f.w - meanN*meanD) / varN
+	a := meanD - b*meanN
+	switch {
+	case b < 0:
+		return time.Duration(meanD), 0
+	case a < 0:
+		return 0, time.Duration(meanD / max(meanN, 1))
+	}
+	return time.Duration(a), time.Duration(b)
+}
