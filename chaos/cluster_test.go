@@ -26,7 +26,7 @@ type clusterConfig struct {
 const (
 	httpPort   = 8080
 	baseRPM    = 10_000_000 // rate_limit.rpm: the register's initial value, far above the load
-	healthWait = 45 * time.Second
+	healthWait = 30 * time.Second
 )
 
 // proc is one shoal node process in its namespace.
@@ -317,7 +317,9 @@ func (c *cluster) waitFullHealth(ctx context.Context, limit time.Duration) (time
 		if ok {
 			return time.Since(start), nil
 		}
-		last = reason
+		if ctx.Err() == nil || last == "" {
+			last = reason // a probe cut short by the deadline says nothing about the node
+		}
 		select {
 		case <-ctx.Done():
 			return time.Since(start), fmt.Errorf("%w after %s: %s", errNotHealthy, limit, last)
