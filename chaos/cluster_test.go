@@ -236,7 +236,7 @@ func (h healthReport) num(comp, key string) int {
 	return int(f)
 }
 
-var healthClient = &http.Client{Timeout: time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableKeepAlives: true}}
+var healthClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableKeepAlives: true}}
 
 func getHealth(ctx context.Context, p *proc) (healthReport, error) {
 	var h healthReport
@@ -328,19 +328,26 @@ func (c *cluster) waitFullHealth(ctx context.Context, limit time.Duration) (time
 	}
 }
 
-// leader finds the node that says it leads, among the running ones.
+// leader finds the node that says it leads, among the running ones,
+// asking again for up to 10 s (a loaded node can miss a probe's deadline).
 func (c *cluster) leader(ctx context.Context) (*proc, error) {
-	for _, p := range c.nodes {
-		if !p.running() {
-			continue
-		}
-		if h, err := getHealth(ctx, p); err == nil {
-			if _, is := h.leader(); is {
-				return p, nil
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		for _, p := range c.nodes {
+			if !p.running() {
+				continue
+			}
+			if h, err := getHealth(ctx, p); err == nil {
+				if _, is := h.leader(); is {
+					return p, nil
+				}
 			}
 		}
+		if time.Now().After(deadline) {
+			return nil, errors.New("no node says it leads (10s)")
+		}
+		time.Sleep(100 * time.Millisecond) // polling interval
 	}
-	return nil, errors.New("no node says it leads")
 }
 
 // logTail returns the warnings and errors of a node's log, last n lines.
