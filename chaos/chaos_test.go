@@ -229,14 +229,14 @@ func (s *suite) run(sc scenario) {
 		return
 	}
 	// A fault is measured from a whole cluster: a fresh cluster that stays
-	// unhealthy is restarted, at most twice. Fresh starts have a row of
+	// unhealthy is restarted once. Fresh starts have a row of
 	// their own, so this row judges its fault alone.
 	for attempt := 1; ; attempt++ {
 		if s.freshStart(c, sc.name) {
 			break
 		}
-		if attempt == 3 {
-			e.note("the fault began on a cluster that never became whole (3 fresh starts)")
+		if attempt == 2 {
+			e.note("the fault began on a cluster that never became whole (2 fresh starts)")
 			break
 		}
 		c.stopAll(false)
@@ -391,8 +391,13 @@ func TestChaos(t *testing.T) {
 	if o := os.Getenv("SHOAL_CHAOS_ONLY"); o != "" {
 		only = regexp.MustCompile(o)
 	}
-	for _, sc := range scenarios(t, nw) {
+	for _, sc := range scenarios(t, nw, s.quick) {
 		if only != nil && !only.MatchString(sc.name) {
+			continue
+		}
+		if time.Since(began) > suiteBudget {
+			s.rows = append(s.rows, row{name: sc.name, config: describeConfig(sc.config),
+				failures: []string{fmt.Sprintf("not run: the suite passed its %s budget", suiteBudget)}})
 			continue
 		}
 		s.run(sc)
@@ -462,7 +467,11 @@ func (s *suite) table(wall time.Duration) string {
 }
 
 // scenarios is the suite, in order; the baseline comes first.
-func scenarios(t *testing.T, nw *network) []scenario {
+func scenarios(t *testing.T, nw *network, quick bool) []scenario {
+	pause, crash := 20, 60
+	if quick {
+		pause, crash = 8, 15
+	}
 	key := randomKey(t)
 	const token = "chaos-admin-token"
 	full := clusterConfig{adminToken: token, gossipKey: key}
@@ -477,13 +486,15 @@ func scenarios(t *testing.T, nw *network) []scenario {
 		}},
 		{name: "whole-cluster restart", config: full, runs: func(e *env) int { return e.quick(20, 3) }, body: restartAll},
 		{name: "SIGKILL leader under load", config: full, runs: func(e *env) int { return e.quick(5, 2) }, body: killLeader},
-		{name: "SIGSTOP one node 20s", config: clusterConfig{adminToken: token}, runs: one, pauseCriterion: true, body: func(e *env) {
-			freeze(e, e.seconds(20, 8))
+		{name: fmt.Sprintf("SIGSTOP one node %ds", pause), config: clusterConfig{adminToken: token}, runs: one, pauseCriterion: true, body: func(e *env) {
+			freeze(e, time.Duration(pause)*time.Second)
 		}},
 		{name: "partition one node", config: full, runs: one, body: func(e *env) { partition(e, e.follower()) }},
 		{name: "partition the leader", config: full, runs: one, body: func(e *env) { partition(e, e.leader()) }},
 		{name: lossName, config: clusterConfig{adminToken: token}, runs: one, body: func(e *env) { loss(e, 5, 30) }},
-		{name: "crash loop (restart every 3s)", config: clusterConfig{gossipKey: key}, runs: one, body: crashLoop},
+		{name: fmt.Sprintf("crash loop (restart every 3s for %ds)", crash), config: clusterConfig{gossipKey: key}, runs: one, body: func(e *env) {
+			crashLoop(e, time.Duration(crash)*time.Second)
+		}},
 		{name: "rejoin with wiped data dir", config: full, runs: one, body: wipeRejoin},
 	}
 }
@@ -493,6 +504,10 @@ func one(*env) int { return 1 }
 // restartBudget bounds the restart scenario, so a cluster that keeps
 // failing to heal cannot push the suite past CI's time.
 const restartBudget = 4 * time.Minute
+
+// suiteBudget stops starting scenarios once passed, so a cluster that keeps
+// failing to heal cannot run into go test's timeout and lose the table.
+const suiteBudget = 15 * time.Minute
 
 // restartAll stops every node (SIGTERM on odd runs, SIGKILL on even ones)
 // and starts them again; each time every node must come back whole, its
@@ -624,14 +639,14 @@ func loss(e *env, pct, delayMs int) {
 	}
 }
 
-// crashLoop SIGKILLs and restarts one follower every 3 s for a minute.
-func crashLoop(e *env) {
+// crashLoop SIGKILLs and restarts one follower every 3 s for d.
+func crashLoop(e *env, d time.Duration) {
 	victim := e.follower()
 	e.note("crash-looping %s", victim.name)
 	e.tg.set(e.others(victim)...)
 	e.loadOn()
 	e.hold(2 * time.Second)
-	end := time.Now().Add(e.seconds(60, 15))
+	end := time.Now().Add(d)
 	for time.Now().Before(end) {
 		victim.stop(false)
 		if err := victim.start(e.c.bin); err != nil {

@@ -149,6 +149,8 @@ func (p *proc) start(bin string) error {
 	// ip netns exec execs the binary in place: the pid is the node's.
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// A suite killed by go test's timeout leaves no node behind.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	// The scenario's config decides token and key, not the caller's environment.
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "SHOAL_ADMIN_TOKEN=") && !strings.HasPrefix(kv, "SHOAL_GOSSIP_KEY=") {
