@@ -288,7 +288,7 @@ func (s *suite) run(sc scenario) {
 			e.fail(fmt.Sprintf("%d admin writes refused, last: %s", v.refused, v.refusal))
 		}
 		if v.failed > 0 {
-			e.note("%d admin writes failed or timed out (outcome unknown to the checker)", v.failed)
+			e.note("%d admin writes failed or timed out (outcome unknown to the checker): %v", v.failed, v.whyFail)
 		}
 	}
 	if !r.pass() {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net/http"
 	"slices"
@@ -206,6 +207,7 @@ type admin struct {
 	failed  int
 	refused int
 	refusal string
+	whyFail map[string]int // unknown-outcome writes by cause
 }
 
 func newAdmin(c *cluster, tg *targets) *admin {
@@ -297,8 +299,16 @@ func (a *admin) write(ctx context.Context) {
 		return // refused before Raft: never applied
 	default:
 		op.Return = math.MaxInt64
+		why := "transport error or timeout"
+		if err == nil {
+			why = fmt.Sprintf("status %d", code)
+		}
 		a.mu.Lock()
 		a.failed++
+		if a.whyFail == nil {
+			a.whyFail = map[string]int{}
+		}
+		a.whyFail[why]++
 		a.mu.Unlock()
 	}
 	a.record(op)
@@ -356,6 +366,7 @@ type verdict struct {
 	acked, failed, lost int
 	refused             int
 	refusal             string
+	whyFail             map[string]int
 	result              porcupine.CheckResult
 	finals              map[string]int
 	detail              string
@@ -403,7 +414,7 @@ func (a *admin) check(ctx context.Context) verdict {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	v.acked, v.failed = len(a.acked), a.failed
-	v.refused, v.refusal = a.refused, a.refusal
+	v.refused, v.refusal, v.whyFail = a.refused, a.refusal, maps.Clone(a.whyFail)
 	low := math.MaxInt
 	for _, f := range v.finals {
 		low = min(low, f)
