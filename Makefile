@@ -9,7 +9,7 @@ FUZZTIME ?= 5s
 # Packages with concurrency that CI also runs under the race detector.
 RACE_PKGS ?= ./scheduler/... ./node/... ./httpapi/... ./breaker/... ./respcache/... ./router/... ./consensus/... ./gossip/... ./dcache/... ./engine/... ./ratelimit/... ./ops/...
 
-.PHONY: all build build-linux run test test-race bench lint fuzz test-cluster docker-image clean
+.PHONY: all build build-linux run test test-race bench lint fuzz test-cluster test-chaos docker-image clean
 
 all: build
 
@@ -62,6 +62,13 @@ test-cluster:
 	  echo "docker is not available: the cluster tests need Docker Engine (set SHOAL_SKIP_DOCKER=1 to skip)"; exit 1; fi
 	$(MAKE) docker-image
 	SHOAL_DOCKER_TESTS=1 $(GO) test -count=1 -timeout 15m -run 'TestDockerCluster' -v ./node/...
+
+# The chaos suite: real nodes in network namespaces (needs root, iproute2 and
+# nftables), faults under load, one table printed and written to chaos-results.md.
+# SHOAL_CHAOS_QUICK=1 runs fewer repetitions; SHOAL_CHAOS_ONLY=regexp picks scenarios.
+test-chaos: build
+	SHOAL_CHAOS=1 SHOAL_CHAOS_BIN=$(CURDIR)/$(BIN) SHOAL_CHAOS_OUT=$(CURDIR)/chaos-results.md \
+	  $(GO) test -count=1 -timeout 20m -run '^TestChaos$$' -v ./chaos/
 
 clean:
 	rm -rf bin
