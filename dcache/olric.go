@@ -70,7 +70,7 @@ func timingFor(network string) olricTiming {
 		push:      config.DefaultRoutingTablePushInterval,
 		balance:   config.DefaultTriggerBalancerInterval,
 		watch:     time.Second,
-		rejoin:    15 * time.Second,
+		rejoin:    5 * time.Second,
 	}
 }
 
@@ -291,7 +291,7 @@ var errStartFailed = errors.New("olric start failed")
 const maxRestartBackoff = 10 * time.Second
 
 // maxRejoinBackoff caps the factor on the rejoin period after replacements that did not end a
-// split (15 s x 16: a useless replacement at most every 4-8 minutes).
+// split (5 s x 16: a useless replacement at most every 80-160 s).
 const maxRejoinBackoff = 16
 
 // start launches the supervisor and waits, bounded by ctx and StartTimeout, until a member is
