@@ -71,13 +71,17 @@ type Config struct {
 	// AllToAll timing (gossip.DefaultMinPushInterval, DefaultLoadInterval).
 	MinPush time.Duration
 	Refresh time.Duration
-	// Epidemic parameters.
+	// Epidemic parameters; Fanout is also Probe's heartbeat fanout per
+	// Refresh.
 	Fanout    int
 	Interval  time.Duration
 	Piggyback int
 	// ViewSize bounds the loads each node remembers under Epidemic (the
 	// freshest heard); routers sample from them.
 	ViewSize int
+	// MaxAge, when set, drops Epidemic loads older than it: they are
+	// neither passed on nor used by the router.
+	MaxAge time.Duration
 	// StaleAfter is the router's StaleAfter.
 	StaleAfter time.Duration
 }
@@ -353,6 +357,11 @@ func Run(cfg Config) (Result, error) {
 	if s.cvN > 0 {
 		res.Imbalance = s.cvSum / float64(s.cvN)
 	}
+	if cfg.Policy == Probe {
+		// shoal's sampling mode also pushes to Fanout random peers every
+		// Refresh, as a heartbeat (gossip.Config.Fanout).
+		s.msgs += int64(float64(cfg.Nodes*cfg.Fanout) * cfg.Duration.Seconds() / cfg.Refresh.Seconds())
+	}
 	res.MsgsPerNodeSec = float64(s.msgs) / float64(cfg.Nodes) / cfg.Duration.Seconds()
 	return res, nil
 }
@@ -485,7 +494,11 @@ func (s *sim) sample2(o int) (router.Candidate, bool) {
 		if len(v) == 0 {
 			return router.Candidate{}, false
 		}
-		return s.candidate(v[s.rng.IntN(len(v))]), true
+		for range 8 {
+			if e := v[s.rng.IntN(len(v))]; s.now-e.at <= s.maxAge() {
+				return s.candidate(e), true
+			}
+		}
 	}
 	return router.Candidate{}, false
 }
@@ -644,10 +657,6 @@ func (s *sim) recordPush(i int) {
 	n.pushes = append(n.pushes, s.load(i))
 	n.lastPush = s.now
 	s.msgs += int64(len(s.nodes) - 1)
-	if !n.pushDue {
-		n.pushDue = true
-		s.schedule(s.now+s.cfg.Refresh.Seconds(), evPush, i, 0, nil)
-	}
 }
 
 // gossip is one epidemic round of node i.
@@ -676,7 +685,7 @@ func (s *sim) freshest(n *node, out []report, k int) []report {
 	v := n.view
 	for c := 0; c < len(v) && k > 0; c++ {
 		e := v[(n.viewPos-1-c+2*len(v))%len(v)]
-		if s.now-e.at > s.cfg.StaleAfter.Seconds() {
+		if s.now-e.at > s.maxAge() {
 			continue
 		}
 		out = append(out, e)
@@ -689,7 +698,7 @@ func (s *sim) receive(j int, m *message) {
 	n := &s.nodes[j]
 	if !n.dead {
 		for _, e := range m.entries {
-			if int(e.node) == j || s.now-e.at > s.cfg.StaleAfter.Seconds() {
+			if int(e.node) == j || s.now-e.at > s.maxAge() {
 				continue
 			}
 			e.received = s.now
@@ -704,6 +713,13 @@ func (s *sim) receive(j int, m *message) {
 	}
 	m.entries = m.entries[:0]
 	s.free = append(s.free, m)
+}
+
+func (s *sim) maxAge() float64 {
+	if s.cfg.MaxAge > 0 {
+		return s.cfg.MaxAge.Seconds()
+	}
+	return s.cfg.StaleAfter.Seconds()
 }
 
 func (s *sim) newMessage() *message {

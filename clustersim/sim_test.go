@@ -37,7 +37,7 @@ func TestScaleTable(t *testing.T) {
 	var b strings.Builder
 	base := DefaultConfig()
 	base.Duration, base.Warmup = 0, 3*time.Second
-	_, err := Table(&b, base, []int{10, 100, 1000, 10000}, []string{Omniscient, AllToAll, Epidemic, Probe})
+	_, err := Table(&b, base, []int{10, 100, 1000, 10000}, DefaultVariants())
 	t.Log("\n" + b.String())
 	require.NoError(t, err)
 }

@@ -25,25 +25,44 @@ func DurationFor(n int) time.Duration {
 	return min(max(time.Duration(3e6/float64(n))*time.Second/1000, 10*time.Second), 600*time.Second)
 }
 
-// Table runs every policy at every size from base and writes a markdown
+// Variant is one row kind of the table: a policy and its parameters.
+type Variant func(*Config)
+
+// Policy is the Variant that only sets the policy.
+func Policy(p string) Variant { return func(c *Config) { c.Policy = p } }
+
+// DefaultVariants are the rows of the README table. Omniscient comes first:
+// the other rows are compared with it.
+func DefaultVariants() []Variant {
+	return []Variant{
+		Policy(Omniscient),
+		Policy(AllToAll),
+		Policy(Epidemic),
+		func(c *Config) { c.Policy, c.MaxAge = Epidemic, 200*time.Millisecond },
+		Policy(Probe),
+	}
+}
+
+// Table runs every variant at every size from base and writes a markdown
 // table to w, one row per run, in order. It returns the results.
-func Table(w io.Writer, base Config, sizes []int, policies []string) ([]Result, error) {
+func Table(w io.Writer, base Config, sizes []int, variants []Variant) ([]Result, error) {
 	fmt.Fprintln(w, "| nodes | policy | p50 | p99 | p99 vs omniscient | imbalance (CV) | msgs/node/s | retries | sim time | wall |")
 	fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	var out []Result
 	for _, n := range sizes {
 		var omni time.Duration
-		for _, p := range policies {
+		for _, v := range variants {
 			cfg := base
-			cfg.Nodes, cfg.Policy = n, p
+			cfg.Nodes = n
+			v(&cfg)
 			if cfg.Duration == 0 {
 				cfg.Duration = DurationFor(n)
 			}
 			r, err := Run(cfg)
 			if err != nil {
-				return out, fmt.Errorf("%d nodes, %s: %w", n, p, err)
+				return out, fmt.Errorf("%d nodes, %s: %w", n, cfg.Policy, err)
 			}
-			if p == Omniscient {
+			if cfg.Policy == Omniscient {
 				omni = r.P99
 			}
 			rel := "-"
@@ -59,8 +78,15 @@ func Table(w io.Writer, base Config, sizes []int, policies []string) ([]Result, 
 }
 
 func label(c Config) string {
+	if c.Policy == Probe {
+		return fmt.Sprintf("probe 2 + heartbeat k=%d/%v", c.Fanout, c.Refresh)
+	}
 	if c.Policy == Epidemic {
-		return fmt.Sprintf("epidemic k=%d/%v +%d", c.Fanout, c.Interval, c.Piggyback)
+		l := fmt.Sprintf("epidemic k=%d/%v +%d", c.Fanout, c.Interval, c.Piggyback)
+		if c.MaxAge > 0 {
+			l += fmt.Sprintf(" max age %v", c.MaxAge)
+		}
+		return l
 	}
 	return c.Policy
 }
