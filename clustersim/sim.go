@@ -59,6 +59,9 @@ type Config struct {
 	// SlowFraction of nodes serve SlowFactor times slower.
 	SlowFraction float64
 	SlowFactor   float64
+	// SlowNodes, when set, makes exactly nodes 0..SlowNodes-1 slow instead
+	// (to mirror a real test cluster).
+	SlowNodes int
 	// FailFraction of nodes crash at a third of Duration; their queued
 	// requests are retried elsewhere after DetectFail.
 	FailFraction float64
@@ -284,7 +287,7 @@ func Run(cfg Config) (Result, error) {
 		n := &s.nodes[i]
 		n.name = "n" + strconv.Itoa(i)
 		n.speed = 1
-		if s.rng.Float64() < cfg.SlowFraction {
+		if (cfg.SlowNodes == 0 && s.rng.Float64() < cfg.SlowFraction) || i < cfg.SlowNodes {
 			n.speed = cfg.SlowFactor
 		}
 		capacity += float64(cfg.Slots) / (n.speed * cfg.MeanService.Seconds())

@@ -39,7 +39,7 @@ func DefaultVariants() []Variant {
 		Policy(AllToAll),
 		Policy(Epidemic),
 		func(c *Config) { c.Policy, c.MaxAge = Epidemic, 200*time.Millisecond },
-		Policy(Probe),
+		func(c *Config) { c.Policy, c.Fanout = Probe, 3 }, // gossip.DefaultFanout
 	}
 }
 

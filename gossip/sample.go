@@ -1,0 +1,162 @@
+package gossip
+
+import (
+	"context"
+	"math/rand/v2"
+	"time"
+)
+
+// msgPull asks a member to send its load to the named requester now. Its
+// body is the requester's name, as a leave message's.
+const msgPull byte = 3
+
+// sampling reports whether the cluster is past Config.AllToAllMax live
+// peers, where loads are pulled on demand (Sample) and pushes go to Fanout
+// random peers only. See DESIGN.md, "Dissemination at scale".
+func (g *Gossip) samplingLocked() bool {
+	return g.alivePeersLocked() > g.cfg.AllToAllMax
+}
+
+func (g *Gossip) alivePeersLocked() int {
+	n := 0
+	for _, p := range g.peers {
+		if p.known && p.state == StateAlive {
+			n++
+		}
+	}
+	return n
+}
+
+// Sampling reports whether this node uses sampled dissemination now.
+func (g *Gossip) Sampling() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.samplingLocked()
+}
+
+// Sample returns k random live members other than this node with fresh
+// loads: it pulls each one's load and waits up to Config.PullTimeout (or
+// ctx) for the replies. A member that does not answer in time is returned
+// with the load held before, whose LoadUpdated tells the router how old it
+// is. Pulls past Config.PullRate per second are not sent (the members'
+// held loads are returned), which bounds this node's message rate however
+// fast requests come. Below AllToAllMax live peers every load is already
+// pushed on change, so Sample pulls nothing.
+func (g *Gossip) Sample(ctx context.Context, k int) []Member {
+	now := time.Now()
+	g.mu.Lock()
+	if g.left || g.closed || k <= 0 {
+		g.mu.Unlock()
+		return nil
+	}
+	alive := make([]*peer, 0, len(g.peers))
+	for _, p := range g.peers {
+		if p.known && p.state == StateAlive {
+			alive = append(alive, p)
+		}
+	}
+	k = min(k, len(alive))
+	// A partial Fisher-Yates shuffle picks k distinct members.
+	for i := range k {
+		j := i + rand.IntN(len(alive)-i)
+		alive[i], alive[j] = alive[j], alive[i]
+	}
+	picked := alive[:k]
+	pull := g.samplingLocked() && g.takePullsLocked(now, k)
+	var waits []chan struct{}
+	if pull {
+		for _, p := range picked {
+			w, ok := g.waiters[p.name]
+			if !ok {
+				w = make(chan struct{})
+				g.waiters[p.name] = w
+			}
+			waits = append(waits, w)
+		}
+	}
+	targets := make([]target, len(picked))
+	for i, p := range picked {
+		targets[i] = target{name: p.name, node: p.node, peer: p}
+	}
+	g.mu.Unlock()
+	if pull {
+		msg := appendString([]byte{msgPull}, g.cfg.Name)
+		for _, t := range targets {
+			if err := g.ml.SendBestEffort(&t.node, msg); err != nil {
+				g.log.Debug("send load pull", "to", t.name, "err", err)
+				continue
+			}
+			g.stats.pullsSent.Add(1)
+		}
+		timer := time.NewTimer(g.cfg.PullTimeout)
+		defer timer.Stop()
+	wait:
+		for _, w := range waits {
+			select {
+			case <-w:
+			case <-timer.C:
+				break wait
+			case <-ctx.Done():
+				break wait
+			}
+		}
+	}
+	out := make([]Member, 0, len(targets))
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, t := range targets {
+		out = append(out, t.peer.member())
+	}
+	return out
+}
+
+// takePullsLocked spends n pulls from the PullRate token bucket (burst of
+// one second's worth).
+func (g *Gossip) takePullsLocked(now time.Time, n int) bool {
+	rate := g.cfg.PullRate
+	if !g.pullAt.IsZero() {
+		g.pullTokens = min(g.pullTokens+now.Sub(g.pullAt).Seconds()*rate, rate)
+	} else {
+		g.pullTokens = rate
+	}
+	g.pullAt = now
+	if g.pullTokens < float64(n) {
+		return false
+	}
+	g.pullTokens -= float64(n)
+	return true
+}
+
+// answerPull sends this node's load to the member that asked for it.
+func (g *Gossip) answerPull(from string) {
+	g.mu.Lock()
+	p, ok := g.peers[from]
+	if !ok || !p.known || g.left || g.closed || (p.state != StateAlive && p.state != StateSuspect) {
+		g.mu.Unlock()
+		return
+	}
+	t := target{name: p.name, node: p.node, peer: p}
+	msg := encodeLoadMsg(loadEntry{Name: g.cfg.Name, Load: g.self.load, Interval: g.cfg.LoadInterval})
+	g.mu.Unlock()
+	g.sendLoad(t, msg)
+}
+
+// notifyWaitersLocked wakes Sample calls waiting for name's load.
+func (g *Gossip) notifyWaitersLocked(name string) {
+	if w, ok := g.waiters[name]; ok {
+		close(w)
+		delete(g.waiters, name)
+	}
+}
+
+// pushTargetsLocked is who gets a push: every live member in a small
+// cluster, Fanout random ones past AllToAllMax (a heartbeat that keeps
+// held loads from going very old; routing pulls what it needs).
+func (g *Gossip) pushTargetsLocked() []target {
+	all := g.targetsLocked()
+	if !g.samplingLocked() || len(all) <= g.cfg.Fanout {
+		return all
+	}
+	rand.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
+	return all[:g.cfg.Fanout]
+}
