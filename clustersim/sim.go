@@ -257,7 +257,8 @@ const pushHist = 128
 
 type sim struct {
 	cfg   Config
-	rng   *rand.Rand
+	rng   *rand.Rand // network, sampling and dissemination draws
+	work  *rand.Rand // arrivals and service times
 	now   float64
 	seq   uint64
 	q     eventQueue
@@ -280,14 +281,19 @@ func Run(cfg Config) (Result, error) {
 	if err := cfg.fill(); err != nil {
 		return Result{}, err
 	}
-	s := &sim{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x5851f42d4c957f2d)), base: time.Unix(1_000_000, 0)}
+	s := &sim{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0x5851f42d4c957f2d)),
+		work: rand.New(rand.NewPCG(cfg.Seed, 0x2545f4914f6cdd1d)), base: time.Unix(1_000_000, 0)}
+	// The cluster (slow and failing nodes) comes from its own stream, so
+	// every policy runs on the same cluster for a seed.
+	topo := rand.New(rand.NewPCG(cfg.Seed, 0x9e3779b97f4a7c15))
 	s.nodes = make([]node, cfg.Nodes)
 	capacity := 0.0
 	for i := range s.nodes {
 		n := &s.nodes[i]
 		n.name = "n" + strconv.Itoa(i)
 		n.speed = 1
-		if (cfg.SlowNodes == 0 && s.rng.Float64() < cfg.SlowFraction) || i < cfg.SlowNodes {
+		slow, fail := topo.Float64(), topo.Float64()
+		if (cfg.SlowNodes == 0 && slow < cfg.SlowFraction) || i < cfg.SlowNodes {
 			n.speed = cfg.SlowFactor
 		}
 		capacity += float64(cfg.Slots) / (n.speed * cfg.MeanService.Seconds())
@@ -307,7 +313,7 @@ func Run(cfg Config) (Result, error) {
 			n.view = make([]report, 0, cfg.ViewSize)
 			s.schedule(s.rng.Float64()*cfg.Interval.Seconds(), evGossip, i, 0, nil)
 		}
-		if s.rng.Float64() < cfg.FailFraction {
+		if fail < cfg.FailFraction {
 			s.schedule(cfg.Duration.Seconds()/3, evCrash, i, 0, nil)
 		}
 	}
@@ -377,7 +383,7 @@ func (s *sim) schedule(t float64, kind, a, b int, m *message) {
 }
 
 func (s *sim) scheduleArrival(origin int, rate float64) {
-	s.reqs = append(s.reqs, request{origin: origin, arrived: s.now + s.rng.ExpFloat64()/rate})
+	s.reqs = append(s.reqs, request{origin: origin, arrived: s.now + s.work.ExpFloat64()/rate})
 	id := len(s.reqs) - 1
 	s.schedule(s.reqs[id].arrived, evArrive, id, 0, nil)
 }
@@ -566,7 +572,7 @@ func (s *sim) start(i, id int) {
 	n := &s.nodes[i]
 	n.running++
 	mu := math.Log(s.cfg.MeanService.Seconds()) - s.cfg.ServiceSigma*s.cfg.ServiceSigma/2
-	d := math.Exp(mu+s.cfg.ServiceSigma*s.rng.NormFloat64()) * n.speed
+	d := math.Exp(mu+s.cfg.ServiceSigma*s.work.NormFloat64()) * n.speed
 	s.schedule(s.now+d, evDone, i, id, nil)
 }
 

@@ -34,15 +34,17 @@ func (g *Gossip) Sampling() bool {
 	return g.samplingLocked()
 }
 
-// Sample returns k random live members other than this node with fresh
-// loads: it pulls each one's load and waits up to Config.PullTimeout (or
+// Sample returns k random live members other than this node, among those
+// keep accepts (nil: all), with fresh loads: keep sees each member's name
+// and held load (which tells the models it serves) and must not keep the
+// load; Sample it pulls each one's load and waits up to Config.PullTimeout (or
 // ctx) for the replies. A member that does not answer in time is returned
 // with the load held before, whose LoadUpdated tells the router how old it
 // is. Pulls past Config.PullRate per second are not sent (the members'
 // held loads are returned), which bounds this node's message rate however
 // fast requests come. Below AllToAllMax live peers every load is already
 // pushed on change, so Sample pulls nothing.
-func (g *Gossip) Sample(ctx context.Context, k int) []Member {
+func (g *Gossip) Sample(ctx context.Context, k int, keep func(name string, l Load) bool) []Member {
 	now := time.Now()
 	g.mu.Lock()
 	if g.left || g.closed || k <= 0 {
@@ -51,7 +53,7 @@ func (g *Gossip) Sample(ctx context.Context, k int) []Member {
 	}
 	alive := make([]*peer, 0, len(g.peers))
 	for _, p := range g.peers {
-		if p.known && p.state == StateAlive {
+		if p.known && p.state == StateAlive && (keep == nil || keep(p.name, p.load)) {
 			alive = append(alive, p)
 		}
 	}

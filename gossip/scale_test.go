@@ -159,7 +159,7 @@ func TestScale20(t *testing.T) {
 				arrived := time.Now()
 				q, run := backends[i].snapshot()
 				cands := []router.Candidate{{Node: g.LocalName(), Local: true, QueueDepth: q, Running: run, Slots: p.slots}}
-				for _, m := range g.Sample(ctx, 2) {
+				for _, m := range g.Sample(ctx, 2, nil) {
 					ml := m.Load.Models["m"]
 					cands = append(cands, router.Candidate{Node: m.Name, QueueDepth: ml.QueueDepth, Running: ml.InFlight, Slots: ml.Slots,
 						LoadAge: time.Since(m.LoadUpdated), LoadAt: m.LoadUpdated})

@@ -341,6 +341,9 @@ func (n *Node) candidates(model string) []router.Candidate {
 				Open: st.Breaker(n.cfg.NodeName, model).State == consensus.BreakerOpen})
 		}
 	}
+	if n.gossip.Sampling() {
+		return n.sampledCandidates(model, out, st)
+	}
 	for _, m := range n.gossip.Alive() {
 		if m.Name == n.cfg.NodeName || m.State != gossip.StateAlive {
 			continue

@@ -1,0 +1,30 @@
+package node
+
+import (
+	"context"
+	"time"
+
+	"github.com/shoal-dev/shoal/consensus"
+	"github.com/shoal-dev/shoal/gossip"
+	"github.com/shoal-dev/shoal/router"
+)
+
+// sampledCandidates adds two random peers serving model, with loads pulled
+// just now, to out. Past gossip's AllToAllMax peers no node holds fresh
+// loads of every other, so the router's power-of-two choice is made among
+// fresh samples instead (gossip DESIGN.md, "Dissemination at scale"). The
+// wait is bounded by gossip's PullTimeout.
+func (n *Node) sampledCandidates(model string, out []router.Candidate, st *consensus.State) []router.Candidate {
+	serves := func(_ string, l gossip.Load) bool { _, ok := l.Models[model]; return ok }
+	sampled := n.gossip.Sample(context.Background(), 2, serves)
+	now := time.Now()
+	for _, m := range sampled {
+		l, ok := m.Load.Models[model]
+		if !ok {
+			continue
+		}
+		out = append(out, router.Candidate{Node: m.Name, HTTPAddr: m.Meta.HTTPAddr, QueueDepth: l.QueueDepth, Running: l.InFlight, Slots: l.Slots,
+			LoadAge: now.Sub(m.LoadUpdated), LoadAt: m.LoadUpdated, Open: st.Breaker(m.Name, model).State == consensus.BreakerOpen})
+	}
+	return out
+}
