@@ -269,6 +269,7 @@ type sim struct {
 
 	lat      []float64
 	msgs     int64
+	draining bool // past Duration: messages are no longer counted
 	retries  int
 	cvSum    float64
 	cvN      int
@@ -330,7 +331,13 @@ func Run(cfg Config) (Result, error) {
 	for s.q.Len() > 0 {
 		e := heap.Pop(&s.q).(event)
 		if e.t > end {
-			break
+			// No new work after the end, but what arrived is followed to
+			// completion: cutting it off would drop the slowest requests
+			// and flatter p99.
+			if e.kind == evArrive || e.kind == evGossip || e.kind == evSample || (e.kind == evPush && e.b == 1) {
+				continue
+			}
+			s.draining = true
 		}
 		s.now = e.t
 		switch e.kind {
@@ -417,7 +424,9 @@ func (s *sim) arrive(id int) {
 			// The probe reports the load half a round trip from now; a
 			// crashed node or a lost message gives no answer.
 			r.probes[k] = report{node: int32(j), at: -1}
-			s.msgs += 2
+			if !s.draining {
+				s.msgs += 2
+			}
 			if s.nodes[j].dead || s.rng.Float64() < s.cfg.LossRate {
 				continue
 			}
@@ -665,7 +674,9 @@ func (s *sim) recordPush(i int) {
 	}
 	n.pushes = append(n.pushes, s.load(i))
 	n.lastPush = s.now
-	s.msgs += int64(len(s.nodes) - 1)
+	if !s.draining {
+		s.msgs += int64(len(s.nodes) - 1)
+	}
 }
 
 // gossip is one epidemic round of node i.
