@@ -244,10 +244,9 @@ type node struct {
 	router  *router.Router
 
 	// all-to-all: pushes, newest last (ring of the last pushHist).
-	pushes    []report
-	lastPush  float64
-	pushDue   bool
-	lastFresh float64
+	pushes   []report
+	lastPush float64
+	pushDue  bool
 	// epidemic: loads heard, a ring of the freshest ViewSize.
 	view    []report
 	viewPos int
@@ -273,7 +272,6 @@ type sim struct {
 	retries  int
 	cvSum    float64
 	cvN      int
-	interval float64
 }
 
 // Run simulates one configuration.
@@ -303,7 +301,6 @@ func Run(cfg Config) (Result, error) {
 			return Result{}, fmt.Errorf("router for %s: %w", n.name, err)
 		}
 		n.router = r
-		n.lastFresh = -1
 		n.lastPush = -1
 		if cfg.Policy == AllToAll {
 			n.pushes = make([]report, 0, pushHist)
