@@ -16,6 +16,7 @@ func newSimCmd() *cobra.Command {
 		seed     uint64
 		duration time.Duration
 		util     float64
+		service  time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "sim",
@@ -34,7 +35,10 @@ func newSimCmd() *cobra.Command {
 				}
 			}
 			base := clustersim.DefaultConfig()
-			base.Seed, base.Duration, base.Warmup, base.Utilization = seed, duration, 3*time.Second, util
+			if service <= 0 {
+				return usageError{fmt.Errorf("--mean-service must be positive, got %v", service)}
+			}
+			base.Seed, base.Duration, base.Warmup, base.Utilization, base.MeanService = seed, duration, 3*time.Second, util, service
 			_, err := clustersim.Table(cmd.OutOrStdout(), base, nodes, clustersim.DefaultVariants())
 			return err
 		},
@@ -43,5 +47,6 @@ func newSimCmd() *cobra.Command {
 	cmd.Flags().Uint64Var(&seed, "seed", 1, "random seed")
 	cmd.Flags().DurationVar(&duration, "duration", 0, "simulated time per run (0: by size, 10 min at 10 nodes down to 10 s at 10,000)")
 	cmd.Flags().Float64Var(&util, "utilization", 0.8, "offered load over cluster capacity")
+	cmd.Flags().DurationVar(&service, "mean-service", time.Second, "mean service time of a normal node (shorter: more requests per node per second)")
 	return cmd
 }

@@ -87,6 +87,16 @@ type Config struct {
 	MaxAge time.Duration
 	// StaleAfter is the router's StaleAfter.
 	StaleAfter time.Duration
+	// PullRate caps Probe's pulls per node per second
+	// (gossip.DefaultPullRate); past it the router uses the loads its
+	// earlier pulls returned. Negative: no cap.
+	PullRate float64
+	// PullReuse is how old a pulled load may be to be reused past the
+	// pull budget (gossip.Config.PullReuse).
+	PullReuse time.Duration
+	// PullCarriesLoad sends the requester's load with each pull, so the
+	// node asked learns it for free.
+	PullCarriesLoad bool
 }
 
 // DefaultConfig is the scenario of the README table: 4 slots per node,
@@ -102,7 +112,7 @@ func DefaultConfig() Config {
 		NetDelay: 300 * time.Microsecond, NetJitter: 200 * time.Microsecond, LossRate: 0.01,
 		MinPush: 25 * time.Millisecond, Refresh: time.Second,
 		Fanout: 4, Interval: 100 * time.Millisecond, Piggyback: 16, ViewSize: 256,
-		StaleAfter: 5 * time.Second,
+		StaleAfter: 5 * time.Second, PullRate: 20, PullReuse: 250 * time.Millisecond,
 	}
 }
 
@@ -132,6 +142,7 @@ func (c *Config) fill() error {
 	setD(&c.Refresh, d.Refresh)
 	setD(&c.Interval, d.Interval)
 	setD(&c.StaleAfter, d.StaleAfter)
+	setD(&c.PullReuse, d.PullReuse)
 	if c.Slots == 0 {
 		c.Slots = d.Slots
 	}
@@ -149,6 +160,9 @@ func (c *Config) fill() error {
 	}
 	if c.ViewSize == 0 {
 		c.ViewSize = d.ViewSize
+	}
+	if c.PullRate == 0 {
+		c.PullRate = d.PullRate
 	}
 	if c.Warmup >= c.Duration {
 		return fmt.Errorf("clustersim: Warmup %v must be shorter than Duration %v", c.Warmup, c.Duration)
@@ -250,9 +264,64 @@ type node struct {
 	// epidemic: loads heard, a ring of the freshest ViewSize.
 	view    []report
 	viewPos int
+	// probe: the pull budget and the loads earlier pulls returned.
+	pullTokens float64
+	pullAt     float64
+	recent     []report // a ring of the last loads pulled (or received with a pull)
+	recentPos  int
+	pullInit   bool
 }
 
 const pushHist = 128
+
+// reuse fills r's probes from the origin's recent pulled loads: two at
+// random among those at most PullReuse old, else the two newest.
+func (s *sim) reuse(r *request) {
+	o := &s.nodes[r.origin]
+	var fresh []int
+	for i, h := range o.recent {
+		if s.now-h.at <= s.cfg.PullReuse.Seconds() {
+			fresh = append(fresh, i)
+		}
+	}
+	for k := range r.probes {
+		r.probes[k] = report{at: -1}
+	}
+	if len(fresh) >= 2 {
+		for k := range r.probes {
+			r.probes[k] = o.recent[fresh[s.rng.IntN(len(fresh))]]
+		}
+		return
+	}
+	for k := range r.probes {
+		// The newest are just before recentPos in a full ring, at the
+		// end of a filling one.
+		i := len(o.recent) - 1 - k
+		if len(o.recent) == recentSize {
+			i = (o.recentPos - 1 - k + 2*recentSize) % recentSize
+		}
+		if i >= 0 {
+			r.probes[k] = o.recent[i]
+		}
+	}
+}
+
+// recentSize is how many pulled loads a node keeps for reuse.
+const recentSize = 64
+
+// remember keeps a pulled load at node i for reuse past the pull budget.
+func (s *sim) remember(i int, r report) {
+	n := &s.nodes[i]
+	if int(r.node) == i {
+		return
+	}
+	if len(n.recent) < recentSize {
+		n.recent = append(n.recent, r)
+		return
+	}
+	n.recent[n.recentPos] = r
+	n.recentPos = (n.recentPos + 1) % recentSize
+}
 
 type sim struct {
 	cfg   Config
@@ -354,7 +423,7 @@ func Run(cfg Config) (Result, error) {
 		case evMsg:
 			s.receive(e.b, e.m)
 		case evProbed:
-			s.probed(e.a)
+			s.probed(e.a, true)
 		case evCrash:
 			s.crash(e.a)
 		case evSample:
@@ -416,6 +485,13 @@ func (s *sim) arrive(id int) {
 	}
 	if s.cfg.Policy == Probe {
 		r := &s.reqs[id]
+		if !s.takePulls(r.origin, len(r.probes)) {
+			// Over the pull budget: route at once on held loads, as
+			// gossip.Sample does.
+			s.reuse(r)
+			s.probed(id, false)
+			return
+		}
 		for k := range r.probes {
 			j := s.randomPeer(r.origin)
 			// The probe reports the load half a round trip from now; a
@@ -427,12 +503,37 @@ func (s *sim) arrive(id int) {
 			if s.nodes[j].dead || s.rng.Float64() < s.cfg.LossRate {
 				continue
 			}
+			if s.cfg.PullCarriesLoad {
+				s.remember(j, s.load(r.origin))
+			}
 			r.probes[k] = s.load(j)
 		}
 		s.schedule(s.now+2*s.delay(), evProbed, id, 0, nil)
 		return
 	}
 	s.route(id)
+}
+
+// takePulls spends n pulls of node i's budget (a token bucket with a
+// burst of one second's worth).
+func (s *sim) takePulls(i, n int) bool {
+	rate := s.cfg.PullRate
+	if rate < 0 {
+		return true
+	}
+	nd := &s.nodes[i]
+	if !nd.pullInit {
+		nd.pullInit = true
+		nd.pullTokens = rate
+	} else {
+		nd.pullTokens = min(nd.pullTokens+(s.now-nd.pullAt)*rate, rate)
+	}
+	nd.pullAt = s.now
+	if nd.pullTokens < float64(n) {
+		return false
+	}
+	nd.pullTokens -= float64(n)
+	return true
 }
 
 func (s *sim) randomPeer(self int) int {
@@ -456,12 +557,15 @@ func (s *sim) route(id int) {
 	s.pick(id, cands)
 }
 
-func (s *sim) probed(id int) {
+func (s *sim) probed(id int, fresh bool) {
 	r := &s.reqs[id]
 	cands := []router.Candidate{s.localCandidate(r.origin)}
 	for _, p := range r.probes {
 		if p.at >= 0 {
 			cands = append(cands, s.candidate(p))
+			if fresh {
+				s.remember(r.origin, p)
+			}
 		}
 	}
 	s.pick(id, cands)

@@ -44,6 +44,9 @@ const (
 	// the answers it gets and the fanout pushes, a node sends under 50
 	// load messages a second on average.
 	DefaultPullRate = 20
+	// DefaultPullReuse is how old a pulled load may be for Sample to
+	// reuse it once PullRate is spent.
+	DefaultPullReuse = 250 * time.Millisecond
 	// DefaultPullTimeout is how long Sample waits for pulled loads.
 	DefaultPullTimeout = 20 * time.Millisecond
 	// DefaultBroadcastTimeout bounds UpdateMeta's wait for its broadcast
@@ -101,6 +104,9 @@ type Config struct {
 	// PullTimeout is Sample's longest wait for answers. Default
 	// DefaultPullTimeout.
 	PullTimeout time.Duration
+	// PullReuse is how old a pulled load may be for Sample to reuse it
+	// once PullRate is spent. Default DefaultPullReuse.
+	PullReuse time.Duration
 
 	// RetainGone is how long Dead and Left members stay listed. Default
 	// DefaultRetainGone.
@@ -153,8 +159,11 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.PullTimeout == 0 {
 		cfg.PullTimeout = DefaultPullTimeout
 	}
-	if cfg.Fanout < 0 || cfg.PullRate < 0 || cfg.PullTimeout < 0 {
-		return cfg, fmt.Errorf("%w: gossip fanout, pull_rate and pull_timeout must not be negative", ErrInvalidConfig)
+	if cfg.PullReuse == 0 {
+		cfg.PullReuse = DefaultPullReuse
+	}
+	if cfg.Fanout < 0 || cfg.PullRate < 0 || cfg.PullTimeout < 0 || cfg.PullReuse < 0 {
+		return cfg, fmt.Errorf("%w: gossip fanout, pull_rate, pull_timeout and pull_reuse must not be negative", ErrInvalidConfig)
 	}
 	if cfg.EventBuffer == 0 {
 		cfg.EventBuffer = DefaultEventBuffer

@@ -50,6 +50,8 @@ type Gossip struct {
 	waiters    map[string]chan struct{}
 	pullTokens float64
 	pullAt     time.Time
+	recent     []*peer // members whose loads were pulled lately, a ring
+	recentPos  int
 
 	kick chan struct{} // load changed or a peer joined: push soon
 	stop chan struct{}

@@ -3,6 +3,7 @@ package gossip
 import (
 	"context"
 	"math/rand/v2"
+	"slices"
 	"time"
 )
 
@@ -42,7 +43,8 @@ func (g *Gossip) Sampling() bool {
 // with the load held before, whose LoadUpdated tells the router how old it
 // is. Pulls past Config.PullRate per second are not sent (the members'
 // held loads are returned), which bounds this node's message rate however
-// fast requests come. Below AllToAllMax live peers every load is already
+// fast requests come: past it, Sample returns members whose pulled loads
+// are at most PullReuse old (else the ones pulled last). Below AllToAllMax live peers every load is already
 // pushed on change, so Sample pulls nothing.
 func (g *Gossip) Sample(ctx context.Context, k int, keep func(name string, l Load) bool) []Member {
 	now := time.Now()
@@ -64,7 +66,16 @@ func (g *Gossip) Sample(ctx context.Context, k int, keep func(name string, l Loa
 		alive[i], alive[j] = alive[j], alive[i]
 	}
 	picked := alive[:k]
-	pull := g.samplingLocked() && g.takePullsLocked(now, k)
+	sampling := g.samplingLocked()
+	pull := sampling && g.takePullsLocked(now, k)
+	if sampling && !pull {
+		// Over the budget: reuse loads pulled lately rather than the
+		// random members' held loads, which may be minutes old and
+		// would make routers herd (clustersim/DESIGN.md).
+		if r := g.reusedLocked(now, k, keep); len(r) > 0 {
+			picked = r
+		}
+	}
 	var waits []chan struct{}
 	if pull {
 		for _, p := range picked {
@@ -107,9 +118,56 @@ func (g *Gossip) Sample(ctx context.Context, k int, keep func(name string, l Loa
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, t := range targets {
+		if pull && t.peer.loadUpdated.After(now) {
+			g.rememberPulledLocked(t.peer)
+		}
 		out = append(out, t.peer.member())
 	}
 	return out
+}
+
+// recentPulled is how many answered pulls a node keeps for reuse.
+const recentPulled = 64
+
+func (g *Gossip) rememberPulledLocked(p *peer) {
+	if len(g.recent) < recentPulled {
+		g.recent = append(g.recent, p)
+		return
+	}
+	g.recent[g.recentPos] = p
+	g.recentPos = (g.recentPos + 1) % recentPulled
+}
+
+// reusedLocked picks k members among those whose pulled loads are at most
+// PullReuse old, at random; with fewer than k of those, the k pulled last.
+func (g *Gossip) reusedLocked(now time.Time, k int, keep func(string, Load) bool) []*peer {
+	usable := func(p *peer) bool {
+		return p.known && p.state == StateAlive && g.peers[p.name] == p && (keep == nil || keep(p.name, p.load))
+	}
+	var fresh []*peer
+	for _, p := range g.recent {
+		if usable(p) && now.Sub(p.loadUpdated) <= g.cfg.PullReuse && !slices.Contains(fresh, p) {
+			fresh = append(fresh, p)
+		}
+	}
+	if len(fresh) >= k {
+		rand.Shuffle(len(fresh), func(i, j int) { fresh[i], fresh[j] = fresh[j], fresh[i] })
+		return fresh[:k]
+	}
+	var newest []*peer
+	for c := range len(g.recent) {
+		i := len(g.recent) - 1 - c
+		if len(g.recent) == recentPulled {
+			i = (g.recentPos - 1 - c + 2*recentPulled) % recentPulled
+		}
+		if p := g.recent[i]; usable(p) && !slices.Contains(newest, p) {
+			newest = append(newest, p)
+			if len(newest) == k {
+				break
+			}
+		}
+	}
+	return newest
 }
 
 // takePullsLocked spends n pulls from the PullRate token bucket (burst of

@@ -64,13 +64,18 @@ func TestSamplePullsFreshLoad(t *testing.T) {
 	require.Equal(t, "n2", got[0].Name)
 }
 
-// PullRate caps the pulls a node sends, however often Sample is called.
+// PullRate caps the pulls a node sends, however often Sample is called;
+// past it Sample reuses the loads it pulled last, not old held ones.
 func TestSamplePullRateCap(t *testing.T) {
 	nodes := startCluster(t, 3, func(i int, cfg *Config) {
-		cfg.AllToAllMax, cfg.PullRate, cfg.PullTimeout = -1, 2, time.Millisecond
+		cfg.AllToAllMax, cfg.PullRate, cfg.PullTimeout = -1, 2, waitTimeout
+		cfg.LoadInterval = time.Hour // held loads stay as old as the join
 	})
+	start := time.Now()
 	for range 10 {
-		require.Len(t, nodes[0].Sample(context.Background(), 1, nil), 1)
+		got := nodes[0].Sample(context.Background(), 1, nil)
+		require.Len(t, got, 1)
+		require.True(t, got[0].LoadUpdated.After(start), "%s: load from before the test, not a pulled one", got[0].Name)
 	}
 	// A burst of PullRate, plus what refilled while the calls ran (at 2/s,
 	// well under one more on any machine that runs 10 calls in 2 s).
