@@ -15,7 +15,15 @@ import (
 // fresh samples instead (gossip DESIGN.md, "Dissemination at scale"). The
 // wait is bounded by gossip's PullTimeout.
 func (n *Node) sampledCandidates(model string, out []router.Candidate, st *consensus.State) []router.Candidate {
-	serves := func(_ string, l gossip.Load) bool { _, ok := l.Models[model]; return ok }
+	serves := func(_ string, l gossip.Load) bool {
+		if l.Seq == 0 {
+			// Never heard from (past 4,096 members push-pull carries only
+			// some loads): pulling it is how we learn what it serves.
+			return true
+		}
+		_, ok := l.Models[model]
+		return ok
+	}
 	sampled := n.gossip.Sample(context.Background(), 2, serves)
 	now := time.Now()
 	for _, m := range sampled {
