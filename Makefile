@@ -9,7 +9,7 @@ FUZZTIME ?= 5s
 # Packages with concurrency that CI also runs under the race detector.
 RACE_PKGS ?= ./scheduler/... ./node/... ./httpapi/... ./breaker/... ./respcache/... ./router/... ./consensus/... ./gossip/... ./dcache/... ./engine/... ./ratelimit/... ./ops/...
 
-.PHONY: all build build-linux run test test-race bench lint fuzz test-cluster test-chaos docker-image clean
+.PHONY: all build build-linux run test test-race bench lint fuzz test-cluster test-chaos test-scale sim docker-image clean
 
 all: build
 
@@ -51,6 +51,15 @@ fuzz:
 	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 	    echo "fuzz $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; done
+
+# 20 in-process nodes on loopback in sampled dissemination, checked against
+# clustersim's prediction (about 40 s; skipped by `make test`).
+test-scale:
+	SHOAL_SCALE_TEST=1 $(GO) test -count=1 -timeout 5m -run 'TestScale20' -v ./gossip/...
+
+# The simulator's scaling table for 10 to 10,000 nodes (README, "Scaling").
+sim:
+	$(GO) run . sim
 
 docker-image: build-linux
 	docker build -t shoal:dev .

@@ -53,7 +53,7 @@ func newRootCmd() *cobra.Command {
 	nodeCmd := &cobra.Command{Use: "node", Short: "Run and manage cluster nodes"}
 	nodeCmd.AddCommand(newStartCmd())
 	nodeCmd.AddCommand(newNodeAdminCmds()...)
-	root.AddCommand(nodeCmd, newAdminCmd(), newModelCmd(), newBenchCmd(), newTuneCmd(), newTopCmd(), newVersionCmd())
+	root.AddCommand(nodeCmd, newAdminCmd(), newModelCmd(), newBenchCmd(), newTuneCmd(), newTopCmd(), newSimCmd(), newVersionCmd())
 	return root
 }
 

@@ -54,6 +54,14 @@ func (d *delegate) NotifyMsg(b []byte) {
 			return
 		}
 		g.markLeaving(name)
+	case msgPull:
+		name, err := decodeLeaveMsg(b[1:])
+		if err != nil {
+			g.stats.malformed.Add(1)
+			g.log.Debug("drop load pull", "err", err)
+			return
+		}
+		g.answerPull(name)
 	default:
 		// A newer node's message type; ignore it.
 		g.stats.malformed.Add(1)
@@ -222,9 +230,11 @@ func (g *Gossip) applyLoad(e loadEntry, now time.Time) {
 		}
 		p.loadInterval = e.Interval
 		g.reviveLocked(p, now)
+		g.notifyWaitersLocked(p.name)
 		return
 	}
 	g.stats.loadsReceived.Add(1)
+	g.notifyWaitersLocked(p.name)
 	p.load = e.Load
 	p.loadUpdated = at
 	p.loadInterval = e.Interval
@@ -327,6 +337,11 @@ func (g *Gossip) pushLoop() {
 		case <-g.stop:
 			return
 		case <-g.kick:
+			if g.Sampling() {
+				// Past AllToAllMax a change is pulled by those who
+				// route, not pushed to everyone.
+				continue
+			}
 			if due := last.Add(g.cfg.MinPushInterval); due.Before(next) {
 				next = due
 			}
@@ -339,9 +354,8 @@ func (g *Gossip) pushLoop() {
 	}
 }
 
-// pushLoad sends the local load to every live member: over UDP when it
-// fits a packet, else over TCP in the background (one send per peer in
-// flight; a newer load follows at the next push).
+// pushLoad sends the local load to every live member, or to Fanout random
+// ones past AllToAllMax (pushTargetsLocked).
 func (g *Gossip) pushLoad() {
 	g.mu.Lock()
 	if g.left || g.closed {
@@ -349,31 +363,38 @@ func (g *Gossip) pushLoad() {
 		return
 	}
 	msg := encodeLoadMsg(loadEntry{Name: g.cfg.Name, Load: g.self.load, Interval: g.cfg.LoadInterval})
-	targets := g.targetsLocked()
+	targets := g.pushTargetsLocked()
 	g.mu.Unlock()
 	for _, t := range targets {
-		if len(msg) <= g.udpLimit {
-			if err := g.ml.SendBestEffort(&t.node, msg); err != nil {
-				g.log.Debug("send load", "to", t.name, "err", err)
-				continue
-			}
-			g.stats.loadsSent.Add(1)
-			continue
-		}
-		if !t.peer.reliableBusy.CompareAndSwap(false, true) {
-			continue
-		}
-		g.wg.Add(1)
-		go func(t target) {
-			defer g.wg.Done()
-			defer t.peer.reliableBusy.Store(false)
-			if err := g.ml.SendReliable(&t.node, msg); err != nil {
-				g.log.Debug("send load over tcp", "to", t.name, "err", err)
-				return
-			}
-			g.stats.loadsSent.Add(1)
-		}(t)
+		g.sendLoad(t, msg)
 	}
+}
+
+// sendLoad sends a load message over UDP when it fits a packet, else over
+// TCP in the background (one send per peer in flight; a newer load follows
+// at the next push).
+func (g *Gossip) sendLoad(t target, msg []byte) {
+	if len(msg) <= g.udpLimit {
+		if err := g.ml.SendBestEffort(&t.node, msg); err != nil {
+			g.log.Debug("send load", "to", t.name, "err", err)
+			return
+		}
+		g.stats.loadsSent.Add(1)
+		return
+	}
+	if !t.peer.reliableBusy.CompareAndSwap(false, true) {
+		return
+	}
+	g.wg.Add(1)
+	go func(t target) {
+		defer g.wg.Done()
+		defer t.peer.reliableBusy.Store(false)
+		if err := g.ml.SendReliable(&t.node, msg); err != nil {
+			g.log.Debug("send load over tcp", "to", t.name, "err", err)
+			return
+		}
+		g.stats.loadsSent.Add(1)
+	}(t)
 }
 
 // watchLoop marks members whose load reports stopped as Suspect and forgets
@@ -399,6 +420,10 @@ func (g *Gossip) watchLoop() {
 func (g *Gossip) watch(now time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	// Past AllToAllMax a member hears from each peer only now and then,
+	// so silence proves nothing: memberlist's probes (constant cost per
+	// node) detect failures instead.
+	sampling := g.samplingLocked()
 	for name, p := range g.peers {
 		switch {
 		case !p.known:
@@ -410,7 +435,7 @@ func (g *Gossip) watch(now time.Time) {
 			if now.Sub(p.stateChanged) > g.cfg.RetainGone {
 				delete(g.peers, name)
 			}
-		case p.state == StateAlive:
+		case p.state == StateAlive && !sampling:
 			last := p.joinedAt
 			if p.loadUpdated.After(last) {
 				last = p.loadUpdated

@@ -109,6 +109,8 @@ func FuzzParseLogLine(f *testing.F) {
 func FuzzNotifyMsg(f *testing.F) {
 	f.Add(encodeLoadMsg(loadEntry{Name: "peer", Load: sampleLoad(3), Interval: time.Second}))
 	f.Add(encodeLeaveMsg("peer"))
+	f.Add(appendString([]byte{msgPull}, "peer"))
+	f.Add(appendString([]byte{msgPull}, "fuzz"))
 	f.Add([]byte{})
 	f.Add([]byte{99, 1, 2})
 	cfg := testConfig("fuzz")

@@ -46,12 +46,19 @@ type Gossip struct {
 	left      bool
 	closed    bool
 
+	// waiters are Sample calls waiting for a member's pulled load.
+	waiters    map[string]chan struct{}
+	pullTokens float64
+	pullAt     time.Time
+	recent     []*peer // members whose loads were pulled lately, a ring
+	recentPos  int
+
 	kick chan struct{} // load changed or a peer joined: push soon
 	stop chan struct{}
 	wg   sync.WaitGroup
 
 	stats struct {
-		loadsSent, loadsReceived, loadsStale, malformed, eventsDropped atomic.Uint64
+		loadsSent, loadsReceived, loadsStale, malformed, eventsDropped, pullsSent atomic.Uint64
 	}
 }
 
@@ -102,6 +109,8 @@ type Stats struct {
 	Malformed uint64
 	// EventsDropped counts events not delivered to a full subscription.
 	EventsDropped uint64
+	// PullsSent counts load pulls sent by Sample (one per member asked).
+	PullsSent uint64
 }
 
 // New starts memberlist on cfg.BindAddr and begins pushing this node's
@@ -128,12 +137,13 @@ func New(cfg Config) (*Gossip, error) {
 	}
 	now := time.Now()
 	g := &Gossip{
-		cfg:   cfg,
-		log:   logger,
-		peers: make(map[string]*peer),
-		subs:  make(map[*subscription]struct{}),
-		kick:  make(chan struct{}, 1),
-		stop:  make(chan struct{}),
+		cfg:     cfg,
+		log:     logger,
+		peers:   make(map[string]*peer),
+		subs:    make(map[*subscription]struct{}),
+		waiters: make(map[string]chan struct{}),
+		kick:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
 		self: selfState{
 			// A time-based start keeps Seq increasing across restarts,
 			// so peers do not ignore a restarted node's reports.
@@ -501,6 +511,7 @@ func (g *Gossip) Stats() Stats {
 		LoadsStale:    g.stats.loadsStale.Load(),
 		Malformed:     g.stats.malformed.Load(),
 		EventsDropped: g.stats.eventsDropped.Load(),
+		PullsSent:     g.stats.pullsSent.Load(),
 	}
 }
 

@@ -370,6 +370,9 @@ func (n *Node) candidates(model string) []router.Candidate {
 				Open: st.Breaker(n.cfg.NodeName, model).State == consensus.BreakerOpen})
 		}
 	}
+	if n.gossip.Sampling() {
+		return n.sampledCandidates(model, out, st)
+	}
 	for _, m := range n.gossip.Alive() {
 		if m.Name == n.cfg.NodeName || m.State != gossip.StateAlive {
 			continue
@@ -378,11 +381,16 @@ func (n *Node) candidates(model string) []router.Candidate {
 		if !ok {
 			continue
 		}
-		out = append(out, router.Candidate{Node: m.Name, Model: model, HTTPAddr: m.Meta.HTTPAddr, QueueDepth: l.QueueDepth, Running: l.InFlight, Slots: l.Slots,
-			ActiveBatches: l.ActiveBatches, MaxBatch: l.MaxBatch, ServiceBase: l.ServiceBase, ServicePerItem: l.ServicePerItem, Prefix: router.PrefixSummary(l.Prefix),
-			LoadAge: now.Sub(m.LoadUpdated), LoadAt: m.LoadUpdated, Open: st.Breaker(m.Name, model).State == consensus.BreakerOpen})
+		out = append(out, peerCandidate(m, model, l, now, st))
 	}
 	return out
+}
+
+// peerCandidate is a peer serving model as its gossiped load l describes it.
+func peerCandidate(m gossip.Member, model string, l gossip.ModelLoad, now time.Time, st *consensus.State) router.Candidate {
+	return router.Candidate{Node: m.Name, Model: model, HTTPAddr: m.Meta.HTTPAddr, QueueDepth: l.QueueDepth, Running: l.InFlight, Slots: l.Slots,
+		ActiveBatches: l.ActiveBatches, MaxBatch: l.MaxBatch, ServiceBase: l.ServiceBase, ServicePerItem: l.ServicePerItem, Prefix: router.PrefixSummary(l.Prefix),
+		LoadAge: now.Sub(m.LoadUpdated), LoadAt: m.LoadUpdated, Open: st.Breaker(m.Name, model).State == consensus.BreakerOpen}
 }
 
 // servedAnywhere reports whether any live member serves model.

@@ -205,6 +205,14 @@ func (r *Router) Pick(cands []Candidate, exclude map[string]bool) (Candidate, st
 // reason says why it was chosen (a policy name, ReasonPrefix or
 // ReasonLocal), for the X-Shoal-Route header and metrics.
 func (r *Router) Route(req Request, cands []Candidate, exclude map[string]bool) (Candidate, string, error) {
+	return r.RouteAt(req, cands, exclude, time.Now())
+}
+
+// RouteAt is Route with the clock supplied by the caller, which dates the
+// send for the in-flight correction. The cluster simulator (clustersim)
+// runs the real filter, score and pick on simulated time through it, so a
+// change to the scoring is simulated as it will run.
+func (r *Router) RouteAt(req Request, cands []Candidate, exclude map[string]bool, now time.Time) (Candidate, string, error) {
 	cands = r.Filter(cands, exclude)
 	if len(cands) == 0 {
 		return Candidate{}, "", ErrNoCandidate
@@ -233,7 +241,7 @@ func (r *Router) Route(req Request, cands []Candidate, exclude map[string]bool) 
 		pick, reason = r.pickLeastExpected(cands, req)
 	}
 	if !pick.Local {
-		r.recordSend(pick.Node, time.Now())
+		r.recordSend(pick.Node, now)
 	}
 	return pick, reason, nil
 }
