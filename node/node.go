@@ -365,6 +365,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	return httpErr
 }
 
+// cacheCloseTimeout bounds the cache member's shutdown at node shutdown.
+const cacheCloseTimeout = 2 * time.Second
+
 // closePartial releases whatever Start opened.
 func (n *Node) closePartial() {
 	if n.cancel != nil {
@@ -390,9 +393,14 @@ func (n *Node) closePartial() {
 		}
 	}
 	if n.cache != nil {
-		if err := n.cache.Close(ctx); err != nil {
+		// Olric's graceful leave waits for peers that, when the whole
+		// cluster stops together, are leaving too; the cache holds nothing
+		// that must outlive the node, so it gets 2 s, not the full bound.
+		cctx, ccancel := context.WithTimeout(ctx, cacheCloseTimeout)
+		if err := n.cache.Close(cctx); err != nil {
 			n.logger.Warn("cache close", "err", err)
 		}
+		ccancel()
 	}
 	if n.store != nil {
 		if err := n.store.Shutdown(); err != nil {
