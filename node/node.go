@@ -282,6 +282,7 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("/health", httpapi.Methods(n.health.ServeHTTP, http.MethodGet, http.MethodHead))
 	mux.HandleFunc("/metrics", httpapi.Methods(n.metrics.Handler().ServeHTTP, http.MethodGet))
 	mux.Handle("/admin/v1/", n.admin)
+	mux.Handle("/debug/pprof/", n.pprofHandler())
 	mux.HandleFunc("/", httpapi.NotFound)
 	return httpapi.Middleware(n.cfg.NodeName, n.logger, mux)
 }
