@@ -137,7 +137,7 @@ func run(o options) error {
 	defer p.stop()
 
 	chat := func(model string) string {
-		return `{"model":"` + model + `","messages":[{"role":"user","content":"Say hello"}],"max_tokens":16}`
+		return `{"model":"` + model + `","messages":[{"role":"user","content":"Say hello"}],"max_tokens":16,"temperature":0}`
 	}
 	var targets []*target
 	add := func(t *target) { targets = append(targets, t) }
