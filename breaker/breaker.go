@@ -89,11 +89,11 @@ type tracker struct {
 	window      []outcome
 	// fails counts the failed outcomes in window, kept as outcomes come
 	// and go so an observation costs the same however busy the model is.
-	fails int
-	probing     bool
-	closedAt    time.Time
-	proposals   []time.Time
-	proposing   bool
+	fails     int
+	probing   bool
+	closedAt  time.Time
+	proposals []time.Time
+	proposing bool
 }
 
 type outcome struct {
