@@ -24,6 +24,9 @@ type modelQueue struct {
 	running  int // tasks handed to the backend and not finished
 	batches  int // batches in flight
 	idle     *sync.Cond
+	// draining stops runAlone: once drain has looked, work only enters
+	// through the queue, which drain and failQueued account for.
+	draining bool
 
 	wake      chan struct{}
 	stop      chan struct{}
@@ -68,6 +71,38 @@ func (m *modelQueue) enqueue(t *Task) error {
 	m.mu.Unlock()
 	m.signal()
 	return nil
+}
+
+// runAlone starts t at once as a batch of its own when batching could add
+// nothing: the model batches one task at a time, nothing is queued ahead of
+// t and a slot is free. That is exactly what the dispatcher would do next,
+// without the hand-off to it and back. It reports whether t was started.
+func (m *modelQueue) runAlone(t *Task) bool {
+	if m.batch == nil {
+		return false
+	}
+	m.mu.Lock()
+	if m.settings.MaxSize != 1 || m.q.len() > 0 || m.draining {
+		m.mu.Unlock()
+		return false
+	}
+	select {
+	case <-m.stop:
+		m.mu.Unlock()
+		return false
+	default:
+	}
+	select {
+	case m.slots <- struct{}{}:
+	default:
+		m.mu.Unlock()
+		return false
+	}
+	m.batches++
+	m.running++
+	m.mu.Unlock()
+	go m.execute([]*Task{t})
+	return true
 }
 
 // cancel removes a task whose context ended while it was queued.
@@ -190,6 +225,10 @@ func (m *modelQueue) execute(batch []*Task) {
 // batchContext ends when every task in the batch has ended, so a backend
 // can abandon a batch nobody waits for.
 func batchContext(batch []*Task) (context.Context, context.CancelFunc) {
+	if len(batch) == 1 {
+		// A batch of one ends with its task.
+		return batch[0].ctx, func() {}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var mu sync.Mutex
 	left := len(batch)
@@ -274,6 +313,7 @@ func (m *modelQueue) awaitContinuous(t *Task) {
 // drain waits until nothing is queued or running.
 func (m *modelQueue) drain(ctx context.Context) error {
 	m.mu.Lock()
+	m.draining = true
 	if m.idle == nil {
 		m.idle = sync.NewCond(&m.mu)
 	}

@@ -183,6 +183,9 @@ func (s *Scheduler) Submit(ctx context.Context, req *Request) (*Task, error) {
 		req.Priority = PriorityNormal
 	}
 	t := NewTask(ctx, req)
+	if m.runAlone(t) {
+		return t, nil
+	}
 	if err := m.enqueue(t); err != nil {
 		return nil, err
 	}
