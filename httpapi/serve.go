@@ -362,29 +362,59 @@ type inferOutput struct {
 	FinishReason string `json:"finish_reason"`
 }
 
+// The answers' shapes. Fields are in the order of their JSON names, the
+// order encoding/json gives a map's keys, so the bytes are what they were
+// when these were maps.
+type chatAnswer struct {
+	Choices           []chatChoice `json:"choices"`
+	Created           int64        `json:"created"`
+	ID                string       `json:"id"`
+	Model             string       `json:"model"`
+	Object            string       `json:"object"`
+	SystemFingerprint string       `json:"system_fingerprint"`
+	Usage             usage        `json:"usage"`
+}
+
+type completionAnswer struct {
+	Choices []completionChoice `json:"choices"`
+	Created int64              `json:"created"`
+	ID      string             `json:"id"`
+	Model   string             `json:"model"`
+	Object  string             `json:"object"`
+	Usage   usage              `json:"usage"`
+}
+
+type inferAnswer struct {
+	ID      string        `json:"id"`
+	Model   string        `json:"model"`
+	Node    string        `json:"node"`
+	Outputs []inferOutput `json:"outputs"`
+	Usage   usage         `json:"usage"`
+}
+
 func (a *API) render(id string, req *Request, results []scheduler.Result) any {
 	now := time.Now().Unix()
 	u := sumUsage(results)
 	switch req.Endpoint {
 	case scheduler.EndpointChat:
 		res := results[0]
-		return map[string]any{
-			"id": "chatcmpl-" + id, "object": "chat.completion", "created": now, "model": req.Model,
-			"choices": []chatChoice{{Index: 0, Message: scheduler.Message{Role: "assistant", Content: res.Text}, FinishReason: res.FinishReason}},
-			"usage":   u, "system_fingerprint": a.cfg.Node,
+		return &chatAnswer{
+			ID: "chatcmpl-" + id, Object: "chat.completion", Created: now, Model: req.Model,
+			Choices: []chatChoice{{Index: 0, Message: scheduler.Message{Role: "assistant", Content: res.Text}, FinishReason: res.FinishReason}},
+			Usage:   u, SystemFingerprint: a.cfg.Node,
 		}
 	case scheduler.EndpointCompletion:
 		choices := make([]completionChoice, len(results))
 		for i, res := range results {
 			choices[i] = completionChoice{Index: i, Text: res.Text, FinishReason: res.FinishReason}
 		}
-		return map[string]any{"id": "cmpl-" + id, "object": "text_completion", "created": now, "model": req.Model, "choices": choices, "usage": u}
+		return &completionAnswer{ID: "cmpl-" + id, Object: "text_completion", Created: now, Model: req.Model, Choices: choices, Usage: u}
 	default:
 		outs := make([]inferOutput, len(results))
 		for i, res := range results {
 			outs[i] = inferOutput{Index: i, Text: res.Text, FinishReason: res.FinishReason}
 		}
-		return map[string]any{"id": id, "model": req.Model, "node": a.cfg.Node, "outputs": outs, "usage": u}
+		return &inferAnswer{ID: id, Model: req.Model, Node: a.cfg.Node, Outputs: outs, Usage: u}
 	}
 }
 
