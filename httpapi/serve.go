@@ -304,9 +304,14 @@ func (a *API) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 // run submits every prompt of req to the scheduler and waits for all.
 func (a *API) run(ctx context.Context, req *Request, id string) ([]scheduler.Result, error) {
 	sreqs := req.requests(id)
+	submit := a.cfg.Scheduler.Submit
+	if r, ok := a.cfg.Scheduler.(Runner); ok && len(sreqs) == 1 {
+		// One task and nothing to overlap it with: let it run here.
+		submit = r.Run
+	}
 	tasks := make([]*scheduler.Task, 0, len(sreqs))
 	for _, sr := range sreqs {
-		t, err := a.cfg.Scheduler.Submit(ctx, sr)
+		t, err := submit(ctx, sr)
 		if err != nil {
 			return nil, err
 		}

@@ -77,7 +77,7 @@ func (m *modelQueue) enqueue(t *Task) error {
 // nothing: the model batches one task at a time, nothing is queued ahead of
 // t and a slot is free. That is exactly what the dispatcher would do next,
 // without the hand-off to it and back. It reports whether t was started.
-func (m *modelQueue) runAlone(t *Task) bool {
+func (m *modelQueue) runAlone(t *Task, inline bool) bool {
 	if m.batch == nil {
 		return false
 	}
@@ -101,7 +101,11 @@ func (m *modelQueue) runAlone(t *Task) bool {
 	m.batches++
 	m.running++
 	m.mu.Unlock()
-	go m.execute([]*Task{t})
+	if inline {
+		m.execute([]*Task{t})
+	} else {
+		go m.execute([]*Task{t})
+	}
 	return true
 }
 

@@ -169,6 +169,17 @@ func (s *Scheduler) Has(model string) bool {
 // queued (it is removed and never run) or running (the backend sees the
 // cancellation through the task's context).
 func (s *Scheduler) Submit(ctx context.Context, req *Request) (*Task, error) {
+	return s.submit(ctx, req, false)
+}
+
+// Run is Submit for a caller that only waits for the task's end (no
+// streaming): when the task can start at once as a batch of its own, it
+// runs on the caller's goroutine, and Run returns it finished.
+func (s *Scheduler) Run(ctx context.Context, req *Request) (*Task, error) {
+	return s.submit(ctx, req, true)
+}
+
+func (s *Scheduler) submit(ctx context.Context, req *Request, inline bool) (*Task, error) {
 	s.mu.RLock()
 	m, ok := s.models[req.Model]
 	draining := s.draining
@@ -183,7 +194,7 @@ func (s *Scheduler) Submit(ctx context.Context, req *Request) (*Task, error) {
 		req.Priority = PriorityNormal
 	}
 	t := NewTask(ctx, req)
-	if m.runAlone(t) {
+	if m.runAlone(t, inline) {
 		return t, nil
 	}
 	if err := m.enqueue(t); err != nil {

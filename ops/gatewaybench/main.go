@@ -39,6 +39,9 @@ const answer = `{"id":"chatcmpl-bench","object":"chat.completion","created":1700
 
 const noCache = "no-cache, no-store"
 
+// benchToken is the bench nodes' admin token, for /debug/pprof.
+const benchToken = "gatewaybench-admin-token"
+
 type options struct {
 	shoal    string
 	duration time.Duration
@@ -47,17 +50,21 @@ type options struct {
 	conns    int
 	threads  int
 	keep     bool
+	only     string
+	profile  string
 }
 
 func main() {
 	var o options
 	flag.StringVar(&o.shoal, "shoal", "bin/shoal", "shoal binary to measure")
-	flag.DurationVar(&o.duration, "duration", 5*time.Second, "measured time per target and round")
+	flag.DurationVar(&o.duration, "duration", 4*time.Second, "measured time per target and round")
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured load per target before its first round")
-	flag.IntVar(&o.rounds, "rounds", 2, "interleaved rounds; the table shows each target's median round")
+	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds; the table shows each target's median round")
 	flag.IntVar(&o.conns, "connections", 32, "wrk connections")
 	flag.IntVar(&o.threads, "threads", 1, "wrk threads")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (configs and logs)")
+	flag.StringVar(&o.only, "only", "", "measure only the paths whose name contains this")
+	flag.StringVar(&o.profile, "profile", "", "write a CPU profile of the shoal node under each shoal path's first round into this directory")
 	flag.Parse()
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "gatewaybench:", err)
@@ -72,6 +79,7 @@ type target struct {
 	body    string
 	headers map[string]string
 	skip    string // why it is not measured, if it is not
+	node    string // the shoal node wrk drives, for -profile
 	results []result
 }
 
@@ -189,6 +197,7 @@ func run(o options) error {
 			return fmt.Errorf("shoal: %w (logs in %s; -keep keeps them)", err, dir)
 		}
 		pass.url, sim.url, hit.url, hop.url = a+"/v1/chat/completions", a+"/v1/chat/completions", a+"/v1/chat/completions", b+"/v1/chat/completions"
+		pass.node, sim.node, hit.node, hop.node = a, a, a, b
 		if nginxURL == "" {
 			pass.skip = "no nginx"
 		}
@@ -199,6 +208,9 @@ func run(o options) error {
 	add(hop)
 
 	for _, t := range targets {
+		if o.only != "" && !strings.Contains(t.name, o.only) && t.skip == "" {
+			t.skip = "not in -only"
+		}
 		if t.skip != "" {
 			continue
 		}
@@ -216,7 +228,17 @@ func run(o options) error {
 			if t.skip != "" {
 				continue
 			}
+			var prof chan error
+			if o.profile != "" && round == 0 && t.node != "" {
+				prof = make(chan error, 1)
+				go func() { prof <- cpuProfile(t, o) }()
+			}
 			r, err := runWrk(wrk, dir, t, o, o.duration)
+			if prof != nil {
+				if perr := <-prof; perr != nil {
+					fmt.Fprintln(os.Stderr, "profile:", perr)
+				}
+			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", t.name, err)
 			}
@@ -456,6 +478,7 @@ model "upstream" {
 		conf := fmt.Sprintf(`node_name = %q
 data_dir = %q
 %s
+admin { token = %q }
 http { addr = "127.0.0.1:%d" }
 gossip { addr = "127.0.0.1:%d" }
 raft {
@@ -466,7 +489,7 @@ cache {
   addr = "127.0.0.1:%d"
   backend = "local"
 }
-%s%s`, name, nd, joinLine, ports[base], ports[base+1], ports[base+2], ports[base+3], common, models)
+%s%s`, name, nd, joinLine, benchToken, ports[base], ports[base+1], ports[base+2], ports[base+3], common, models)
 		path := filepath.Join(nd, "shoal.hcl")
 		if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 			return "", err
@@ -630,4 +653,38 @@ func parseWrk(out string) (result, error) {
 		}
 	}
 	return r, nil
+}
+
+// cpuProfile saves a CPU profile of t's node taken while wrk runs.
+func cpuProfile(t *target, o options) error {
+	secs := max(1, int(o.duration/time.Second)-1)
+	req, err := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", t.node, secs), nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+benchToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: status %d", req.URL, resp.StatusCode)
+	}
+	if err := os.MkdirAll(o.profile, 0o755); err != nil {
+		return err
+	}
+	slug := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '-'
+	}, strings.ToLower(t.name))
+	f, err := os.Create(filepath.Join(o.profile, slug+".cpu.pb.gz"))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return err
 }
