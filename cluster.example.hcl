@@ -18,7 +18,7 @@ join_timeout = "2m"
 
 http {
   # Client-facing address: the OpenAI-compatible API, /v1/infer, the Open Inference Protocol
-  # (KServe v2) under /v2, /health, /metrics, /admin/v1.
+  # (KServe v2) under /v2, /health, /metrics, /admin/v1, /debug/pprof (admin token, as /admin/v1).
   addr = "0.0.0.0:8080"
   # Largest request body, after gzip/zstd decompression; larger bodies get 413. Default 1 MiB.
   max_body_bytes = 1048576
