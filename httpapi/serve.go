@@ -110,12 +110,26 @@ func (a *API) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 	}
 }
 
+// cacheKey is req's response-cache key, computed once per request (the
+// lookup and the store both need it) and only when asked for.
+func (a *API) cacheKey(r *http.Request, req *Request) (string, bool) {
+	if !req.keyed {
+		req.cacheKey, req.cacheable = a.cfg.Cache.Key(req.cacheInput(a.cfg.Scoper.CacheScope(r)))
+		req.keyed = true
+	}
+	return req.cacheKey, req.cacheable
+}
+
 // answerFromCache serves a cached answer when the request allows it and one
 // exists, and sets X-Shoal-Cache either way.
 func (a *API) answerFromCache(ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request) bool {
-	key, ok := a.cfg.Cache.Key(req.cacheInput(a.cfg.Scoper.CacheScope(r)))
 	pol := respcache.ParsePolicy(r.Header.Get("Cache-Control"))
-	if !ok || !pol.Lookup {
+	if !pol.Lookup {
+		setCacheHeader(w, CacheBypass)
+		return false
+	}
+	key, ok := a.cacheKey(r, req)
+	if !ok {
 		setCacheHeader(w, CacheBypass)
 		return false
 	}
@@ -246,8 +260,12 @@ func (a *API) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 	if !ok {
 		return 0, fmt.Errorf("%s on %s: %w", req.Model, a.cfg.Node, errBreakerOpen)
 	}
-	key, cacheable := a.cfg.Cache.Key(req.cacheInput(a.cfg.Scoper.CacheScope(r)))
 	pol := respcache.ParsePolicy(r.Header.Get("Cache-Control"))
+	// A request that neither looks up nor stores has no use for its key.
+	key, cacheable := "", false
+	if pol.Lookup || pol.Store {
+		key, cacheable = a.cacheKey(r, req)
+	}
 	if w.Header().Get("X-Shoal-Cache") == "" {
 		if cacheable && pol.Lookup {
 			setCacheHeader(w, CacheMiss)

@@ -258,6 +258,18 @@ func (s *Scheduler) Load() map[string]ModelLoad {
 	return out
 }
 
+// ModelLoad reports one model's queue depth and running work, without
+// building Load's map: routing asks for it on every request.
+func (s *Scheduler) ModelLoad(model string) (ModelLoad, bool) {
+	s.mu.RLock()
+	m, ok := s.models[model]
+	s.mu.RUnlock()
+	if !ok {
+		return ModelLoad{}, false
+	}
+	return m.load(), true
+}
+
 // Drain stops accepting new work and waits until every queued and running
 // task has finished or ctx ends; then it closes the backends.
 func (s *Scheduler) Drain(ctx context.Context) error {
