@@ -9,7 +9,7 @@ FUZZTIME ?= 5s
 # Packages with concurrency that CI also runs under the race detector.
 RACE_PKGS ?= ./scheduler/... ./node/... ./httpapi/... ./breaker/... ./respcache/... ./router/... ./consensus/... ./gossip/... ./dcache/... ./engine/... ./ratelimit/... ./ops/...
 
-.PHONY: all build build-linux run test test-race bench lint fuzz test-cluster test-chaos test-scale sim docker-image clean
+.PHONY: all build build-linux run test test-race bench bench-gateway lint fuzz test-cluster test-chaos test-scale sim docker-image clean
 
 all: build
 
@@ -37,6 +37,13 @@ test-race:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s -timeout 30m ./scheduler/... ./node/... ./engine/... ./dcache/... ./router/...
+
+# wrk against nginx directly, through HAProxy, a bare Go reverse proxy and
+# shoal (pass-through, sim, cache hit, forwarding hop), in one table. Uses
+# nginx, haproxy and wrk where installed (apt-get install -y nginx haproxy wrk).
+GATEWAY_BENCH_FLAGS ?=
+bench-gateway: build
+	$(GO) run ./ops/gatewaybench -shoal $(BIN) $(GATEWAY_BENCH_FLAGS)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -18,8 +18,8 @@ join_timeout = "2m"
 
 http {
   # Client-facing address: the OpenAI-compatible API, /v1/infer, the Open Inference Protocol
-  # (KServe v2) under /v2, /health, /metrics, /admin/v1.
-  # Default 0.0.0.0:8080; with --dev 127.0.0.1:8080, because its admin API is open.
+  # (KServe v2) under /v2, /health, /metrics, /admin/v1, /ui/, /debug/pprof (admin token, as
+  # /admin/v1). Default 0.0.0.0:8080; with --dev 127.0.0.1:8080, because its admin API is open.
   addr = "0.0.0.0:8080"
   # Largest request body, after gzip/zstd decompression; larger bodies get 413. Default 1 MiB.
   max_body_bytes = 1048576

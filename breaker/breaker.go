@@ -87,10 +87,13 @@ type Set struct {
 type tracker struct {
 	consecutive int
 	window      []outcome
-	probing     bool
-	closedAt    time.Time
-	proposals   []time.Time
-	proposing   bool
+	// fails counts the failed outcomes in window, kept as outcomes come
+	// and go so an observation costs the same however busy the model is.
+	fails     int
+	probing   bool
+	closedAt  time.Time
+	proposals []time.Time
+	proposing bool
 }
 
 type outcome struct {
@@ -170,15 +173,16 @@ func (s *Set) observe(model string, err error) {
 		t.consecutive = 0
 	}
 	t.window = append(t.window, outcome{at: now, failed: failed})
+	if failed {
+		t.fails++
+	}
 	for len(t.window) > 0 && now.Sub(t.window[0].at) > RateWindow {
+		if t.window[0].failed {
+			t.fails--
+		}
 		t.window = t.window[1:]
 	}
-	fails := 0
-	for _, o := range t.window {
-		if o.failed {
-			fails++
-		}
-	}
+	fails := t.fails
 	// Read under the lock: another request's outcome may change the
 	// tracker as soon as it is released.
 	consecutive, seen := t.consecutive, len(t.window)
@@ -200,7 +204,7 @@ func (s *Set) open(model string, from consensus.BreakerStatus, reason string) {
 	if from == consensus.BreakerHalfOpen || (!t.closedAt.IsZero() && now.Sub(t.closedAt) < FlapWindow) {
 		trips = cur.Trips + 1
 	}
-	t.consecutive, t.window = 0, nil
+	t.consecutive, t.window, t.fails = 0, nil, 0
 	s.mu.Unlock()
 	d := s.cfg.Timeout << min(trips-1, 8)
 	d = min(d, MaxOpen)

@@ -42,6 +42,10 @@ type Request struct {
 	// limits, for its SettleTokens; empty for a request this node did not
 	// admit.
 	Charged TokenCharge
+
+	// The response-cache key, once API.cacheKey has computed it.
+	cacheKey         string
+	cacheable, keyed bool
 }
 
 // TokenCharge is a request's up-front charge to token-per-minute rules.

@@ -78,6 +78,13 @@ type Scheduler interface {
 	Submit(ctx context.Context, r *scheduler.Request) (*scheduler.Task, error)
 }
 
+// Runner is a Scheduler that can run a task on the caller's goroutine
+// when it would start at once anyway (*scheduler.Scheduler): one hand-off
+// less for a request that waits for its whole answer.
+type Runner interface {
+	Run(ctx context.Context, r *scheduler.Request) (*scheduler.Task, error)
+}
+
 // Breakers guard this node's backends (*breaker.Set).
 type Breakers interface {
 	// Admit says whether model may run here now; done gets the outcome.

@@ -88,10 +88,18 @@ func qvalue(params string) float64 {
 	return 1
 }
 
-type codecKey struct{}
+// reqInfo is what the middleware attaches to a request's context: one
+// value rather than one per field, since each is an allocation per request.
+type reqInfo struct {
+	id    string
+	codec *codec
+}
 
-func withCodec(ctx context.Context, c *codec) context.Context {
-	return context.WithValue(ctx, codecKey{}, c)
+type reqInfoKey struct{}
+
+func infoOf(ctx context.Context) *reqInfo {
+	ri, _ := ctx.Value(reqInfoKey{}).(*reqInfo)
+	return ri
 }
 
 // writeJSON encodes v as the response, compressed when the client accepts
@@ -105,7 +113,10 @@ func writeJSON(w http.ResponseWriter, r *http.Request, status int, v any) {
 	body = append(body, '\n')
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
-	c, _ := r.Context().Value(codecKey{}).(*codec)
+	var c *codec
+	if ri := infoOf(r.Context()); ri != nil {
+		c = ri.codec
+	}
 	if c != nil && len(body) >= compressMin {
 		h.Add("Vary", "Accept-Encoding")
 		switch chooseEncoding(r.Header.Get("Accept-Encoding")) {
@@ -177,12 +188,12 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *Err
 	return data, nil
 }
 
-type requestIDKey struct{}
-
 // requestID returns the request's ID as set by the middleware.
 func requestID(ctx context.Context) string {
-	id, _ := ctx.Value(requestIDKey{}).(string)
-	return id
+	if ri := infoOf(ctx); ri != nil {
+		return ri.id
+	}
+	return ""
 }
 
 func newRequestID() string {
@@ -214,12 +225,12 @@ func Middleware(node string, logger *slog.Logger, next http.Handler) http.Handle
 		if !validRequestID(id) {
 			id = newRequestID()
 		}
+		// Both values in one allocation; the keys are canonical already.
+		vals := [2]string{id, node}
 		h := w.Header()
-		h.Set("X-Request-ID", id)
-		h.Set("X-Shoal-Node", node)
-		ctx := context.WithValue(r.Context(), requestIDKey{}, id)
-		ctx = withCodec(ctx, c)
-		r = r.WithContext(ctx)
+		h["X-Request-Id"] = vals[0:1:1]
+		h["X-Shoal-Node"] = vals[1:2:2]
+		r = r.WithContext(context.WithValue(r.Context(), reqInfoKey{}, &reqInfo{id: id, codec: c}))
 		defer func() {
 			if p := recover(); p != nil {
 				if p == http.ErrAbortHandler {

@@ -110,12 +110,26 @@ func (a *API) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 	}
 }
 
+// cacheKey is req's response-cache key, computed once per request (the
+// lookup and the store both need it) and only when asked for.
+func (a *API) cacheKey(r *http.Request, req *Request) (string, bool) {
+	if !req.keyed {
+		req.cacheKey, req.cacheable = a.cfg.Cache.Key(req.cacheInput(a.cfg.Scoper.CacheScope(r)))
+		req.keyed = true
+	}
+	return req.cacheKey, req.cacheable
+}
+
 // answerFromCache serves a cached answer when the request allows it and one
 // exists, and sets X-Shoal-Cache either way.
 func (a *API) answerFromCache(ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request) bool {
-	key, ok := a.cfg.Cache.Key(req.cacheInput(a.cfg.Scoper.CacheScope(r)))
 	pol := respcache.ParsePolicy(r.Header.Get("Cache-Control"))
-	if !ok || !pol.Lookup {
+	if !pol.Lookup {
+		setCacheHeader(w, CacheBypass)
+		return false
+	}
+	key, ok := a.cacheKey(r, req)
+	if !ok {
 		setCacheHeader(w, CacheBypass)
 		return false
 	}
@@ -251,8 +265,12 @@ func (a *API) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 	// This node now likely holds the prompt's prefix in its KV cache; its
 	// load report tells the other routers.
 	a.cfg.Prefixes.Record(req.Model, promptHashes(req))
-	key, cacheable := a.cfg.Cache.Key(req.cacheInput(a.cfg.Scoper.CacheScope(r)))
 	pol := respcache.ParsePolicy(r.Header.Get("Cache-Control"))
+	// A request that neither looks up nor stores has no use for its key.
+	key, cacheable := "", false
+	if pol.Lookup || pol.Store {
+		key, cacheable = a.cacheKey(r, req)
+	}
 	if w.Header().Get("X-Shoal-Cache") == "" {
 		if cacheable && pol.Lookup {
 			setCacheHeader(w, CacheMiss)
@@ -309,9 +327,14 @@ func (a *API) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 // run submits every prompt of req to the scheduler and waits for all.
 func (a *API) run(ctx context.Context, req *Request, id string) ([]scheduler.Result, error) {
 	sreqs := req.requests(id)
+	submit := a.cfg.Scheduler.Submit
+	if r, ok := a.cfg.Scheduler.(Runner); ok && len(sreqs) == 1 {
+		// One task and nothing to overlap it with: let it run here.
+		submit = r.Run
+	}
 	tasks := make([]*scheduler.Task, 0, len(sreqs))
 	for _, sr := range sreqs {
-		t, err := a.cfg.Scheduler.Submit(ctx, sr)
+		t, err := submit(ctx, sr)
 		if err != nil {
 			return nil, err
 		}
@@ -367,29 +390,59 @@ type inferOutput struct {
 	FinishReason string `json:"finish_reason"`
 }
 
+// The answers' shapes. Fields are in the order of their JSON names, the
+// order encoding/json gives a map's keys, so the bytes are what they were
+// when these were maps.
+type chatAnswer struct {
+	Choices           []chatChoice `json:"choices"`
+	Created           int64        `json:"created"`
+	ID                string       `json:"id"`
+	Model             string       `json:"model"`
+	Object            string       `json:"object"`
+	SystemFingerprint string       `json:"system_fingerprint"`
+	Usage             usage        `json:"usage"`
+}
+
+type completionAnswer struct {
+	Choices []completionChoice `json:"choices"`
+	Created int64              `json:"created"`
+	ID      string             `json:"id"`
+	Model   string             `json:"model"`
+	Object  string             `json:"object"`
+	Usage   usage              `json:"usage"`
+}
+
+type inferAnswer struct {
+	ID      string        `json:"id"`
+	Model   string        `json:"model"`
+	Node    string        `json:"node"`
+	Outputs []inferOutput `json:"outputs"`
+	Usage   usage         `json:"usage"`
+}
+
 func (a *API) render(id string, req *Request, results []scheduler.Result) any {
 	now := time.Now().Unix()
 	u := sumUsage(results)
 	switch req.Endpoint {
 	case scheduler.EndpointChat:
 		res := results[0]
-		return map[string]any{
-			"id": "chatcmpl-" + id, "object": "chat.completion", "created": now, "model": req.Model,
-			"choices": []chatChoice{{Index: 0, Message: scheduler.Message{Role: "assistant", Content: res.Text}, FinishReason: res.FinishReason}},
-			"usage":   u, "system_fingerprint": a.cfg.Node,
+		return &chatAnswer{
+			ID: "chatcmpl-" + id, Object: "chat.completion", Created: now, Model: req.Model,
+			Choices: []chatChoice{{Index: 0, Message: scheduler.Message{Role: "assistant", Content: res.Text}, FinishReason: res.FinishReason}},
+			Usage:   u, SystemFingerprint: a.cfg.Node,
 		}
 	case scheduler.EndpointCompletion:
 		choices := make([]completionChoice, len(results))
 		for i, res := range results {
 			choices[i] = completionChoice{Index: i, Text: res.Text, FinishReason: res.FinishReason}
 		}
-		return map[string]any{"id": "cmpl-" + id, "object": "text_completion", "created": now, "model": req.Model, "choices": choices, "usage": u}
+		return &completionAnswer{ID: "cmpl-" + id, Object: "text_completion", Created: now, Model: req.Model, Choices: choices, Usage: u}
 	default:
 		outs := make([]inferOutput, len(results))
 		for i, res := range results {
 			outs[i] = inferOutput{Index: i, Text: res.Text, FinishReason: res.FinishReason}
 		}
-		return map[string]any{"id": id, "model": req.Model, "node": a.cfg.Node, "outputs": outs, "usage": u}
+		return &inferAnswer{ID: id, Model: req.Model, Node: a.cfg.Node, Outputs: outs, Usage: u}
 	}
 }
 

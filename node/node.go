@@ -295,6 +295,7 @@ func (n *Node) routes() http.Handler {
 	webUI := ui.New(ui.Config{Node: n.cfg.NodeName, Token: n.cfg.Admin.Token, Open: n.cfg.Dev && n.cfg.Admin.Token == "", Metrics: n.metrics.Registry, Logger: n.logger})
 	mux.Handle("/ui/", webUI)
 	mux.Handle("/ui", webUI)
+	mux.Handle("/debug/pprof/", n.pprofHandler())
 	mux.HandleFunc("/", httpapi.NotFound)
 	return httpapi.Middleware(n.cfg.NodeName, n.logger, mux)
 }

@@ -7,6 +7,7 @@ package ops
 import (
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,6 +46,10 @@ type Metrics struct {
 
 	// served decides which model names may become label values; nil: any.
 	served atomic.Pointer[func(model string) bool]
+	// requestObs caches ObserveRequest's metrics per requestKey.
+	requestObs  sync.Map
+	tokenObs    sync.Map // model label → *tokenObs
+	requestObsN atomic.Int64
 }
 
 // UnknownModel is the model label of requests naming a model the cluster does not serve.
@@ -202,22 +207,70 @@ func (v *ModelHistogramVec) Describe(ch chan<- *prometheus.Desc) { v.vec.Describ
 // Collect implements prometheus.Collector.
 func (v *ModelHistogramVec) Collect(ch chan<- prometheus.Metric) { v.vec.Collect(ch) }
 
-// ObserveRequest records one answered request.
+// requestKey names one label set of the request metrics.
+type requestKey struct {
+	model, endpoint string
+	code            int
+}
+
+// requestObs are the request metrics of one label set, looked up once.
+type requestObs struct {
+	duration prometheus.Observer
+	count    prometheus.Counter
+}
+
+// maxRequestObs bounds the cached label sets. Models are bounded by
+// ModelLabel and endpoints and status codes are few; past the bound the
+// metrics are still recorded, only without the cache.
+const maxRequestObs = 4096
+
+// ObserveRequest records one answered request. The label-bound metrics are
+// cached per label set: hashing the labels on every request is a cost
+// every request pays.
 func (m *Metrics) ObserveRequest(model, endpoint string, code int, took time.Duration) {
-	model = m.ModelLabel(model)
-	c := strconv.Itoa(code)
-	m.RequestDuration.WithLabelValues(model, endpoint, c).Observe(float64(took) / float64(time.Millisecond))
-	m.Requests.WithLabelValues(model, endpoint, c).Inc()
+	k := requestKey{m.ModelLabel(model), endpoint, code}
+	var o *requestObs
+	if v, ok := m.requestObs.Load(k); ok {
+		o = v.(*requestObs)
+	} else {
+		c := strconv.Itoa(code)
+		o = &requestObs{duration: m.RequestDuration.WithLabelValues(k.model, endpoint, c), count: m.Requests.WithLabelValues(k.model, endpoint, c)}
+		if m.requestObsN.Load() < maxRequestObs {
+			if _, loaded := m.requestObs.LoadOrStore(k, o); !loaded {
+				m.requestObsN.Add(1)
+			}
+		}
+	}
+	o.duration.Observe(float64(took) / float64(time.Millisecond))
+	o.count.Inc()
 }
 
 // ObserveTokens records a finished generation.
 func (m *Metrics) ObserveTokens(model string, prompt, completion int, took time.Duration) {
 	model = m.ModelLabel(model)
-	m.Tokens.WithLabelValues(model, "prompt").Add(float64(prompt))
-	m.Tokens.WithLabelValues(model, "completion").Add(float64(completion))
-	if completion > 0 && took > 0 {
-		m.TokensPerSecond.WithLabelValues(model).Observe(float64(completion) / took.Seconds())
+	var o *tokenObs
+	if v, ok := m.tokenObs.Load(model); ok {
+		o = v.(*tokenObs)
+	} else {
+		o = &tokenObs{prompt: m.Tokens.WithLabelValues(model, "prompt"), completion: m.Tokens.WithLabelValues(model, "completion"),
+			rate: m.TokensPerSecond.WithLabelValues(model)}
+		if m.requestObsN.Load() < maxRequestObs {
+			if _, loaded := m.tokenObs.LoadOrStore(model, o); !loaded {
+				m.requestObsN.Add(1)
+			}
+		}
 	}
+	o.prompt.Add(float64(prompt))
+	o.completion.Add(float64(completion))
+	if completion > 0 && took > 0 {
+		o.rate.Observe(float64(completion) / took.Seconds())
+	}
+}
+
+// tokenObs are ObserveTokens' metrics of one model, looked up once.
+type tokenObs struct {
+	prompt, completion prometheus.Counter
+	rate               prometheus.Observer
 }
 
 // CompletionTokens is the number of tokens generated for model so far, as

@@ -64,6 +64,9 @@ type Forwarder struct {
 	client    *http.Client
 	dialMax   time.Duration
 	minHeader time.Duration
+	// bufs holds the buffers answers are copied through, so a forward
+	// does not allocate 32 KiB.
+	bufs sync.Pool
 
 	mu sync.Mutex
 	// service is the smoothed time to a peer's response header per model
@@ -116,8 +119,13 @@ func NewForwarder(cfg ForwarderConfig) *Forwarder {
 		ResponseHeaderTimeout: 0, // per hop, from the target's expected service time (headerTimeout)
 		DisableCompression:    true,
 	}
-	return &Forwarder{self: cfg.Self, secret: cfg.Secret, client: &http.Client{Transport: tr},
+	f := &Forwarder{self: cfg.Self, secret: cfg.Secret, client: &http.Client{Transport: tr},
 		dialMax: cfg.DialTimeout, minHeader: cfg.MinHeaderTimeout, service: map[serviceKey]time.Duration{}}
+	f.bufs.New = func() any {
+		b := make([]byte, 32<<10)
+		return &b
+	}
+	return f
 }
 
 // headerTimeout bounds the wait for target's response header, so a peer
@@ -246,7 +254,9 @@ func (f *Forwarder) Forward(ctx context.Context, w http.ResponseWriter, r *http.
 	w.WriteHeader(resp.StatusCode)
 	stream = strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
 	rc := http.NewResponseController(w)
-	buf := make([]byte, 32<<10)
+	bp := f.bufs.Get().(*[]byte)
+	defer f.bufs.Put(bp)
+	buf := *bp
 	for {
 		n, rerr := resp.Body.Read(buf)
 		if n > 0 {

@@ -28,6 +28,9 @@ type modelQueue struct {
 	// backend: request duration by concurrency), gossiped so routers can
 	// predict completion.
 	service serviceFit
+	// draining stops runAlone: once drain has looked, work only enters
+	// through the queue, which drain and failQueued account for.
+	draining bool
 
 	wake      chan struct{}
 	stop      chan struct{}
@@ -72,6 +75,42 @@ func (m *modelQueue) enqueue(t *Task) error {
 	m.mu.Unlock()
 	m.signal()
 	return nil
+}
+
+// runAlone starts t at once as a batch of its own when batching could add
+// nothing: the model batches one task at a time, nothing is queued ahead of
+// t and a slot is free. That is exactly what the dispatcher would do next,
+// without the hand-off to it and back. It reports whether t was started.
+func (m *modelQueue) runAlone(t *Task, inline bool) bool {
+	if m.batch == nil {
+		return false
+	}
+	m.mu.Lock()
+	if m.settings.MaxSize != 1 || m.q.len() > 0 || m.draining {
+		m.mu.Unlock()
+		return false
+	}
+	select {
+	case <-m.stop:
+		m.mu.Unlock()
+		return false
+	default:
+	}
+	select {
+	case m.slots <- struct{}{}:
+	default:
+		m.mu.Unlock()
+		return false
+	}
+	m.batches++
+	m.running++
+	m.mu.Unlock()
+	if inline {
+		m.execute([]*Task{t})
+	} else {
+		go m.execute([]*Task{t})
+	}
+	return true
 }
 
 // cancel removes a task whose context ended while it was queued.
@@ -198,6 +237,10 @@ func (m *modelQueue) execute(batch []*Task) {
 // batchContext ends when every task in the batch has ended, so a backend
 // can abandon a batch nobody waits for.
 func batchContext(batch []*Task) (context.Context, context.CancelFunc) {
+	if len(batch) == 1 {
+		// A batch of one ends with its task.
+		return batch[0].ctx, func() {}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var mu sync.Mutex
 	left := len(batch)
@@ -291,6 +334,7 @@ func (m *modelQueue) awaitContinuous(t *Task, admitted time.Time, running int) {
 // drain waits until nothing is queued or running.
 func (m *modelQueue) drain(ctx context.Context) error {
 	m.mu.Lock()
+	m.draining = true
 	if m.idle == nil {
 		m.idle = sync.NewCond(&m.mu)
 	}

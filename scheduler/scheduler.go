@@ -173,6 +173,17 @@ func (s *Scheduler) Has(model string) bool {
 // queued (it is removed and never run) or running (the backend sees the
 // cancellation through the task's context).
 func (s *Scheduler) Submit(ctx context.Context, req *Request) (*Task, error) {
+	return s.submit(ctx, req, false)
+}
+
+// Run is Submit for a caller that only waits for the task's end (no
+// streaming): when the task can start at once as a batch of its own, it
+// runs on the caller's goroutine, and Run returns it finished.
+func (s *Scheduler) Run(ctx context.Context, req *Request) (*Task, error) {
+	return s.submit(ctx, req, true)
+}
+
+func (s *Scheduler) submit(ctx context.Context, req *Request, inline bool) (*Task, error) {
 	s.mu.RLock()
 	m, ok := s.models[req.Model]
 	draining := s.draining
@@ -187,6 +198,9 @@ func (s *Scheduler) Submit(ctx context.Context, req *Request) (*Task, error) {
 		req.Priority = PriorityNormal
 	}
 	t := NewTask(ctx, req)
+	if m.runAlone(t, inline) {
+		return t, nil
+	}
 	if err := m.enqueue(t); err != nil {
 		return nil, err
 	}
@@ -253,6 +267,18 @@ func (s *Scheduler) Load() map[string]ModelLoad {
 		out[n] = m.load()
 	}
 	return out
+}
+
+// ModelLoad reports one model's queue depth and running work, without
+// building Load's map: routing asks for it on every request.
+func (s *Scheduler) ModelLoad(model string) (ModelLoad, bool) {
+	s.mu.RLock()
+	m, ok := s.models[model]
+	s.mu.RUnlock()
+	if !ok {
+		return ModelLoad{}, false
+	}
+	return m.load(), true
 }
 
 // Drain stops accepting new work and waits until every queued and running

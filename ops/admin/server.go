@@ -133,19 +133,32 @@ func New(cfg Config) *Server {
 
 // ServeHTTP checks the bearer token, then dispatches.
 func (a *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !a.cfg.Open {
-		if a.cfg.Token == "" {
-			adminError(w, http.StatusForbidden, "admin_disabled", "the admin API is disabled: set admin.token or SHOAL_ADMIN_TOKEN on every node")
-			return
-		}
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.cfg.Token)) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="shoal-admin"`)
-			adminError(w, http.StatusUnauthorized, "unauthorized", "unauthorized")
-			return
-		}
+	if Authorized(w, r, a.cfg.Token, a.cfg.Open, "the admin API") {
+		a.mux.ServeHTTP(w, r)
 	}
-	a.mux.ServeHTTP(w, r)
+}
+
+// Authorized applies the admin API's token rules to r, for the admin API
+// and everything that shares them (the web UI's data, /debug/pprof): open
+// when open is set (--dev without a token), 403 when no token is
+// configured, 401 without the right bearer token. It answers w itself and
+// returns false when r may not proceed; what names the guarded surface in
+// the 403 message.
+func Authorized(w http.ResponseWriter, r *http.Request, token string, open bool, what string) bool {
+	if open {
+		return true
+	}
+	if token == "" {
+		adminError(w, http.StatusForbidden, "admin_disabled", what+" is disabled: set admin.token or SHOAL_ADMIN_TOKEN on every node")
+		return false
+	}
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="shoal-admin"`)
+		adminError(w, http.StatusUnauthorized, "unauthorized", "unauthorized")
+		return false
+	}
+	return true
 }
 
 func adminError(w http.ResponseWriter, status int, code, msg string) {

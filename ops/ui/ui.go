@@ -5,7 +5,6 @@ package ui
 
 import (
 	"crypto/sha256"
-	"crypto/subtle"
 	"embed"
 	"encoding/hex"
 	"encoding/json"
@@ -14,6 +13,8 @@ import (
 	"net/http"
 	"path"
 	"strings"
+
+	opsadmin "github.com/shoal-dev/shoal/ops/admin"
 )
 
 //go:embed static
@@ -149,19 +150,9 @@ func etagMatches(header, etag string) bool {
 // token is configured, 401 without the right bearer token.
 func (h *Handler) authorized(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if !h.cfg.Open {
-			if h.cfg.Token == "" {
-				writeError(w, http.StatusForbidden, "admin_disabled", "the admin API is disabled: set admin.token or SHOAL_ADMIN_TOKEN on every node")
-				return
-			}
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(h.cfg.Token)) != 1 {
-				w.Header().Set("WWW-Authenticate", `Bearer realm="shoal-admin"`)
-				writeError(w, http.StatusUnauthorized, "unauthorized", "unauthorized")
-				return
-			}
+		if opsadmin.Authorized(w, r, h.cfg.Token, h.cfg.Open, "the admin API") {
+			next(w, r)
 		}
-		next(w, r)
 	}
 }
 

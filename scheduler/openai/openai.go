@@ -103,6 +103,8 @@ type Backend struct {
 	logger      *slog.Logger
 	completions string
 	chat        string
+	// noAnswer is the cause of a call's timeout, made once.
+	noAnswer error
 }
 
 // New validates cfg, fills in its defaults, and returns a backend with its
@@ -140,6 +142,7 @@ func New(cfg Config) (*Backend, error) {
 		logger:      logger.With("component", "openai", "model", cfg.Model, "upstream", base),
 		completions: base + "/completions",
 		chat:        base + "/chat/completions",
+		noAnswer:    fmt.Errorf("no answer within %s", cfg.Timeout),
 	}
 	if b.client == nil {
 		b.transport = newTransport(cfg)
@@ -188,6 +191,17 @@ func (b *Backend) Run(ctx context.Context, batch []*scheduler.Task) {
 	type group struct {
 		params wireParams
 		tasks  []*scheduler.Task
+	}
+	if len(batch) == 1 {
+		// Nothing to group or overlap: run it on this goroutine.
+		t := batch[0]
+		if req := t.Request(); t.Context().Err() == nil && req.Stream {
+			b.runStream(ctx, t)
+			return
+		} else if t.Context().Err() == nil && req.Endpoint == scheduler.EndpointChat {
+			b.runChat(ctx, t)
+			return
+		}
 	}
 	var (
 		wg     sync.WaitGroup
@@ -382,7 +396,7 @@ func isJSON(contentType string) bool {
 
 // call makes one non-streamed call answering n prompts, bounded by Timeout.
 func (b *Backend) call(ctx context.Context, endpoint string, body any, n int, reqID string) ([]answer, *usage, error) {
-	callCtx, cancel := context.WithTimeoutCause(ctx, b.cfg.Timeout, fmt.Errorf("no answer within %s", b.cfg.Timeout))
+	callCtx, cancel := context.WithTimeoutCause(ctx, b.cfg.Timeout, b.noAnswer)
 	defer cancel()
 	start := time.Now()
 	resp, err := b.post(callCtx, endpoint, body, false, reqID)

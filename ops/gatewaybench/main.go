@@ -1,0 +1,691 @@
+// Command gatewaybench measures what shoal's request path costs next to
+// plain proxies, in one run on one machine: wrk drives nginx (a zero-cost
+// upstream answering a fixed chat completion) directly, through HAProxy,
+// through a bare Go httputil.ReverseProxy, and through shoal (pass-through
+// to nginx, a zero-cost sim model, a cache hit, one forwarding hop). The
+// targets are measured in interleaved rounds so drift on a shared machine
+// spreads over all of them, and it prints one table. Tools that are absent
+// are skipped with a message. Run it with `make bench-gateway`.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+// answer is the fixed chat completion nginx returns.
+const answer = `{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench",` +
+	`"choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop","logprobs":null}],` +
+	`"usage":{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18}}`
+
+const noCache = "no-cache, no-store"
+
+// benchToken is the bench nodes' admin token, for /debug/pprof.
+const benchToken = "gatewaybench-admin-token"
+
+type options struct {
+	shoal    string
+	duration time.Duration
+	warmup   time.Duration
+	rounds   int
+	conns    int
+	threads  int
+	keep     bool
+	only     string
+	profile  string
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.shoal, "shoal", "bin/shoal", "shoal binary to measure")
+	flag.DurationVar(&o.duration, "duration", 4*time.Second, "measured time per target and round")
+	flag.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured load per target before its first round")
+	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds; the table shows each target's median round")
+	flag.IntVar(&o.conns, "connections", 32, "wrk connections")
+	flag.IntVar(&o.threads, "threads", 1, "wrk threads")
+	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (configs and logs)")
+	flag.StringVar(&o.only, "only", "", "measure only the paths whose name contains this")
+	flag.StringVar(&o.profile, "profile", "", "write a CPU profile of the shoal node under each shoal path's first round into this directory")
+	flag.Parse()
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "gatewaybench:", err)
+		os.Exit(1)
+	}
+}
+
+// target is one measured path.
+type target struct {
+	name    string
+	url     string
+	body    string
+	headers map[string]string
+	skip    string // why it is not measured, if it is not
+	node    string // the shoal node wrk drives, for -profile
+	results []result
+}
+
+// result is one wrk run's summary.
+type result struct {
+	rps      float64
+	p50, p99 time.Duration
+	errors   int
+}
+
+type procs struct {
+	dir  string
+	cmds []*exec.Cmd
+}
+
+func (p *procs) start(name string, args ...string) error {
+	out, err := os.Create(filepath.Join(p.dir, filepath.Base(name)+"-"+strconv.Itoa(len(p.cmds))+".log"))
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	// Its own process group, so stopping it takes its workers too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	p.cmds = append(p.cmds, cmd)
+	return nil
+}
+
+func (p *procs) stop() {
+	for _, c := range p.cmds {
+		_ = syscall.Kill(-c.Process.Pid, syscall.SIGTERM)
+	}
+	for _, c := range p.cmds {
+		done := make(chan struct{})
+		go func() { _ = c.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-c.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+	}
+}
+
+func run(o options) error {
+	wrk, err := exec.LookPath("wrk")
+	if err != nil {
+		fmt.Println("skip: wrk is not installed (apt-get install -y wrk); nothing to measure with")
+		return nil
+	}
+	dir, err := os.MkdirTemp("", "gatewaybench-")
+	if err != nil {
+		return err
+	}
+	if o.keep {
+		fmt.Println("temporary directory:", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	p := &procs{dir: dir}
+	defer p.stop()
+
+	chat := func(model string) string {
+		return `{"model":"` + model + `","messages":[{"role":"user","content":"Say hello"}],"max_tokens":16,"temperature":0}`
+	}
+	var targets []*target
+	add := func(t *target) { targets = append(targets, t) }
+
+	nginxURL, err := startNginx(p, dir)
+	direct := &target{name: "wrk -> nginx (direct)", url: nginxURL + "/v1/chat/completions", body: chat("bench")}
+	if err != nil {
+		fmt.Println("skip nginx:", err)
+		direct.skip = err.Error()
+		nginxURL = ""
+	}
+	add(direct)
+
+	hap := &target{name: "HAProxy -> nginx", body: chat("bench")}
+	if nginxURL == "" {
+		hap.skip = "no nginx"
+	} else if u, err := startHAProxy(p, dir, nginxURL); err != nil {
+		fmt.Println("skip haproxy:", err)
+		hap.skip = err.Error()
+	} else {
+		hap.url = u + "/v1/chat/completions"
+	}
+	add(hap)
+
+	goproxy := &target{name: "Go httputil.ReverseProxy -> nginx", body: chat("bench")}
+	if nginxURL == "" {
+		goproxy.skip = "no nginx"
+	} else if u, stop, err := startGoProxy(nginxURL); err != nil {
+		goproxy.skip = err.Error()
+	} else {
+		defer stop()
+		goproxy.url = u + "/v1/chat/completions"
+	}
+	add(goproxy)
+
+	pass := &target{name: "shoal pass-through (openai -> nginx, no-store)", body: chat("upstream"), headers: map[string]string{"Cache-Control": noCache}}
+	sim := &target{name: "shoal, zero-cost sim model (no-store)", body: chat("sim0"), headers: map[string]string{"Cache-Control": noCache}}
+	hit := &target{name: "shoal, cache hit", body: chat("sim0")}
+	hop := &target{name: "shoal, sim model, one forwarding hop (2 nodes)", body: chat("sim0"), headers: map[string]string{"Cache-Control": noCache}}
+	if _, err := os.Stat(o.shoal); err != nil {
+		msg := fmt.Sprintf("no shoal binary at %s (make build)", o.shoal)
+		fmt.Println("skip shoal:", msg)
+		for _, t := range []*target{pass, sim, hit, hop} {
+			t.skip = msg
+		}
+	} else {
+		a, b, err := startShoal(p, dir, o.shoal, nginxURL)
+		if err != nil {
+			return fmt.Errorf("shoal: %w (logs in %s; -keep keeps them)", err, dir)
+		}
+		pass.url, sim.url, hit.url, hop.url = a+"/v1/chat/completions", a+"/v1/chat/completions", a+"/v1/chat/completions", b+"/v1/chat/completions"
+		pass.node, sim.node, hit.node, hop.node = a, a, a, b
+		if nginxURL == "" {
+			pass.skip = "no nginx"
+		}
+	}
+	add(pass)
+	add(sim)
+	add(hit)
+	add(hop)
+
+	for _, t := range targets {
+		if o.only != "" && !strings.Contains(t.name, o.only) && t.skip == "" {
+			t.skip = "not in -only"
+		}
+		if t.skip != "" {
+			continue
+		}
+		if err := probe(t); err != nil {
+			return fmt.Errorf("%s: %w", t.name, err)
+		}
+		if o.warmup > 0 {
+			if _, err := runWrk(wrk, dir, t, o, o.warmup); err != nil {
+				return fmt.Errorf("%s: %w", t.name, err)
+			}
+		}
+	}
+	for round := 0; round < o.rounds; round++ {
+		for _, t := range targets {
+			if t.skip != "" {
+				continue
+			}
+			var prof chan error
+			if o.profile != "" && round == 0 && t.node != "" {
+				prof = make(chan error, 1)
+				go func() { prof <- cpuProfile(t, o) }()
+			}
+			r, err := runWrk(wrk, dir, t, o, o.duration)
+			if prof != nil {
+				if perr := <-prof; perr != nil {
+					fmt.Fprintln(os.Stderr, "profile:", perr)
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", t.name, err)
+			}
+			fmt.Fprintf(os.Stderr, "round %d  %-50s %9.0f req/s\n", round+1, t.name, r.rps)
+			t.results = append(t.results, r)
+		}
+	}
+	printTable(os.Stdout, targets, o)
+	return nil
+}
+
+// median is the round with the median throughput.
+func (t *target) median() result {
+	rs := slices.Clone(t.results)
+	slices.SortFunc(rs, func(a, b result) int {
+		switch {
+		case a.rps < b.rps:
+			return -1
+		case a.rps > b.rps:
+			return 1
+		}
+		return 0
+	})
+	return rs[len(rs)/2]
+}
+
+func printTable(w io.Writer, targets []*target, o options) {
+	ref := func(prefix string) float64 {
+		for _, t := range targets {
+			if strings.HasPrefix(t.name, prefix) && len(t.results) > 0 {
+				return t.median().rps
+			}
+		}
+		return 0
+	}
+	hap, gop := ref("HAProxy"), ref("Go httputil")
+	fmt.Fprintf(w, "\nwrk -t%d -c%d, %s per round, %d interleaved rounds (median round shown)\n\n", o.threads, o.conns, o.duration, o.rounds)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "path\treq/s\tp50\tp99\tvs Go proxy\tvs HAProxy\terrors\t")
+	ratio := func(v, base float64) string {
+		if base == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2fx", v/base)
+	}
+	for _, t := range targets {
+		if len(t.results) == 0 {
+			fmt.Fprintf(tw, "%s\tskipped: %s\t\t\t\t\t\t\n", t.name, t.skip)
+			continue
+		}
+		m := t.median()
+		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t%d\t\n", t.name, m.rps, ms(m.p50), ms(m.p99), ratio(m.rps, gop), ratio(m.rps, hap), m.errors)
+	}
+	_ = tw.Flush()
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
+
+// freePort reserves a loopback port long enough to hand it to a process.
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func startNginx(p *procs, dir string) (string, error) {
+	bin, err := exec.LookPath("nginx")
+	if err != nil {
+		if _, serr := os.Stat("/usr/sbin/nginx"); serr != nil {
+			return "", errors.New("nginx is not installed (apt-get install -y nginx)")
+		}
+		bin = "/usr/sbin/nginx"
+	}
+	port, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	nd := filepath.Join(dir, "nginx")
+	if err := os.MkdirAll(nd, 0o755); err != nil {
+		return "", err
+	}
+	conf := fmt.Sprintf(`daemon off;
+worker_processes 1;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path %[1]s/body;
+  proxy_temp_path %[1]s/proxy;
+  fastcgi_temp_path %[1]s/fastcgi;
+  uwsgi_temp_path %[1]s/uwsgi;
+  scgi_temp_path %[1]s/scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  server {
+    listen 127.0.0.1:%[2]d;
+    location / {
+      default_type application/json;
+      return 200 '%[3]s';
+    }
+  }
+}
+`, nd, port, answer)
+	path := filepath.Join(nd, "nginx.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return "", err
+	}
+	if err := p.start(bin, "-e", filepath.Join(nd, "error.log"), "-p", nd, "-c", path); err != nil {
+		return "", err
+	}
+	u := fmt.Sprintf("http://127.0.0.1:%d", port)
+	return u, waitHTTP(u+"/", 10*time.Second)
+}
+
+func startHAProxy(p *procs, dir, upstream string) (string, error) {
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		if _, serr := os.Stat("/usr/sbin/haproxy"); serr != nil {
+			return "", errors.New("haproxy is not installed (apt-get install -y haproxy)")
+		}
+		bin = "/usr/sbin/haproxy"
+	}
+	port, err := freePort()
+	if err != nil {
+		return "", err
+	}
+	up := strings.TrimPrefix(upstream, "http://")
+	conf := fmt.Sprintf(`global
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:%d
+  default_backend be
+backend be
+  server nginx %s
+`, port, up)
+	path := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		return "", err
+	}
+	if err := p.start(bin, "-db", "-f", path); err != nil {
+		return "", err
+	}
+	u := fmt.Sprintf("http://127.0.0.1:%d", port)
+	return u, waitHTTP(u+"/", 10*time.Second)
+}
+
+// startGoProxy serves a bare httputil.ReverseProxy in this process: the
+// net/http floor on both sides with nothing else.
+func startGoProxy(upstream string) (string, func(), error) {
+	target, err := url.Parse(upstream)
+	if err != nil {
+		return "", nil, err
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.Transport = &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256, IdleConnTimeout: 90 * time.Second}
+	// wrk hangs up mid-request when a round ends; that is not news.
+	rp.ErrorLog = log.New(io.Discard, "", 0)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: rp, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return "http://" + ln.Addr().String(), func() { _ = srv.Shutdown(context.Background()) }, nil
+}
+
+// startShoal starts a two-node cluster: a serves the pass-through model
+// "upstream" (when there is an nginx) and the zero-cost sim model "sim0";
+// b serves only a model nobody asks for, so b forwards every sim0 request
+// to a.
+func startShoal(p *procs, dir, bin, nginxURL string) (a, b string, err error) {
+	ports := make([]int, 8)
+	for i := range ports {
+		if ports[i], err = freePort(); err != nil {
+			return "", "", err
+		}
+	}
+	common := `
+batching {
+  max_size = 64
+  flush_timeout = "0s"
+  max_queue = 10000
+}
+rate_limit { rpm = 0 }
+router { policy = "least-queued" }
+`
+	simModel := func(name string) string {
+		return fmt.Sprintf(`
+model %q {
+  backend = "sim"
+  max_concurrent_batches = 4
+  sim {
+    base = "0s"
+    per_item = "0s"
+    token_interval = "0s"
+    default_max_tokens = 16
+  }
+}
+`, name)
+	}
+	upstream := ""
+	if nginxURL != "" {
+		// Chats never batch upstream: a batch of one, as many at once as
+		// the upstream pool allows.
+		upstream = fmt.Sprintf(`
+model "upstream" {
+  backend = "openai"
+  max_size = 1
+  max_concurrent_batches = 256
+  openai {
+    url = "%s/v1"
+    model = "bench"
+    max_conns = 256
+  }
+}
+`, nginxURL)
+	}
+	node := func(name string, base int, join, models string) (string, error) {
+		nd := filepath.Join(dir, name)
+		if err := os.MkdirAll(nd, 0o755); err != nil {
+			return "", err
+		}
+		joinLine := ""
+		if join != "" {
+			joinLine = fmt.Sprintf("join = [%q]\n", join)
+		}
+		conf := fmt.Sprintf(`node_name = %q
+data_dir = %q
+%s
+admin { token = %q }
+http { addr = "127.0.0.1:%d" }
+gossip { addr = "127.0.0.1:%d" }
+raft {
+  addr = "127.0.0.1:%d"
+  bootstrap_expect = 1
+}
+cache {
+  addr = "127.0.0.1:%d"
+  backend = "local"
+}
+%s%s`, name, nd, joinLine, benchToken, ports[base], ports[base+1], ports[base+2], ports[base+3], common, models)
+		path := filepath.Join(nd, "shoal.hcl")
+		if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+			return "", err
+		}
+		// Only a's Raft bootstraps; b joins it.
+		args := []string{"node", "start", "--config", path, "--log-level", "warn"}
+		if join != "" {
+			args = append(args, "--bootstrap-expect", "0")
+		}
+		if err := p.start(bin, args...); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("http://127.0.0.1:%d", ports[base]), nil
+	}
+	if a, err = node("bench-a", 0, "", upstream+simModel("sim0")); err != nil {
+		return "", "", err
+	}
+	if err := waitHealthy(a, 60*time.Second); err != nil {
+		return "", "", err
+	}
+	if b, err = node("bench-b", 4, fmt.Sprintf("127.0.0.1:%d", ports[1]), simModel("other")); err != nil {
+		return "", "", err
+	}
+	if err := waitHealthy(b, 60*time.Second); err != nil {
+		return "", "", err
+	}
+	// b serves sim0 by forwarding once it has learnt that a serves it.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		req, _ := http.NewRequest(http.MethodPost, b+"/v1/chat/completions", strings.NewReader(`{"model":"sim0","messages":[{"role":"user","content":"hi"}]}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Cache-Control", noCache)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK && strings.HasPrefix(resp.Header.Get("X-Shoal-Route"), "forward") {
+				return a, b, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return "", "", errors.New("node b never forwarded sim0 to node a")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func waitHTTP(u string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		resp, err := http.Get(u)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not come up: %w", u, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func waitHealthy(u string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		resp, err := http.Get(u + "/health")
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not healthy within %s", u, within)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// probe sends the target's request once and wants a 200.
+func probe(t *target) error {
+	req, err := http.NewRequest(http.MethodPost, t.url, strings.NewReader(t.body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range t.headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("probe: status %d: %s", resp.StatusCode, b)
+	}
+	return nil
+}
+
+func runWrk(wrk, dir string, t *target, o options, d time.Duration) (result, error) {
+	var lua strings.Builder
+	lua.WriteString("wrk.method = \"POST\"\n")
+	fmt.Fprintf(&lua, "wrk.body = %s\n", strconv.Quote(t.body))
+	lua.WriteString("wrk.headers[\"Content-Type\"] = \"application/json\"\n")
+	for k, v := range t.headers {
+		fmt.Fprintf(&lua, "wrk.headers[%s] = %s\n", strconv.Quote(k), strconv.Quote(v))
+	}
+	script := filepath.Join(dir, "post.lua")
+	if err := os.WriteFile(script, []byte(lua.String()), 0o644); err != nil {
+		return result{}, err
+	}
+	secs := max(1, int(d.Round(time.Second)/time.Second))
+	out, err := exec.Command(wrk, "-t"+strconv.Itoa(o.threads), "-c"+strconv.Itoa(o.conns), "-d"+strconv.Itoa(secs)+"s",
+		"--latency", "-s", script, t.url).CombinedOutput()
+	if err != nil {
+		return result{}, fmt.Errorf("wrk: %w: %s", err, out)
+	}
+	return parseWrk(string(out))
+}
+
+var (
+	rpsRe  = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	pctRe  = regexp.MustCompile(`^\s+(50|99)(?:\.000)?%\s+([0-9.]+)(us|ms|s)\s*$`)
+	errsRe = regexp.MustCompile(`Non-2xx or 3xx responses:\s+(\d+)`)
+	sockRe = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
+)
+
+func parseWrk(out string) (result, error) {
+	var r result
+	m := rpsRe.FindStringSubmatch(out)
+	if m == nil {
+		return r, fmt.Errorf("no Requests/sec in wrk output: %s", out)
+	}
+	r.rps, _ = strconv.ParseFloat(m[1], 64)
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		pm := pctRe.FindStringSubmatch(sc.Text())
+		if pm == nil {
+			continue
+		}
+		v, _ := strconv.ParseFloat(pm[2], 64)
+		unit := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second}[pm[3]]
+		d := time.Duration(v * float64(unit))
+		if pm[1] == "50" {
+			r.p50 = d
+		} else {
+			r.p99 = d
+		}
+	}
+	if m := errsRe.FindStringSubmatch(out); m != nil {
+		r.errors, _ = strconv.Atoi(m[1])
+	}
+	if m := sockRe.FindStringSubmatch(out); m != nil {
+		for _, s := range m[1:] {
+			n, _ := strconv.Atoi(s)
+			r.errors += n
+		}
+	}
+	return r, nil
+}
+
+// cpuProfile saves a CPU profile of t's node taken while wrk runs.
+func cpuProfile(t *target, o options) error {
+	secs := max(1, int(o.duration/time.Second)-1)
+	req, err := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", t.node, secs), nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+benchToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: status %d", req.URL, resp.StatusCode)
+	}
+	if err := os.MkdirAll(o.profile, 0o755); err != nil {
+		return err
+	}
+	slug := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '-'
+	}, strings.ToLower(t.name))
+	f, err := os.Create(filepath.Join(o.profile, slug+".cpu.pb.gz"))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return err
+}
