@@ -86,9 +86,13 @@ func newLimiter(t testing.TB, cfg Config) *Limiter {
 // nodes returns a Nodes func for a fixed cluster size.
 func nodes(n int) func() int { return func() int { return n } }
 
-// counterValue reads rule's shared counter for the window at now.
-func counterValue(t testing.TB, c Counter, rule Rule, now time.Time) int {
-	t.Helper()
+// counterValue reads rule's shared counter for the window at now. It takes
+// require.TestingT so EventuallyWithT conditions can pass their CollectT: a
+// failure then ends that tick, not the test from the wrong goroutine.
+func counterValue(t require.TestingT, c Counter, rule Rule, now time.Time) int {
+	if h, ok := t.(interface{ Helper() }); ok {
+		h.Helper()
+	}
 	require.True(t, rule.normalize())
 	v, err := c.Incr(context.Background(), DefaultNamespace, counterKey(rule.id(), windowIndex(now, rule.Window)), 0, time.Hour)
 	require.NoError(t, err)
