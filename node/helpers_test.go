@@ -88,8 +88,10 @@ type reply struct {
 
 // send makes one request; header holds extra headers (Content-Type is
 // application/json unless set).
-func send(t testing.TB, method, url string, body []byte, header map[string]string) reply {
-	t.Helper()
+func send(t require.TestingT, method, url string, body []byte, header map[string]string) reply {
+	if h, ok := t.(interface{ Helper() }); ok {
+		h.Helper()
+	}
 	req, err := http.NewRequest(method, url, bytes.NewReader(body))
 	require.NoError(t, err)
 	if body != nil {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/shoal-dev/shoal/consensus"
@@ -307,9 +308,12 @@ func TestKServeRepeatIsACacheHit(t *testing.T) {
 	first, r := c.infer(testModel, req)
 	require.Equal(t, http.StatusOK, r.status)
 	require.Equal(t, httpapi.CacheMiss, r.header.Get("X-Shoal-Cache"))
-	require.Eventually(t, func() bool {
-		_, r := c.infer(testModel, req)
-		return r.status == http.StatusOK && r.header.Get("X-Shoal-Cache") == httpapi.CacheHit
+	raw, err := json.Marshal(req)
+	require.NoError(t, err)
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
+		r := send(ct, http.MethodPost, c.base+"/v2/models/"+testModel+"/infer", raw, c.header)
+		assert.Equal(ct, http.StatusOK, r.status)
+		assert.Equal(ct, httpapi.CacheHit, r.header.Get("X-Shoal-Cache"))
 	}, apiWait, 10*time.Millisecond)
 	second, r := c.infer(testModel, req)
 	require.Equal(t, httpapi.CacheHit, r.header.Get("X-Shoal-Cache"))
