@@ -8,7 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
+
+	"github.com/shoal-dev/shoal/scheduler/internal/upcall"
 )
 
 // Errors that mark a call that failed on the upstream's side. Both make
@@ -151,8 +152,8 @@ func decodeError(status int, body []byte) *UpstreamError {
 	if e.Message == "" {
 		e.Message = "status " + strconv.Itoa(e.Status)
 	}
-	e.Message = clip(e.Message, maxErrorMessage)
-	e.Type = clip(e.Type, 128)
+	e.Message = upcall.Clip(e.Message, maxErrorMessage)
+	e.Type = upcall.Clip(e.Type, 128)
 	return e
 }
 
@@ -174,19 +175,4 @@ func statusFromCode(code json.RawMessage) int {
 		return http.StatusInternalServerError
 	}
 	return n
-}
-
-// clip cuts s to at most n bytes on a rune boundary and makes it valid
-// UTF-8, so a hostile upstream cannot put arbitrary bytes in our answers.
-func clip(s string, n int) string {
-	if len(s) > n {
-		// Back off to the start of the rune that straddles the cut: at
-		// most UTFMax-1 bytes, since a run of stray continuation bytes is
-		// no rune at all (and would otherwise back off to nothing).
-		for i := 0; i < utf8.UTFMax-1 && n > 0 && !utf8.RuneStart(s[n]); i++ {
-			n--
-		}
-		s = s[:n]
-	}
-	return strings.ToValidUTF8(s, "\uFFFD")
 }

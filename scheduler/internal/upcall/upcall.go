@@ -1,0 +1,130 @@
+// Package upcall is the plumbing the HTTP model-server backends (openai,
+// triton) share for their upstream calls: base-URL checks, the pooled
+// transport, one call's context over a group of tasks, finishing those tasks
+// together, and the bounds on what an upstream may put in our answers.
+package upcall
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/shoal-dev/shoal/scheduler"
+)
+
+// CheckBaseURL reports why raw is not a usable upstream base URL, by the
+// configuration key "url"; nil when it is.
+func CheckBaseURL(raw string) error {
+	u, err := url.Parse(raw)
+	switch {
+	case raw == "":
+		return fmt.Errorf("url must be set")
+	case err != nil:
+		return fmt.Errorf("url %q: %w", raw, err)
+	case u.Scheme != "http" && u.Scheme != "https", u.Host == "":
+		return fmt.Errorf("url must be an http(s) URL with a host, got %q", raw)
+	case u.RawQuery != "" || u.Fragment != "":
+		return fmt.Errorf("url must be a base URL without query or fragment, got %q", raw)
+	}
+	return nil
+}
+
+// NewTransport is a pooled transport holding at most maxConns connections
+// to the upstream, waiting at most timeout for response headers.
+func NewTransport(timeout time.Duration, maxConns int) *http.Transport {
+	// Connecting and the TLS handshake are quick or never; a long wait there
+	// only delays noticing a dead upstream.
+	connect := min(timeout, 10*time.Second)
+	dialer := &net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dialer.DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          maxConns,
+		MaxIdleConnsPerHost:   maxConns,
+		MaxConnsPerHost:       maxConns,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   connect,
+		ResponseHeaderTimeout: timeout,
+		ExpectContinueTimeout: time.Second,
+	}
+}
+
+// CloseBody drains a little of what is left, so a connection whose answer
+// was read to its end (or nearly) goes back to the pool, then closes.
+func CloseBody(body io.ReadCloser) {
+	_, _ = io.CopyN(io.Discard, body, 4<<10)
+	_ = body.Close()
+}
+
+// FinishAll finishes tasks with their results, or with err when there are
+// none. A task whose context has ended gets its context's error whatever
+// the call brought back.
+func FinishAll(tasks []*scheduler.Task, results []scheduler.Result, err error) {
+	for i, t := range tasks {
+		switch {
+		case t.Context().Err() != nil:
+			t.Finish(scheduler.Result{}, t.Context().Err())
+		case err != nil:
+			t.Finish(scheduler.Result{}, err)
+		default:
+			t.Finish(results[i], nil)
+		}
+	}
+}
+
+// GroupContext returns a context for one upstream call serving tasks. A
+// task whose context ends is finished at once with its context's error; the
+// call's context is cancelled when every task has ended, or parent has. A
+// call for a single task descends from the task's context, so values on it
+// (trace spans, httptrace hooks) reach the HTTP request. stop releases the
+// watchers.
+func GroupContext(parent context.Context, tasks []*scheduler.Task) (ctx context.Context, stop func()) {
+	base := parent
+	if len(tasks) == 1 {
+		base = tasks[0].Context()
+	}
+	ctx, cancel := context.WithCancel(base)
+	var left atomic.Int64
+	left.Store(int64(len(tasks)))
+	stops := make([]func() bool, 0, len(tasks)+1)
+	if base != parent {
+		stops = append(stops, context.AfterFunc(parent, cancel))
+	}
+	for _, t := range tasks {
+		stops = append(stops, context.AfterFunc(t.Context(), func() {
+			t.Finish(scheduler.Result{}, t.Context().Err())
+			if left.Add(-1) == 0 {
+				cancel()
+			}
+		}))
+	}
+	return ctx, func() {
+		for _, s := range stops {
+			s()
+		}
+		cancel()
+	}
+}
+
+// Clip cuts s to at most n bytes on a rune boundary and makes it valid
+// UTF-8, so a hostile upstream cannot put arbitrary bytes in our answers.
+func Clip(s string, n int) string {
+	if len(s) > n {
+		// Back off to the start of the rune that straddles the cut: at
+		// most UTFMax-1 bytes, since a run of stray continuation bytes is
+		// no rune at all (and would otherwise back off to nothing).
+		for i := 0; i < utf8.UTFMax-1 && n > 0 && !utf8.RuneStart(s[n]); i++ {
+			n--
+		}
+		s = s[:n]
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
+}
