@@ -13,6 +13,8 @@ import (
 
 	"github.com/shoal-dev/shoal/dcache"
 	"github.com/stretchr/testify/require"
+
+	"github.com/shoal-dev/shoal/internal/fakeclock"
 )
 
 // The node passes its *dcache.Cache as the counter.
@@ -33,26 +35,10 @@ func testLogger() *slog.Logger {
 }
 
 // fakeClock is a settable clock for windows and idleness.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
+type fakeClock = fakeclock.Clock
 
-// newFakeClock starts at the beginning of an hour, so minute and hour windows start with it.
 func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2030, 1, 1, 10, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
+	return fakeclock.New(time.Date(2030, 1, 1, 10, 0, 0, 0, time.UTC))
 }
 
 // localCache is a real dcache with the in-process backend. Limiters sharing one stand for
