@@ -416,7 +416,7 @@ func (b *Backend) post(ctx context.Context, endpoint string, body any, stream bo
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 		upcall.CloseBody(resp.Body)
 		ue := decodeError(resp.StatusCode, raw)
-		ue.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		ue.RetryAfter = upcall.RetryAfter(resp.Header.Get("Retry-After"), time.Now())
 		return nil, ue
 	}
 	return resp, nil

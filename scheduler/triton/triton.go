@@ -577,8 +577,6 @@ func (e *UpstreamError) HTTPStatus() int { return e.Status }
 // RetryAfterHint is the upstream's Retry-After.
 func (e *UpstreamError) RetryAfterHint() time.Duration { return e.RetryAfter }
 
-const maxRetryAfter = 5 * time.Minute
-
 // decodeError reads the protocol's {"error": "..."} (or any text) of an
 // upstream answer. status 0 means an error event in a stream: 500.
 func decodeError(status int, body []byte, retryAfter string) *UpstreamError {
@@ -611,15 +609,6 @@ func decodeError(status int, body []byte, retryAfter string) *UpstreamError {
 		e.Message = "status " + strconv.Itoa(e.Status)
 	}
 	e.Message = upcall.Clip(e.Message, 1024)
-	if v := strings.TrimSpace(retryAfter); v != "" {
-		if secs, err := strconv.ParseInt(v, 10, 64); err == nil && secs >= 0 {
-			e.RetryAfter = min(time.Duration(secs)*time.Second, maxRetryAfter)
-			if secs > int64(maxRetryAfter/time.Second) {
-				e.RetryAfter = maxRetryAfter
-			}
-		} else if t, err := http.ParseTime(v); err == nil {
-			e.RetryAfter = min(max(time.Until(t), 0), maxRetryAfter)
-		}
-	}
+	e.RetryAfter = upcall.RetryAfter(retryAfter, time.Now())
 	return e
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -127,4 +128,31 @@ func Clip(s string, n int) string {
 		s = s[:n]
 	}
 	return strings.ToValidUTF8(s, "\uFFFD")
+}
+
+// MaxRetryAfter caps what an upstream may ask of our clients: a hostile or
+// confused server must not park them for a day.
+const MaxRetryAfter = 5 * time.Minute
+
+// RetryAfter reads a Retry-After header, in seconds or as an HTTP date
+// (RFC 9110 10.2.3), relative to now, bounded to MaxRetryAfter. Zero means
+// absent or unusable.
+func RetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if strings.Trim(v, "0123456789") == "" {
+		// delay-seconds; too many digits for an int64 is simply "long".
+		secs, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || secs > int64(MaxRetryAfter/time.Second) {
+			return MaxRetryAfter
+		}
+		return time.Duration(secs) * time.Second
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return 0
+	}
+	return min(max(t.Sub(now), 0), MaxRetryAfter)
 }
