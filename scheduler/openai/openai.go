@@ -9,7 +9,6 @@
 package openai
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -387,26 +386,12 @@ const (
 // post sends one request. A non-2xx answer comes back as *UpstreamError;
 // transport errors come back raw, for callError to classify.
 func (b *Backend) post(ctx context.Context, endpoint string, body any, stream bool, reqID string) (*http.Response, error) {
-	payload, err := json.Marshal(body)
+	req, err := upcall.NewPost(ctx, endpoint, body, stream, reqID)
 	if err != nil {
-		return nil, fmt.Errorf("encode request: %w", err)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, bytes.NewReader(payload))
-	if err != nil {
-		return nil, fmt.Errorf("build request: %w", err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if stream {
-		req.Header.Set("Accept", "text/event-stream")
-	} else {
-		req.Header.Set("Accept", "application/json")
+		return nil, err
 	}
 	if b.cfg.APIKey != "" {
 		req.Header.Set("Authorization", "Bearer "+b.cfg.APIKey)
-	}
-	if reqID != "" {
-		// vLLM and TGI log it, which ties their logs to ours.
-		req.Header.Set("X-Request-ID", reqID)
 	}
 	resp, err := b.client.Do(req)
 	if err != nil {

@@ -482,20 +482,9 @@ const maxErrorBody = 64 << 10
 
 // post sends one request; a non-2xx answer comes back as *UpstreamError.
 func (b *Backend) post(ctx context.Context, u string, body any, stream bool, reqID string) (*http.Response, error) {
-	payload, err := json.Marshal(body)
+	req, err := upcall.NewPost(ctx, u, body, stream, reqID)
 	if err != nil {
-		return nil, fmt.Errorf("encode request: %w", err)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(payload))
-	if err != nil {
-		return nil, fmt.Errorf("build request: %w", err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if stream {
-		req.Header.Set("Accept", "text/event-stream")
-	}
-	if reqID != "" {
-		req.Header.Set("X-Request-ID", reqID)
+		return nil, err
 	}
 	resp, err := b.client.Do(req)
 	if err != nil {

@@ -1,11 +1,14 @@
 // Package upcall is the plumbing the HTTP model-server backends (openai,
-// triton) share for their upstream calls: base-URL checks, the pooled
-// transport, one call's context over a group of tasks, finishing those tasks
-// together, and the bounds on what an upstream may put in our answers.
+// triton) share for their upstream calls: checking the base URL, the pooled
+// transport, building a JSON POST, one call's context over a group of tasks
+// and finishing them together, and bounding what an upstream hands our
+// clients (error text, Retry-After).
 package upcall
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -155,4 +158,28 @@ func RetryAfter(v string, now time.Time) time.Duration {
 		return 0
 	}
 	return min(max(t.Sub(now), 0), MaxRetryAfter)
+}
+
+// NewPost builds a POST of body as JSON to u, asking for server-sent events
+// when stream is set and JSON otherwise. reqID, when set, goes out as
+// X-Request-ID: vLLM, TGI and Triton log it, which ties their logs to ours.
+func NewPost(ctx context.Context, u string, body any, stream bool, reqID string) (*http.Request, error) {
+	payload, err := json.Marshal(body)
+	if err != nil {
+		return nil, fmt.Errorf("encode request: %w", err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(payload))
+	if err != nil {
+		return nil, fmt.Errorf("build request: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if stream {
+		req.Header.Set("Accept", "text/event-stream")
+	} else {
+		req.Header.Set("Accept", "application/json")
+	}
+	if reqID != "" {
+		req.Header.Set("X-Request-ID", reqID)
+	}
+	return req, nil
 }
