@@ -74,14 +74,7 @@ func TestBreakerOpensOnFailingUpstreamAndClosesAfterRecovery(t *testing.T) {
 		cfg.CircuitBreaker.FailureThreshold = 3
 		cfg.CircuitBreaker.Timeout = 500 * time.Millisecond
 	})
-	require.Eventually(t, func() bool {
-		for _, nd := range tc.nodes {
-			if len(nd.candidates("up")) != 3 {
-				return false
-			}
-		}
-		return true
-	}, clusterWait, 20*time.Millisecond)
+	tc.waitServing("up", tc.nodes...)
 	sick := tc.nodes[0]
 	ups[0].failing.Store(true)
 

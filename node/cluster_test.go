@@ -157,14 +157,21 @@ func (tc *testCluster) node(name string) *Node {
 // waitLoads waits until every node has a fresh load report of every other.
 func (tc *testCluster) waitMembers(nodes ...*Node) {
 	tc.t.Helper()
+	tc.waitServing("sim-fast", nodes...)
+}
+
+// waitServing waits until every given node counts all of them as
+// candidates for model.
+func (tc *testCluster) waitServing(model string, nodes ...*Node) {
+	tc.t.Helper()
 	require.Eventually(tc.t, func() bool {
 		for _, nd := range nodes {
-			if len(nd.candidates("sim-fast")) != len(nodes) {
+			if len(nd.candidates(model)) != len(nodes) {
 				return false
 			}
 		}
 		return true
-	}, clusterWait, 20*time.Millisecond, "nodes never saw each other's load")
+	}, clusterWait, 20*time.Millisecond, "nodes never saw each other's load for %s", model)
 }
 
 type httpResult struct {

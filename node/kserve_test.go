@@ -146,12 +146,7 @@ func (c *v2Client) generateStream(model string, body map[string]any) ([]map[stri
 // protocol's {"error": "..."}.
 func requireV2Error(t *testing.T, r reply, status int) string {
 	t.Helper()
-	require.Equal(t, status, r.status, "body: %s", r.body)
-	require.True(t, strings.HasPrefix(r.header.Get("Content-Type"), "application/json"), "content type %q", r.header.Get("Content-Type"))
-	var e v2Error
-	dec := json.NewDecoder(bytes.NewReader(r.body))
-	dec.DisallowUnknownFields()
-	require.NoError(t, dec.Decode(&e), "body: %s", r.body)
+	e := requireStrictJSON[v2Error](t, r, status)
 	require.NotEmpty(t, e.Error)
 	return e.Error
 }
