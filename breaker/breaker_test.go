@@ -10,25 +10,12 @@ import (
 
 	"github.com/shoal-dev/shoal/consensus"
 	"github.com/stretchr/testify/require"
+
+	"github.com/shoal-dev/shoal/internal/fakeclock"
 )
 
 // fakeClock is a clock the test moves by hand.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
+type fakeClock = fakeclock.Clock
 
 // replicated stands in for the Raft round trip (the node-level tests run
 // the real one): it applies a transition when its From matches, as the FSM
@@ -90,7 +77,7 @@ const timeout = 10 * time.Second
 
 func newSet(t *testing.T) (*Set, *replicated, *fakeClock) {
 	t.Helper()
-	clock := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clock := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	r := &replicated{st: map[string]consensus.BreakerState{}}
 	s := New(Config{Node: "n1", FailureThreshold: 3, Timeout: timeout, IsFailure: isFailure, State: r, Proposer: r,
 		// Synchronous proposals keep the test free of waiting.
@@ -162,7 +149,7 @@ func TestOldOutcomesLeaveTheRateWindow(t *testing.T) {
 			report(t, s, "m", nil)
 		}
 	}
-	clock.advance(RateWindow + time.Second)
+	clock.Advance(RateWindow + time.Second)
 	report(t, s, "m", errBackend)
 	require.Zero(t, r.count(), "failures older than the window still counted")
 }
@@ -172,10 +159,10 @@ func TestOpenGoesHalfOpenOnlyAfterItsTime(t *testing.T) {
 	for range 3 {
 		report(t, s, "m", errBackend)
 	}
-	clock.advance(timeout - time.Millisecond)
+	clock.Advance(timeout - time.Millisecond)
 	s.Tick([]string{"m"})
 	require.Equal(t, consensus.BreakerOpen, r.Breaker("m").State)
-	clock.advance(time.Millisecond)
+	clock.Advance(time.Millisecond)
 	s.Tick([]string{"m"})
 	require.Equal(t, consensus.BreakerHalfOpen, r.Breaker("m").State)
 }
@@ -187,7 +174,7 @@ func openThenHalfOpen(t *testing.T, s *Set, r *replicated, clock *fakeClock) {
 	}
 	st := r.Breaker("m")
 	require.Equal(t, consensus.BreakerOpen, st.State)
-	clock.advance(st.OpenUntil.Sub(clock.Now()))
+	clock.Advance(st.OpenUntil.Sub(clock.Now()))
 	s.Tick([]string{"m"})
 	require.Equal(t, consensus.BreakerHalfOpen, r.Breaker("m").State)
 }
@@ -220,7 +207,7 @@ func TestReopenSoonAfterClosingKeepsTheTripCount(t *testing.T) {
 	openThenHalfOpen(t, s, r, clock)
 	done, _ := s.Admit("m")
 	done(nil)
-	clock.advance(FlapWindow / 2)
+	clock.Advance(FlapWindow / 2)
 	for range 3 {
 		report(t, s, "m", errBackend)
 	}
@@ -234,7 +221,7 @@ func TestReopenLongAfterClosingStartsOver(t *testing.T) {
 	openThenHalfOpen(t, s, r, clock)
 	done, _ := s.Admit("m")
 	done(nil)
-	clock.advance(FlapWindow + time.Second)
+	clock.Advance(FlapWindow + time.Second)
 	for range 3 {
 		report(t, s, "m", errBackend)
 	}
@@ -251,7 +238,7 @@ func TestTransitionsPerMinuteAreBounded(t *testing.T) {
 			}
 		}
 		if st := r.Breaker("m"); st.State == consensus.BreakerOpen {
-			clock.advance(max(st.OpenUntil.Sub(clock.Now()), 0))
+			clock.Advance(max(st.OpenUntil.Sub(clock.Now()), 0))
 			s.Tick([]string{"m"})
 		}
 		if done, ok := s.Admit("m"); ok {

@@ -256,7 +256,8 @@ func TestRunReconcilerAddsMembers(t *testing.T) {
 		defer close(done)
 		leader.store.RunReconciler(ctx, 50*time.Millisecond, func() []Member { return c.members(time.Time{}) })
 	}()
-	waitFor(t, func() bool { return c.voters(c.node("node1"))["node2"] }, "reconciler added node2")
+	node1 := c.node("node1")
+	waitFor(t, func() bool { return c.voters(node1)["node2"] }, "reconciler added node2")
 	cancel()
 	<-done
 }

@@ -240,6 +240,10 @@ func TestFullRestartOnNewAddresses(t *testing.T) {
 	// Gossip hands every node the new addresses; raft dials through them,
 	// elects a leader, and the leader rewrites the configuration.
 	members := c.members(time.Time{})
+	addrs := map[string]string{}
+	for _, n := range c.nodes {
+		addrs[n.id] = n.addr
+	}
 	waitFor(t, func() bool {
 		for _, n := range c.nodes {
 			// Errors are transient here (leadership changing hands); the
@@ -254,7 +258,7 @@ func TestFullRestartOnNewAddresses(t *testing.T) {
 				return false
 			}
 			for _, s := range servers {
-				if s.Addr != c.node(s.ID).addr {
+				if s.Addr != addrs[s.ID] {
 					return false
 				}
 			}

@@ -64,15 +64,21 @@ func TestOlricWaitsForPeersListedLate(t *testing.T) {
 	started := make(chan error, 1)
 	go func() { started <- late.Start(context.Background()) }()
 
+	// A start that returns early fails the test from here, not from inside
+	// the condition's goroutine.
+	var early error
+	earlyDone := false
 	require.Eventually(t, func() bool {
 		select {
 		case err := <-started:
-			t.Fatalf("started early: %v", err)
+			early, earlyDone = err, true
+			return true
 		default:
 		}
 		return asked.Load() >= 3
 	}, waitTimeout, waitTick,
 		"the member did not retry while membership listed nobody")
+	require.False(t, earlyDone, "started early: %v", early)
 	listed.Store(true)
 	require.NoError(t, <-started)
 	waitSettled(t, 2, first, late)

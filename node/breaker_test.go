@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/shoal-dev/shoal/breaker"
@@ -57,8 +58,10 @@ func openAIModel(url string) ModelConfig {
 	return m
 }
 
-func inferUp(t *testing.T, nd *Node, i int) httpResult {
-	t.Helper()
+func inferUp(t require.TestingT, nd *Node, i int) httpResult {
+	if h, ok := t.(interface{ Helper() }); ok {
+		h.Helper()
+	}
 	// temperature 1 without a seed: never cached, every request runs.
 	return doJSON(t, http.MethodPost, "http://"+nd.HTTPAddr()+"/v1/infer", "", map[string]any{
 		"model": "up", "input": fmt.Sprintf("q%d", i), "parameters": map[string]any{"temperature": 1}})
@@ -71,30 +74,24 @@ func TestBreakerOpensOnFailingUpstreamAndClosesAfterRecovery(t *testing.T) {
 		cfg.CircuitBreaker.FailureThreshold = 3
 		cfg.CircuitBreaker.Timeout = 500 * time.Millisecond
 	})
-	require.Eventually(t, func() bool {
-		for _, nd := range tc.nodes {
-			if len(nd.candidates("up")) != 3 {
-				return false
-			}
-		}
-		return true
-	}, clusterWait, 20*time.Millisecond)
+	tc.waitServing("up", tc.nodes...)
 	sick := tc.nodes[0]
 	ups[0].failing.Store(true)
 
 	// Requests keep succeeding while the sick node's backend fails: each
 	// failure is retried on a healthy node.
 	i := 0
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		i++
-		res := inferUp(t, sick, i)
-		require.Equal(t, http.StatusOK, res.status, string(res.body))
-		for _, nd := range tc.nodes {
-			if nd.Store().State().Breaker(sick.Name(), "up").State != consensus.BreakerOpen {
-				return false
-			}
+		res := inferUp(c, sick, i)
+		// Every answer must be a 200: a wrong one fails the test (Errorf is
+		// safe from this goroutine) and ends the wait.
+		if !assert.Equal(t, http.StatusOK, res.status, string(res.body)) {
+			return
 		}
-		return true
+		for _, nd := range tc.nodes {
+			assert.Equal(c, consensus.BreakerOpen, nd.Store().State().Breaker(sick.Name(), "up").State, "breaker as %s sees it", nd.Name())
+		}
 	}, clusterWait, 5*time.Millisecond, "breaker never opened on every node")
 
 	// While open, the sick node gets no work, from any entry node.
@@ -108,15 +105,15 @@ func TestBreakerOpensOnFailingUpstreamAndClosesAfterRecovery(t *testing.T) {
 
 	// After recovery a half-open probe closes the breaker.
 	ups[0].failing.Store(false)
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		i++
-		inferUp(t, sick, i)
-		return sick.Store().State().Breaker(sick.Name(), "up").State == consensus.BreakerClosed
+		inferUp(c, sick, i)
+		assert.Equal(c, consensus.BreakerClosed, sick.Store().State().Breaker(sick.Name(), "up").State)
 	}, clusterWait, 20*time.Millisecond, "breaker never closed after the upstream recovered")
 
 	// Every node sees it closed (replication takes a moment).
 	require.Eventually(t, func() bool {
-		res := doJSON(t, http.MethodGet, "http://"+tc.nodes[2].HTTPAddr()+"/admin/v1/breakers", testToken, nil)
+		res := tryJSON(http.MethodGet, "http://"+tc.nodes[2].HTTPAddr()+"/admin/v1/breakers", testToken, nil)
 		return res.status == http.StatusOK && strings.Contains(string(res.body), `"state": "closed"`)
 	}, 5*time.Second, 10*time.Millisecond, "node 3 never saw the breaker closed")
 	metrics := doJSON(t, http.MethodGet, "http://"+sick.HTTPAddr()+"/metrics", "", nil)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/olric-data/olric"
 	"github.com/olric-data/olric/config"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/shoal-dev/shoal/consensus"
@@ -59,8 +60,10 @@ func mustCacheKey(t *testing.T, input string) string {
 	return key
 }
 
-func deterministicInfer(t *testing.T, nd *Node, input string, headers map[string]string) httpResult {
-	t.Helper()
+func deterministicInfer(t require.TestingT, nd *Node, input string, headers map[string]string) httpResult {
+	if h, ok := t.(interface{ Helper() }); ok {
+		h.Helper()
+	}
 	b, _ := json.Marshal(map[string]any{"model": "sim-fast", "input": input, "parameters": map[string]any{"temperature": 0, "max_tokens": 4}})
 	req, err := http.NewRequest(http.MethodPost, "http://"+nd.HTTPAddr()+"/v1/infer", bytes.NewReader(b))
 	require.NoError(t, err)
@@ -93,8 +96,9 @@ func TestCacheAnswerComputedOnOneNodeHitsOnAnother(t *testing.T) {
 	require.Equal(t, http.StatusOK, first.status, string(first.body))
 	require.Equal(t, httpapi.CacheMiss, first.header.Get("X-Shoal-Cache"))
 	// The answer is stored in the background; wait until it is there.
+	key := mustCacheKey(t, "shared question")
 	require.Eventually(t, func() bool {
-		_, found, err := b.cache.Get(context.Background(), "sim-fast", mustCacheKey(t, "shared question"))
+		_, found, err := b.cache.Get(context.Background(), "sim-fast", key)
 		return err == nil && found
 	}, 10*time.Second, 10*time.Millisecond, "the answer was never stored")
 	// Whitespace differs: normalization makes it the same entry.
@@ -258,11 +262,12 @@ func TestCachedAnswersExpireAfterTheirTTL(t *testing.T) {
 	tc := mustNewCluster(t, 1, func(_ int, cfg *Config) { cfg.Cache.DefaultTTL = time.Second })
 	nd := tc.nodes[0]
 	require.Equal(t, httpapi.CacheMiss, deterministicInfer(t, nd, "short lived", nil).header.Get("X-Shoal-Cache"))
-	require.Eventually(t, func() bool {
-		return deterministicInfer(t, nd, "short lived", nil).header.Get("X-Shoal-Cache") == httpapi.CacheHit
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, httpapi.CacheHit, deterministicInfer(c, nd, "short lived", nil).header.Get("X-Shoal-Cache"))
 	}, 5*time.Second, 10*time.Millisecond)
+	key := mustCacheKey(t, "short lived")
 	require.Eventually(t, func() bool {
-		_, found, _ := nd.cache.Get(context.Background(), "sim-fast", mustCacheKey(t, "short lived"))
+		_, found, _ := nd.cache.Get(context.Background(), "sim-fast", key)
 		return !found
 	}, 10*time.Second, 50*time.Millisecond, "the entry never expired")
 	require.Equal(t, httpapi.CacheMiss, deterministicInfer(t, nd, "short lived", nil).header.Get("X-Shoal-Cache"))
@@ -277,8 +282,8 @@ func TestGossipKeySecuresCacheAndRaft(t *testing.T) {
 	a, b := tc.nodes[0], tc.nodes[1]
 	first := deterministicInfer(t, a, "secured question", nil)
 	require.Equal(t, http.StatusOK, first.status, string(first.body))
-	require.Eventually(t, func() bool {
-		return deterministicInfer(t, b, "secured question", nil).header.Get("X-Shoal-Cache") == httpapi.CacheHit
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, httpapi.CacheHit, deterministicInfer(c, b, "secured question", nil).header.Get("X-Shoal-Cache"))
 	}, 10*time.Second, 20*time.Millisecond, "node b never hit the answer node a computed")
 
 	ctx := context.Background()
@@ -316,8 +321,10 @@ func TestGossipKeySecuresCacheAndRaft(t *testing.T) {
 
 // scopeProbe asks the same deterministic question with key ("" for none)
 // and returns X-Shoal-Cache.
-func scopeProbe(t *testing.T, nd *Node, key string) string {
-	t.Helper()
+func scopeProbe(t require.TestingT, nd *Node, key string) string {
+	if h, ok := t.(interface{ Helper() }); ok {
+		h.Helper()
+	}
 	h := map[string]string{}
 	if key != "" {
 		h["Authorization"] = "Bearer " + key
@@ -331,7 +338,7 @@ func scopeProbe(t *testing.T, nd *Node, key string) string {
 func waitCached(t *testing.T, nd *Node, key string) {
 	t.Helper()
 	require.Equal(t, httpapi.CacheMiss, scopeProbe(t, nd, key))
-	require.Eventually(t, func() bool { return scopeProbe(t, nd, key) == httpapi.CacheHit },
+	require.EventuallyWithT(t, func(c *assert.CollectT) { assert.Equal(c, httpapi.CacheHit, scopeProbe(c, nd, key)) },
 		5*time.Second, 10*time.Millisecond, "the first answer was never stored")
 }
 

@@ -230,8 +230,9 @@ func BenchmarkCacheHitVsMiss(b *testing.B) {
 			d, outcome := send(tc.nodes[j%3], input)
 			require.Equal(b, httpapi.CacheMiss, outcome)
 			_ = miss.RecordValue(d.Microseconds())
+			key := mustCacheKeyTB(b, input)
 			require.Eventually(b, func() bool {
-				_, found, _ := tc.nodes[0].cache.Get(context.Background(), "sim-fast", mustCacheKeyTB(b, input))
+				_, found, _ := tc.nodes[0].cache.Get(context.Background(), "sim-fast", key)
 				return found
 			}, 5*time.Second, time.Millisecond)
 			d, outcome = send(tc.nodes[(j+1)%3], input)

@@ -126,17 +126,21 @@ func (tc *testCluster) waitLeader(nodes ...*Node) string {
 	tc.t.Helper()
 	var leader string
 	require.Eventually(tc.t, func() bool {
-		leader = nodes[0].Store().LeaderID()
-		if leader == "" {
-			return false
-		}
-		for _, nd := range nodes {
-			if nd.Store().LeaderID() != leader {
-				return false
-			}
-		}
-		return true
+		leader = agreedLeader(nodes...)
+		return leader != ""
 	}, clusterWait, 20*time.Millisecond, "nodes never agreed on a leader")
+	return leader
+}
+
+// agreedLeader is the leader every given node names, or "" while they
+// disagree or know none.
+func agreedLeader(nodes ...*Node) string {
+	leader := nodes[0].Store().LeaderID()
+	for _, nd := range nodes {
+		if nd.Store().LeaderID() != leader {
+			return ""
+		}
+	}
 	return leader
 }
 
@@ -153,14 +157,21 @@ func (tc *testCluster) node(name string) *Node {
 // waitLoads waits until every node has a fresh load report of every other.
 func (tc *testCluster) waitMembers(nodes ...*Node) {
 	tc.t.Helper()
+	tc.waitServing("sim-fast", nodes...)
+}
+
+// waitServing waits until every given node counts all of them as
+// candidates for model.
+func (tc *testCluster) waitServing(model string, nodes ...*Node) {
+	tc.t.Helper()
 	require.Eventually(tc.t, func() bool {
 		for _, nd := range nodes {
-			if len(nd.candidates("sim-fast")) != len(nodes) {
+			if len(nd.candidates(model)) != len(nodes) {
 				return false
 			}
 		}
 		return true
-	}, clusterWait, 20*time.Millisecond, "nodes never saw each other's load")
+	}, clusterWait, 20*time.Millisecond, "nodes never saw each other's load for %s", model)
 }
 
 type httpResult struct {
@@ -169,25 +180,46 @@ type httpResult struct {
 	body   []byte
 }
 
-func doJSON(t *testing.T, method, url, token string, body any) httpResult {
-	t.Helper()
+// doJSON sends body as JSON and fails t when no answer comes back. t is a
+// require.TestingT so EventuallyWithT conditions can pass their CollectT.
+func doJSON(t require.TestingT, method, url, token string, body any) httpResult {
+	if h, ok := t.(interface{ Helper() }); ok {
+		h.Helper()
+	}
+	res := tryJSON(method, url, token, body)
+	require.NotZero(t, res.status, "%s %s: %s", method, url, res.body)
+	return res
+}
+
+// tryJSON is doJSON for polling conditions: it never fails the test; a
+// request that cannot be made or answered comes back as status 0 with the
+// error as its body.
+func tryJSON(method, url, token string, body any) httpResult {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
-		require.NoError(t, err)
+		if err != nil {
+			return httpResult{body: []byte(err.Error())}
+		}
 		rd = bytes.NewReader(b)
 	}
 	req, err := http.NewRequest(method, url, rd)
-	require.NoError(t, err)
+	if err != nil {
+		return httpResult{body: []byte(err.Error())}
+	}
 	req.Header.Set("Content-Type", "application/json")
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
+	if err != nil {
+		return httpResult{body: []byte(err.Error())}
+	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
+	if err != nil {
+		return httpResult{body: []byte(err.Error())}
+	}
 	return httpResult{status: resp.StatusCode, header: resp.Header, body: data}
 }
 
@@ -311,8 +343,8 @@ func TestLeaderLossElectsNewLeaderAndServingContinues(t *testing.T) {
 	}
 	var newLeader string
 	require.Eventually(t, func() bool {
-		newLeader = tc.waitLeader(survivors...)
-		return newLeader != leader.Name()
+		newLeader = agreedLeader(survivors...)
+		return newLeader != "" && newLeader != leader.Name()
 	}, clusterWait, 20*time.Millisecond, "no new leader")
 	t.Logf("new leader %s after %s", newLeader, time.Since(start))
 	for i := 0; i < 30; i++ {

@@ -88,8 +88,10 @@ type reply struct {
 
 // send makes one request; header holds extra headers (Content-Type is
 // application/json unless set).
-func send(t testing.TB, method, url string, body []byte, header map[string]string) reply {
-	t.Helper()
+func send(t require.TestingT, method, url string, body []byte, header map[string]string) reply {
+	if h, ok := t.(interface{ Helper() }); ok {
+		h.Helper()
+	}
 	req, err := http.NewRequest(method, url, bytes.NewReader(body))
 	require.NoError(t, err)
 	if body != nil {
@@ -127,16 +129,24 @@ type openAIError struct {
 	} `json:"error"`
 }
 
+// requireStrictJSON checks the status and a JSON content type, and decodes
+// the body into a T, refusing fields T does not have.
+func requireStrictJSON[T any](t testing.TB, r reply, status int) T {
+	t.Helper()
+	require.Equal(t, status, r.status, "body: %s", r.body)
+	require.True(t, strings.HasPrefix(r.header.Get("Content-Type"), "application/json"), "content type %q", r.header.Get("Content-Type"))
+	var v T
+	dec := json.NewDecoder(bytes.NewReader(r.body))
+	dec.DisallowUnknownFields()
+	require.NoError(t, dec.Decode(&v), "body: %s", r.body)
+	return v
+}
+
 // requireAPIError checks the status and that the body is OpenAI's error
 // shape with a message, type and code; it returns the decoded error.
 func requireAPIError(t testing.TB, r reply, status int) openAIError {
 	t.Helper()
-	require.Equal(t, status, r.status, "body: %s", r.body)
-	require.True(t, strings.HasPrefix(r.header.Get("Content-Type"), "application/json"), "content type %q", r.header.Get("Content-Type"))
-	var e openAIError
-	dec := json.NewDecoder(bytes.NewReader(r.body))
-	dec.DisallowUnknownFields()
-	require.NoError(t, dec.Decode(&e), "body: %s", r.body)
+	e := requireStrictJSON[openAIError](t, r, status)
 	require.NotEmpty(t, e.Error.Message)
 	require.NotEmpty(t, e.Error.Type)
 	require.NotEmpty(t, e.Error.Code)

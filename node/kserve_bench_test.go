@@ -1,12 +1,7 @@
 package node
 
 import (
-	"bytes"
-	"io"
-	"net/http"
-	"slices"
 	"testing"
-	"time"
 )
 
 // BenchmarkKServeAddedLatency compares a v2 infer call with the /v1/infer
@@ -29,38 +24,7 @@ func BenchmarkKServeAddedLatency(b *testing.B) {
 				c.Batching.FlushTimeout = 0
 				c.RateLimit.RPM = 0 // no per-client limit in the way
 			})
-			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1, DisableCompression: true}}
-			defer client.CloseIdleConnections()
-			url := baseURL(n) + tc.path
-			do := func() time.Duration {
-				start := time.Now()
-				resp, err := client.Post(url, "application/json", bytes.NewReader(tc.body))
-				if err != nil {
-					b.Fatal(err)
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				took := time.Since(start)
-				if resp.StatusCode != http.StatusOK {
-					b.Fatalf("status %d", resp.StatusCode)
-				}
-				return took
-			}
-			for i := 0; i < 50; i++ {
-				do()
-			}
-			lat := make([]time.Duration, 0, b.N)
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				lat = append(lat, do())
-			}
-			b.StopTimer()
-			slices.Sort(lat)
-			pct := func(p float64) float64 {
-				return float64(lat[min(len(lat)-1, int(p*float64(len(lat))))]) / float64(time.Microsecond)
-			}
-			b.ReportMetric(pct(0.50), "p50_us")
-			b.ReportMetric(pct(0.99), "p99_us")
+			benchPostLatency(b, baseURL(n)+tc.path, tc.body)
 		})
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/shoal-dev/shoal/consensus"
@@ -145,12 +146,7 @@ func (c *v2Client) generateStream(model string, body map[string]any) ([]map[stri
 // protocol's {"error": "..."}.
 func requireV2Error(t *testing.T, r reply, status int) string {
 	t.Helper()
-	require.Equal(t, status, r.status, "body: %s", r.body)
-	require.True(t, strings.HasPrefix(r.header.Get("Content-Type"), "application/json"), "content type %q", r.header.Get("Content-Type"))
-	var e v2Error
-	dec := json.NewDecoder(bytes.NewReader(r.body))
-	dec.DisallowUnknownFields()
-	require.NoError(t, dec.Decode(&e), "body: %s", r.body)
+	e := requireStrictJSON[v2Error](t, r, status)
 	require.NotEmpty(t, e.Error)
 	return e.Error
 }
@@ -307,9 +303,12 @@ func TestKServeRepeatIsACacheHit(t *testing.T) {
 	first, r := c.infer(testModel, req)
 	require.Equal(t, http.StatusOK, r.status)
 	require.Equal(t, httpapi.CacheMiss, r.header.Get("X-Shoal-Cache"))
-	require.Eventually(t, func() bool {
-		_, r := c.infer(testModel, req)
-		return r.status == http.StatusOK && r.header.Get("X-Shoal-Cache") == httpapi.CacheHit
+	raw, err := json.Marshal(req)
+	require.NoError(t, err)
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
+		r := send(ct, http.MethodPost, c.base+"/v2/models/"+testModel+"/infer", raw, c.header)
+		assert.Equal(ct, http.StatusOK, r.status)
+		assert.Equal(ct, httpapi.CacheHit, r.header.Get("X-Shoal-Cache"))
 	}, apiWait, 10*time.Millisecond)
 	second, r := c.infer(testModel, req)
 	require.Equal(t, httpapi.CacheHit, r.header.Get("X-Shoal-Cache"))

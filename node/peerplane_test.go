@@ -57,14 +57,7 @@ func TestFollowerBreakerOpensClusterWideWithoutAdminToken(t *testing.T) {
 				cfg.CircuitBreaker.Timeout = time.Minute
 			})
 			leader := tc.waitLeader(tc.nodes...)
-			require.Eventually(t, func() bool {
-				for _, nd := range tc.nodes {
-					if len(nd.candidates("up")) != 3 {
-						return false
-					}
-				}
-				return true
-			}, clusterWait, 20*time.Millisecond)
+			tc.waitServing("up", tc.nodes...)
 			fi := 0
 			for tc.nodes[fi].Name() == leader {
 				fi++

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/shoal-dev/shoal/consensus"
@@ -79,7 +80,9 @@ func TestTritonReadinessFeedsHealthAndTheBreaker(t *testing.T) {
 	f := tritontest.New("llm", 4)
 	defer f.Close()
 	n := startTestNode(t, withTritonModel(f))
-	upstream := func() ops.Component {
+	// upstream takes the CollectT inside conditions, so a failed read ends
+	// that tick rather than the test from the wrong goroutine.
+	upstream := func(t require.TestingT) ops.Component {
 		var h struct {
 			Components map[string]ops.Component `json:"components"`
 		}
@@ -87,11 +90,11 @@ func TestTritonReadinessFeedsHealthAndTheBreaker(t *testing.T) {
 		require.NoError(t, json.Unmarshal(r.body, &h), "body: %s", r.body)
 		return h.Components["upstream/"+testModel]
 	}
-	require.Eventually(t, func() bool { return upstream().Data["ready"] == true }, apiWait, 10*time.Millisecond)
-	require.Equal(t, ops.StatusOK, upstream().Status)
+	require.EventuallyWithT(t, func(c *assert.CollectT) { assert.Equal(c, true, upstream(c).Data["ready"]) }, apiWait, 10*time.Millisecond)
+	require.Equal(t, ops.StatusOK, upstream(t).Status)
 
 	f.SetReady(false)
-	require.Eventually(t, func() bool { return upstream().Status == ops.StatusDegraded }, apiWait, 10*time.Millisecond)
+	require.EventuallyWithT(t, func(c *assert.CollectT) { assert.Equal(c, ops.StatusDegraded, upstream(c).Status) }, apiWait, 10*time.Millisecond)
 	require.Eventually(t, func() bool {
 		return n.Store().State().Breaker(n.Name(), testModel).State == consensus.BreakerOpen
 	}, apiWait, 10*time.Millisecond, "failed readiness checks open the breaker")
@@ -105,7 +108,7 @@ func TestTritonReadinessFeedsHealthAndTheBreaker(t *testing.T) {
 	require.NotEmpty(t, r.header.Get("Retry-After"))
 
 	f.SetReady(true)
-	require.Eventually(t, func() bool { return upstream().Status == ops.StatusOK }, apiWait, 10*time.Millisecond)
+	require.EventuallyWithT(t, func(c *assert.CollectT) { assert.Equal(c, ops.StatusOK, upstream(c).Status) }, apiWait, 10*time.Millisecond)
 }
 
 func TestTritonBlockLoadsAndValidates(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -62,13 +63,13 @@ func TestFullTableDecidesNewKeysByTheCounter(t *testing.T) {
 	st := l.Stats()
 	require.Equal(t, 10, st.Buckets)
 	require.EqualValues(t, 6, st.Overflow)
-	require.Eventually(t, func() bool { return counterValue(t, c, late, clock.Now()) == 3 }, waitTimeout, waitTick,
+	require.EventuallyWithT(t, func(ct *assert.CollectT) { assert.Equal(ct, 3, counterValue(ct, c, late, clock.Now())) }, waitTimeout, waitTick,
 		"denied requests give their tokens back")
 
 	// All or nothing: a later rule's denial gives the direct tokens back.
 	other := Rule{Policy: PolicyClient, Key: "ip:other", Limit: 10, Window: time.Minute}
 	require.False(t, l.Allow(context.Background(), []Rule{other, late}).Allowed)
-	require.Eventually(t, func() bool { return counterValue(t, c, other, clock.Now()) == 0 }, waitTimeout, waitTick)
+	require.EventuallyWithT(t, func(ct *assert.CollectT) { assert.Equal(ct, 0, counterValue(ct, c, other, clock.Now())) }, waitTimeout, waitTick)
 }
 
 func TestFullTableDeniesWhenTheCounterFails(t *testing.T) {

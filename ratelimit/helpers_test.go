@@ -13,6 +13,8 @@ import (
 
 	"github.com/shoal-dev/shoal/dcache"
 	"github.com/stretchr/testify/require"
+
+	"github.com/shoal-dev/shoal/internal/fakeclock"
 )
 
 // The node passes its *dcache.Cache as the counter.
@@ -33,26 +35,10 @@ func testLogger() *slog.Logger {
 }
 
 // fakeClock is a settable clock for windows and idleness.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
+type fakeClock = fakeclock.Clock
 
-// newFakeClock starts at the beginning of an hour, so minute and hour windows start with it.
 func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2030, 1, 1, 10, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
+	return fakeclock.New(time.Date(2030, 1, 1, 10, 0, 0, 0, time.UTC))
 }
 
 // localCache is a real dcache with the in-process backend. Limiters sharing one stand for
@@ -86,9 +72,13 @@ func newLimiter(t testing.TB, cfg Config) *Limiter {
 // nodes returns a Nodes func for a fixed cluster size.
 func nodes(n int) func() int { return func() int { return n } }
 
-// counterValue reads rule's shared counter for the window at now.
-func counterValue(t testing.TB, c Counter, rule Rule, now time.Time) int {
-	t.Helper()
+// counterValue reads rule's shared counter for the window at now. It takes
+// require.TestingT so EventuallyWithT conditions can pass their CollectT: a
+// failure then ends that tick, not the test from the wrong goroutine.
+func counterValue(t require.TestingT, c Counter, rule Rule, now time.Time) int {
+	if h, ok := t.(interface{ Helper() }); ok {
+		h.Helper()
+	}
 	require.True(t, rule.normalize())
 	v, err := c.Incr(context.Background(), DefaultNamespace, counterKey(rule.id(), windowIndex(now, rule.Window)), 0, time.Hour)
 	require.NoError(t, err)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -48,7 +49,7 @@ func TestSingleNodeAdmitsExactlyTheLimit(t *testing.T) {
 	require.Equal(t, PolicyClient, d.Policy)
 	require.Zero(t, d.Remaining)
 	require.False(t, d.Degraded)
-	require.Eventually(t, func() bool { return counterValue(t, c, rule, clock.Now()) == 10 },
+	require.EventuallyWithT(t, func(ct *assert.CollectT) { assert.Equal(ct, 10, counterValue(ct, c, rule, clock.Now())) },
 		waitTimeout, waitTick, "the counter holds what was admitted, and no overshoot")
 }
 
@@ -175,13 +176,13 @@ func TestChargeDebitsTokensPerMinute(t *testing.T) {
 	require.Equal(t, PolicyKeyTPM, d.Policy)
 	require.True(t, allow(50).Allowed)
 	require.False(t, allow(1).Allowed)
-	require.Eventually(t, func() bool { return counterValue(t, c, tpm(0), clock.Now()) == 1000 }, waitTimeout, waitTick)
+	require.EventuallyWithT(t, func(ct *assert.CollectT) { assert.Equal(ct, 1000, counterValue(ct, c, tpm(0), clock.Now())) }, waitTimeout, waitTick)
 
 	l.Charge(context.Background(), tpm(0), 200)
-	require.Eventually(t, func() bool { return counterValue(t, c, tpm(0), clock.Now()) == 1200 },
+	require.EventuallyWithT(t, func(ct *assert.CollectT) { assert.Equal(ct, 1200, counterValue(ct, c, tpm(0), clock.Now())) },
 		waitTimeout, waitTick, "a charge past the limit is recorded")
 	l.Charge(context.Background(), tpm(0), -300)
-	require.Eventually(t, func() bool { return counterValue(t, c, tpm(0), clock.Now()) == 900 },
+	require.EventuallyWithT(t, func(ct *assert.CollectT) { assert.Equal(ct, 900, counterValue(ct, c, tpm(0), clock.Now())) },
 		waitTimeout, waitTick, "a refund goes back through the counter")
 	clock.Advance(DefaultRetryEvery)
 	require.Eventually(t, func() bool { return allow(100).Allowed }, waitTimeout, waitTick)
@@ -199,7 +200,7 @@ func TestChargeIsSeenByOtherNodes(t *testing.T) {
 	tpm := Rule{Policy: PolicyTenantTPM, Key: "acme", Limit: 1000, Window: time.Minute, Cost: 10}
 	require.True(t, a.Allow(context.Background(), []Rule{tpm}).Allowed)
 	a.Charge(context.Background(), tpm, 990)
-	require.Eventually(t, func() bool { return counterValue(t, c, tpm, clock.Now()) == 1000 }, waitTimeout, waitTick)
+	require.EventuallyWithT(t, func(ct *assert.CollectT) { assert.Equal(ct, 1000, counterValue(ct, c, tpm, clock.Now())) }, waitTimeout, waitTick)
 	tpm.Cost = 1
 	require.False(t, b.Allow(context.Background(), []Rule{tpm}).Allowed)
 }
@@ -242,7 +243,7 @@ func TestCounterRecoveryChargesFallbackAdmissions(t *testing.T) {
 	require.Eventually(t, func() bool { return !l.Stats().Degraded }, waitTimeout, waitTick)
 	require.GreaterOrEqual(t, counterValue(t, cache, rule, clock.Now()), 30, "fallback admissions were charged")
 	require.Equal(t, 60, admitAll(t, l, rule), "the window admits only what the fallback left")
-	require.Eventually(t, func() bool { return counterValue(t, cache, rule, clock.Now()) == 90 }, waitTimeout, waitTick)
+	require.EventuallyWithT(t, func(ct *assert.CollectT) { assert.Equal(ct, 90, counterValue(ct, cache, rule, clock.Now())) }, waitTimeout, waitTick)
 }
 
 func TestSlowCounterFirstRequestFallsBackAfterLeaseTimeout(t *testing.T) {
@@ -288,7 +289,7 @@ func TestIdleReturnGivesTokensBack(t *testing.T) {
 	require.True(t, l.Allow(context.Background(), []Rule{rule}).Allowed)
 	require.Equal(t, 25, counterValue(t, c, rule, clock.Now()), "a first lease is limit/(2*nodes)")
 	clock.Advance(time.Second)
-	require.Eventually(t, func() bool { return counterValue(t, c, rule, clock.Now()) == 1 }, waitTimeout, waitTick)
+	require.EventuallyWithT(t, func(ct *assert.CollectT) { assert.Equal(ct, 1, counterValue(ct, c, rule, clock.Now())) }, waitTimeout, waitTick)
 	require.Equal(t, int64(24), l.Stats().ReturnedTokens)
 }
 
@@ -302,7 +303,7 @@ func TestClientMovingBetweenNodesGetsWholeLimit(t *testing.T) {
 	require.Equal(t, 75, admitAll(t, b, rule), "node a still holds its lease")
 
 	clock.Advance(time.Second) // a has been idle for the key long enough to give its lease back
-	require.Eventually(t, func() bool { return counterValue(t, c, rule, clock.Now()) == 76 }, waitTimeout, waitTick)
+	require.EventuallyWithT(t, func(ct *assert.CollectT) { assert.Equal(ct, 76, counterValue(ct, c, rule, clock.Now())) }, waitTimeout, waitTick)
 	more := 0
 	require.Eventually(t, func() bool {
 		if b.Allow(context.Background(), []Rule{rule}).Allowed {
@@ -377,9 +378,10 @@ func TestChargeDuringLeaseIsSentAfterIt(t *testing.T) {
 	l.Charge(context.Background(), rule, 300) // starts a lease, held at the gate
 	l.Charge(context.Background(), rule, 200) // arrives while it is in flight
 	close(block)
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
 		balance, debt := held(l, rule)
-		return debt == 0 && counterValue(t, cache, rule, clock.Now())-balance == 500
+		assert.Zero(ct, debt)
+		assert.Equal(ct, 500, counterValue(ct, cache, rule, clock.Now())-balance)
 	}, waitTimeout, waitTick, "both charges reach the counter without another request")
 }
 

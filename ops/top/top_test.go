@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/shoal-dev/shoal/consensus"
@@ -40,17 +41,20 @@ func load(t *testing.T, url string) {
 func collectRated(t *testing.T, c *top.Collector) top.Frame {
 	t.Helper()
 	var f top.Frame
-	require.Eventually(t, func() bool {
-		var err error
-		f, err = c.Collect(context.Background())
-		require.NoError(t, err)
-		for _, m := range f.Members {
-			if !m.Rated || m.Err != "" {
-				return false
-			}
-		}
-		return len(f.Members) > 0
-	}, 30*time.Second, 100*time.Millisecond)
+	require.EventuallyWithT(t, func(ct *assert.CollectT) { f = collectOnce(ct, c) }, 30*time.Second, 100*time.Millisecond)
+	return f
+}
+
+// collectOnce collects one frame and checks that every member has rates;
+// a failure ends only the EventuallyWithT tick that ct belongs to.
+func collectOnce(ct *assert.CollectT, c *top.Collector) top.Frame {
+	f, err := c.Collect(context.Background())
+	require.NoError(ct, err)
+	require.NotEmpty(ct, f.Members)
+	for _, m := range f.Members {
+		assert.True(ct, m.Rated, "member %s has no rates yet", m.Name)
+		assert.Empty(ct, m.Err, "member %s", m.Name)
+	}
 	return f
 }
 
@@ -63,16 +67,16 @@ func TestCollectShowsClusterMembers(t *testing.T) {
 	var f top.Frame
 	// Wait until load shows up as tokens per second somewhere and every
 	// member's gossiped load has arrived.
-	require.Eventually(t, func() bool {
-		f = collectRated(t, c)
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
+		f = collectOnce(ct, c)
 		total := 0.0
 		for _, m := range f.Members {
 			total += m.TokensPerSec
-			if len(m.Models) != 1 || m.Models[0].Slots == 0 {
-				return false
+			if assert.Len(ct, m.Models, 1, "member %s", m.Name) {
+				assert.Positive(ct, m.Models[0].Slots, "member %s", m.Name)
 			}
 		}
-		return total > 0
+		assert.Positive(ct, total, "no tokens per second yet")
 	}, 30*time.Second, 100*time.Millisecond)
 
 	require.Len(t, f.Members, 3)
@@ -110,11 +114,17 @@ func TestCollectRatesFollowLoad(t *testing.T) {
 	require.False(t, idle.Members[0].CacheKnown)
 
 	load(t, n.URL)
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
 		f, err := c.Collect(context.Background())
-		require.NoError(t, err)
+		require.NoError(ct, err)
+		require.NotEmpty(ct, f.Members)
 		m := f.Members[0]
-		return m.TokensPerSec > 0 && m.RequestsPerSec > 0 && m.Models[0].TokensPerSec > 0 && m.CacheKnown
+		assert.Positive(ct, m.TokensPerSec)
+		assert.Positive(ct, m.RequestsPerSec)
+		if assert.NotEmpty(ct, m.Models) {
+			assert.Positive(ct, m.Models[0].TokensPerSec)
+		}
+		assert.True(ct, m.CacheKnown)
 	}, 30*time.Second, 100*time.Millisecond)
 }
 

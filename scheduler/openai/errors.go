@@ -8,7 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
+
+	"github.com/shoal-dev/shoal/scheduler/internal/upcall"
 )
 
 // Errors that mark a call that failed on the upstream's side. Both make
@@ -40,7 +41,7 @@ type UpstreamError struct {
 	// empty when it gave none.
 	Type string
 	// RetryAfter is how long the upstream asked clients to wait (its
-	// Retry-After header, bounded to maxRetryAfter); zero when it said
+	// Retry-After header, bounded to upcall.MaxRetryAfter); zero when it said
 	// nothing usable.
 	RetryAfter time.Duration
 }
@@ -60,32 +61,6 @@ func (e *UpstreamError) HTTPStatus() int { return e.Status }
 // RetryAfterHint is the upstream's Retry-After, so a node passes on an
 // overloaded server's own estimate rather than a guess of its own.
 func (e *UpstreamError) RetryAfterHint() time.Duration { return e.RetryAfter }
-
-// maxRetryAfter caps what an upstream may ask of our clients: a hostile or
-// confused server must not park them for a day.
-const maxRetryAfter = 5 * time.Minute
-
-// parseRetryAfter reads a Retry-After header, in seconds or as an HTTP
-// date (RFC 9110 10.2.3), relative to now. Zero means absent or unusable.
-func parseRetryAfter(v string, now time.Time) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
-	if strings.Trim(v, "0123456789") == "" {
-		// delay-seconds; too many digits for an int64 is simply "long".
-		secs, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || secs > int64(maxRetryAfter/time.Second) {
-			return maxRetryAfter
-		}
-		return time.Duration(secs) * time.Second
-	}
-	t, err := http.ParseTime(v)
-	if err != nil {
-		return 0
-	}
-	return min(max(t.Sub(now), 0), maxRetryAfter)
-}
 
 // IsBackendFailure reports whether err is the upstream's fault and should
 // count against its circuit breaker: a network error, a timeout, a malformed
@@ -151,8 +126,8 @@ func decodeError(status int, body []byte) *UpstreamError {
 	if e.Message == "" {
 		e.Message = "status " + strconv.Itoa(e.Status)
 	}
-	e.Message = clip(e.Message, maxErrorMessage)
-	e.Type = clip(e.Type, 128)
+	e.Message = upcall.Clip(e.Message, maxErrorMessage)
+	e.Type = upcall.Clip(e.Type, 128)
 	return e
 }
 
@@ -174,19 +149,4 @@ func statusFromCode(code json.RawMessage) int {
 		return http.StatusInternalServerError
 	}
 	return n
-}
-
-// clip cuts s to at most n bytes on a rune boundary and makes it valid
-// UTF-8, so a hostile upstream cannot put arbitrary bytes in our answers.
-func clip(s string, n int) string {
-	if len(s) > n {
-		// Back off to the start of the rune that straddles the cut: at
-		// most UTFMax-1 bytes, since a run of stray continuation bytes is
-		// no rune at all (and would otherwise back off to nothing).
-		for i := 0; i < utf8.UTFMax-1 && n > 0 && !utf8.RuneStart(s[n]); i++ {
-			n--
-		}
-		s = s[:n]
-	}
-	return strings.ToValidUTF8(s, "\uFFFD")
 }

@@ -9,22 +9,20 @@
 package openai
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/shoal-dev/shoal/scheduler"
+	"github.com/shoal-dev/shoal/scheduler/internal/upcall"
 )
 
 // Defaults for the zero values of Config.
@@ -70,18 +68,13 @@ type Config struct {
 // Validate reports the first field that is out of range, by its
 // configuration key.
 func (c Config) Validate() error {
-	u, err := url.Parse(c.URL)
-	switch {
-	case c.Model == "" && c.UpstreamModel == "":
+	if c.Model == "" && c.UpstreamModel == "" {
 		return fmt.Errorf("model must be set")
-	case c.URL == "":
-		return fmt.Errorf("url must be set")
-	case err != nil:
-		return fmt.Errorf("url %q: %w", c.URL, err)
-	case u.Scheme != "http" && u.Scheme != "https", u.Host == "":
-		return fmt.Errorf("url must be an http(s) URL with a host, got %q", c.URL)
-	case u.RawQuery != "" || u.Fragment != "":
-		return fmt.Errorf("url must be a base URL without query or fragment, got %q", c.URL)
+	}
+	if err := upcall.CheckBaseURL(c.URL); err != nil {
+		return err
+	}
+	switch {
 	case c.Timeout < 0:
 		return fmt.Errorf("timeout must not be negative, got %s", c.Timeout)
 	case c.MaxConns < 0:
@@ -145,29 +138,10 @@ func New(cfg Config) (*Backend, error) {
 		noAnswer:    fmt.Errorf("no answer within %s", cfg.Timeout),
 	}
 	if b.client == nil {
-		b.transport = newTransport(cfg)
+		b.transport = upcall.NewTransport(cfg.Timeout, cfg.MaxConns)
 		b.client = &http.Client{Transport: b.transport}
 	}
 	return b, nil
-}
-
-func newTransport(cfg Config) *http.Transport {
-	// Connecting and the TLS handshake are quick or never; a long wait there
-	// only delays noticing a dead upstream.
-	connect := min(cfg.Timeout, 10*time.Second)
-	dialer := &net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}
-	return &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
-		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          cfg.MaxConns,
-		MaxIdleConnsPerHost:   cfg.MaxConns,
-		MaxConnsPerHost:       cfg.MaxConns,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   connect,
-		ResponseHeaderTimeout: cfg.Timeout,
-		ExpectContinueTimeout: time.Second,
-	}
 }
 
 // Close closes the idle pooled connections. Calls still in flight finish
@@ -261,7 +235,7 @@ func slicesChunk[T any](s []T, n int) func(yield func([]T) bool) {
 // proportion to each prompt's and each answer's length in bytes, so the
 // shares add up to the upstream's totals exactly.
 func (b *Backend) runCompletions(runCtx context.Context, tasks []*scheduler.Task, params wireParams) {
-	ctx, stop := groupContext(runCtx, tasks)
+	ctx, stop := upcall.GroupContext(runCtx, tasks)
 	defer stop()
 	prompts := make([]string, len(tasks))
 	for i, t := range tasks {
@@ -275,7 +249,7 @@ func (b *Backend) runCompletions(runCtx context.Context, tasks []*scheduler.Task
 	}
 	answers, u, err := b.call(ctx, b.completions, body, len(tasks), reqID)
 	if err != nil {
-		b.finishAll(tasks, nil, err)
+		upcall.FinishAll(tasks, nil, err)
 		return
 	}
 	results := make([]scheduler.Result, len(tasks))
@@ -294,22 +268,22 @@ func (b *Backend) runCompletions(runCtx context.Context, tasks []*scheduler.Task
 			results[i].PromptTokens, results[i].CompletionTokens = countWords(prompts[i]), countWords(results[i].Text)
 		}
 	}
-	b.finishAll(tasks, results, nil)
+	upcall.FinishAll(tasks, results, nil)
 }
 
 // runChat sends one non-streamed chat request.
 func (b *Backend) runChat(runCtx context.Context, t *scheduler.Task) {
 	tasks := []*scheduler.Task{t}
-	ctx, stop := groupContext(runCtx, tasks)
+	ctx, stop := upcall.GroupContext(runCtx, tasks)
 	defer stop()
 	req := t.Request()
 	body := chatRequest{Model: b.cfg.UpstreamModel, Messages: req.Messages, wireParams: toWire(req.Params)}
 	answers, u, err := b.call(ctx, b.chat, body, 1, req.ID)
 	if err != nil {
-		b.finishAll(tasks, nil, err)
+		upcall.FinishAll(tasks, nil, err)
 		return
 	}
-	b.finishAll(tasks, []scheduler.Result{b.result(req, answers[0], u)}, nil)
+	upcall.FinishAll(tasks, []scheduler.Result{b.result(req, answers[0], u)}, nil)
 }
 
 // result builds a single task's result, estimating usage the upstream did
@@ -328,7 +302,7 @@ func (b *Backend) result(req *scheduler.Request, a answer, u *usage) scheduler.R
 // arrives.
 func (b *Backend) runStream(runCtx context.Context, t *scheduler.Task) {
 	tasks := []*scheduler.Task{t}
-	ctx, stop := groupContext(runCtx, tasks)
+	ctx, stop := upcall.GroupContext(runCtx, tasks)
 	defer stop()
 	req := t.Request()
 	opts := &streamOptions{IncludeUsage: true}
@@ -351,10 +325,10 @@ func (b *Backend) runStream(runCtx context.Context, t *scheduler.Task) {
 	start := time.Now()
 	resp, err := b.post(callCtx, endpoint, body, true, req.ID)
 	if err != nil {
-		b.finishAll(tasks, nil, b.callError(ctx, callCtx, endpoint, 1, start, err))
+		upcall.FinishAll(tasks, nil, b.callError(ctx, callCtx, endpoint, 1, start, err))
 		return
 	}
-	defer closeBody(resp.Body)
+	defer upcall.CloseBody(resp.Body)
 	r := &activityReader{
 		r:     newBoundedReader(resp.Body, b.cfg.MaxResponseBytes),
 		touch: func() { idle.Reset(b.cfg.Timeout) },
@@ -376,7 +350,7 @@ func (b *Backend) runStream(runCtx context.Context, t *scheduler.Task) {
 		res, err = readStream(r, t.Emit)
 	}
 	if err != nil {
-		b.finishAll(tasks, nil, b.callError(ctx, callCtx, endpoint, 1, start, err))
+		upcall.FinishAll(tasks, nil, b.callError(ctx, callCtx, endpoint, 1, start, err))
 		return
 	}
 	// The answer is complete. A compliant server ends the response right
@@ -386,7 +360,7 @@ func (b *Backend) runStream(runCtx context.Context, t *scheduler.Task) {
 	idle.Reset(min(b.cfg.Timeout, drainGrace))
 	b.logger.Debug("upstream stream done", "endpoint", endpoint, "elapsed", time.Since(start))
 	// Without include_usage support upstream, usage is estimated in words.
-	b.finishAll(tasks, []scheduler.Result{b.result(req, answer{Text: res.Text, FinishReason: res.FinishReason}, res.Usage)}, nil)
+	upcall.FinishAll(tasks, []scheduler.Result{b.result(req, answer{Text: res.Text, FinishReason: res.FinishReason}, res.Usage)}, nil)
 }
 
 func isJSON(contentType string) bool {
@@ -403,7 +377,7 @@ func (b *Backend) call(ctx context.Context, endpoint string, body any, n int, re
 	if err != nil {
 		return nil, nil, b.callError(ctx, callCtx, endpoint, n, start, err)
 	}
-	defer closeBody(resp.Body)
+	defer upcall.CloseBody(resp.Body)
 	raw, err := io.ReadAll(newBoundedReader(resp.Body, b.cfg.MaxResponseBytes))
 	if err != nil {
 		return nil, nil, b.callError(ctx, callCtx, endpoint, n, start, err)
@@ -426,26 +400,12 @@ const (
 // post sends one request. A non-2xx answer comes back as *UpstreamError;
 // transport errors come back raw, for callError to classify.
 func (b *Backend) post(ctx context.Context, endpoint string, body any, stream bool, reqID string) (*http.Response, error) {
-	payload, err := json.Marshal(body)
+	req, err := upcall.NewPost(ctx, endpoint, body, stream, reqID)
 	if err != nil {
-		return nil, fmt.Errorf("encode request: %w", err)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, bytes.NewReader(payload))
-	if err != nil {
-		return nil, fmt.Errorf("build request: %w", err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if stream {
-		req.Header.Set("Accept", "text/event-stream")
-	} else {
-		req.Header.Set("Accept", "application/json")
+		return nil, err
 	}
 	if b.cfg.APIKey != "" {
 		req.Header.Set("Authorization", "Bearer "+b.cfg.APIKey)
-	}
-	if reqID != "" {
-		// vLLM and TGI log it, which ties their logs to ours.
-		req.Header.Set("X-Request-ID", reqID)
 	}
 	resp, err := b.client.Do(req)
 	if err != nil {
@@ -453,19 +413,12 @@ func (b *Backend) post(ctx context.Context, endpoint string, body any, stream bo
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-		closeBody(resp.Body)
+		upcall.CloseBody(resp.Body)
 		ue := decodeError(resp.StatusCode, raw)
-		ue.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		ue.RetryAfter = upcall.RetryAfter(resp.Header.Get("Retry-After"), time.Now())
 		return nil, ue
 	}
 	return resp, nil
-}
-
-// closeBody drains a little of what is left, so a connection whose answer
-// was read to its end (or nearly) goes back to the pool, then closes.
-func closeBody(body io.ReadCloser) {
-	_, _ = io.CopyN(io.Discard, body, 4<<10)
-	_ = body.Close()
 }
 
 // callError turns what ended a call into the error its tasks finish with,
@@ -512,54 +465,4 @@ func (b *Backend) callError(ctx, callCtx context.Context, endpoint string, n int
 	}
 	b.logger.Log(ctx, level, "upstream call failed", "endpoint", endpoint, "prompts", n, "elapsed", time.Since(start), "err", err)
 	return err
-}
-
-// finishAll finishes tasks with their results, or with err when there are
-// none. A task whose context has ended gets its context's error whatever
-// the call brought back.
-func (b *Backend) finishAll(tasks []*scheduler.Task, results []scheduler.Result, err error) {
-	for i, t := range tasks {
-		switch {
-		case t.Context().Err() != nil:
-			t.Finish(scheduler.Result{}, t.Context().Err())
-		case err != nil:
-			t.Finish(scheduler.Result{}, err)
-		default:
-			t.Finish(results[i], nil)
-		}
-	}
-}
-
-// groupContext returns a context for one upstream call serving tasks. A
-// task whose context ends is finished at once with its context's error; the
-// call's context is cancelled when every task has ended, or parent has. A
-// call for a single task descends from the task's context, so values on it
-// (trace spans, httptrace hooks) reach the HTTP request. stop releases the
-// watchers.
-func groupContext(parent context.Context, tasks []*scheduler.Task) (ctx context.Context, stop func()) {
-	base := parent
-	if len(tasks) == 1 {
-		base = tasks[0].Context()
-	}
-	ctx, cancel := context.WithCancel(base)
-	var left atomic.Int64
-	left.Store(int64(len(tasks)))
-	stops := make([]func() bool, 0, len(tasks)+1)
-	if base != parent {
-		stops = append(stops, context.AfterFunc(parent, cancel))
-	}
-	for _, t := range tasks {
-		stops = append(stops, context.AfterFunc(t.Context(), func() {
-			t.Finish(scheduler.Result{}, t.Context().Err())
-			if left.Add(-1) == 0 {
-				cancel()
-			}
-		}))
-	}
-	return ctx, func() {
-		for _, s := range stops {
-			s()
-		}
-		cancel()
-	}
 }

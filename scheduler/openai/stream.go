@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	ssefmt "github.com/shoal-dev/shoal/internal/sse"
+	"github.com/shoal-dev/shoal/scheduler/internal/upcall"
 )
 
 // streamResult is what a complete event stream produced.
@@ -53,7 +54,7 @@ func readStream(r io.Reader, emit func(string)) (streamResult, error) {
 			if ev.Name == "error" {
 				return false, decodeError(0, data)
 			}
-			return false, fmt.Errorf("%w: decode event %q: %v", ErrBadResponse, clip(string(data), 120), err)
+			return false, fmt.Errorf("%w: decode event %q: %v", ErrBadResponse, upcall.Clip(string(data), 120), err)
 		}
 		if ev.Name == "error" || chunk.hasError() {
 			return false, decodeError(0, data)

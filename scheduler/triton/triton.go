@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -28,9 +27,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/shoal-dev/shoal/scheduler"
+	"github.com/shoal-dev/shoal/scheduler/internal/upcall"
 )
 
 // Defaults for the zero values of Config.
@@ -81,18 +80,13 @@ type Config struct {
 
 // Validate reports the first field out of range, by its configuration key.
 func (c Config) Validate() error {
-	u, err := url.Parse(c.URL)
-	switch {
-	case c.Model == "" && c.UpstreamModel == "":
+	if c.Model == "" && c.UpstreamModel == "" {
 		return fmt.Errorf("model must be set")
-	case c.URL == "":
-		return fmt.Errorf("url must be set")
-	case err != nil:
-		return fmt.Errorf("url %q: %w", c.URL, err)
-	case u.Scheme != "http" && u.Scheme != "https", u.Host == "":
-		return fmt.Errorf("url must be an http(s) URL with a host, got %q", c.URL)
-	case u.RawQuery != "" || u.Fragment != "":
-		return fmt.Errorf("url must be a base URL without query or fragment, got %q", c.URL)
+	}
+	if err := upcall.CheckBaseURL(c.URL); err != nil {
+		return err
+	}
+	switch {
 	case strings.Contains(c.Version, "/"):
 		return fmt.Errorf("version must not contain '/', got %q", c.Version)
 	case c.Timeout < 0:
@@ -156,13 +150,7 @@ func New(cfg Config) (*Backend, error) {
 	b := &Backend{cfg: cfg, client: cfg.Client, base: base, model: model,
 		logger: logger.With("component", "triton", "model", cfg.Model, "upstream", base)}
 	if b.client == nil {
-		connect := min(cfg.Timeout, 10*time.Second)
-		dialer := &net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}
-		b.transport = &http.Transport{
-			Proxy: http.ProxyFromEnvironment, DialContext: dialer.DialContext, ForceAttemptHTTP2: true,
-			MaxIdleConns: cfg.MaxConns, MaxIdleConnsPerHost: cfg.MaxConns, MaxConnsPerHost: cfg.MaxConns,
-			IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: connect, ResponseHeaderTimeout: cfg.Timeout,
-		}
+		b.transport = upcall.NewTransport(cfg.Timeout, cfg.MaxConns)
 		b.client = &http.Client{Transport: b.transport}
 	}
 	return b, nil
@@ -239,7 +227,7 @@ func (b *Backend) get(ctx context.Context, u string, v any) error {
 	if err != nil {
 		return err
 	}
-	defer closeBody(resp.Body)
+	defer upcall.CloseBody(resp.Body)
 	if resp.StatusCode != http.StatusOK {
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 		return decodeError(resp.StatusCode, raw, resp.Header.Get("Retry-After"))
@@ -322,7 +310,7 @@ type inferBody struct {
 // runInfer sends tasks (which share their parameters) as one infer call
 // with an [n, 1] text_input tensor.
 func (b *Backend) runInfer(runCtx context.Context, tasks []*scheduler.Task, batched bool) {
-	ctx, stop := groupContext(runCtx, tasks)
+	ctx, stop := upcall.GroupContext(runCtx, tasks)
 	defer stop()
 	prompts := make([]string, len(tasks))
 	for i, t := range tasks {
@@ -344,7 +332,7 @@ func (b *Backend) runInfer(runCtx context.Context, tasks []*scheduler.Task, batc
 	start := time.Now()
 	texts, err := b.infer(callCtx, body, len(tasks))
 	if err != nil {
-		finishAll(tasks, nil, b.callError(ctx, callCtx, "infer", len(tasks), start, err))
+		upcall.FinishAll(tasks, nil, b.callError(ctx, callCtx, "infer", len(tasks), start, err))
 		return
 	}
 	b.logger.Debug("upstream infer done", "prompts", len(tasks), "batched", batched, "elapsed", time.Since(start))
@@ -352,7 +340,7 @@ func (b *Backend) runInfer(runCtx context.Context, tasks []*scheduler.Task, batc
 	for i, t := range tasks {
 		results[i] = result(t.Request(), texts[i])
 	}
-	finishAll(tasks, results, nil)
+	upcall.FinishAll(tasks, results, nil)
 }
 
 // result estimates usage in words (the protocol reports none) and the
@@ -372,7 +360,7 @@ func (b *Backend) infer(ctx context.Context, body inferBody, n int) ([]string, e
 	if err != nil {
 		return nil, err
 	}
-	defer closeBody(resp.Body)
+	defer upcall.CloseBody(resp.Body)
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, b.cfg.MaxResponseBytes+1))
 	if err != nil {
 		return nil, err
@@ -422,7 +410,7 @@ func decodeOutputs(raw []byte, n int) ([]string, error) {
 // text_output as it arrives.
 func (b *Backend) runStream(runCtx context.Context, t *scheduler.Task) {
 	tasks := []*scheduler.Task{t}
-	ctx, stop := groupContext(runCtx, tasks)
+	ctx, stop := upcall.GroupContext(runCtx, tasks)
 	defer stop()
 	req := t.Request()
 	callCtx, cancel := context.WithCancelCause(ctx)
@@ -439,10 +427,10 @@ func (b *Backend) runStream(runCtx context.Context, t *scheduler.Task) {
 	start := time.Now()
 	resp, err := b.post(callCtx, b.model+"/generate_stream", body, true, req.ID)
 	if err != nil {
-		finishAll(tasks, nil, b.callError(ctx, callCtx, "generate_stream", 1, start, err))
+		upcall.FinishAll(tasks, nil, b.callError(ctx, callCtx, "generate_stream", 1, start, err))
 		return
 	}
-	defer closeBody(resp.Body)
+	defer upcall.CloseBody(resp.Body)
 	var text strings.Builder
 	read := int64(0)
 	sc := bufio.NewScanner(resp.Body)
@@ -484,30 +472,19 @@ func (b *Backend) runStream(runCtx context.Context, t *scheduler.Task) {
 		err = sc.Err()
 	}
 	if err != nil {
-		finishAll(tasks, nil, b.callError(ctx, callCtx, "generate_stream", 1, start, err))
+		upcall.FinishAll(tasks, nil, b.callError(ctx, callCtx, "generate_stream", 1, start, err))
 		return
 	}
-	finishAll(tasks, []scheduler.Result{result(req, text.String())}, nil)
+	upcall.FinishAll(tasks, []scheduler.Result{result(req, text.String())}, nil)
 }
 
 const maxErrorBody = 64 << 10
 
 // post sends one request; a non-2xx answer comes back as *UpstreamError.
 func (b *Backend) post(ctx context.Context, u string, body any, stream bool, reqID string) (*http.Response, error) {
-	payload, err := json.Marshal(body)
+	req, err := upcall.NewPost(ctx, u, body, stream, reqID)
 	if err != nil {
-		return nil, fmt.Errorf("encode request: %w", err)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(payload))
-	if err != nil {
-		return nil, fmt.Errorf("build request: %w", err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if stream {
-		req.Header.Set("Accept", "text/event-stream")
-	}
-	if reqID != "" {
-		req.Header.Set("X-Request-ID", reqID)
+		return nil, err
 	}
 	resp, err := b.client.Do(req)
 	if err != nil {
@@ -515,15 +492,10 @@ func (b *Backend) post(ctx context.Context, u string, body any, stream bool, req
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-		closeBody(resp.Body)
+		upcall.CloseBody(resp.Body)
 		return nil, decodeError(resp.StatusCode, raw, resp.Header.Get("Retry-After"))
 	}
 	return resp, nil
-}
-
-func closeBody(body io.ReadCloser) {
-	_, _ = io.CopyN(io.Discard, body, 4<<10)
-	_ = body.Close()
 }
 
 // callError turns what ended a call into the error its tasks finish with:
@@ -572,50 +544,6 @@ func IsBackendFailure(err error) bool {
 	return errors.As(err, &ue) && ue.Status >= 500
 }
 
-func finishAll(tasks []*scheduler.Task, results []scheduler.Result, err error) {
-	for i, t := range tasks {
-		switch {
-		case t.Context().Err() != nil:
-			t.Finish(scheduler.Result{}, t.Context().Err())
-		case err != nil:
-			t.Finish(scheduler.Result{}, err)
-		default:
-			t.Finish(results[i], nil)
-		}
-	}
-}
-
-// groupContext returns a context for one upstream call serving tasks: a
-// task whose context ends is finished at once; the call is cancelled when
-// every task has ended, or parent has.
-func groupContext(parent context.Context, tasks []*scheduler.Task) (context.Context, func()) {
-	base := parent
-	if len(tasks) == 1 {
-		base = tasks[0].Context()
-	}
-	ctx, cancel := context.WithCancel(base)
-	var left atomic.Int64
-	left.Store(int64(len(tasks)))
-	stops := make([]func() bool, 0, len(tasks)+1)
-	if base != parent {
-		stops = append(stops, context.AfterFunc(parent, cancel))
-	}
-	for _, t := range tasks {
-		stops = append(stops, context.AfterFunc(t.Context(), func() {
-			t.Finish(scheduler.Result{}, t.Context().Err())
-			if left.Add(-1) == 0 {
-				cancel()
-			}
-		}))
-	}
-	return ctx, func() {
-		for _, s := range stops {
-			s()
-		}
-		cancel()
-	}
-}
-
 // UpstreamError is an error the upstream answered with: a non-2xx status
 // or an error event in a stream. It implements HTTPStatus and
 // RetryAfterHint, so the node answers the client as for the openai
@@ -637,8 +565,6 @@ func (e *UpstreamError) HTTPStatus() int { return e.Status }
 
 // RetryAfterHint is the upstream's Retry-After.
 func (e *UpstreamError) RetryAfterHint() time.Duration { return e.RetryAfter }
-
-const maxRetryAfter = 5 * time.Minute
 
 // decodeError reads the protocol's {"error": "..."} (or any text) of an
 // upstream answer. status 0 means an error event in a stream: 500.
@@ -671,27 +597,7 @@ func decodeError(status int, body []byte, retryAfter string) *UpstreamError {
 	if e.Message == "" {
 		e.Message = "status " + strconv.Itoa(e.Status)
 	}
-	e.Message = clip(e.Message, 1024)
-	if v := strings.TrimSpace(retryAfter); v != "" {
-		if secs, err := strconv.ParseInt(v, 10, 64); err == nil && secs >= 0 {
-			e.RetryAfter = min(time.Duration(secs)*time.Second, maxRetryAfter)
-			if secs > int64(maxRetryAfter/time.Second) {
-				e.RetryAfter = maxRetryAfter
-			}
-		} else if t, err := http.ParseTime(v); err == nil {
-			e.RetryAfter = min(max(time.Until(t), 0), maxRetryAfter)
-		}
-	}
+	e.Message = upcall.Clip(e.Message, 1024)
+	e.RetryAfter = upcall.RetryAfter(retryAfter, time.Now())
 	return e
-}
-
-// clip cuts s to at most n bytes on a rune boundary, valid UTF-8.
-func clip(s string, n int) string {
-	if len(s) > n {
-		for i := 0; i < utf8.UTFMax-1 && n > 0 && !utf8.RuneStart(s[n]); i++ {
-			n--
-		}
-		s = s[:n]
-	}
-	return strings.ToValidUTF8(s, "\uFFFD")
 }

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/shoal-dev/shoal/scheduler"
+	"github.com/shoal-dev/shoal/scheduler/internal/upcall"
 	"github.com/shoal-dev/shoal/scheduler/triton/tritontest"
 )
 
@@ -267,7 +268,7 @@ func FuzzDecodeError(f *testing.F) {
 		if e.Message == "" || len(e.Message) > 1024 || !utf8.ValidString(e.Message) {
 			t.Fatalf("message %q", e.Message)
 		}
-		if e.RetryAfter < 0 || e.RetryAfter > maxRetryAfter {
+		if e.RetryAfter < 0 || e.RetryAfter > upcall.MaxRetryAfter {
 			t.Fatalf("retry after %s", e.RetryAfter)
 		}
 	})
