@@ -5,25 +5,26 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/consensus"
+	"github.com/shoal-dev/shoal/internal/fakeclock"
 )
 
 // BenchmarkObserveBusy records successes at 10,000 requests a second, so
 // the error-rate window holds RateWindow's worth of them (300,000): the
 // cost of one outcome must not grow with the window.
 func BenchmarkObserveBusy(b *testing.B) {
-	clock := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clock := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	r := &replicated{st: map[string]consensus.BreakerState{}}
 	s := New(Config{Node: "n1", FailureThreshold: 3, Timeout: timeout, IsFailure: isFailure, State: r, Proposer: r,
 		Go: func(f func()) { f() }, Clock: clock})
 	step := 100 * time.Microsecond
 	for i := 0; i < int(RateWindow/step); i++ {
-		clock.advance(step)
+		clock.Advance(step)
 		s.Observe("m", nil)
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		clock.advance(step)
+		clock.Advance(step)
 		s.Observe("m", nil)
 	}
 }

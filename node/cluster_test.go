@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/shoal-dev/shoal/consensus"
@@ -230,13 +231,18 @@ func infer(t *testing.T, nd *Node, input string) httpResult {
 
 func TestClusterFormsWithBootstrapExpect(t *testing.T) {
 	tc := mustNewCluster(t, 3, nil)
+	// A follower may see the leader before it has applied the bootstrap
+	// configuration; wait for every node to know all three voters.
 	for _, nd := range tc.nodes {
-		servers, err := nd.Store().Configuration()
-		require.NoError(t, err)
-		require.Len(t, servers, 3)
-		for _, s := range servers {
-			require.True(t, s.Voter, "server %s should vote", s.ID)
-		}
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			servers, err := nd.Store().Configuration()
+			if !assert.NoError(c, err) || !assert.Len(c, servers, 3) {
+				return
+			}
+			for _, s := range servers {
+				assert.True(c, s.Voter, "server %s should vote", s.ID)
+			}
+		}, clusterWait, 20*time.Millisecond)
 	}
 	tc.waitMembers(tc.nodes...)
 	res := doJSON(t, http.MethodGet, "http://"+tc.nodes[1].HTTPAddr()+"/admin/v1/cluster", testToken, nil)
