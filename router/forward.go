@@ -199,8 +199,23 @@ type Reply struct {
 // caller may try another node. A 502 or 503 from the peer counts as such a
 // failure: the peer could not run the request.
 func (f *Forwarder) Forward(ctx context.Context, w http.ResponseWriter, r *http.Request, body []byte, target Candidate, route string) (Reply, error) {
+	if f.peer != nil && target.PeerAddr != "" {
+		reply, err := f.forward(ctx, w, r, body, target, route, true)
+		if !errors.Is(err, errNoPeerRoute) {
+			return reply, err
+		}
+		// A node of an older version serves no requests on its plane
+		// (rolling upgrade): its HTTP port takes them, signed.
+	}
+	return f.forward(ctx, w, r, body, target, route, false)
+}
+
+// errNoPeerRoute: the target's peer plane has no inference endpoints.
+var errNoPeerRoute = errors.New("peer plane serves no forwarded requests")
+
+func (f *Forwarder) forward(ctx context.Context, w http.ResponseWriter, r *http.Request, body []byte, target Candidate, route string, viaPeer bool) (Reply, error) {
 	reply := Reply{Tokens: -1}
-	client, addr, viaPeer := f.client, target.HTTPAddr, f.peer != nil && target.PeerAddr != ""
+	client, addr := f.client, target.HTTPAddr
 	if viaPeer {
 		client, addr = f.peer, target.PeerAddr
 	}
@@ -267,6 +282,12 @@ func (f *Forwarder) Forward(ctx context.Context, w http.ResponseWriter, r *http.
 		// spreading the join) refuses it: another node may not.
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return reply, fmt.Errorf("forward to %s: %w: status %d", target.Node, ErrRetryable, resp.StatusCode)
+	}
+	if viaPeer && resp.StatusCode == http.StatusNotFound && resp.Header.Get("X-Shoal-Node") == "" {
+		// Every answer of the node's request path names the node; a 404
+		// without it is the plane's own: no such endpoint there.
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return reply, fmt.Errorf("forward to %s: %w", target.Node, errNoPeerRoute)
 	}
 	dst := w.Header()
 	for k, vs := range resp.Header {
