@@ -273,6 +273,12 @@ func (f *Forwarder) forward(ctx context.Context, w http.ResponseWriter, r *http.
 		return reply, fmt.Errorf("forward to %s: %w: %w", target.Node, ErrRetryable, err)
 	}
 	defer resp.Body.Close()
+	if viaPeer && resp.StatusCode == http.StatusNotFound && resp.Header.Get("X-Shoal-Node") == "" {
+		// Every answer of the node's request path names the node; a 404
+		// without it is the plane's own: no such endpoint there.
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return reply, fmt.Errorf("forward to %s: %w", target.Node, errNoPeerRoute)
+	}
 	if resp.StatusCode < 500 {
 		f.observe(target, stream, time.Since(sent))
 	}
@@ -282,12 +288,6 @@ func (f *Forwarder) forward(ctx context.Context, w http.ResponseWriter, r *http.
 		// spreading the join) refuses it: another node may not.
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return reply, fmt.Errorf("forward to %s: %w: status %d", target.Node, ErrRetryable, resp.StatusCode)
-	}
-	if viaPeer && resp.StatusCode == http.StatusNotFound && resp.Header.Get("X-Shoal-Node") == "" {
-		// Every answer of the node's request path names the node; a 404
-		// without it is the plane's own: no such endpoint there.
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		return reply, fmt.Errorf("forward to %s: %w", target.Node, errNoPeerRoute)
 	}
 	dst := w.Header()
 	for k, vs := range resp.Header {
