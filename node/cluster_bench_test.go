@@ -147,7 +147,9 @@ func BenchmarkForwardHop(b *testing.B) {
 				cfg.RateLimit.RPM = DevRPM
 				m := &cfg.Models[0]
 				m.Sim.Base, m.Sim.PerItem, m.Sim.TokenInterval = 0, 0, 0
-				m.MaxSize, m.FlushTimeout = 64, 0
+				// A batch of one is full at once: flush_timeout 0 would mean
+				// the default (10 ms), which would hide the hop in noise.
+				m.MaxSize = 1
 				if i == 0 {
 					// The entry node serves another model only, so it must forward.
 					m.Name = "elsewhere"
