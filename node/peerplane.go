@@ -382,9 +382,9 @@ func (n *Node) dialPeer(ctx context.Context, network, addr string) (net.Conn, er
 // trustedForward reports whether a request claiming to be forwarded by a
 // peer really is, so a client cannot skip routing and rate limits by
 // setting the header itself. One the peer plane served is: the plane
-// authenticated its caller. This node forwards nothing through the HTTP
-// port; a forward arriving there (from a node of an older version, during
-// a rolling upgrade) must be signed: its signature must cover this request (method,
+// authenticated its caller. Current nodes forward nothing through the HTTP
+// port; a forward arriving there (from an older node during a rolling
+// upgrade) must be signed: the signature must cover this request (method,
 // path, body, this node as target), be recent and never seen before. Until
 // the cluster has agreed on a secret (the first seconds of a cluster
 // without a gossip key) it falls back to the sender's address being a
