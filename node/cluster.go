@@ -388,7 +388,7 @@ func (n *Node) candidates(model string) []router.Candidate {
 
 // peerCandidate is a peer serving model as its gossiped load l describes it.
 func peerCandidate(m gossip.Member, model string, l gossip.ModelLoad, now time.Time, st *consensus.State) router.Candidate {
-	return router.Candidate{Node: m.Name, Model: model, HTTPAddr: m.Meta.HTTPAddr, QueueDepth: l.QueueDepth, Running: l.InFlight, Slots: l.Slots,
+	return router.Candidate{Node: m.Name, Model: model, HTTPAddr: m.Meta.HTTPAddr, PeerAddr: m.Meta.RaftAddr, QueueDepth: l.QueueDepth, Running: l.InFlight, Slots: l.Slots,
 		ActiveBatches: l.ActiveBatches, MaxBatch: l.MaxBatch, ServiceBase: l.ServiceBase, ServicePerItem: l.ServicePerItem, Prefix: router.PrefixSummary(l.Prefix),
 		LoadAge: now.Sub(m.LoadUpdated), LoadAt: m.LoadUpdated, Open: st.Breaker(m.Name, model).State == consensus.BreakerOpen}
 }

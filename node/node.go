@@ -121,7 +121,7 @@ func New(cfg Config) (*Node, error) {
 		prefixes:        router.NewPrefixIndex(0),
 		defaultBatching: map[string]consensus.BatchingSettings{},
 	}
-	n.fwd = router.NewForwarder(router.ForwarderConfig{Self: cfg.NodeName, Secret: n.forwardSecret})
+	n.fwd = router.NewForwarder(router.ForwarderConfig{Self: cfg.NodeName, Secret: n.forwardSecret, PeerDial: n.dialPeer})
 	n.peer.verifier = router.NewVerifier(cfg.NodeName, 0, 0)
 	n.retries = breaker.NewRetryBudget()
 	n.admin = opsadmin.New(opsadmin.Config{Token: cfg.Admin.Token, Open: cfg.Dev && cfg.Admin.Token == "", Backend: adminBackend{n}, Logger: logger})

@@ -10,10 +10,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/gossip"
+	"github.com/shoal-dev/shoal/httpapi"
 	"github.com/shoal-dev/shoal/peer"
 	"github.com/shoal-dev/shoal/router"
 )
@@ -29,6 +32,9 @@ type peerPlane struct {
 	// key; without one the secret comes from Raft (forwardSecret).
 	keySecret []byte
 	verifier  *router.Verifier
+	// forwardsServed counts inference requests peers forwarded here over
+	// the plane.
+	forwardsServed atomic.Int64
 }
 
 // Peer-plane paths.
@@ -119,6 +125,22 @@ func hostOf(addr string) string {
 func (n *Node) peerRoutes() http.Handler {
 	m := http.NewServeMux()
 	m.HandleFunc("POST "+peerApplyPath, n.peerApply)
+	// Forwarded inference requests: the API's own handlers (a v2 call
+	// arrives as the /v1/infer request its front made of it), behind the
+	// same middleware as the HTTP port (request ID, X-Shoal-Node). The API
+	// is wired before the plane serves (runCluster starts it).
+	api := sync.OnceValue(func() http.Handler {
+		inf := http.NewServeMux()
+		n.api.Register(inf)
+		return httpapi.Middleware(n.cfg.NodeName, n.logger, inf)
+	})
+	m.Handle("POST /v1/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n.peer.forwardsServed.Add(1)
+		// The plane authenticated the caller (TLS under the key, or a
+		// member's address): its call is a forward, trusted as one.
+		r.Header.Set(router.HeaderForwarded, r.Header.Get(peer.HeaderFrom))
+		api().ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), peerCallKey{}, true)))
+	}))
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		peer.Error(w, http.StatusNotFound, "not_found", "no peer endpoint "+r.Method+" "+r.URL.Path)
 	})
@@ -345,14 +367,32 @@ func (n *Node) seedClusterSecret(ctx context.Context) {
 	}
 }
 
+// peerCallKey marks a request's context as served by the peer plane.
+type peerCallKey struct{}
+
+// dialPeer connects to a peer's plane, for the request forwarder.
+func (n *Node) dialPeer(ctx context.Context, network, addr string) (net.Conn, error) {
+	c := n.peer.client
+	if c == nil {
+		return nil, fmt.Errorf("dial peer %s: peer plane not started", addr)
+	}
+	return c.Dial(ctx, network, addr)
+}
+
 // trustedForward reports whether a request claiming to be forwarded by a
 // peer really is, so a client cannot skip routing and rate limits by
-// setting the header itself: its signature must cover this request (method,
+// setting the header itself. One the peer plane served is: the plane
+// authenticated its caller. Current nodes forward nothing through the HTTP
+// port; a forward arriving there (from an older node during a rolling
+// upgrade) must be signed: the signature must cover this request (method,
 // path, body, this node as target), be recent and never seen before. Until
 // the cluster has agreed on a secret (the first seconds of a cluster
 // without a gossip key) it falls back to the sender's address being a
 // member's.
 func (n *Node) trustedForward(r *http.Request, body []byte) bool {
+	if fromPeer, _ := r.Context().Value(peerCallKey{}).(bool); fromPeer {
+		return true
+	}
 	secret := n.forwardSecret()
 	if secret == nil {
 		host, _, err := net.SplitHostPort(r.RemoteAddr)

@@ -257,11 +257,14 @@ func TestLoadPublishesWhileAMembershipChangeBlocks(t *testing.T) {
 
 // stallListener accepts connections whose reads block while stalled: a
 // node frozen mid-flight (as by SIGSTOP) that the kernel still accepts for.
+// On the Raft port it stalls only peer-plane connections, so Raft (and the
+// cluster's leader) stays as it was.
 type stallListener struct {
 	net.Listener
-	stalled atomic.Bool
-	mu      sync.Mutex
-	resume  chan struct{}
+	peerOnly bool
+	stalled  atomic.Bool
+	mu       sync.Mutex
+	resume   chan struct{}
 }
 
 func newStallListener(ln net.Listener) *stallListener {
@@ -291,17 +294,25 @@ type stallConn struct {
 	l      *stallListener
 	once   sync.Once
 	closed chan struct{}
+	// kind is the connection's first byte plus one, once read (the mux
+	// reads it alone); 0 before.
+	kind atomic.Uint32
 }
 
 func (c *stallConn) Read(b []byte) (int, error) {
-	if c.l.stalled.Load() {
+	k := c.kind.Load()
+	if c.l.stalled.Load() && (!c.l.peerOnly || k == uint32(peer.Header)+1) {
 		select {
 		case <-c.l.resume:
 		case <-c.closed:
 			return 0, net.ErrClosed
 		}
 	}
-	return c.Conn.Read(b)
+	n, err := c.Conn.Read(b)
+	if k == 0 && n > 0 {
+		c.kind.Store(uint32(b[0]) + 1)
+	}
+	return n, err
 }
 
 func (c *stallConn) Close() error {
@@ -323,8 +334,10 @@ func TestForwardToAHungPeerRetriesElsewhereInTime(t *testing.T) {
 					cfg.Models = []ModelConfig{DefaultModelConfig("other", "sim")}
 					cfg.Router.Policy = router.PolicyRoundRobin
 				case 1:
-					stall = newStallListener(cfg.HTTPListener)
-					cfg.HTTPListener = stall
+					// Forwards reach it on the peer plane (Raft port).
+					stall = newStallListener(cfg.RaftListener)
+					stall.peerOnly = true
+					cfg.RaftListener = stall
 				}
 			})
 			entry := tc.nodes[0]

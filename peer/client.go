@@ -48,20 +48,21 @@ func NewClient(cfg ClientConfig) *Client {
 	}
 	c := &Client{cfg: cfg}
 	c.pooled = &http.Client{Transport: &http.Transport{
-		DialContext:         c.dial,
+		DialContext:         c.Dial,
 		MaxIdleConnsPerHost: 4,
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
 	}}
 	// A pooled connection may be dead without knowing it (the peer
 	// restarted); the last attempt dials afresh.
-	c.fresh = &http.Client{Transport: &http.Transport{DialContext: c.dial, DisableKeepAlives: true, DisableCompression: true}}
+	c.fresh = &http.Client{Transport: &http.Transport{DialContext: c.Dial, DisableKeepAlives: true, DisableCompression: true}}
 	return c
 }
 
-// dial opens a connection to a peer's Raft port and claims it for the
-// peer plane.
-func (c *Client) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+// Dial opens a connection to a peer's Raft port and claims it for the
+// peer plane: the header byte, then, with a key, the mutual-TLS handshake.
+// Other HTTP clients (the request forwarder) pool connections made by it.
+func (c *Client) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()
 	conn, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, network, addr)

@@ -1,5 +1,6 @@
 // Package peer is shoal's peer plane: the service nodes call each other on
-// (forwarded Raft writes, breaker proposals), apart from the HTTP port
+// (forwarded Raft writes, breaker proposals, forwarded inference
+// requests), apart from the HTTP port
 // clients and operators use. It shares the Raft port: a connection that
 // starts with the byte Header is the peer plane's, any other is Raft's, so
 // there is no extra port to open and Raft's own wire format is unchanged.

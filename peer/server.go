@@ -13,6 +13,10 @@ import (
 // HeaderFrom names the calling node on every peer-plane request.
 const HeaderFrom = "X-Shoal-Peer"
 
+// HeaderRefused is set on the server's own refusals (a caller that is not
+// a member), so a caller can tell them from its handler's answers.
+const HeaderRefused = "X-Shoal-Peer-Refused"
+
 // Members tells the server who belongs to the cluster.
 type Members interface {
 	// Member reports whether name is a current member (a Raft server or a
@@ -58,8 +62,10 @@ func NewServer(cfg ServerConfig) *Server {
 		Handler:           http.HandlerFunc(s.serveHTTP),
 		ReadHeaderTimeout: classifyTimeout,
 		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+		// Forwarded inference requests carry their client's headers, which
+		// the HTTP port admits up to 64 KiB.
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
 	}
 	return s
 }
@@ -78,6 +84,7 @@ func (s *Server) Close() error { return s.srv.Close() }
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	from := r.Header.Get(HeaderFrom)
 	if from == "" {
+		w.Header().Set(HeaderRefused, "1")
 		Error(w, http.StatusForbidden, "peer_unknown", "peer plane: "+HeaderFrom+" is required")
 		return
 	}
@@ -87,6 +94,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		host, _, err := net.SplitHostPort(r.RemoteAddr)
 		if err != nil || s.cfg.Members == nil || !s.cfg.Members.Member(from, host) {
 			s.cfg.Logger.Warn("refused peer call from a non-member", "from", from, "remote", r.RemoteAddr, "path", r.URL.Path)
+			w.Header().Set(HeaderRefused, "1")
 			Error(w, http.StatusForbidden, "peer_unknown", "peer plane: "+from+" at "+host+" is not a cluster member")
 			return
 		}

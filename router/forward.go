@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/shoal-dev/shoal/peer"
 )
 
 // Headers the forwarder uses between nodes.
@@ -54,14 +56,24 @@ type ForwarderConfig struct {
 	MinHeaderTimeout time.Duration
 	// MaxConnsPerHost bounds pooled connections per peer (default 256).
 	MaxConnsPerHost int
+	// PeerDial, when set, dials a peer's peer plane (peer.Client.Dial:
+	// mutual TLS under the cluster key, or a member-checked plain
+	// connection): requests to a target with a PeerAddr go there, unsigned,
+	// since the plane authenticates the caller, and never touch the
+	// target's client HTTP port. Connections are pooled, so a hop costs a
+	// handshake only when the pool has no idle one.
+	PeerDial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Forwarder sends requests to peer nodes over pooled keep-alive HTTP/1.1
-// connections and streams their answers back.
+// connections (on the peer plane when it has a PeerDial) and streams their
+// answers back.
 type Forwarder struct {
-	self      string
-	secret    func() []byte
-	client    *http.Client
+	self   string
+	secret func() []byte
+	client *http.Client
+	// peer carries forwards over the peer plane; nil without PeerDial.
+	peer      *http.Client
 	dialMax   time.Duration
 	minHeader time.Duration
 	// bufs holds the buffers answers are copied through, so a forward
@@ -97,33 +109,41 @@ func NewForwarder(cfg ForwarderConfig) *Forwarder {
 	if cfg.Secret == nil {
 		cfg.Secret = func() []byte { return nil }
 	}
-	dialer := &net.Dialer{KeepAlive: 30 * time.Second}
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		d := cfg.DialTimeout
-		if hop, ok := ctx.Value(hopKey{}).(time.Duration); ok && hop > 0 {
-			d = min(d, hop)
-		}
-		ctx, cancel := context.WithTimeout(ctx, d)
-		defer cancel()
-		return dialer.DialContext(ctx, network, addr)
-	}
 	if cfg.MaxConnsPerHost == 0 {
 		cfg.MaxConnsPerHost = 256
 	}
-	tr := &http.Transport{
-		DialContext:           dial,
-		MaxIdleConns:          cfg.MaxConnsPerHost * 4,
-		MaxIdleConnsPerHost:   cfg.MaxConnsPerHost,
-		MaxConnsPerHost:       cfg.MaxConnsPerHost,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: 0, // per hop, from the target's expected service time (headerTimeout)
-		DisableCompression:    true,
+	// A hop's dial timeout bounds connecting and, on the peer plane, the
+	// TLS handshake.
+	hopDial := func(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return func(ctx context.Context, network, addr string) (net.Conn, error) {
+			d := cfg.DialTimeout
+			if hop, ok := ctx.Value(hopKey{}).(time.Duration); ok && hop > 0 {
+				d = min(d, hop)
+			}
+			ctx, cancel := context.WithTimeout(ctx, d)
+			defer cancel()
+			return dial(ctx, network, addr)
+		}
 	}
-	f := &Forwarder{self: cfg.Self, secret: cfg.Secret, client: &http.Client{Transport: tr},
+	transport := func(dial func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Client {
+		return &http.Client{Transport: &http.Transport{
+			DialContext:           hopDial(dial),
+			MaxIdleConns:          cfg.MaxConnsPerHost * 4,
+			MaxIdleConnsPerHost:   cfg.MaxConnsPerHost,
+			MaxConnsPerHost:       cfg.MaxConnsPerHost,
+			IdleConnTimeout:       90 * time.Second,
+			ResponseHeaderTimeout: 0, // per hop, from the target's expected service time (headerTimeout)
+			DisableCompression:    true,
+		}}
+	}
+	f := &Forwarder{self: cfg.Self, secret: cfg.Secret, client: transport((&net.Dialer{KeepAlive: 30 * time.Second}).DialContext),
 		dialMax: cfg.DialTimeout, minHeader: cfg.MinHeaderTimeout, service: map[serviceKey]time.Duration{}}
 	f.bufs.New = func() any {
 		b := make([]byte, 32<<10)
 		return &b
+	}
+	if cfg.PeerDial != nil {
+		f.peer = transport(cfg.PeerDial)
 	}
 	return f
 }
@@ -186,9 +206,27 @@ type Reply struct {
 // caller may try another node. A 502 or 503 from the peer counts as such a
 // failure: the peer could not run the request.
 func (f *Forwarder) Forward(ctx context.Context, w http.ResponseWriter, r *http.Request, body []byte, target Candidate, route string) (Reply, error) {
+	if f.peer != nil && target.PeerAddr != "" {
+		reply, err := f.forward(ctx, w, r, body, target, route, true)
+		if !errors.Is(err, errNoPeerRoute) {
+			return reply, err
+		}
+		// A node of an older version serves no requests on its plane
+		// (rolling upgrade): its HTTP port takes them, signed.
+	}
+	return f.forward(ctx, w, r, body, target, route, false)
+}
+
+// errNoPeerRoute: the target's peer plane has no inference endpoints.
+var errNoPeerRoute = errors.New("peer plane serves no forwarded requests")
+
+func (f *Forwarder) forward(ctx context.Context, w http.ResponseWriter, r *http.Request, body []byte, target Candidate, route string, viaPeer bool) (Reply, error) {
 	reply := Reply{Tokens: -1}
-	url := "http://" + target.HTTPAddr + r.URL.RequestURI()
-	req, err := http.NewRequestWithContext(ctx, r.Method, url, bytes.NewReader(body))
+	client, addr := f.client, target.HTTPAddr
+	if viaPeer {
+		client, addr = f.peer, target.PeerAddr
+	}
+	req, err := http.NewRequestWithContext(ctx, r.Method, "http://"+addr+r.URL.RequestURI(), bytes.NewReader(body))
 	if err != nil {
 		return reply, fmt.Errorf("forward to %s: %w", target.Node, err)
 	}
@@ -206,10 +244,16 @@ func (f *Forwarder) Forward(ctx context.Context, w http.ResponseWriter, r *http.
 	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil && req.Header.Get("X-Forwarded-For") == "" {
 		req.Header.Set("X-Forwarded-For", host)
 	}
-	if secret := f.secret(); len(secret) > 0 {
+	switch secret := f.secret(); {
+	case viaPeer:
+		// The peer plane authenticated this node already (TLS under the
+		// key, or a member's address); the target trusts the call for it.
+		req.Header.Set(peer.HeaderFrom, f.self)
+		req.Header.Set(HeaderForwarded, f.self)
+	case len(secret) > 0:
 		Sign(secret, req.Header, Forwarded{From: f.self, To: target.Node, Method: r.Method, URI: r.URL.RequestURI(),
 			Body: body, RequestID: req.Header.Get("X-Request-ID")})
-	} else {
+	default:
 		req.Header.Set(HeaderForwarded, f.self)
 	}
 	stream := streamRequested(body)
@@ -220,7 +264,7 @@ func (f *Forwarder) Forward(ctx context.Context, w http.ResponseWriter, r *http.
 	errHop := fmt.Errorf("no response header within %s", hop.Round(time.Millisecond))
 	timer := time.AfterFunc(hop, func() { cancelHop(errHop) })
 	sent := time.Now()
-	resp, err := f.client.Do(req)
+	resp, err := client.Do(req)
 	if !timer.Stop() && err == nil {
 		// The timer fired as the header arrived: the body is cancelled.
 		resp.Body.Close()
@@ -236,10 +280,19 @@ func (f *Forwarder) Forward(ctx context.Context, w http.ResponseWriter, r *http.
 		return reply, fmt.Errorf("forward to %s: %w: %w", target.Node, ErrRetryable, err)
 	}
 	defer resp.Body.Close()
+	if viaPeer && resp.StatusCode == http.StatusNotFound && resp.Header.Get("X-Shoal-Node") == "" {
+		// Every answer of the node's request path names the node; a 404
+		// without it is the plane's own: no such endpoint there.
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return reply, fmt.Errorf("forward to %s: %w", target.Node, errNoPeerRoute)
+	}
 	if resp.StatusCode < 500 {
 		f.observe(target, stream, time.Since(sent))
 	}
-	if resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusServiceUnavailable {
+	if resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusServiceUnavailable ||
+		(viaPeer && resp.Header.Get(peer.HeaderRefused) != "") {
+		// A peer plane that does not know this node yet (gossip still
+		// spreading the join) refuses it: another node may not.
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return reply, fmt.Errorf("forward to %s: %w: status %d", target.Node, ErrRetryable, resp.StatusCode)
 	}
@@ -299,4 +352,7 @@ func streamRequested(body []byte) bool {
 // Close releases pooled connections.
 func (f *Forwarder) Close() {
 	f.client.CloseIdleConnections()
+	if f.peer != nil {
+		f.peer.CloseIdleConnections()
+	}
 }

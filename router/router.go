@@ -54,6 +54,9 @@ var ErrNoCandidate = errors.New("no healthy node serves the model")
 type Candidate struct {
 	Node     string
 	HTTPAddr string
+	// PeerAddr is the target's peer-plane (Raft) address; forwards go
+	// there when the Forwarder has a PeerDial, else to HTTPAddr.
+	PeerAddr string
 	// Model is the model the request names; the forwarder learns its
 	// service time per model to bound each hop.
 	Model string
