@@ -13,6 +13,7 @@ import (
 	"github.com/shoal-dev/shoal/dcache"
 	"github.com/shoal-dev/shoal/gossip"
 	"github.com/shoal-dev/shoal/ops"
+	"github.com/shoal-dev/shoal/raftwrite"
 	"github.com/shoal-dev/shoal/router"
 )
 
@@ -84,6 +85,7 @@ func (n *Node) startConsensus(host string) error {
 		return fmt.Errorf("start raft: %w", err)
 	}
 	n.store = st
+	n.writes = raftwrite.New(raftwrite.Config{Store: st, Peers: n.peer.client, Logger: n.logger})
 	return nil
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/shoal-dev/shoal/ops"
 	opsadmin "github.com/shoal-dev/shoal/ops/admin"
 	"github.com/shoal-dev/shoal/ops/ui"
+	"github.com/shoal-dev/shoal/raftwrite"
 	"github.com/shoal-dev/shoal/ratelimit"
 	"github.com/shoal-dev/shoal/respcache"
 	"github.com/shoal-dev/shoal/router"
@@ -59,6 +60,8 @@ type Node struct {
 	prefixes *router.PrefixIndex
 	// peer is the peer plane (peerplane.go).
 	peer peerPlane
+	// writes commits replicated-state writes from this node (raftwrite).
+	writes *raftwrite.Writer
 
 	metaMu sync.Mutex
 	meta   gossip.Meta

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +17,7 @@ import (
 	"github.com/shoal-dev/shoal/gossip"
 	"github.com/shoal-dev/shoal/httpapi"
 	"github.com/shoal-dev/shoal/peer"
+	"github.com/shoal-dev/shoal/raftwrite"
 	"github.com/shoal-dev/shoal/router"
 )
 
@@ -36,9 +36,6 @@ type peerPlane struct {
 	// the plane.
 	forwardsServed atomic.Int64
 }
-
-// Peer-plane paths.
-const peerApplyPath = "/peer/v1/apply"
 
 // startPeer splits the Raft listener between Raft and the peer plane and
 // returns Raft's share. The plane's server starts with the cluster loop,
@@ -124,7 +121,11 @@ func hostOf(addr string) string {
 
 func (n *Node) peerRoutes() http.Handler {
 	m := http.NewServeMux()
-	m.HandleFunc("POST "+peerApplyPath, n.peerApply)
+	m.HandleFunc("POST "+raftwrite.Path, func(w http.ResponseWriter, r *http.Request) {
+		// The plane serves only after the store and its writer exist
+		// (runCluster starts it).
+		n.writes.ServeHTTP(w, r)
+	})
 	// Forwarded inference requests: the API's own handlers (a v2 call
 	// arrives as the /v1/infer request its front made of it), behind the
 	// same middleware as the HTTP port (request ID, X-Shoal-Node). The API
@@ -145,192 +146,6 @@ func (n *Node) peerRoutes() http.Handler {
 		peer.Error(w, http.StatusNotFound, "not_found", "no peer endpoint "+r.Method+" "+r.URL.Path)
 	})
 	return m
-}
-
-// applyRequest is a write forwarded to the leader.
-type applyRequest struct {
-	Once consensus.Once `json:"once"`
-	// Timeout is how long the caller still waits, in milliseconds.
-	Timeout int64 `json:"timeout_ms"`
-}
-
-type applyResponse struct {
-	Index uint64 `json:"index"`
-}
-
-// Peer-plane error codes of peerApply, read back by forwardWrite.
-const (
-	codeNotLeader      = "not_leader"
-	codeUnavailable    = "unavailable"
-	codeInvalid        = "invalid_command"
-	codeBreaker        = "breaker_conflict"
-	codeUnknownTenant  = "unknown_tenant"
-	codeTenantInUse    = "tenant_in_use"
-	codeEarlierFailed  = "earlier_attempt_failed"
-	codeApplyTimedOut  = "timeout"
-	maxForwardedWait   = 30 * time.Second
-	defaultForwardWait = 10 * time.Second
-)
-
-// peerApply commits a write a follower forwarded.
-func (n *Node) peerApply(w http.ResponseWriter, r *http.Request) {
-	var req applyRequest
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
-		peer.Error(w, http.StatusBadRequest, codeInvalid, "decode write: "+err.Error())
-		return
-	}
-	wait := defaultForwardWait
-	if req.Timeout > 0 {
-		wait = min(time.Duration(req.Timeout)*time.Millisecond, maxForwardedWait)
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), wait)
-	defer cancel()
-	idx, err := n.store.Apply(ctx, req.Once)
-	var ve *consensus.ValidationError
-	switch {
-	case err == nil:
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(applyResponse{Index: idx})
-	case errors.Is(err, consensus.ErrNotLeader), errors.Is(err, consensus.ErrNoLeader):
-		peer.Error(w, http.StatusMisdirectedRequest, codeNotLeader, err.Error())
-	case errors.Is(err, consensus.ErrLeadershipLost), errors.Is(err, consensus.ErrShutdown):
-		peer.Error(w, http.StatusServiceUnavailable, codeUnavailable, err.Error())
-	case errors.As(err, &ve), errors.Is(err, consensus.ErrInvalidCommand):
-		peer.Error(w, http.StatusBadRequest, codeInvalid, err.Error())
-	case errors.Is(err, consensus.ErrBreakerConflict):
-		peer.Error(w, http.StatusConflict, codeBreaker, err.Error())
-	case errors.Is(err, consensus.ErrUnknownTenant):
-		peer.Error(w, http.StatusConflict, codeUnknownTenant, err.Error())
-	case errors.Is(err, consensus.ErrTenantInUse):
-		peer.Error(w, http.StatusConflict, codeTenantInUse, err.Error())
-	case errors.Is(err, consensus.ErrEarlierAttemptFailed):
-		peer.Error(w, http.StatusConflict, codeEarlierFailed, err.Error())
-	case errors.Is(err, context.DeadlineExceeded):
-		peer.Error(w, http.StatusGatewayTimeout, codeApplyTimedOut, err.Error())
-	default:
-		peer.Error(w, http.StatusInternalServerError, "internal", err.Error())
-	}
-}
-
-// applyCommand commits cmd through Raft and returns once this node's own
-// state reflects it (read-your-write). The write carries an ID kept across
-// retries (consensus.Once): it is proposed here when this node leads, else
-// sent to the leader over the peer plane, and retried, following a new
-// leader, until it commits or ctx ends. A retry of a write that did commit
-// is answered with its first outcome, never applied twice.
-func (n *Node) applyCommand(ctx context.Context, cmd consensus.Command) error {
-	if err := cmd.Validate(); err != nil {
-		return err
-	}
-	once, err := consensus.NewOnce(router.NewID(), cmd)
-	if err != nil {
-		return err
-	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, consensus.DefaultApplyTimeout)
-		defer cancel()
-	}
-	backoff := 20 * time.Millisecond
-	for {
-		idx, err := n.applyAttempt(ctx, once)
-		if err == nil {
-			if werr := n.store.WaitApplied(ctx, idx); werr != nil {
-				// Committed: a success, even if this node has not caught up.
-				n.logger.Debug("write committed; local state not caught up yet", "index", idx, "err", werr)
-			}
-			return nil
-		}
-		if !retryableWrite(err) || ctx.Err() != nil {
-			if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
-				return fmt.Errorf("write %s: %w (last attempt: %w)", once.ID, ctx.Err(), err)
-			}
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("write %s: %w (last attempt: %w)", once.ID, ctx.Err(), err)
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 250*time.Millisecond)
-	}
-}
-
-// retryableWrite says whether a write may be tried again: nothing was
-// decided about it (no leader, leader changed or unreachable, an attempt's
-// own time ran out).
-func retryableWrite(err error) bool {
-	return errors.Is(err, consensus.ErrNoLeader) || errors.Is(err, consensus.ErrNotLeader) ||
-		errors.Is(err, consensus.ErrLeadershipLost) || errors.Is(err, errAttemptTimedOut)
-}
-
-var errAttemptTimedOut = errors.New("write attempt timed out")
-
-// applyAttempt proposes once here, or forwards it to the leader Raft knows
-// now; the leader's Raft address is its peer-plane address.
-func (n *Node) applyAttempt(ctx context.Context, once consensus.Once) (uint64, error) {
-	idx, err := n.store.Apply(ctx, once)
-	if !errors.Is(err, consensus.ErrNotLeader) {
-		return idx, err
-	}
-	leader, addr := n.store.LeaderID(), n.store.LeaderAddr()
-	if addr == "" {
-		return 0, fmt.Errorf("forward write: %w", consensus.ErrNoLeader)
-	}
-	// A leader that dies or hangs mid-call must leave time to retry with
-	// its successor.
-	left := time.Until(deadlineOf(ctx))
-	actx, cancel := context.WithTimeout(ctx, min(left, max(left/2, 2*time.Second)))
-	defer cancel()
-	body, err := json.Marshal(applyRequest{Once: once, Timeout: time.Until(deadlineOf(actx)).Milliseconds()})
-	if err != nil {
-		return 0, fmt.Errorf("encode write: %w", err)
-	}
-	resp, err := n.peer.client.Post(actx, addr, peerApplyPath, body)
-	if err != nil {
-		if ctx.Err() == nil && actx.Err() != nil {
-			return 0, fmt.Errorf("forward write to leader %s: %w", leader, errAttemptTimedOut)
-		}
-		return 0, fmt.Errorf("forward write to leader %s: %w: %w", leader, consensus.ErrNoLeader, err)
-	}
-	if resp.Status == http.StatusOK {
-		var ar applyResponse
-		if err := resp.Decode(&ar); err != nil {
-			return 0, fmt.Errorf("leader %s answer: %w", leader, err)
-		}
-		return ar.Index, nil
-	}
-	msg, code := resp.ErrorMessage()
-	msg = "leader " + leader + ": " + msg
-	switch code {
-	case codeNotLeader:
-		return 0, fmt.Errorf("%s: %w", msg, consensus.ErrNotLeader)
-	case codeUnavailable:
-		return 0, fmt.Errorf("%s: %w", msg, consensus.ErrLeadershipLost)
-	case codeApplyTimedOut:
-		return 0, fmt.Errorf("%s: %w", msg, errAttemptTimedOut)
-	case codeInvalid:
-		return 0, fmt.Errorf("%s: %w", msg, consensus.ErrInvalidCommand)
-	case codeBreaker:
-		return 0, fmt.Errorf("%s: %w", msg, consensus.ErrBreakerConflict)
-	case codeUnknownTenant:
-		return 0, fmt.Errorf("%s: %w", msg, consensus.ErrUnknownTenant)
-	case codeTenantInUse:
-		return 0, fmt.Errorf("%s: %w", msg, consensus.ErrTenantInUse)
-	case codeEarlierFailed:
-		return 0, fmt.Errorf("%s: %w", msg, consensus.ErrEarlierAttemptFailed)
-	}
-	if resp.Status == http.StatusForbidden {
-		return 0, fmt.Errorf("%s (is this node's address one the cluster knows?)", msg)
-	}
-	return 0, errors.New(msg)
-}
-
-func deadlineOf(ctx context.Context) time.Time {
-	if dl, ok := ctx.Deadline(); ok {
-		return dl
-	}
-	return time.Now().Add(consensus.DefaultApplyTimeout)
 }
 
 // forwardSecret is the key forwarded inference requests are signed with:
@@ -418,4 +233,10 @@ func (n *Node) trustedForward(r *http.Request, body []byte) bool {
 		return false
 	}
 	return true
+}
+
+// applyCommand commits cmd through Raft from this node (raftwrite.Writer):
+// once, following the leader, read-your-write.
+func (n *Node) applyCommand(ctx context.Context, cmd consensus.Command) error {
+	return n.writes.Apply(ctx, cmd)
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/peer"
+	"github.com/shoal-dev/shoal/raftwrite"
 	"github.com/shoal-dev/shoal/router"
 )
 
@@ -108,7 +109,7 @@ func TestPeerPlaneRefusesCallersWithoutTheKey(t *testing.T) {
 	body := applyBody(t, "w1", 7)
 
 	plain := peer.NewClient(peer.ClientConfig{Self: n.Name(), Attempts: 1})
-	resp, err := plain.Post(ctx, n.Store().Addr(), peerApplyPath, body)
+	resp, err := plain.Post(ctx, n.Store().Addr(), raftwrite.Path, body)
 	if err == nil {
 		// net/http's TLS server answers plain HTTP with a bare 400.
 		require.Equal(t, http.StatusBadRequest, resp.Status, "no TLS: %s", resp.Body)
@@ -116,7 +117,7 @@ func TestPeerPlaneRefusesCallersWithoutTheKey(t *testing.T) {
 	otherTLS, err := consensus.ClusterTLS([]byte("not the cluster key, another one"))
 	require.NoError(t, err)
 	other := peer.NewClient(peer.ClientConfig{Self: n.Name(), TLS: otherTLS, Attempts: 1})
-	_, err = other.Post(ctx, n.Store().Addr(), peerApplyPath, body)
+	_, err = other.Post(ctx, n.Store().Addr(), raftwrite.Path, body)
 	require.ErrorIs(t, err, peer.ErrUnreachable, "TLS under another key")
 	require.NotEqual(t, 7, n.Store().State().Batching[testModel].MaxSize)
 
@@ -125,14 +126,14 @@ func TestPeerPlaneRefusesCallersWithoutTheKey(t *testing.T) {
 	keyTLS, err := consensus.ClusterTLS(raw)
 	require.NoError(t, err)
 	member := peer.NewClient(peer.ClientConfig{Self: n.Name(), TLS: keyTLS, Attempts: 1})
-	resp, err = member.Post(ctx, n.Store().Addr(), peerApplyPath, body)
+	resp, err = member.Post(ctx, n.Store().Addr(), raftwrite.Path, body)
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, resp.Status, "%s", resp.Body)
 	require.Equal(t, 7, n.Store().State().Batching[testModel].MaxSize)
 
 	open := startTestNode(t, func(c *Config) { c.NodeName = "open-node" })
 	stranger := peer.NewClient(peer.ClientConfig{Self: "stranger", Attempts: 1})
-	resp, err = stranger.Post(ctx, open.Store().Addr(), peerApplyPath, body)
+	resp, err = stranger.Post(ctx, open.Store().Addr(), raftwrite.Path, body)
 	require.NoError(t, err)
 	require.Equal(t, http.StatusForbidden, resp.Status, "%s", resp.Body)
 }
@@ -142,7 +143,7 @@ func applyBody(t *testing.T, id string, maxSize int) []byte {
 	once, err := consensus.NewOnce(id, consensus.SetBatching{Model: testModel,
 		Settings: consensus.BatchingSettings{MaxSize: maxSize, FlushTimeout: time.Millisecond}})
 	require.NoError(t, err)
-	b, err := json.Marshal(applyRequest{Once: once})
+	b, err := json.Marshal(raftwrite.Request{Once: once})
 	require.NoError(t, err)
 	return b
 }
