@@ -1,0 +1,157 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/shoal-dev/shoal/httpapi"
+	"github.com/shoal-dev/shoal/router"
+)
+
+// Multi-node scenarios run in every clusterMode (cluster_test.go holds the
+// others): a protection that holds only with the admin token or the gossip
+// key set is switched off for the users who set neither.
+
+// A request entering at a node that does not serve the model is answered
+// from the cache another node filled; a client spreading its requests over
+// every node gets rate_limit.rpm once, not once per node.
+func TestForwardedCacheHitAndClusterRateLimit(t *testing.T) {
+	forEachMode(t, func(t *testing.T, mode clusterMode) {
+		const rpm = 8
+		tc := olricCluster(t, 3, mode.with(func(i int, cfg *Config) {
+			cfg.RateLimit.RPM = rpm
+			if i == 0 {
+				cfg.Models[0].Name = "elsewhere"
+			}
+		}))
+		entry, a := tc.nodes[0], tc.nodes[1]
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			assert.Len(c, entry.candidates("sim-fast"), 2)
+		}, clusterWait, 20*time.Millisecond)
+
+		window := time.Now().Truncate(time.Minute)
+		first := deterministicInfer(t, a, "matrix question", nil)
+		require.Equal(t, http.StatusOK, first.status, string(first.body))
+		require.Equal(t, httpapi.CacheMiss, first.header.Get("X-Shoal-Cache"))
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			_, found, err := entry.cache.Get(context.Background(), "sim-fast", mustCacheKey(t, "matrix question"))
+			assert.NoError(c, err)
+			assert.True(c, found)
+		}, clusterWait, 10*time.Millisecond, "the answer was never stored")
+		hit := deterministicInfer(t, entry, "matrix question", nil)
+		require.Equal(t, http.StatusOK, hit.status, string(hit.body))
+		require.Equal(t, httpapi.CacheHit, hit.header.Get("X-Shoal-Cache"), "route %q", hit.header.Get(router.HeaderRoute))
+		require.Equal(t, outputText(t, first.body), outputText(t, hit.body))
+
+		// Fixed one-minute windows: a burst that crosses a minute boundary
+		// starts a fresh window and proves nothing, so it runs again.
+		for attempt := 0; ; attempt++ {
+			start := time.Now().Truncate(time.Minute)
+			admitted, limited := 0, 0
+			for i := range 3 * rpm {
+				res := inferWithKey(t, tc.nodes[i%3], "")
+				switch res.status {
+				case http.StatusOK:
+					admitted++
+				case http.StatusTooManyRequests:
+					limited++
+					require.NotEmpty(t, res.header.Get("Retry-After"))
+				default:
+					t.Fatalf("request %d at %s: %d %s", i, tc.nodes[i%3].Name(), res.status, res.body)
+				}
+			}
+			if !time.Now().Truncate(time.Minute).Equal(start) {
+				require.Less(t, attempt, 2, "every burst crossed a minute boundary")
+				continue
+			}
+			bound := rpm
+			if start.Equal(window) {
+				bound-- // the miss above was charged to this window
+			}
+			t.Logf("admitted %d of %d (bound %d)", admitted, 3*rpm, bound)
+			require.LessOrEqual(t, admitted, bound, "the limit applied per node, not cluster-wide")
+			require.Positive(t, admitted)
+			require.Positive(t, limited)
+			return
+		}
+	})
+}
+
+// A peer whose HTTP accepts connections and never answers (a node frozen
+// mid-flight; its gossip still says it is alive and idle) does not cost
+// the healthy nodes their answers: every request entering at them succeeds
+// within its deadline, those sent to the paused peer first retried
+// elsewhere.
+func TestPausedPeerDoesNotHurtHealthyNodes(t *testing.T) {
+	forEachMode(t, func(t *testing.T, mode clusterMode) {
+		var stall *stallListener
+		tc := mustNewCluster(t, 3, mode.with(func(i int, cfg *Config) {
+			// Queues form on the entry nodes, so they forward.
+			cfg.Models[0].Sim.Base = 20 * time.Millisecond
+			cfg.Models[0].MaxSize = 2
+			if i == 1 {
+				stall = newStallListener(cfg.HTTPListener)
+				cfg.HTTPListener = stall
+			}
+		}))
+		tc.waitMembers(tc.nodes...)
+		stall.stall()
+		t.Cleanup(stall.release) // before the nodes stop
+
+		healthy := []*Node{tc.nodes[0], tc.nodes[2]}
+		var mu sync.Mutex
+		var failures []string
+		retried := 0
+		var wg sync.WaitGroup
+		for c := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range 4 {
+					nd := healthy[(c+i)%2]
+					body := fmt.Sprintf(`{"model":"sim-fast","input":"paused %d/%d","parameters":{"temperature":1}}`, c, i)
+					status, route, detail := postTimed(nd, body, "6s")
+					mu.Lock()
+					if status != http.StatusOK {
+						failures = append(failures, fmt.Sprintf("%s: %d %s", nd.Name(), status, detail))
+					}
+					if strings.Contains(route, "retry") {
+						retried++
+					}
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		require.Empty(t, failures)
+		require.Positive(t, retried, "no request went to the paused peer first: the scenario tested nothing")
+	})
+}
+
+// postTimed posts an infer body with X-Shoal-Timeout; it returns the
+// status (0 when the request itself failed), the route header and the body
+// or error. It never fails the test, so goroutines may call it.
+func postTimed(nd *Node, body, timeout string) (status int, route, detail string) {
+	req, err := http.NewRequest(http.MethodPost, baseURL(nd)+"/v1/infer", strings.NewReader(body))
+	if err != nil {
+		return 0, "", err.Error()
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Shoal-Timeout", timeout)
+	resp, err := rawClient().Do(req)
+	if err != nil {
+		return 0, "", err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header.Get(router.HeaderRoute), string(b)
+}
