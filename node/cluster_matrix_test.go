@@ -33,24 +33,34 @@ func TestForwardedCacheHitAndClusterRateLimit(t *testing.T) {
 				cfg.Models[0].Name = "elsewhere"
 			}
 		}))
-		entry, a := tc.nodes[0], tc.nodes[1]
+		entry := tc.nodes[0]
 		require.EventuallyWithT(t, func(c *assert.CollectT) {
 			assert.Len(c, entry.candidates("sim-fast"), 2)
 		}, clusterWait, 20*time.Millisecond)
 
+		// The entry node cannot run the model: the miss is forwarded, and
+		// the answer stored where it ran serves the other nodes.
 		window := time.Now().Truncate(time.Minute)
-		first := deterministicInfer(t, a, "matrix question", nil)
+		first := deterministicInfer(t, entry, "matrix question", nil)
 		require.Equal(t, http.StatusOK, first.status, string(first.body))
 		require.Equal(t, httpapi.CacheMiss, first.header.Get("X-Shoal-Cache"))
+		ran := first.header.Get("X-Shoal-Node")
+		require.NotEqual(t, entry.Name(), ran, "node 0 cannot run sim-fast: the request must be forwarded")
 		require.EventuallyWithT(t, func(c *assert.CollectT) {
 			_, found, err := entry.cache.Get(context.Background(), "sim-fast", mustCacheKey(t, "matrix question"))
 			assert.NoError(c, err)
 			assert.True(c, found)
 		}, clusterWait, 10*time.Millisecond, "the answer was never stored")
-		hit := deterministicInfer(t, entry, "matrix question", nil)
-		require.Equal(t, http.StatusOK, hit.status, string(hit.body))
-		require.Equal(t, httpapi.CacheHit, hit.header.Get("X-Shoal-Cache"), "route %q", hit.header.Get(router.HeaderRoute))
-		require.Equal(t, outputText(t, first.body), outputText(t, hit.body))
+		for _, nd := range tc.nodes {
+			if nd.Name() == ran {
+				continue
+			}
+			hit := deterministicInfer(t, nd, "matrix question", nil)
+			require.Equal(t, http.StatusOK, hit.status, string(hit.body))
+			require.Equal(t, httpapi.CacheHit, hit.header.Get("X-Shoal-Cache"), "at %s", nd.Name())
+			require.Equal(t, outputText(t, first.body), outputText(t, hit.body))
+		}
+		const spent = 3 // the miss and two hits, all from this client
 
 		// Fixed one-minute windows: a burst that crosses a minute boundary
 		// starts a fresh window and proves nothing, so it runs again.
@@ -75,7 +85,7 @@ func TestForwardedCacheHitAndClusterRateLimit(t *testing.T) {
 			}
 			bound := rpm
 			if start.Equal(window) {
-				bound-- // the miss above was charged to this window
+				bound -= spent
 			}
 			t.Logf("admitted %d of %d (bound %d)", admitted, 3*rpm, bound)
 			require.LessOrEqual(t, admitted, bound, "the limit applied per node, not cluster-wide")

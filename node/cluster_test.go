@@ -449,7 +449,9 @@ func TestRequestsSpreadAndDeadNodeStopsReceiving(t *testing.T) {
 		require.Len(t, served, 3, "work should reach every node: %v", served)
 
 		dead := tc.nodes[2]
+		stopped := time.Now()
 		stopNode(dead)
+		t.Logf("stopped %s in %s", dead.Name(), time.Since(stopped))
 		require.Eventually(t, func() bool {
 			for _, c := range tc.nodes[0].candidates("sim-fast") {
 				if c.Node == dead.Name() {
@@ -458,6 +460,7 @@ func TestRequestsSpreadAndDeadNodeStopsReceiving(t *testing.T) {
 			}
 			return true
 		}, clusterWait, 10*time.Millisecond, "dead node still a candidate")
+		t.Logf("dropped as a candidate %s after the stop began", time.Since(stopped))
 		served = countServed(t, tc.nodes[0], 40, 8)
 		require.NotContains(t, served, dead.Name())
 	})
