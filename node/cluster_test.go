@@ -270,14 +270,18 @@ func infer(t *testing.T, nd *Node, input string) httpResult {
 func TestClusterFormsWithBootstrapExpect(t *testing.T) {
 	forEachMode(t, func(t *testing.T, mode clusterMode) {
 		tc := mustNewCluster(t, 3, mode.with(nil))
-		for _, nd := range tc.nodes {
-			servers, err := nd.Store().Configuration()
-			require.NoError(t, err)
-			require.Len(t, servers, 3)
-			for _, s := range servers {
-				require.True(t, s.Voter, "server %s should vote", s.ID)
+		// Naming the leader does not mean a node has applied the whole
+		// configuration yet (seen under -race).
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			for _, nd := range tc.nodes {
+				servers, err := nd.Store().Configuration()
+				assert.NoError(c, err)
+				assert.Len(c, servers, 3, nd.Name())
+				for _, s := range servers {
+					assert.True(c, s.Voter, "server %s should vote", s.ID)
+				}
 			}
-		}
+		}, clusterWait, 20*time.Millisecond)
 		tc.waitMembers(tc.nodes...)
 		url := "http://" + tc.nodes[1].HTTPAddr() + "/admin/v1/cluster"
 		if !mode.token {
