@@ -96,28 +96,40 @@ func TestForwardedCacheHitAndClusterRateLimit(t *testing.T) {
 	})
 }
 
-// A peer whose HTTP accepts connections and never answers (a node frozen
-// mid-flight; its gossip still says it is alive and idle) does not cost
-// the healthy nodes their answers: every request entering at them succeeds
-// within its deadline, those sent to the paused peer first retried
-// elsewhere.
+// A peer whose HTTP and Raft ports (the peer plane shares the latter)
+// accept connections and never answer (a node frozen mid-flight; its
+// gossip still says it is alive and idle) does not cost the healthy nodes
+// their answers: every request entering at them succeeds within its
+// deadline, those sent to the paused peer first retried elsewhere, and a
+// write still commits.
 func TestPausedPeerDoesNotHurtHealthyNodes(t *testing.T) {
 	forEachMode(t, func(t *testing.T, mode clusterMode) {
-		var stall *stallListener
+		httpStall := make([]*stallListener, 3)
+		raftStall := make([]*stallListener, 3)
 		tc := mustNewCluster(t, 3, mode.with(func(i int, cfg *Config) {
 			// Queues form on the entry nodes, so they forward.
 			cfg.Models[0].Sim.Base = 20 * time.Millisecond
 			cfg.Models[0].MaxSize = 2
-			if i == 1 {
-				stall = newStallListener(cfg.HTTPListener)
-				cfg.HTTPListener = stall
-			}
+			httpStall[i] = newStallListener(cfg.HTTPListener)
+			raftStall[i] = newStallListener(cfg.RaftListener)
+			cfg.HTTPListener, cfg.RaftListener = httpStall[i], raftStall[i]
 		}))
 		tc.waitMembers(tc.nodes...)
-		stall.stall()
-		t.Cleanup(stall.release) // before the nodes stop
+		leader := tc.waitLeader(tc.nodes...)
+		var healthy []*Node
+		paused := -1
+		for i, nd := range tc.nodes {
+			if paused < 0 && nd.Name() != leader {
+				paused = i
+				continue
+			}
+			healthy = append(healthy, nd)
+		}
+		httpStall[paused].stall()
+		raftStall[paused].stall()
+		t.Cleanup(httpStall[paused].release) // before the nodes stop
+		t.Cleanup(raftStall[paused].release)
 
-		healthy := []*Node{tc.nodes[0], tc.nodes[2]}
 		var mu sync.Mutex
 		var failures []string
 		retried := 0
@@ -144,6 +156,14 @@ func TestPausedPeerDoesNotHurtHealthyNodes(t *testing.T) {
 		wg.Wait()
 		require.Empty(t, failures)
 		require.Positive(t, retried, "no request went to the paused peer first: the scenario tested nothing")
+
+		// The leader and the healthy follower are a majority.
+		follower := healthy[0]
+		if follower.Name() == leader {
+			follower = healthy[1]
+		}
+		mode.setBatching(t, follower, 3, 2*time.Millisecond)
+		waitBatching(t, healthy, 3, 2*time.Millisecond)
 	})
 }
 
