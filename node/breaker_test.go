@@ -70,6 +70,7 @@ func inferUp(t require.TestingT, nd *Node, i int) httpResult {
 func TestBreakerOpensOnFailingUpstreamAndClosesAfterRecovery(t *testing.T) {
 	ups := []*upstream{newUpstream(t), newUpstream(t), newUpstream(t)}
 	tc := mustNewCluster(t, 3, func(i int, cfg *Config) {
+		withAdminToken(i, cfg)
 		cfg.Models = []ModelConfig{openAIModel(ups[i].srv.URL)}
 		cfg.CircuitBreaker.FailureThreshold = 3
 		cfg.CircuitBreaker.Timeout = 500 * time.Millisecond

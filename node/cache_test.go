@@ -90,7 +90,7 @@ func outputText(t *testing.T, body []byte) string {
 }
 
 func TestCacheAnswerComputedOnOneNodeHitsOnAnother(t *testing.T) {
-	tc := olricCluster(t, 3, nil)
+	tc := olricCluster(t, 3, withAdminToken)
 	a, b := tc.nodes[0], tc.nodes[1]
 	first := deterministicInfer(t, a, "shared   question", nil)
 	require.Equal(t, http.StatusOK, first.status, string(first.body))
@@ -278,7 +278,7 @@ func TestCachedAnswersExpireAfterTheirTTL(t *testing.T) {
 // password cannot read them; Raft speaks TLS.
 func TestGossipKeySecuresCacheAndRaft(t *testing.T) {
 	const key = "cg8StVXbQJ0gPvMd9o7yrg=="
-	tc := olricCluster(t, 2, func(i int, cfg *Config) { cfg.Gossip.EncryptKey = key })
+	tc := olricCluster(t, 2, func(i int, cfg *Config) { withAdminToken(i, cfg); cfg.Gossip.EncryptKey = key })
 	a, b := tc.nodes[0], tc.nodes[1]
 	first := deterministicInfer(t, a, "secured question", nil)
 	require.Equal(t, http.StatusOK, first.status, string(first.body))
@@ -365,7 +365,7 @@ func TestCacheScopeKeyKeepsKeysApart(t *testing.T) {
 // With auth required the cache defaults to the tenant scope: keys of one
 // tenant share answers, another tenant's key learns nothing from a hit.
 func TestCacheScopeDefaultsToTenantWhenAuthRequired(t *testing.T) {
-	nd := mustNewCluster(t, 1, nil).nodes[0]
+	nd := mustNewCluster(t, 1, withAdminToken).nodes[0]
 	putLimits(t, nd, map[string]any{"default_rpm": 1000, "auth_required": true,
 		"tenants": map[string]any{"acme": map[string]any{"rpm": 0}, "globex": map[string]any{"rpm": 0}}})
 	const acme1, acme2, globex = "sk-acme-one-000000000000", "sk-acme-two-000000000000", "sk-globex-000000000000000"

@@ -11,7 +11,7 @@ import (
 // write to each survivor, before they have noticed: the write must wait out the election and
 // succeed, not fail because the old leader is gone or no leader is known yet.
 func TestAdminWriteDuringFailoverWaitsForNewLeader(t *testing.T) {
-	tc := mustNewCluster(t, 3, nil)
+	tc := mustNewCluster(t, 3, withAdminToken)
 	tc.waitMembers(tc.nodes...)
 	leader := tc.node(tc.waitLeader(tc.nodes...))
 	stopNode(leader)

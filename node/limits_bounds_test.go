@@ -108,7 +108,7 @@ func TestDefaultClientLimitAtNodeLevel(t *testing.T) {
 // A tenant's limit binds all its keys together, at node level: two keys of one tenant with
 // generous limits of their own share the tenant's 6 per minute.
 func TestTenantLimitAtNodeLevel(t *testing.T) {
-	tc := mustNewCluster(t, 1, nil)
+	tc := mustNewCluster(t, 1, withAdminToken)
 	nd := tc.nodes[0]
 	putLimits(t, nd, map[string]any{"default_rpm": 0, "tenants": map[string]any{"acme": map[string]any{"rpm": 6}}})
 	keys := []string{"sk-acme-one-0123456789abcdef", "sk-acme-two-0123456789abcdef"}

@@ -54,7 +54,7 @@ func inferWithKey(t *testing.T, nd *Node, key string) httpResult {
 // three times: per window at most 110% of it is admitted, and at least 95%
 // when the client asked for more.
 func TestEndpointLimitIsEnforcedClusterWide(t *testing.T) {
-	tc := olricCluster(t, 3, nil)
+	tc := olricCluster(t, 3, withAdminToken)
 	const limit = 60
 	// Set through a follower: the change applies everywhere.
 	putLimits(t, tc.nodes[1], map[string]any{"default_rpm": 0, "endpoints": map[string]any{"/v1/infer": map[string]any{"rpm": limit}}})
@@ -103,7 +103,7 @@ func TestEndpointLimitIsEnforcedClusterWide(t *testing.T) {
 }
 
 func TestAuthRequiredRejectsUnknownKeys(t *testing.T) {
-	tc := mustNewCluster(t, 1, nil)
+	tc := mustNewCluster(t, 1, withAdminToken)
 	nd := tc.nodes[0]
 	const key = "sk-test-key-0123456789abcdef"
 	res := doJSON(t, http.MethodPost, "http://"+nd.HTTPAddr()+"/admin/v1/keys", testToken, map[string]any{"key": key, "rpm": 100})
@@ -122,7 +122,7 @@ func TestAuthRequiredRejectsUnknownKeys(t *testing.T) {
 // A client that claims its request was already routed by a peer is not
 // believed: limits still apply.
 func TestSpoofedForwardHeaderDoesNotSkipLimits(t *testing.T) {
-	tc := mustNewCluster(t, 1, nil)
+	tc := mustNewCluster(t, 1, withAdminToken)
 	nd := tc.nodes[0]
 	putLimits(t, nd, map[string]any{"default_rpm": 0, "endpoints": map[string]any{"/v1/infer": map[string]any{"rpm": 2}}})
 	waitPolicy(t, tc.nodes, func(p *consensus.LimitPolicy) bool { return p.Endpoints["/v1/infer"].RPM == 2 })
@@ -148,6 +148,7 @@ func TestSpoofedForwardHeaderDoesNotSkipLimits(t *testing.T) {
 // settled by node 1; streams settle as well.
 func TestTokenLimitSettlesToTrueUsage(t *testing.T) {
 	tc := olricCluster(t, 2, func(i int, cfg *Config) {
+		withAdminToken(i, cfg)
 		if i == 0 {
 			cfg.Models[0].Name = "elsewhere"
 		}

@@ -392,7 +392,7 @@ func TestWriteFollowsANewLeaderWhenTheLeaderDies(t *testing.T) {
 func TestFollowerPutLimitsAnswersTheNewPolicy(t *testing.T) {
 	for _, key := range []string{"", securityModes[1].key} {
 		t.Run(fmt.Sprintf("key=%t", key != ""), func(t *testing.T) {
-			tc := mustNewCluster(t, 3, func(_ int, cfg *Config) { cfg.Gossip.EncryptKey = key })
+			tc := mustNewCluster(t, 3, func(i int, cfg *Config) { withAdminToken(i, cfg); cfg.Gossip.EncryptKey = key })
 			leader := tc.waitLeader(tc.nodes...)
 			follower := tc.nodes[0]
 			if follower.Name() == leader {

@@ -59,7 +59,7 @@ func TestWebUIInBrowser(t *testing.T) {
 	if testing.Short() {
 		t.Skip("browser test skipped in -short mode")
 	}
-	tc := mustNewCluster(t, 3, nil)
+	tc := mustNewCluster(t, 3, withAdminToken)
 	n1, n3 := tc.nodes[0], tc.nodes[2]
 
 	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
@@ -130,6 +130,7 @@ func TestWebUIInBrowser(t *testing.T) {
 
 	// A node that joins shows up on the open page.
 	cfg := clusterNodeConfig(t, "n4", t.TempDir())
+	withAdminToken(3, &cfg)
 	cfg.Join = []string{n1.GossipAddr()}
 	n4, err := New(cfg)
 	require.NoError(t, err)
