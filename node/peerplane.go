@@ -202,23 +202,16 @@ func (n *Node) dialPeer(ctx context.Context, network, addr string) (net.Conn, er
 // upgrade) must be signed: the signature must cover this request (method,
 // path, body, this node as target), be recent and never seen before. Until
 // the cluster has agreed on a secret (the first seconds of a cluster
-// without a gossip key) it falls back to the sender's address being a
-// member's.
+// without a gossip key) none is trusted.
 func (n *Node) trustedForward(r *http.Request, body []byte) bool {
 	if fromPeer, _ := r.Context().Value(peerCallKey{}).(bool); fromPeer {
 		return true
 	}
 	secret := n.forwardSecret()
 	if secret == nil {
-		host, _, err := net.SplitHostPort(r.RemoteAddr)
-		if err != nil {
-			return false
-		}
-		for _, m := range n.gossip.Alive() {
-			if m.Name != n.cfg.NodeName && hostOf(m.Meta.HTTPAddr) == host {
-				return true
-			}
-		}
+		// No signing key agreed yet (the first seconds of a cluster without
+		// a gossip key): nothing on the HTTP port can prove it is a peer, and
+		// a member's address is no proof (a client may share its host).
 		return false
 	}
 	if err := n.peer.verifier.Verify(secret, r, body, time.Now()); err != nil {
