@@ -237,6 +237,9 @@ func (rl *relays) start(i int) error {
 		ln, err = net.Listen("tcp", "127.0.0.1:0")
 		return err
 	}); err != nil {
+		if ln != nil {
+			_ = ln.Close()
+		}
 		return fmt.Errorf("relay in %s: %w", ns, err)
 	}
 	dialer := &net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
@@ -251,6 +254,9 @@ func (rl *relays) start(i int) error {
 			c, err = dialer.Dial("tcp", addr)
 			return err
 		})
+		if err != nil && c != nil {
+			_ = c.Close()
+		}
 		return c, err
 	}
 	rl.rs = append(rl.rs, newRelay(&rl.d, ln, originalDst, dial))
@@ -287,24 +293,41 @@ func (rl *relays) close() {
 }
 
 // inNS runs f on an OS thread in the network namespace ns; sockets f opens
-// stay in it. The thread is never unlocked: it ends with the goroutine
-// rather than go back to the pool in the wrong namespace.
+// stay in it. The thread goes back to its own namespace before it is
+// unlocked. Where that fails it stays locked, and so ends with the goroutine
+// (or, the main thread, is never used again), never serving other goroutines
+// in the wrong namespace.
 func inNS(ns string, f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		own, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open own netns: %w", err)
+			return
+		}
+		defer unix.Close(own)
 		fd, err := unix.Open("/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("open netns %s: %w", ns, err)
 			return
 		}
 		err = unix.Setns(fd, unix.CLONE_NEWNET)
 		_ = unix.Close(fd)
 		if err != nil {
+			runtime.UnlockOSThread() // still in its own namespace
 			errc <- fmt.Errorf("setns %s: %w", ns, err)
 			return
 		}
-		errc <- f()
+		ferr := f()
+		if err := unix.Setns(own, unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("leave netns %s: %w", ns, err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
 	}()
 	return <-errc
 }
