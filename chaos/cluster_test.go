@@ -21,6 +21,9 @@ import (
 type clusterConfig struct {
 	adminToken string // empty: the admin API is off and no writes are checked
 	gossipKey  string // empty: plaintext cluster ports
+	// relayed: TCP between nodes goes through delaying relays (relay_test.go),
+	// installed before the nodes start.
+	relayed bool
 }
 
 const (
