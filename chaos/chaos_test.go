@@ -463,7 +463,7 @@ func (s *suite) table(wall time.Duration) string {
 		fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 			r.name, r.config, r.runs, requests, errPct, p99, health, acked, lost, lin, result)
 	}
-	b.WriteString("\nGoals: client errors < 0.5% (one client retry on another node), full health (every node 200 and ok, all alive in gossip, one Raft leader, the Olric cache ok with every node a member) within 30 s of each fault's end, no acknowledged admin write lost, the admin history linearizable (porcupine; reads on the leader and, at the end, on every node); SIGSTOP: p99 within 100 ms of the baseline. Delay: p99 is reported, not gated (forwarded requests wait on the delay by design).\n")
+	b.WriteString("\nGoals: client errors < 0.5% (one client retry on another node), full health (every node 200 and ok, all alive in gossip, one Raft leader, the Olric cache ok with every node a member) within 60 s of each fault's end, no acknowledged admin write lost, the admin history linearizable (porcupine; reads on the leader and, at the end, on every node); SIGSTOP: p99 within 100 ms of the baseline. Delay: p99 is reported, not gated (forwarded requests wait on the delay by design).\n")
 	for _, r := range s.rows {
 		if len(r.failures) == 0 && len(r.notes) == 0 {
 			continue

@@ -29,7 +29,7 @@ type clusterConfig struct {
 const (
 	httpPort   = 8080
 	baseRPM    = 10_000_000 // rate_limit.rpm: the register's initial value, far above the load
-	healthWait = 30 * time.Second
+	healthWait = 60 * time.Second
 )
 
 // proc is one shoal node process in its namespace.
