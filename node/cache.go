@@ -28,7 +28,7 @@ func (n *Node) newCache() error {
 	// Model names come from clients: only served ones may become namespaces.
 	cc.Namespaces = n.servedAnywhere
 	cc.Logger = n.logger
-	key, err := n.cfg.clusterKey()
+	key, err := n.cfg.ClusterKey()
 	if err != nil {
 		return err
 	}

@@ -71,7 +71,7 @@ func (n *Node) startConsensus(host string) error {
 		Logger:            n.logger,
 	}
 	// With a cluster key, Raft runs over mutual TLS keyed by it.
-	key, err := n.cfg.clusterKey()
+	key, err := n.cfg.ClusterKey()
 	if err != nil {
 		_ = raftLn.Close() // consensus.New would own it; it is not called
 		return err

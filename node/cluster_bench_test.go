@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/shoal-dev/shoal/config"
 	"github.com/shoal-dev/shoal/httpapi"
 	"github.com/shoal-dev/shoal/respcache"
 	"github.com/shoal-dev/shoal/scheduler"
@@ -144,7 +145,7 @@ func BenchmarkForwardHop(b *testing.B) {
 			tc := mustNewCluster(b, 2, func(i int, cfg *Config) {
 				withSecurity(mode.key)(i, cfg)
 				// 4,000 requests from one client within the minute.
-				cfg.RateLimit.RPM = DevRPM
+				cfg.RateLimit.RPM = config.DevRPM
 				m := &cfg.Models[0]
 				m.Sim.Base, m.Sim.PerItem, m.Sim.TokenInterval = 0, 0, 0
 				// A batch of one is full at once: flush_timeout 0 would mean

@@ -97,7 +97,7 @@ type Node struct {
 // New builds a node from a configuration; it opens no ports until Start.
 func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, &ConfigError{err}
+		return nil, &ConfigError{Err: err}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -112,7 +112,7 @@ func New(cfg Config) (*Node, error) {
 	metrics := ops.NewMetrics()
 	rt, err := router.New(router.Config{Policy: cfg.Router.Policy, PrefixWeight: &cfg.Router.PrefixWeight})
 	if err != nil {
-		return nil, &ConfigError{err}
+		return nil, &ConfigError{Err: err}
 	}
 	n := &Node{
 		cfg:             cfg,

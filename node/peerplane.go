@@ -41,7 +41,7 @@ type peerPlane struct {
 // returns Raft's share. The plane's server starts with the cluster loop,
 // once gossip is up to vet callers.
 func (n *Node) startPeer(ln net.Listener) (net.Listener, error) {
-	key, err := n.cfg.clusterKey()
+	key, err := n.cfg.ClusterKey()
 	if err != nil {
 		return nil, err
 	}

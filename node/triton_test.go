@@ -110,31 +110,3 @@ func TestTritonReadinessFeedsHealthAndTheBreaker(t *testing.T) {
 	f.SetReady(true)
 	require.EventuallyWithT(t, func(c *assert.CollectT) { assert.Equal(c, ops.StatusOK, upstream(c).Status) }, apiWait, 10*time.Millisecond)
 }
-
-func TestTritonBlockLoadsAndValidates(t *testing.T) {
-	cfg := DefaultConfig()
-	require.NoError(t, cfg.LoadFile(writeHCL(t, `model "llm" {
-  backend = "triton"
-  triton {
-    url = "http://triton:8000"
-    model = "ensemble"
-    version = "2"
-    timeout = "3s"
-    max_conns = 8
-    health_interval = "1s"
-  }
-}
-`)))
-	require.NoError(t, cfg.Validate())
-	tc := cfg.Models[0].Triton
-	require.Equal(t, TritonConfig{URL: "http://triton:8000", Model: "ensemble", Version: "2", Timeout: 3 * time.Second, MaxConns: 8, HealthInterval: time.Second}, tc)
-
-	bad := DefaultConfig()
-	m := DefaultModelConfig("llm", "triton")
-	m.Triton.URL, m.Triton.Version, m.Triton.MaxConns, m.Triton.HealthInterval = "triton:8000", "1/2", 0, time.Millisecond
-	bad.Models = []ModelConfig{m}
-	err := bad.Validate()
-	for _, key := range []string{"triton.url", "triton.version", "triton.max_conns", "triton.health_interval"} {
-		require.ErrorContains(t, err, key)
-	}
-}
