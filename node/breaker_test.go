@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/shoal-dev/shoal/breaker"
+	"github.com/shoal-dev/shoal/config"
 	"github.com/shoal-dev/shoal/consensus"
 )
 
@@ -74,6 +75,9 @@ func TestBreakerOpensOnFailingUpstreamAndClosesAfterRecovery(t *testing.T) {
 		cfg.Models = []ModelConfig{openAIModel(ups[i].srv.URL)}
 		cfg.CircuitBreaker.FailureThreshold = 3
 		cfg.CircuitBreaker.Timeout = 500 * time.Millisecond
+		// The test polls every few ms until the breaker opens: on a loaded
+		// machine that is more than the default 1000 rpm of one client.
+		cfg.RateLimit.RPM = config.DevRPM
 	})
 	tc.waitServing("up", tc.nodes...)
 	sick := tc.nodes[0]

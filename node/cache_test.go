@@ -207,6 +207,10 @@ func TestIdenticalMissesRunTheModelOncePerCluster(t *testing.T) {
 	tc := olricCluster(t, 3, func(_ int, cfg *Config) {
 		// Slow enough that all requests arrive while the first computes.
 		cfg.Models[0].Sim.Base = 300 * time.Millisecond
+		// The cache fails open past its lookup bound (a slow lock or read
+		// means computing without it); on a loaded machine 50 ms is missed,
+		// and this test is about coalescing, not that bound.
+		cfg.Cache.LookupTimeout = 2 * time.Second
 	})
 	waitLockOwner(t, tc, mustCacheKey(t, "the same burst"))
 
