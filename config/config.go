@@ -17,6 +17,7 @@ import (
 	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/dcache"
 	"github.com/shoal-dev/shoal/gossip"
+	"github.com/shoal-dev/shoal/ratelimit"
 	"github.com/shoal-dev/shoal/respcache"
 	"github.com/shoal-dev/shoal/router"
 	"github.com/shoal-dev/shoal/scheduler/sim"
@@ -67,11 +68,12 @@ type Config struct {
 
 // Tuning adjusts components beyond what the configuration file exposes.
 type Tuning struct {
-	// Raft, Gossip and Cache may change the component configs just before
+	// Raft, Gossip, Cache and Limiter may change the component configs just before
 	// they start (tests tighten timings).
-	Raft   func(*consensus.Config)
-	Gossip func(*gossip.Config)
-	Cache  func(*dcache.Config)
+	Raft    func(*consensus.Config)
+	Gossip  func(*gossip.Config)
+	Cache   func(*dcache.Config)
+	Limiter func(*ratelimit.Config)
 	// LoadPublishInterval is how often the node checks its load for changes
 	// to gossip (default 50ms).
 	LoadPublishInterval time.Duration

@@ -17,7 +17,11 @@ import (
 // newLimiter builds the cluster-wide rate limiter over the shared cache's
 // counters.
 func (n *Node) newLimiter() error {
-	l, err := ratelimit.New(ratelimit.Config{Counter: n.cache, Node: n.cfg.NodeName, Nodes: n.clusterSize, Logger: n.logger})
+	rc := ratelimit.Config{Counter: n.cache, Node: n.cfg.NodeName, Nodes: n.clusterSize, Logger: n.logger}
+	if n.cfg.Tuning.Limiter != nil {
+		n.cfg.Tuning.Limiter(&rc)
+	}
+	l, err := ratelimit.New(rc)
 	if err != nil {
 		return fmt.Errorf("rate limiter: %w", err)
 	}
