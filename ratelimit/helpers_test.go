@@ -130,6 +130,12 @@ func startOlric(t testing.TB, n int) []*dcache.Cache {
 	t.Helper()
 	caches := make([]*dcache.Cache, n)
 	addrs := make([]string, n)
+	// Olric v0.7.2 keeps a process-wide start checkpoint that a starting
+	// member's poller reads without atomics while another member's New adds
+	// to it (internal/checkpoint): only several members in one process meet
+	// it, never a node. Under the race detector they start one after
+	// another, each joining the ones before it.
+	oneByOne := raceDetector
 	for i := range n {
 		c, err := dcache.New(dcache.Config{
 			Backend:        dcache.BackendOlric,
@@ -137,11 +143,16 @@ func startOlric(t testing.TB, n int) []*dcache.Cache {
 			MemberlistAddr: "127.0.0.1:0",
 			Network:        "local",
 			PartitionCount: 23,
-			WaitForPeers:   n > 1,
-			Peers:          func() []string { return without(addrs, i) },
-			JoinTimeout:    10 * time.Second,
-			StartTimeout:   waitTimeout,
-			MaxBytes:       64 << 20,
+			WaitForPeers:   n > 1 && !(oneByOne && i == 0),
+			Peers: func() []string {
+				if oneByOne {
+					return addrs[:i]
+				}
+				return without(addrs, i)
+			},
+			JoinTimeout:  10 * time.Second,
+			StartTimeout: waitTimeout,
+			MaxBytes:     64 << 20,
 			// Loose call bounds, as dcache's own tests use: on a loaded 2-core machine a
 			// loopback Incr can exceed the 250ms default, and a call that times out but is
 			// applied later strands its block (see DESIGN.md).
@@ -169,6 +180,10 @@ func startOlric(t testing.TB, n int) []*dcache.Cache {
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i, c := range caches {
+		if oneByOne {
+			errs[i] = c.Start(ctx)
+			continue
+		}
 		wg.Go(func() { errs[i] = c.Start(ctx) })
 	}
 	wg.Wait()
