@@ -121,16 +121,18 @@ func GroupContext(parent context.Context, tasks []*scheduler.Task) (ctx context.
 // Clip cuts s to at most n bytes on a rune boundary and makes it valid
 // UTF-8, so a hostile upstream cannot put arbitrary bytes in our answers.
 func Clip(s string, n int) string {
+	// Sanitize first: a replacement character is 3 bytes, so replacing
+	// after the cut could take the text past n again.
+	s = strings.ToValidUTF8(s, "\uFFFD")
 	if len(s) > n {
-		// Back off to the start of the rune that straddles the cut: at
-		// most UTFMax-1 bytes, since a run of stray continuation bytes is
-		// no rune at all (and would otherwise back off to nothing).
-		for i := 0; i < utf8.UTFMax-1 && n > 0 && !utf8.RuneStart(s[n]); i++ {
+		// Valid UTF-8 now: the rune that straddles the cut starts at most
+		// UTFMax-1 bytes before it.
+		for n > 0 && !utf8.RuneStart(s[n]) {
 			n--
 		}
 		s = s[:n]
 	}
-	return strings.ToValidUTF8(s, "\uFFFD")
+	return s
 }
 
 // MaxRetryAfter caps what an upstream may ask of our clients: a hostile or
