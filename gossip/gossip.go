@@ -399,6 +399,23 @@ func (g *Gossip) Alive() []Member {
 	return slices.DeleteFunc(all, func(m Member) bool { return m.State != StateAlive })
 }
 
+// Serves reports whether a live peer's last load report lists model. It
+// copies nothing: the request path asks it on every cache call and metric
+// observation, where Alive's sorted copy of every member and load map
+// would be paid each time.
+func (g *Gossip) Serves(model string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, p := range g.peers {
+		if p.known && p.state == StateAlive {
+			if _, ok := p.load.Models[model]; ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Member returns the named member (this node included) and whether it is
 // known.
 func (g *Gossip) Member(name string) (Member, bool) {

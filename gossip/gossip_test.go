@@ -532,3 +532,12 @@ func TestRejoinAfterLeaveWithNewInstance(t *testing.T) {
 		return m.State == StateAlive && m.Load.Seq == self.Load.Seq && m.Addr == again.LocalAddr()
 	}, waitTimeout, 10*time.Millisecond)
 }
+
+// Serves answers from live peers' load reports, as Alive's loads would.
+func TestServesReadsLivePeersLoads(t *testing.T) {
+	nodes := startCluster(t, 2, nil)
+	require.NoError(t, nodes[1].SetLoad(Load{Models: map[string]ModelLoad{"m": {Slots: 1}}}))
+	require.Eventually(t, func() bool { return nodes[0].Serves("m") }, waitTimeout, 10*time.Millisecond)
+	require.False(t, nodes[0].Serves("other"))
+	require.False(t, nodes[1].Serves("m"), "its own load is not a peer's")
+}

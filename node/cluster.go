@@ -397,15 +397,7 @@ func peerCandidate(m gossip.Member, model string, l gossip.ModelLoad, now time.T
 
 // servedAnywhere reports whether any live member serves model.
 func (n *Node) servedAnywhere(model string) bool {
-	if n.sched.Has(model) {
-		return true
-	}
-	for _, m := range n.gossip.Alive() {
-		if _, ok := m.Load.Models[model]; ok {
-			return true
-		}
-	}
-	return false
+	return n.sched.Has(model) || n.gossip.Serves(model)
 }
 
 // clusterModels lists every model served by a live member.
