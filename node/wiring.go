@@ -12,10 +12,6 @@ import (
 	"github.com/shoal-dev/shoal/router"
 )
 
-// UpstreamStatus is implemented by backend errors that carry an HTTP status
-// from an upstream server (kept here for callers of the node package).
-type UpstreamStatus = httpapi.UpstreamStatus
-
 // wireRequestPath builds the breakers, the response cache and the HTTP API
 // over this node's concrete parts. The cache must exist (newCache).
 func (n *Node) wireRequestPath() {

@@ -55,7 +55,7 @@ func (e *UpstreamError) Error() string {
 	return fmt.Sprintf("upstream answered %d: %s", e.Status, e.Message)
 }
 
-// HTTPStatus is the upstream's status; it satisfies node.UpstreamStatus.
+// HTTPStatus is the upstream's status; it satisfies httpapi.UpstreamStatus.
 func (e *UpstreamError) HTTPStatus() int { return e.Status }
 
 // RetryAfterHint is the upstream's Retry-After, so a node passes on an

@@ -25,7 +25,7 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// httpStatuser is the node's UpstreamStatus interface, restated here
+// httpStatuser is httpapi's UpstreamStatus interface, restated here
 // because the node imports this package.
 type httpStatuser interface{ HTTPStatus() int }
 
