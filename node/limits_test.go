@@ -2,7 +2,9 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -198,4 +200,40 @@ func TestTokenLimitSettlesToTrueUsage(t *testing.T) {
 		}
 		return ok >= 8
 	}, 40*time.Second, 20*time.Millisecond, "too few requests admitted: the estimate was never settled")
+}
+
+// Before a cluster without a gossip key has agreed on its signing secret
+// (here: no Raft leader ever, so none is stored), a forwarded header on the
+// HTTP port proves nothing, even from a member's host: every peer here runs
+// on 127.0.0.1, as a client on a member's host would.
+func TestForwardHeaderBeforeTheSecretIsAgreedDoesNotSkipLimits(t *testing.T) {
+	var nodes []*Node
+	for i := range 2 {
+		cfg := clusterNodeConfig(t, fmt.Sprintf("n%d", i+1), t.TempDir())
+		cfg.Raft.BootstrapExpect = 0 // no leader, so no cluster secret
+		cfg.RateLimit.RPM = 2
+		if i > 0 {
+			cfg.Join = []string{nodes[0].GossipAddr()}
+		}
+		nd, err := New(cfg)
+		require.NoError(t, err)
+		require.NoError(t, nd.Start(context.Background()))
+		t.Cleanup(func() { stopNode(nd) })
+		nodes = append(nodes, nd)
+	}
+	nd := nodes[0]
+	require.Eventually(t, func() bool { return len(nd.gossip.Alive()) == 2 }, clusterWait, 10*time.Millisecond)
+	require.Empty(t, nd.Store().State().ClusterSecret)
+	statuses := map[int]int{}
+	for i := 0; i < 4; i++ {
+		b, _ := json.Marshal(map[string]any{"model": "sim-fast", "input": "forged"})
+		req, _ := http.NewRequest(http.MethodPost, "http://"+nd.HTTPAddr()+"/v1/infer", bytes.NewReader(b))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Shoal-Forwarded-By", "n2")
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		statuses[resp.StatusCode]++
+	}
+	require.Equal(t, map[int]int{http.StatusOK: 2, http.StatusTooManyRequests: 2}, statuses)
 }
