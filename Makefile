@@ -38,12 +38,16 @@ test-race:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s -timeout 30m ./scheduler/... ./node/... ./engine/... ./dcache/... ./router/...
 
-# wrk against nginx directly, through HAProxy, a bare Go reverse proxy and
-# shoal (pass-through, sim, cache hit, forwarding hop), in one table. Uses
-# nginx, haproxy and wrk where installed (apt-get install -y nginx haproxy wrk).
+# wrk against nginx directly, through HAProxy, bare Go (default and tuned
+# net/http) and fasthttp reverse proxies, and shoal (pass-through, also with
+# the openai backend's fasthttp client prototype built by -tags
+# shoal_fasthttp, sim, cache hit, forwarding hop), next to a fixed-answer
+# server on each stack (the cache-hit ceiling), in one table. Uses nginx,
+# haproxy and wrk where installed (apt-get install -y nginx haproxy wrk).
 GATEWAY_BENCH_FLAGS ?=
 bench-gateway: build
-	$(GO) run ./ops/gatewaybench -shoal $(BIN) $(GATEWAY_BENCH_FLAGS)
+	CGO_ENABLED=0 $(GO) build -trimpath -tags shoal_fasthttp -ldflags '$(LDFLAGS)' -o bin/shoal-fastclient .
+	$(GO) run ./ops/gatewaybench -shoal $(BIN) -shoal-fastclient bin/shoal-fastclient $(GATEWAY_BENCH_FLAGS)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -44,6 +44,7 @@ const benchToken = "gatewaybench-admin-token"
 
 type options struct {
 	shoal    string
+	shoalFC  string
 	duration time.Duration
 	warmup   time.Duration
 	rounds   int
@@ -57,6 +58,7 @@ type options struct {
 func main() {
 	var o options
 	flag.StringVar(&o.shoal, "shoal", "bin/shoal", "shoal binary to measure")
+	flag.StringVar(&o.shoalFC, "shoal-fastclient", "", "a shoal binary built with -tags shoal_fasthttp (the openai backend's fasthttp upstream client prototype); its pass-through is measured on a third node")
 	flag.DurationVar(&o.duration, "duration", 4*time.Second, "measured time per target and round")
 	flag.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured load per target before its first round")
 	flag.IntVar(&o.rounds, "rounds", 3, "interleaved rounds; the table shows each target's median round")
@@ -80,6 +82,9 @@ type target struct {
 	headers map[string]string
 	skip    string // why it is not measured, if it is not
 	node    string // the shoal node wrk drives, for -profile
+	// cpuOf are the process groups doing this path's work, not counting
+	// nginx behind a proxy; 0 is this process (the in-process servers).
+	cpuOf   []int
 	results []result
 }
 
@@ -88,6 +93,9 @@ type result struct {
 	rps      float64
 	p50, p99 time.Duration
 	errors   int
+	requests int64
+	// cpuPerReq is the CPU time cpuOf spent per answered request.
+	cpuPerReq time.Duration
 }
 
 type procs struct {
@@ -110,6 +118,9 @@ func (p *procs) start(name string, args ...string) error {
 	p.cmds = append(p.cmds, cmd)
 	return nil
 }
+
+// last is the process group of the process started last.
+func (p *procs) last() int { return p.cmds[len(p.cmds)-1].Process.Pid }
 
 func (p *procs) stop() {
 	for _, c := range p.cmds {
@@ -157,6 +168,8 @@ func run(o options) error {
 		fmt.Println("skip nginx:", err)
 		direct.skip = err.Error()
 		nginxURL = ""
+	} else {
+		direct.cpuOf = []int{p.last()}
 	}
 	add(direct)
 
@@ -168,6 +181,7 @@ func run(o options) error {
 		hap.skip = err.Error()
 	} else {
 		hap.url = u + "/v1/chat/completions"
+		hap.cpuOf = []int{p.last()}
 	}
 	add(hap)
 
@@ -179,8 +193,25 @@ func run(o options) error {
 	} else {
 		defer stop()
 		goproxy.url = u + "/v1/chat/completions"
+		goproxy.cpuOf = []int{0}
 	}
 	add(goproxy)
+
+	var stops []func()
+	defer func() {
+		for _, stop := range stops {
+			stop()
+		}
+	}()
+	proxyRow := func(name string, start func(string, int) (string, func(), error)) {
+		if nginxURL == "" {
+			add(&target{name: name, skip: "no nginx"})
+			return
+		}
+		add(stackTarget(name, chat("bench"), func() (string, func(), error) { return start(nginxURL, o.conns) }, &stops))
+	}
+	proxyRow("tuned net/http proxy -> nginx", startTunedGoProxy)
+	proxyRow("fasthttp proxy -> nginx", startFastProxy)
 
 	pass := &target{name: "shoal pass-through (openai -> nginx, no-store)", body: chat("upstream"), headers: map[string]string{"Cache-Control": noCache}}
 	sim := &target{name: "shoal, zero-cost sim model (no-store)", body: chat("sim0"), headers: map[string]string{"Cache-Control": noCache}}
@@ -193,10 +224,13 @@ func run(o options) error {
 			t.skip = msg
 		}
 	} else {
+		n := len(p.cmds)
 		a, b, err := startShoal(p, dir, o.shoal, nginxURL)
 		if err != nil {
 			return fmt.Errorf("shoal: %w (logs in %s; -keep keeps them)", err, dir)
 		}
+		pa, pb := p.cmds[n].Process.Pid, p.cmds[n+1].Process.Pid
+		pass.cpuOf, sim.cpuOf, hit.cpuOf, hop.cpuOf = []int{pa}, []int{pa}, []int{pa}, []int{pa, pb}
 		pass.url, sim.url, hit.url, hop.url = a+"/v1/chat/completions", a+"/v1/chat/completions", a+"/v1/chat/completions", b+"/v1/chat/completions"
 		pass.node, sim.node, hit.node, hop.node = a, a, a, b
 		if nginxURL == "" {
@@ -204,8 +238,26 @@ func run(o options) error {
 		}
 	}
 	add(pass)
+	if o.shoalFC != "" {
+		fc := &target{name: "shoal pass-through, fasthttp upstream client", body: chat("upstream"), headers: map[string]string{"Cache-Control": noCache}}
+		switch {
+		case nginxURL == "":
+			fc.skip = "no nginx"
+		case pass.skip != "":
+			fc.skip = pass.skip
+		default:
+			u, err := startShoalAlone(p, dir, o.shoalFC, nginxURL)
+			if err != nil {
+				return fmt.Errorf("shoal (fasthttp client): %w (logs in %s; -keep keeps them)", err, dir)
+			}
+			fc.url, fc.node, fc.cpuOf = u+"/v1/chat/completions", u, []int{p.last()}
+		}
+		add(fc)
+	}
 	add(sim)
 	add(hit)
+	add(stackTarget("cache-hit ceiling: net/http server, fixed answer", chat("sim0"), startNetFixed, &stops))
+	add(stackTarget("cache-hit ceiling: fasthttp server, fixed answer", chat("sim0"), startFastFixed, &stops))
 	add(hop)
 
 	for _, t := range targets {
@@ -266,6 +318,20 @@ func (t *target) median() result {
 	return rs[len(rs)/2]
 }
 
+// medianCPU is the median CPU time per request over the rounds (zero when
+// it was not measured).
+func (t *target) medianCPU() time.Duration {
+	cs := make([]time.Duration, 0, len(t.results))
+	for _, r := range t.results {
+		cs = append(cs, r.cpuPerReq)
+	}
+	slices.Sort(cs)
+	if len(cs) == 0 {
+		return 0
+	}
+	return cs[len(cs)/2]
+}
+
 func printTable(w io.Writer, targets []*target, o options) {
 	ref := func(prefix string) float64 {
 		for _, t := range targets {
@@ -276,9 +342,16 @@ func printTable(w io.Writer, targets []*target, o options) {
 		return 0
 	}
 	hap, gop := ref("HAProxy"), ref("Go httputil")
-	fmt.Fprintf(w, "\nwrk -t%d -c%d, %s per round, %d interleaved rounds (median round shown)\n\n", o.threads, o.conns, o.duration, o.rounds)
+	var hapCPU time.Duration
+	for _, t := range targets {
+		if strings.HasPrefix(t.name, "HAProxy") && len(t.results) > 0 {
+			hapCPU = t.medianCPU()
+		}
+	}
+	fmt.Fprintf(w, "\nwrk -t%d -c%d, %s per round, %d interleaved rounds (median round shown; CPU/req: median over rounds of the\n"+
+		"user+system time of the process doing the path's work, nginx not counted behind a proxy, both nodes for the hop)\n\n", o.threads, o.conns, o.duration, o.rounds)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "path\treq/s\tp50\tp99\tvs Go proxy\tvs HAProxy\terrors\t")
+	fmt.Fprintln(tw, "path\treq/s\tp50\tp99\tvs Go proxy\tvs HAProxy\tCPU/req\tCPU/req vs HAProxy\terrors\t")
 	ratio := func(v, base float64) string {
 		if base == 0 {
 			return "-"
@@ -287,11 +360,16 @@ func printTable(w io.Writer, targets []*target, o options) {
 	}
 	for _, t := range targets {
 		if len(t.results) == 0 {
-			fmt.Fprintf(tw, "%s\tskipped: %s\t\t\t\t\t\t\n", t.name, t.skip)
+			fmt.Fprintf(tw, "%s\tskipped: %s\t\t\t\t\t\t\t\t\n", t.name, t.skip)
 			continue
 		}
 		m := t.median()
-		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t%d\t\n", t.name, m.rps, ms(m.p50), ms(m.p99), ratio(m.rps, gop), ratio(m.rps, hap), m.errors)
+		cpu, cpuRatio := "-", "-"
+		if c := t.medianCPU(); c > 0 {
+			cpu = fmt.Sprintf("%.1f us", float64(c)/float64(time.Microsecond))
+			cpuRatio = ratio(float64(c), float64(hapCPU))
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", t.name, m.rps, ms(m.p50), ms(m.p99), ratio(m.rps, gop), ratio(m.rps, hap), cpu, cpuRatio, m.errors)
 	}
 	_ = tw.Flush()
 }
@@ -416,18 +494,8 @@ func startGoProxy(upstream string) (string, func(), error) {
 	return "http://" + ln.Addr().String(), func() { _ = srv.Shutdown(context.Background()) }, nil
 }
 
-// startShoal starts a two-node cluster: a serves the pass-through model
-// "upstream" (when there is an nginx) and the zero-cost sim model "sim0";
-// b serves only a model nobody asks for, so b forwards every sim0 request
-// to a.
-func startShoal(p *procs, dir, bin, nginxURL string) (a, b string, err error) {
-	ports := make([]int, 8)
-	for i := range ports {
-		if ports[i], err = freePort(); err != nil {
-			return "", "", err
-		}
-	}
-	common := `
+// shoalCommon is the configuration every bench node shares.
+const shoalCommon = `
 batching {
   max_size = 64
   flush_timeout = "0s"
@@ -436,8 +504,9 @@ batching {
 rate_limit { rpm = 0 }
 router { policy = "least-queued" }
 `
-	simModel := func(name string) string {
-		return fmt.Sprintf(`
+
+func simModel(name string) string {
+	return fmt.Sprintf(`
 model %q {
   backend = "sim"
   max_concurrent_batches = 4
@@ -449,12 +518,16 @@ model %q {
   }
 }
 `, name)
+}
+
+// upstreamModel is the pass-through model "upstream" to nginx. Chats never
+// batch upstream: a batch of one, as many at once as the upstream pool
+// allows.
+func upstreamModel(nginxURL string) string {
+	if nginxURL == "" {
+		return ""
 	}
-	upstream := ""
-	if nginxURL != "" {
-		// Chats never batch upstream: a batch of one, as many at once as
-		// the upstream pool allows.
-		upstream = fmt.Sprintf(`
+	return fmt.Sprintf(`
 model "upstream" {
   backend = "openai"
   max_size = 1
@@ -466,17 +539,27 @@ model "upstream" {
   }
 }
 `, nginxURL)
+}
+
+// startShoalNode starts one node on four fresh ports serving models,
+// joining join when set (else bootstrapping its own Raft), and returns its
+// HTTP base URL and its gossip address.
+func startShoalNode(p *procs, dir, bin, name, join, models string) (httpURL, gossip string, err error) {
+	ports := make([]int, 4)
+	for i := range ports {
+		if ports[i], err = freePort(); err != nil {
+			return "", "", err
+		}
 	}
-	node := func(name string, base int, join, models string) (string, error) {
-		nd := filepath.Join(dir, name)
-		if err := os.MkdirAll(nd, 0o755); err != nil {
-			return "", err
-		}
-		joinLine := ""
-		if join != "" {
-			joinLine = fmt.Sprintf("join = [%q]\n", join)
-		}
-		conf := fmt.Sprintf(`node_name = %q
+	nd := filepath.Join(dir, name)
+	if err := os.MkdirAll(nd, 0o755); err != nil {
+		return "", "", err
+	}
+	joinLine := ""
+	if join != "" {
+		joinLine = fmt.Sprintf("join = [%q]\n", join)
+	}
+	conf := fmt.Sprintf(`node_name = %q
 data_dir = %q
 %s
 admin { token = %q }
@@ -490,31 +573,43 @@ cache {
   addr = "127.0.0.1:%d"
   backend = "local"
 }
-%s%s`, name, nd, joinLine, benchToken, ports[base], ports[base+1], ports[base+2], ports[base+3], common, models)
-		path := filepath.Join(nd, "shoal.hcl")
-		if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
-			return "", err
-		}
-		// Only a's Raft bootstraps; b joins it.
-		args := []string{"node", "start", "--config", path, "--log-level", "warn"}
-		if join != "" {
-			args = append(args, "--bootstrap-expect", "0")
-		}
-		if err := p.start(bin, args...); err != nil {
-			return "", err
-		}
-		return fmt.Sprintf("http://127.0.0.1:%d", ports[base]), nil
-	}
-	if a, err = node("bench-a", 0, "", upstream+simModel("sim0")); err != nil {
+%s%s`, name, nd, joinLine, benchToken, ports[0], ports[1], ports[2], ports[3], shoalCommon, models)
+	path := filepath.Join(nd, "shoal.hcl")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return "", "", err
 	}
-	if err := waitHealthy(a, 60*time.Second); err != nil {
+	// A joining node does not bootstrap a Raft of its own.
+	args := []string{"node", "start", "--config", path, "--log-level", "warn"}
+	if join != "" {
+		args = append(args, "--bootstrap-expect", "0")
+	}
+	if err := p.start(bin, args...); err != nil {
 		return "", "", err
 	}
-	if b, err = node("bench-b", 4, fmt.Sprintf("127.0.0.1:%d", ports[1]), simModel("other")); err != nil {
+	u := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+	if err := waitHealthy(u, 60*time.Second); err != nil {
 		return "", "", err
 	}
-	if err := waitHealthy(b, 60*time.Second); err != nil {
+	return u, fmt.Sprintf("127.0.0.1:%d", ports[1]), nil
+}
+
+// startShoalAlone starts a single node of bin serving only the
+// pass-through model.
+func startShoalAlone(p *procs, dir, bin, nginxURL string) (string, error) {
+	u, _, err := startShoalNode(p, dir, bin, "bench-fc", "", upstreamModel(nginxURL))
+	return u, err
+}
+
+// startShoal starts a two-node cluster: a serves the pass-through model
+// "upstream" (when there is an nginx) and the zero-cost sim model "sim0";
+// b serves only a model nobody asks for, so b forwards every sim0 request
+// to a.
+func startShoal(p *procs, dir, bin, nginxURL string) (a, b string, err error) {
+	a, gossip, err := startShoalNode(p, dir, bin, "bench-a", "", upstreamModel(nginxURL)+simModel("sim0"))
+	if err != nil {
+		return "", "", err
+	}
+	if b, _, err = startShoalNode(p, dir, bin, "bench-b", gossip, simModel("other")); err != nil {
 		return "", "", err
 	}
 	// b serves sim0 by forwarding once it has learnt that a serves it.
@@ -607,17 +702,24 @@ func runWrk(wrk, dir string, t *target, o options, d time.Duration) (result, err
 		return result{}, err
 	}
 	secs := max(1, int(d.Round(time.Second)/time.Second))
+	cpu0 := cpuTime(t.cpuOf)
 	out, err := exec.Command(wrk, "-t"+strconv.Itoa(o.threads), "-c"+strconv.Itoa(o.conns), "-d"+strconv.Itoa(secs)+"s",
 		"--latency", "-s", script, t.url).CombinedOutput()
 	if err != nil {
 		return result{}, fmt.Errorf("wrk: %w: %s", err, out)
 	}
-	return parseWrk(string(out))
+	cpu := cpuTime(t.cpuOf) - cpu0
+	r, err := parseWrk(string(out))
+	if err == nil && r.requests > 0 && len(t.cpuOf) > 0 {
+		r.cpuPerReq = cpu / time.Duration(r.requests)
+	}
+	return r, err
 }
 
 var (
 	rpsRe  = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
 	pctRe  = regexp.MustCompile(`^\s+(50|99)(?:\.000)?%\s+([0-9.]+)(us|ms|s)\s*$`)
+	reqsRe = regexp.MustCompile(`(\d+) requests in `)
 	errsRe = regexp.MustCompile(`Non-2xx or 3xx responses:\s+(\d+)`)
 	sockRe = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
 )
@@ -629,6 +731,9 @@ func parseWrk(out string) (result, error) {
 		return r, fmt.Errorf("no Requests/sec in wrk output: %s", out)
 	}
 	r.rps, _ = strconv.ParseFloat(m[1], 64)
+	if m := reqsRe.FindStringSubmatch(out); m != nil {
+		r.requests, _ = strconv.ParseInt(m[1], 10, 64)
+	}
 	sc := bufio.NewScanner(strings.NewReader(out))
 	for sc.Scan() {
 		pm := pctRe.FindStringSubmatch(sc.Text())

@@ -92,7 +92,7 @@ func (c Config) Validate() error {
 type Backend struct {
 	cfg         Config
 	client      *http.Client
-	transport   *http.Transport // nil when Config.Client was given
+	transport   idleCloser // nil when Config.Client was given
 	logger      *slog.Logger
 	completions string
 	chat        string
@@ -138,8 +138,9 @@ func New(cfg Config) (*Backend, error) {
 		noAnswer:    fmt.Errorf("no answer within %s", cfg.Timeout),
 	}
 	if b.client == nil {
-		b.transport = upcall.NewTransport(cfg.Timeout, cfg.MaxConns)
-		b.client = &http.Client{Transport: b.transport}
+		rt := newUpstreamTransport(cfg)
+		b.transport = rt
+		b.client = &http.Client{Transport: rt}
 	}
 	return b, nil
 }
