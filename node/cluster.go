@@ -456,6 +456,15 @@ func (n *Node) raftHealth() ops.Component {
 }
 
 func (n *Node) gossipHealth() ops.Component {
-	alive := len(n.gossip.Alive())
-	return ops.Component{Status: ops.StatusOK, Data: map[string]any{"members": len(n.gossip.Members()), "alive": alive}}
+	alive := n.gossip.Alive()
+	// loads_known: live members whose load this node holds (itself
+	// included); a member without one is never a routing candidate here.
+	known := 0
+	for _, m := range alive {
+		if m.Name == n.cfg.NodeName || !m.LoadUpdated.IsZero() {
+			known++
+		}
+	}
+	return ops.Component{Status: ops.StatusOK, Data: map[string]any{"members": len(n.gossip.Members()), "alive": len(alive),
+		"loads_known": known, "sampling": n.gossip.Sampling()}}
 }
