@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -56,9 +57,13 @@ func TestMain(m *testing.M) {
 
 // workload is the cluster and load of the test and of the simulation it is
 // compared with: 20 nodes of 4 slots (max_concurrent_batches 4, max_size
-// 1, so a slot is one request as in clustersim), 400 ms mean lognormal
-// service (sim jitter 0.6), two nodes 3x slower (a 1.2 s base), 75% of
-// capacity offered, requests arriving at every node.
+// 1, so a slot is one request as in clustersim), 800 ms mean lognormal
+// service (sim jitter 0.6), two nodes 3x slower (a 2.4 s base), 75% of
+// capacity offered (70 requests a second), requests arriving at every
+// node. The service time is long so that the milliseconds of HTTP,
+// forwarding and CPU contention that clustersim does not model stay small
+// beside it, and the request rate low enough that 20 processes leave a
+// shared 2-core machine some room.
 type workload struct {
 	nodes, slots, slow int
 	mean               time.Duration
@@ -66,7 +71,7 @@ type workload struct {
 	util               float64
 }
 
-var scale = workload{nodes: 20, slots: 4, slow: 2, mean: 400 * time.Millisecond, sigma: 0.6, slowFactor: 3, util: 0.75}
+var scale = workload{nodes: 20, slots: 4, slow: 2, mean: 800 * time.Millisecond, sigma: 0.6, slowFactor: 3, util: 0.75}
 
 const (
 	founders = 3 // bootstrap_expect; the rest join as Raft non-voters past max_voters 5
@@ -233,44 +238,90 @@ func getHealth(n *node) (health, error) {
 	return h, json.NewDecoder(resp.Body).Decode(&h)
 }
 
-// messages sums a node's load messages sent: pushes, heartbeats, answers to
-// pulls, and pulls (what clustersim counts as load messages).
-func messages(n *node) (float64, error) {
+// scrape reads a node's /metrics samples, by name with labels.
+func scrape(n *node) (map[string]float64, error) {
 	resp, err := probe.Get("http://" + n.http + "/metrics")
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer resp.Body.Close()
-	sum, found := 0.0, 0
+	out := map[string]float64{}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
-		name, val, ok := strings.Cut(sc.Text(), " ")
-		if !ok || (name != "inference_gossip_load_messages_sent_total" && name != "inference_gossip_load_pulls_sent_total") {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") {
 			continue
 		}
-		f, err := strconv.ParseFloat(val, 64)
-		if err != nil {
-			return 0, fmt.Errorf("%s %s: %w", n.name, name, err)
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
 		}
-		sum += f
-		found++
+		f, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %q: %w", n.name, line, err)
+		}
+		out[line[:i]] = f
 	}
-	if found != 2 {
-		return 0, fmt.Errorf("%s: gossip counters missing from /metrics", n.name)
-	}
-	return sum, sc.Err()
+	return out, sc.Err()
 }
 
-func totalMessages(t *testing.T, nodes []*node) float64 {
-	t.Helper()
-	sum := 0.0
-	for _, n := range nodes {
-		m, err := messages(n)
-		require.NoError(t, err)
-		sum += m
+// counters is what the test reads from every node's /metrics.
+type counters struct {
+	// msgs sums load messages sent (pushes, heartbeats, answers to pulls)
+	// and pulls: what clustersim counts as load messages.
+	msgs float64
+	// served and waitMs are the requests each node ran and their summed
+	// queue wait.
+	served, waitMs []float64
+	// cpu is the CPU seconds the node processes used, and self the test
+	// process's (the client); -1 where /proc cannot tell.
+	cpu, self float64
+}
+
+// cpuSeconds is a process's user plus system time from /proc (Linux), -1
+// elsewhere.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
 	}
-	return sum
+	// Fields after the command name (which may hold spaces): state is
+	// field 3, utime and stime fields 14 and 15, in clock ticks (100 Hz).
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return -1
+	}
+	u, err1 := strconv.ParseFloat(f[11], 64)
+	st, err2 := strconv.ParseFloat(f[12], 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	return (u + st) / 100
+}
+
+func scrapeAll(t *testing.T, nodes []*node) counters {
+	t.Helper()
+	var c counters
+	for _, n := range nodes {
+		m, err := scrape(n)
+		require.NoError(t, err)
+		sent, ok1 := m["inference_gossip_load_messages_sent_total"]
+		pulls, ok2 := m["inference_gossip_load_pulls_sent_total"]
+		require.True(t, ok1 && ok2, "%s: gossip counters missing from /metrics", n.name)
+		c.msgs += sent + pulls
+		c.served = append(c.served, m[`inference_batch_size_count{model="`+model+`"}`])
+		c.waitMs = append(c.waitMs, m[`inference_queue_wait_ms_sum{model="`+model+`"}`])
+		if c.cpu >= 0 {
+			if v := cpuSeconds(n.cmd.Process.Pid); v >= 0 {
+				c.cpu += v
+			} else {
+				c.cpu = -1
+			}
+		}
+	}
+	c.self = cpuSeconds(os.Getpid())
+	return c
 }
 
 // TestScale20Processes starts 20 real shoal nodes on loopback (sampled
@@ -285,17 +336,22 @@ func TestScale20Processes(t *testing.T) {
 	w := scale
 	const (
 		warmup  = 10 * time.Second
-		measure = 30 * time.Second
-		// Margins. About 4,200 requests are measured, so the p99 rests on
-		// the slowest ~42: its rank alone wanders by about ±6 (binomial),
-		// a few percent in latency, and runs differ by the arrival draws;
-		// the real path adds HTTP, forwarding and a loaded 2-core machine's
-		// scheduling delay, which the simulation models only as 0.5 ms
-		// hops. Without the service cost in the load reports clustersim
-		// predicts a p99 about 30% higher, so 20% still tells the models
-		// apart. The message rate is a count of thousands.
-		p99Margin = 0.20
-		msgMargin = 0.25
+		measure = 40 * time.Second
+		// Margins. About 2,800 requests are measured, so the p99 rests on
+		// the slowest ~28: its rank alone wanders by about ±5 (binomial),
+		// some 5% in latency, and runs differ by their arrival and service
+		// draws. The real path adds what clustersim does not model (it has
+		// 0.5 ms hops): HTTP, forwarding, pulls answered late on a busy
+		// machine, the nodes' noisy estimates of their own service time,
+		// and timers that fire late when the 2 cores are shared. Those only
+		// add latency, so the real p99 may exceed the prediction by 30%
+		// but fall below it by 15% only. Without the service cost in the
+		// load reports clustersim predicts a p99 about 33% higher, which
+		// these bounds tell apart. The message rate is a count of
+		// thousands and matches within a few percent; 25% is for a loaded
+		// machine's late heartbeats and pulls.
+		p99Over, p99Under = 0.30, 0.15
+		msgMargin         = 0.25
 	)
 	dir := t.TempDir()
 	ports := freePorts(t, 4*w.nodes)
@@ -347,6 +403,11 @@ func TestScale20Processes(t *testing.T) {
 		}
 	}, 90*time.Second, 500*time.Millisecond, "20 nodes see each other's loads in sampled dissemination")
 	t.Logf("cluster of %d formed in %v", w.nodes, time.Since(started).Round(100*time.Millisecond))
+	idle, idleAt := scrapeAll(t, nodes), time.Now()
+	time.Sleep(3 * time.Second) // an idle window for the CPU baseline, not a wait for a state
+	if idle2 := scrapeAll(t, nodes); idle.cpu >= 0 && idle2.cpu >= 0 {
+		t.Logf("CPU idle: the 20 nodes %.2f cores", (idle2.cpu-idle.cpu)/time.Since(idleAt).Seconds())
+	}
 
 	capacity := 0.0
 	for i := range w.nodes {
@@ -364,10 +425,10 @@ func TestScale20Processes(t *testing.T) {
 	var (
 		mu       sync.Mutex
 		lats     []time.Duration
+		late     []time.Duration // arrival timers' lateness: how starved the machine was
 		failures []string
 		inflight sync.WaitGroup
 		arrivals sync.WaitGroup
-		bySlow   int
 	)
 	start := time.Now()
 	measureFrom, measureTo := start.Add(warmup), start.Add(warmup+measure)
@@ -390,6 +451,11 @@ func TestScale20Processes(t *testing.T) {
 				case <-ctx.Done():
 					return
 				case <-timer.C:
+				}
+				if !next.Before(measureFrom) {
+					mu.Lock()
+					late = append(late, time.Since(next))
+					mu.Unlock()
 				}
 				arrived := next
 				body := fmt.Sprintf(`{"model":%q,"prompt":"scale %s %d","max_tokens":1}`, model, n.name, seq)
@@ -416,9 +482,6 @@ func TestScale20Processes(t *testing.T) {
 					}
 					if !arrived.Before(measureFrom) {
 						lats = append(lats, took)
-						if s := resp.Header.Get("X-Shoal-Node"); s == "n00" || s == "n01" {
-							bySlow++
-						}
 					}
 				})
 			}
@@ -426,12 +489,23 @@ func TestScale20Processes(t *testing.T) {
 	}
 	// The phases are timed workload windows, not waits for a state.
 	time.Sleep(time.Until(measureFrom))
-	before, beforeAt := totalMessages(t, nodes), time.Now()
+	before, beforeAt := scrapeAll(t, nodes), time.Now()
 	time.Sleep(time.Until(measureTo))
-	after, afterAt := totalMessages(t, nodes), time.Now()
+	after, afterAt := scrapeAll(t, nodes), time.Now()
 	arrivals.Wait()
 	inflight.Wait()
-	msgRate := (after - before) / float64(w.nodes) / afterAt.Sub(beforeAt).Seconds()
+	msgRate := (after.msgs - before.msgs) / float64(w.nodes) / afterAt.Sub(beforeAt).Seconds()
+	var perNode []string
+	for i := range nodes {
+		served := after.served[i] - before.served[i]
+		perNode = append(perNode, fmt.Sprintf("%s %.0f (wait %.0fms)", nodes[i].name, served, (after.waitMs[i]-before.waitMs[i])/max(served, 1)))
+	}
+	t.Logf("served in the measured window, mean queue wait: %s", strings.Join(perNode, ", "))
+	if before.cpu >= 0 && after.cpu >= 0 {
+		secs := afterAt.Sub(beforeAt).Seconds()
+		t.Logf("CPU in the measured window: the 20 nodes %.2f cores, the client %.2f cores (of %d)",
+			(after.cpu-before.cpu)/secs, (after.self-before.self)/secs, runtime.NumCPU())
+	}
 
 	mu.Lock()
 	defer mu.Unlock()
@@ -440,6 +514,8 @@ func TestScale20Processes(t *testing.T) {
 	require.LessOrEqual(t, len(failures), total/1000, "failed requests: %d of %d, first: %v", len(failures), total, failures[:min(3, len(failures))])
 	slices.Sort(lats)
 	p50, p99 := lats[len(lats)/2], lats[len(lats)*99/100]
+	slices.Sort(late)
+	lateP99 := late[len(late)*99/100]
 
 	sim, err := clustersim.Run(clustersim.Config{
 		Nodes: w.nodes, Seed: 1, Policy: clustersim.Probe, Duration: 600 * time.Second, Warmup: 5 * time.Second,
@@ -449,11 +525,13 @@ func TestScale20Processes(t *testing.T) {
 		Fanout: gossip.DefaultFanout, Refresh: gossip.DefaultLoadInterval, ReportCost: true,
 	})
 	require.NoError(t, err)
-	t.Logf("real: %d requests (%.1f%% served by the 2 slow nodes), p50 %v p99 %v, %.1f load msgs/node/s",
-		len(lats), 100*float64(bySlow)/float64(len(lats)), p50.Round(time.Millisecond), p99.Round(time.Millisecond), msgRate)
+	t.Logf("real: %d requests, p50 %v p99 %v, %.1f load msgs/node/s (client timer lateness p99 %v)",
+		len(lats), p50.Round(time.Millisecond), p99.Round(time.Millisecond), msgRate, lateP99.Round(time.Millisecond))
 	t.Logf("simulated: %d requests, p50 %v p99 %v, %.1f load msgs/node/s; real/simulated p99 %.3f, msgs %.3f",
 		sim.Requests, sim.P50.Round(time.Millisecond), sim.P99.Round(time.Millisecond), sim.MsgsPerNodeSec,
 		float64(p99)/float64(sim.P99), msgRate/sim.MsgsPerNodeSec)
-	assert.InDelta(t, 1, float64(p99)/float64(sim.P99), p99Margin, "p99 real %v vs simulated %v", p99, sim.P99)
+	ratio := float64(p99) / float64(sim.P99)
+	assert.True(t, ratio >= 1-p99Under && ratio <= 1+p99Over, "p99 real %v vs simulated %v: ratio %.3f outside [%.2f, %.2f]; client timer lateness p99 %v (high: the machine was starved)",
+		p99, sim.P99, ratio, 1-p99Under, 1+p99Over, lateP99)
 	assert.InDelta(t, 1, msgRate/sim.MsgsPerNodeSec, msgMargin, "load msgs/node/s real %.1f vs simulated %.1f", msgRate, sim.MsgsPerNodeSec)
 }
