@@ -328,7 +328,7 @@ func scrapeAll(t *testing.T, nodes []*node) counters {
 // dissemination: 19 peers is past gossip's AllToAllMax of 8), offers 75% of
 // their capacity as Poisson arrivals at every node, and checks the routing
 // p99 and the load messages per node per second against clustersim for the
-// same workload. About 70 s; runs only with SHOAL_SCALE_TEST=1.
+// same workload. About 80 s (half of it forming the cluster); runs only with SHOAL_SCALE_TEST=1.
 func TestScale20Processes(t *testing.T) {
 	if os.Getenv("SHOAL_SCALE_TEST") != "1" {
 		t.Skip("set SHOAL_SCALE_TEST=1 (make test-scale) to run the 20-process scale test")
