@@ -170,6 +170,12 @@ model "sim-fast" {
     token_interval = "5ms"
     # Tokens generated when a request sets no max_tokens. Default 16.
     default_max_tokens = 16
+    # Spread of the batch cost: each batch's cost is multiplied by a lognormal factor of mean 1
+    # with this sigma (0.6 puts the 99th percentile at about 4x the median), drawn from a
+    # stream seeded by seed (0: from the model name). Give nodes different seeds for
+    # independent draws. Default 0 (exact cost), 0 to 2.
+    jitter = 0
+    seed   = 0
   }
 }
 

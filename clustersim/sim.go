@@ -97,6 +97,13 @@ type Config struct {
 	// PullCarriesLoad sends the requester's load with each pull, so the
 	// node asked learns it for free.
 	PullCarriesLoad bool
+	// ReportCost makes loads carry what a shoal node with a batch backend
+	// of max_size 1 reports: its measured batch cost (the node's mean
+	// service time, MaxBatch 1) and one active batch per running request.
+	// The router's least-expected scoring then knows a slow node is slow
+	// (without it every node is scored as one unit per request). The
+	// real-process scale test (scaletest/) sets it.
+	ReportCost bool
 }
 
 // DefaultConfig is the scenario of the README table: 4 slots per node,
@@ -473,8 +480,13 @@ func (s *sim) load(i int) report {
 func (s *sim) clock(t float64) time.Time { return s.base.Add(secs(t)) }
 
 func (s *sim) candidate(r report) router.Candidate {
-	return router.Candidate{Node: s.nodes[r.node].name, QueueDepth: int(r.queue), Running: int(r.running), Slots: s.cfg.Slots,
+	c := router.Candidate{Node: s.nodes[r.node].name, QueueDepth: int(r.queue), Running: int(r.running), Slots: s.cfg.Slots,
 		LoadAge: secs(s.now - r.at), LoadAt: s.clock(r.at)}
+	if s.cfg.ReportCost {
+		c.ActiveBatches, c.MaxBatch = int(r.running), 1
+		c.ServiceBase = time.Duration(s.nodes[r.node].speed * float64(s.cfg.MeanService))
+	}
+	return c
 }
 
 // arrive routes a new request from its origin; a crashed origin's clients

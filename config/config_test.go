@@ -71,6 +71,25 @@ model "m1" {
 	require.NoError(t, cfg.Validate())
 }
 
+func TestSimJitterKeys(t *testing.T) {
+	cfg, _, err := loadHCLFile(t, `model "m" {
+  backend = "sim"
+  sim {
+    jitter = 0.6
+    seed   = 7
+  }
+}
+`)
+	require.NoError(t, err)
+	require.Equal(t, 0.6, cfg.Models[0].Sim.Jitter)
+	require.Equal(t, uint64(7), cfg.Models[0].Sim.Seed)
+	require.NoError(t, cfg.Validate())
+
+	cfg, _, err = loadHCLFile(t, "model \"m\" {\n  backend = \"sim\"\n  sim { jitter = -1 }\n}\n")
+	require.NoError(t, err)
+	require.ErrorContains(t, cfg.Validate(), "jitter must be between 0 and 2")
+}
+
 func TestCacheBlockWithoutBackendKeepsDefault(t *testing.T) {
 	cfg, _, err := loadHCLFile(t, `cache { default_ttl = "1h" }`)
 	require.NoError(t, err)

@@ -137,6 +137,8 @@ type fileSim struct {
 	Exponent         *float64 `hcl:"exponent,optional"`
 	TokenInterval    *string  `hcl:"token_interval,optional"`
 	DefaultMaxTokens *int     `hcl:"default_max_tokens,optional"`
+	Jitter           *float64 `hcl:"jitter,optional"`
+	Seed             *int64   `hcl:"seed,optional"`
 }
 
 type fileOpenAI struct {
@@ -371,6 +373,10 @@ func (fm fileModel) resolve(d *durations) ModelConfig {
 		setI(&m.Sim.Exponent, s.Exponent)
 		d.set(&m.Sim.TokenInterval, s.TokenInterval, at, "sim", "token_interval")
 		setI(&m.Sim.DefaultMaxTokens, s.DefaultMaxTokens)
+		setI(&m.Sim.Jitter, s.Jitter)
+		if s.Seed != nil {
+			m.Sim.Seed = uint64(*s.Seed)
+		}
 	}
 	if o := fm.OpenAI; o != nil {
 		setS(&m.OpenAI.URL, o.URL)

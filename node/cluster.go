@@ -8,6 +8,7 @@ import (
 	"time"
 
 	sockaddr "github.com/hashicorp/go-sockaddr"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/dcache"
@@ -119,6 +120,20 @@ func (n *Node) startGossip(host string) error {
 	}
 	n.gossip = g
 	n.meta = meta
+	// The load-message rate is what sampled dissemination bounds (README,
+	// "Scaling to many nodes"); make test-scale reads it from here.
+	if err := n.metrics.Registry.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "inference_gossip_load_messages_sent_total",
+		Help: "Load messages this node sent: pushes on change, heartbeats, and answers to pulls.",
+	}, func() float64 { return float64(g.Stats().LoadsSent) })); err != nil {
+		return fmt.Errorf("gossip metrics: %w", err)
+	}
+	if err := n.metrics.Registry.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "inference_gossip_load_pulls_sent_total",
+		Help: "Load pulls this node sent while routing in sampled dissemination (one per member asked).",
+	}, func() float64 { return float64(g.Stats().PullsSent) })); err != nil {
+		return fmt.Errorf("gossip metrics: %w", err)
+	}
 	return nil
 }
 
@@ -441,6 +456,15 @@ func (n *Node) raftHealth() ops.Component {
 }
 
 func (n *Node) gossipHealth() ops.Component {
-	alive := len(n.gossip.Alive())
-	return ops.Component{Status: ops.StatusOK, Data: map[string]any{"members": len(n.gossip.Members()), "alive": alive}}
+	alive := n.gossip.Alive()
+	// loads_known: live members whose load this node holds (itself
+	// included); a member without one is never a routing candidate here.
+	known := 0
+	for _, m := range alive {
+		if m.Name == n.cfg.NodeName || !m.LoadUpdated.IsZero() {
+			known++
+		}
+	}
+	return ops.Component{Status: ops.StatusOK, Data: map[string]any{"members": len(n.gossip.Members()), "alive": len(alive),
+		"loads_known": known, "sampling": n.gossip.Sampling()}}
 }

@@ -28,4 +28,13 @@ func TestSampledDisseminationRoutesOnPulledLoads(t *testing.T) {
 	served := countServed(t, tc.nodes[0], 60, 12)
 	require.Len(t, served, 3, "work should reach every node: %v", served)
 	require.Greater(t, tc.nodes[0].gossip.Stats().PullsSent, before, "routing did not pull loads")
+	// /metrics exports both counters (make test-scale reads them there).
+	st := tc.nodes[0].gossip.Stats()
+	pulls, ok := metricValue(t, tc.nodes[0].HTTPAddr(), "inference_gossip_load_pulls_sent_total")
+	require.True(t, ok, "no pull counter in /metrics")
+	require.GreaterOrEqual(t, pulls, float64(st.PullsSent))
+	sent, ok := metricValue(t, tc.nodes[0].HTTPAddr(), "inference_gossip_load_messages_sent_total")
+	require.True(t, ok, "no load message counter in /metrics")
+	require.GreaterOrEqual(t, sent, float64(st.LoadsSent))
+	require.Positive(t, sent)
 }

@@ -3,6 +3,9 @@
 // token interval for the whole batch at once, so batching pays the way it
 // does on a GPU. The text is a deterministic function of the model, prompt
 // and parameters, which makes it usable in tests, demos and capacity plans.
+// Jitter, when set, multiplies each batch's cost by a lognormal draw of mean
+// 1 from a seeded stream, so a cluster can have the service-time spread a
+// real server has (the 20-node scale test compares it with clustersim).
 package sim
 
 import (
@@ -13,6 +16,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -34,6 +38,13 @@ type Config struct {
 	TokenInterval time.Duration
 	// DefaultMaxTokens applies when a request sets no max_tokens (default 16).
 	DefaultMaxTokens int
+	// Jitter is the sigma of a lognormal factor of mean 1 that multiplies
+	// each batch's cost (0, the default, keeps the cost exact; 0.6 puts
+	// the 99th percentile at about 4x the median).
+	Jitter float64
+	// Seed seeds the jitter draws (0: derived from Model), so a run is
+	// repeatable; nodes given different seeds draw different sequences.
+	Seed uint64
 }
 
 // DefaultConfig returns the defaults documented on Config.
@@ -54,6 +65,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("token_interval must not be negative, got %s", c.TokenInterval)
 	case c.DefaultMaxTokens < 0:
 		return fmt.Errorf("default_max_tokens must not be negative, got %d", c.DefaultMaxTokens)
+	case !(c.Jitter >= 0 && c.Jitter <= 2):
+		return fmt.Errorf("jitter must be between 0 and 2, got %g", c.Jitter)
 	}
 	return nil
 }
@@ -64,6 +77,11 @@ type Backend struct {
 	// slowdown multiplies Cost (float64 bits; 0 means 1), so tests and
 	// benchmarks can make a node slow down mid-run.
 	slowdown atomic.Uint64
+
+	// jitterMu guards jitter, the seeded stream of Config.Jitter draws
+	// (batches run concurrently).
+	jitterMu sync.Mutex
+	jitter   *rand.Rand
 }
 
 // New returns a simulated backend.
@@ -74,7 +92,31 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.DefaultMaxTokens == 0 {
 		cfg.DefaultMaxTokens = 16
 	}
-	return &Backend{cfg: cfg}, nil
+	b := &Backend{cfg: cfg}
+	if cfg.Jitter > 0 {
+		seed := cfg.Seed
+		if seed == 0 {
+			h := fnv.New64a()
+			h.Write([]byte(cfg.Model))
+			seed = h.Sum64()
+		}
+		b.jitter = rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
+	}
+	return b, nil
+}
+
+// runCost is Cost(n) times a jitter draw: lognormal with sigma Jitter and
+// mean 1 (mu = -sigma^2/2).
+func (b *Backend) runCost(n int) time.Duration {
+	d := b.Cost(n)
+	if b.jitter == nil {
+		return d
+	}
+	s := b.cfg.Jitter
+	b.jitterMu.Lock()
+	z := b.jitter.NormFloat64()
+	b.jitterMu.Unlock()
+	return time.Duration(float64(d) * math.Exp(s*z-s*s/2))
 }
 
 // Cost is the simulated compute time of a batch of n.
@@ -109,7 +151,7 @@ type seq struct {
 
 // Run simulates one batch.
 func (b *Backend) Run(ctx context.Context, batch []*scheduler.Task) {
-	if !sleep(ctx, b.Cost(len(batch))) {
+	if !sleep(ctx, b.runCost(len(batch))) {
 		for _, t := range batch {
 			// The batch context only says every task ended; each task's
 			// own context says why (deadline or cancellation), which
