@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/shoal-dev/shoal/ratelimit"
 	"github.com/shoal-dev/shoal/respcache"
@@ -42,6 +43,11 @@ type Request struct {
 	// limits, for its SettleTokens; empty for a request this node did not
 	// admit.
 	Charged TokenCharge
+	// KeyHash is the hash of the client's API key ("" without one) once
+	// KeyHashed is set: the Limiter records it, so the cache scope does
+	// not hash the key a second time.
+	KeyHash   string
+	KeyHashed bool
 
 	// The response-cache key, once API.cacheKey has computed it.
 	cacheKey         string
@@ -198,6 +204,21 @@ func jsonField(t reflect.Type, name string) (reflect.Type, bool) {
 	return nil, false
 }
 
+// plainJSONString reports whether b is a JSON string with no escapes or
+// control characters, in valid UTF-8: its value is the bytes between the
+// quotes.
+func plainJSONString(b []byte) bool {
+	if len(b) < 2 || b[0] != '"' || b[len(b)-1] != '"' {
+		return false
+	}
+	for _, c := range b[1 : len(b)-1] {
+		if c < 0x20 || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return utf8.Valid(b)
+}
+
 // chatContent accepts a message's content as a string or as an array of
 // {"type":"text","text":...} parts, as OpenAI clients send it.
 type chatContent struct {
@@ -225,6 +246,11 @@ func (c *chatContent) UnmarshalJSON(b []byte) error {
 		return nil
 	}
 	if bytes.Equal(b, []byte("null")) {
+		return nil
+	}
+	// What Unmarshal would return, without its decoder's allocations.
+	if plainJSONString(b) {
+		c.text = string(b[1 : len(b)-1])
 		return nil
 	}
 	if err := json.Unmarshal(b, &c.text); err != nil {
@@ -282,6 +308,15 @@ type inferBody struct {
 // decodeStrict unmarshals one JSON value and rejects trailing data. Type
 // errors name the offending field and what it takes, in JSON terms.
 func decodeStrict(body []byte, v any) error {
+	// A body that is one JSON value decodes the same through Unmarshal,
+	// which reads the bytes in place (the Decoder copies them into its
+	// own buffer). Unmarshal rejects anything after the value, so any
+	// error takes the Decoder's path from a zero value: its errors, and
+	// what it accepts, stay the contract.
+	if err := json.Unmarshal(body, v); err == nil {
+		return nil
+	}
+	reflect.ValueOf(v).Elem().SetZero()
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(v); err != nil {
 		return describeJSONError(reflect.TypeOf(v), err)

@@ -38,8 +38,9 @@ type Cache interface {
 type Scoper interface {
 	// CacheScope names the partition r's answer is cached in ("" for the
 	// whole cluster), so a hit never tells one client what a client of
-	// another partition asked.
-	CacheScope(r *http.Request) string
+	// another partition asked. req carries the API key's hash when the
+	// Limiter has computed it.
+	CacheScope(r *http.Request, req *Request) string
 }
 
 // Cluster is what the API reads of the cluster's membership.

@@ -114,7 +114,7 @@ func (a *API) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 // lookup and the store both need it) and only when asked for.
 func (a *API) cacheKey(r *http.Request, req *Request) (string, bool) {
 	if !req.keyed {
-		req.cacheKey, req.cacheable = a.cfg.Cache.Key(req.cacheInput(a.cfg.Scoper.CacheScope(r)))
+		req.cacheKey, req.cacheable = a.cfg.Cache.Key(req.cacheInput(a.cfg.Scoper.CacheScope(r, req)))
 		req.keyed = true
 	}
 	return req.cacheKey, req.cacheable
@@ -141,7 +141,7 @@ func (a *API) answerFromCache(ctx context.Context, w http.ResponseWriter, r *htt
 		return false
 	}
 	setCacheHeader(w, CacheHit)
-	w.Header().Set(router.HeaderRoute, "cache")
+	w.Header()[router.HeaderRoute] = hdrRouteCache[:1:1]
 	a.tokensUsed(ctx, w, r, req, cached, false)
 	if req.Stream {
 		a.replayStream(w, r, req, cached[0])
@@ -159,7 +159,7 @@ func (a *API) answerFromCache(ctx context.Context, w http.ResponseWriter, r *htt
 func (a *API) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request, body []byte, start time.Time) int {
 	if r.Header.Get(router.HeaderForwarded) != "" {
 		// Only a verified forward reaches here with the header (handler).
-		w.Header().Set(router.HeaderRoute, "forwarded")
+		w.Header()[router.HeaderRoute] = hdrForwarded[:1:1]
 		status, err := a.serve(ctx, w, r, req, start)
 		if err != nil {
 			// Tell the routing node to try elsewhere.
@@ -177,12 +177,18 @@ func (a *API) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	a.cfg.Retries.Request()
 	// The prompt's block hashes, for prefix-aware routing.
 	rreq := router.Request{Prefix: promptHashes(req)}
-	tried := map[string]bool{}
+	// The nodes tried so far: made only for a retry (a map is two
+	// allocations per request), when it holds the first try's target.
+	var tried map[string]bool
+	firstTarget := ""
 	var lastErr error
 	for attempt := 0; attempt < 2; attempt++ {
 		if attempt > 0 && !a.cfg.Retries.Take() {
 			a.cfg.Metrics.Retry("budget_exhausted")
 			break
+		}
+		if attempt > 0 {
+			tried = map[string]bool{firstTarget: true}
 		}
 		pickStart := time.Now()
 		target, reason, err := a.cfg.Picker.Route(rreq, cands, tried)
@@ -197,10 +203,12 @@ func (a *API) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			reason = router.ReasonRetry
 		}
 		a.cfg.Metrics.RouteReason(reason)
-		tried[target.Node] = true
+		if attempt == 0 {
+			firstTarget = target.Node
+		}
 		if target.Local {
 			a.cfg.Metrics.Routed(target.Node, "local")
-			w.Header().Set(router.HeaderRoute, routeHeader(true, reason))
+			setLocalRoute(w.Header(), reason)
 			status, err := a.serve(ctx, w, r, req, start)
 			if err == nil {
 				return status
@@ -426,11 +434,17 @@ func (a *API) render(id string, req *Request, results []scheduler.Result) any {
 	switch req.Endpoint {
 	case scheduler.EndpointChat:
 		res := results[0]
-		return &chatAnswer{
+		// The answer and its one choice in one allocation.
+		ans := &struct {
+			chatAnswer
+			choice [1]chatChoice
+		}{}
+		ans.choice[0] = chatChoice{Index: 0, Message: scheduler.Message{Role: "assistant", Content: res.Text}, FinishReason: res.FinishReason}
+		ans.chatAnswer = chatAnswer{
 			ID: "chatcmpl-" + id, Object: "chat.completion", Created: now, Model: req.Model,
-			Choices: []chatChoice{{Index: 0, Message: scheduler.Message{Role: "assistant", Content: res.Text}, FinishReason: res.FinishReason}},
-			Usage:   u, SystemFingerprint: a.cfg.Node,
+			Choices: ans.choice[:], Usage: u, SystemFingerprint: a.cfg.Node,
 		}
+		return &ans.chatAnswer
 	case scheduler.EndpointCompletion:
 		choices := make([]completionChoice, len(results))
 		for i, res := range results {
@@ -617,7 +631,17 @@ const (
 
 // setCacheHeader records the cache outcome for the client.
 func setCacheHeader(w http.ResponseWriter, v string) {
-	w.Header().Set("X-Shoal-Cache", v)
+	h := w.Header()
+	switch v {
+	case CacheHit:
+		h["X-Shoal-Cache"] = hdrCacheHit[:1:1]
+	case CacheMiss:
+		h["X-Shoal-Cache"] = hdrCacheMiss[:1:1]
+	case CacheBypass:
+		h["X-Shoal-Cache"] = hdrCacheBypass[:1:1]
+	default:
+		h.Set("X-Shoal-Cache", v)
+	}
 }
 
 // tokensUsed accounts for the tokens req's answer used (nil results: none).

@@ -44,11 +44,14 @@ func (n *Node) cacheSettings() (ttl time.Duration, lower bool) {
 // scopeGlue partitions the response cache per cache.scope.
 type scopeGlue struct{ n *Node }
 
-func (g scopeGlue) CacheScope(r *http.Request) string {
+func (g scopeGlue) CacheScope(r *http.Request, req *httpapi.Request) string {
 	p := g.n.limitPolicy()
-	hash := ""
-	if key := bearerKey(r); key != "" {
-		hash = consensus.HashKey(key)
+	hash := req.KeyHash
+	if !req.KeyHashed {
+		// A forwarded request, which the Limiter did not see.
+		if key := bearerKey(r); key != "" {
+			hash = consensus.HashKey(key)
+		}
 	}
 	scope := g.n.cfg.Cache.Scope
 	// Replicated cache settings (shoal admin cache settings set) win over
