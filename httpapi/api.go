@@ -534,13 +534,18 @@ func checkPrompts(field string, f flexString) error {
 // requests expands an API request into one scheduler request per prompt.
 func (a *Request) requests(id string) []*scheduler.Request {
 	if a.Endpoint == scheduler.EndpointChat {
-		return []*scheduler.Request{{ID: id, Model: a.Model, Endpoint: a.Endpoint, Messages: a.Messages, Params: a.Params, Priority: a.Priority, Stream: a.Stream}}
+		return []*scheduler.Request{a.chatRequest(id)}
 	}
 	out := make([]*scheduler.Request, len(a.Prompts))
 	for i, p := range a.Prompts {
 		out[i] = &scheduler.Request{ID: fmt.Sprintf("%s-%d", id, i), Model: a.Model, Endpoint: a.Endpoint, Prompt: p, Params: a.Params, Priority: a.Priority, Stream: a.Stream}
 	}
 	return out
+}
+
+// chatRequest is a chat's one scheduler request.
+func (a *Request) chatRequest(id string) *scheduler.Request {
+	return &scheduler.Request{ID: id, Model: a.Model, Endpoint: a.Endpoint, Messages: a.Messages, Params: a.Params, Priority: a.Priority, Stream: a.Stream}
 }
 
 // cacheInput is what of the request decides its answer.

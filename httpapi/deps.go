@@ -122,6 +122,10 @@ type Config struct {
 	// may only shorten it.
 	RequestTimeout time.Duration
 	// CacheLookupTimeout bounds a cache lookup; a slow cache is a miss.
+	// Zero leaves the bound to the Cache, for one that bounds its own
+	// lookups (the node's: dcache gives every shared-cache get the same
+	// lookup_timeout, and a local get does not wait), which saves a
+	// context and its timer per lookup.
 	CacheLookupTimeout time.Duration
 
 	Limiter   Limiter

@@ -133,8 +133,12 @@ func (a *API) answerFromCache(ctx context.Context, w http.ResponseWriter, r *htt
 		setCacheHeader(w, CacheBypass)
 		return false
 	}
-	lctx, cancel := context.WithTimeout(ctx, a.cfg.CacheLookupTimeout)
-	defer cancel()
+	lctx := ctx
+	if a.cfg.CacheLookupTimeout > 0 {
+		var cancel context.CancelFunc
+		lctx, cancel = context.WithTimeout(ctx, a.cfg.CacheLookupTimeout)
+		defer cancel()
+	}
 	cached, found := a.cfg.Cache.Lookup(lctx, req.Model, key)
 	if !found {
 		setCacheHeader(w, CacheMiss)
@@ -334,12 +338,14 @@ func (a *API) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 
 // run submits every prompt of req to the scheduler and waits for all.
 func (a *API) run(ctx context.Context, req *Request, id string) ([]scheduler.Result, error) {
-	sreqs := req.requests(id)
-	submit := a.cfg.Scheduler.Submit
-	if r, ok := a.cfg.Scheduler.(Runner); ok && len(sreqs) == 1 {
-		// One task and nothing to overlap it with: let it run here.
-		submit = r.Run
+	if req.Endpoint == scheduler.EndpointChat {
+		return a.runOne(ctx, req.chatRequest(id))
 	}
+	sreqs := req.requests(id)
+	if len(sreqs) == 1 {
+		return a.runOne(ctx, sreqs[0])
+	}
+	submit := a.cfg.Scheduler.Submit
 	tasks := make([]*scheduler.Task, 0, len(sreqs))
 	for _, sr := range sreqs {
 		t, err := submit(ctx, sr)
@@ -360,6 +366,27 @@ func (a *API) run(ctx context.Context, req *Request, id string) ([]scheduler.Res
 		results[i] = res
 	}
 	return results, nil
+}
+
+// runOne runs a single task: with nothing to overlap it with, on this
+// goroutine where the scheduler allows (Runner).
+func (a *API) runOne(ctx context.Context, sr *scheduler.Request) ([]scheduler.Result, error) {
+	submit := a.cfg.Scheduler.Submit
+	if r, ok := a.cfg.Scheduler.(Runner); ok {
+		submit = r.Run
+	}
+	t, err := submit(ctx, sr)
+	if err != nil {
+		return nil, err
+	}
+	// A task always ends, with its context at the latest, so the error is
+	// the task's own (deadline or cancellation).
+	<-t.Done()
+	res, err := t.Outcome()
+	if err != nil {
+		return nil, err
+	}
+	return []scheduler.Result{res}, nil
 }
 
 type usage struct {

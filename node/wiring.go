@@ -26,7 +26,9 @@ func (n *Node) wireRequestPath() {
 	})
 	n.api = httpapi.New(httpapi.Config{
 		Node: n.cfg.NodeName, MaxBodyBytes: n.cfg.HTTP.MaxBodyBytes, RequestTimeout: n.cfg.HTTP.RequestTimeout,
-		CacheLookupTimeout: n.cfg.Cache.LookupTimeout,
+		// dcache bounds each shared-cache get by cache.lookup_timeout
+		// itself (newCache), and a local get does not wait.
+		CacheLookupTimeout: 0,
 		Limiter:            admitter{n}, Cache: n.respCache, Scoper: scopeGlue{n}, Cluster: clusterGlue{n}, Picker: n.router, Prefixes: n.prefixes, Forwarder: n.fwd,
 		Scheduler: n.sched, Breakers: n.breakers, Retries: n.retries, Metrics: metricsGlue{n.metrics},
 		Logger: n.logger.With("component", "api"),
