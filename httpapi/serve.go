@@ -307,15 +307,16 @@ func (a *API) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 		}
 		return status, nil
 	}
-	compute := func(cctx context.Context) ([]scheduler.Result, error) {
-		return a.run(cctx, req, id)
-	}
 	var results []scheduler.Result
 	var err error
 	if cacheable && pol.Lookup {
+		// The closure only where it is needed: it escapes, an allocation.
+		compute := func(cctx context.Context) ([]scheduler.Result, error) {
+			return a.run(cctx, req, id)
+		}
 		results, err = a.cfg.Cache.Coalesce(ctx, req.Model, key, pol.Store, compute)
 	} else {
-		results, err = compute(ctx)
+		results, err = a.run(ctx, req, id)
 		if err == nil && cacheable && pol.Store {
 			a.cfg.Cache.Store(req.Model, key, results)
 		}
