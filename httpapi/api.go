@@ -422,8 +422,15 @@ func checkN(n *int) error {
 
 // decodeChat parses a /v1/chat/completions body.
 func decodeChat(body []byte) (*Request, error) {
-	var b chatBody
-	if err := decodeStrict(body, &b); err != nil {
+	// The body, the request and room for one message in one allocation
+	// (the body escapes into the decoder anyway).
+	all := &struct {
+		req  Request
+		b    chatBody
+		msg1 [1]scheduler.Message
+	}{}
+	b := &all.b
+	if err := decodeStrict(body, b); err != nil {
 		return nil, err
 	}
 	if err := checkModel(b.Model); err != nil {
@@ -438,7 +445,10 @@ func decodeChat(body []byte) (*Request, error) {
 	if len(b.Messages) > maxMessages {
 		return nil, badParam("messages", fmt.Sprintf("messages may hold at most %d messages", maxMessages))
 	}
-	msgs := make([]scheduler.Message, len(b.Messages))
+	msgs := all.msg1[:]
+	if len(b.Messages) > 1 {
+		msgs = make([]scheduler.Message, len(b.Messages))
+	}
 	for i, m := range b.Messages {
 		switch m.Role {
 		case "system", "user", "assistant", "developer", "tool":
@@ -459,10 +469,11 @@ func decodeChat(body []byte) (*Request, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Request{
+	all.req = Request{
 		Endpoint: scheduler.EndpointChat, Model: b.Model, Messages: msgs, Params: p,
 		Stream: b.Stream, IncludeUsage: b.StreamOptions != nil && b.StreamOptions.IncludeUsage, Priority: prio,
-	}, nil
+	}
+	return &all.req, nil
 }
 
 // decodeCompletion parses a /v1/completions body.

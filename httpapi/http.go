@@ -195,9 +195,8 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *Err
 		rd = io.LimitReader(rd, limit+1)
 	}
 	data, err := io.ReadAll(rd)
-	var mbe *http.MaxBytesError
 	switch {
-	case errors.As(err, &mbe) || int64(len(data)) > limit ||
+	case tooLarge(err) || int64(len(data)) > limit ||
 		// A zstd frame that asks for a window (or content) beyond the
 		// decoder's memory bound is too large, as a gzip bomb is.
 		errors.Is(err, zstd.ErrWindowSizeExceeded) || errors.Is(err, zstd.ErrDecoderSizeExceeded):
@@ -209,6 +208,16 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *Err
 		return nil, badRequest("invalid_json", "request body is empty; send a JSON object")
 	}
 	return data, nil
+}
+
+// tooLarge reports a MaxBytesReader's error; apart from errors.As's
+// target, which escapes, so a request with no error does not pay for it.
+func tooLarge(err error) bool {
+	if err == nil {
+		return false
+	}
+	var mbe *http.MaxBytesError
+	return errors.As(err, &mbe)
 }
 
 // requestID returns the request's ID as set by the middleware.
