@@ -399,6 +399,37 @@ func (g *Gossip) Alive() []Member {
 	return slices.DeleteFunc(all, func(m Member) bool { return m.State != StateAlive })
 }
 
+// PeerLoad is a peer and its load for one model.
+type PeerLoad struct {
+	// Member is the peer, without its load report (Load is zero).
+	Member Member
+	// Load is the peer's reported load for the model.
+	Load ModelLoad
+}
+
+// ServingPeers returns the live peers (this node excluded) whose last load
+// report lists model, sorted by name. Unlike Alive it copies no load map
+// and no other member: routing asks it on every request, and with no such
+// peer it allocates nothing.
+func (g *Gossip) ServingPeers(model string) []PeerLoad {
+	g.mu.Lock()
+	var out []PeerLoad
+	for _, p := range g.peers {
+		if !p.known || p.state != StateAlive || p.name == g.cfg.Name {
+			continue
+		}
+		l, ok := p.load.Models[model]
+		if !ok {
+			continue
+		}
+		out = append(out, PeerLoad{Member: Member{Name: p.name, Addr: p.node.Address(), Meta: p.meta, State: p.state,
+			StateChanged: p.stateChanged, LoadUpdated: p.loadUpdated}, Load: l})
+	}
+	g.mu.Unlock()
+	slices.SortFunc(out, func(a, b PeerLoad) int { return cmp.Compare(a.Member.Name, b.Member.Name) })
+	return out
+}
+
 // Serves reports whether a live peer's last load report lists model. It
 // copies nothing: the request path asks it on every cache call and metric
 // observation, where Alive's sorted copy of every member and load map

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/shoal-dev/shoal/ratelimit"
 	"github.com/shoal-dev/shoal/respcache"
@@ -42,6 +43,11 @@ type Request struct {
 	// limits, for its SettleTokens; empty for a request this node did not
 	// admit.
 	Charged TokenCharge
+	// KeyHash is the hash of the client's API key ("" without one) once
+	// KeyHashed is set: the Limiter records it, so the cache scope does
+	// not hash the key a second time.
+	KeyHash   string
+	KeyHashed bool
 
 	// The response-cache key, once API.cacheKey has computed it.
 	cacheKey         string
@@ -198,6 +204,21 @@ func jsonField(t reflect.Type, name string) (reflect.Type, bool) {
 	return nil, false
 }
 
+// plainJSONString reports whether b is a JSON string with no escapes or
+// control characters, in valid UTF-8: its value is the bytes between the
+// quotes.
+func plainJSONString(b []byte) bool {
+	if len(b) < 2 || b[0] != '"' || b[len(b)-1] != '"' {
+		return false
+	}
+	for _, c := range b[1 : len(b)-1] {
+		if c < 0x20 || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return utf8.Valid(b)
+}
+
 // chatContent accepts a message's content as a string or as an array of
 // {"type":"text","text":...} parts, as OpenAI clients send it.
 type chatContent struct {
@@ -225,6 +246,11 @@ func (c *chatContent) UnmarshalJSON(b []byte) error {
 		return nil
 	}
 	if bytes.Equal(b, []byte("null")) {
+		return nil
+	}
+	// What Unmarshal would return, without its decoder's allocations.
+	if plainJSONString(b) {
+		c.text = string(b[1 : len(b)-1])
 		return nil
 	}
 	if err := json.Unmarshal(b, &c.text); err != nil {
@@ -282,6 +308,15 @@ type inferBody struct {
 // decodeStrict unmarshals one JSON value and rejects trailing data. Type
 // errors name the offending field and what it takes, in JSON terms.
 func decodeStrict(body []byte, v any) error {
+	// A body that is one JSON value decodes the same through Unmarshal,
+	// which reads the bytes in place (the Decoder copies them into its
+	// own buffer). Unmarshal rejects anything after the value, so any
+	// error takes the Decoder's path from a zero value: its errors, and
+	// what it accepts, stay the contract.
+	if err := json.Unmarshal(body, v); err == nil {
+		return nil
+	}
+	reflect.ValueOf(v).Elem().SetZero()
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(v); err != nil {
 		return describeJSONError(reflect.TypeOf(v), err)
@@ -387,8 +422,15 @@ func checkN(n *int) error {
 
 // decodeChat parses a /v1/chat/completions body.
 func decodeChat(body []byte) (*Request, error) {
-	var b chatBody
-	if err := decodeStrict(body, &b); err != nil {
+	// The body, the request and room for one message in one allocation
+	// (the body escapes into the decoder anyway).
+	all := &struct {
+		req  Request
+		b    chatBody
+		msg1 [1]scheduler.Message
+	}{}
+	b := &all.b
+	if err := decodeStrict(body, b); err != nil {
 		return nil, err
 	}
 	if err := checkModel(b.Model); err != nil {
@@ -403,7 +445,10 @@ func decodeChat(body []byte) (*Request, error) {
 	if len(b.Messages) > maxMessages {
 		return nil, badParam("messages", fmt.Sprintf("messages may hold at most %d messages", maxMessages))
 	}
-	msgs := make([]scheduler.Message, len(b.Messages))
+	msgs := all.msg1[:]
+	if len(b.Messages) > 1 {
+		msgs = make([]scheduler.Message, len(b.Messages))
+	}
 	for i, m := range b.Messages {
 		switch m.Role {
 		case "system", "user", "assistant", "developer", "tool":
@@ -424,10 +469,11 @@ func decodeChat(body []byte) (*Request, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Request{
+	all.req = Request{
 		Endpoint: scheduler.EndpointChat, Model: b.Model, Messages: msgs, Params: p,
 		Stream: b.Stream, IncludeUsage: b.StreamOptions != nil && b.StreamOptions.IncludeUsage, Priority: prio,
-	}, nil
+	}
+	return &all.req, nil
 }
 
 // decodeCompletion parses a /v1/completions body.
@@ -499,13 +545,18 @@ func checkPrompts(field string, f flexString) error {
 // requests expands an API request into one scheduler request per prompt.
 func (a *Request) requests(id string) []*scheduler.Request {
 	if a.Endpoint == scheduler.EndpointChat {
-		return []*scheduler.Request{{ID: id, Model: a.Model, Endpoint: a.Endpoint, Messages: a.Messages, Params: a.Params, Priority: a.Priority, Stream: a.Stream}}
+		return []*scheduler.Request{a.chatRequest(id)}
 	}
 	out := make([]*scheduler.Request, len(a.Prompts))
 	for i, p := range a.Prompts {
 		out[i] = &scheduler.Request{ID: fmt.Sprintf("%s-%d", id, i), Model: a.Model, Endpoint: a.Endpoint, Prompt: p, Params: a.Params, Priority: a.Priority, Stream: a.Stream}
 	}
 	return out
+}
+
+// chatRequest is a chat's one scheduler request.
+func (a *Request) chatRequest(id string) *scheduler.Request {
+	return &scheduler.Request{ID: id, Model: a.Model, Endpoint: a.Endpoint, Messages: a.Messages, Params: a.Params, Priority: a.Priority, Stream: a.Stream}
 }
 
 // cacheInput is what of the request decides its answer.

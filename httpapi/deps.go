@@ -38,8 +38,9 @@ type Cache interface {
 type Scoper interface {
 	// CacheScope names the partition r's answer is cached in ("" for the
 	// whole cluster), so a hit never tells one client what a client of
-	// another partition asked.
-	CacheScope(r *http.Request) string
+	// another partition asked. req carries the API key's hash when the
+	// Limiter has computed it.
+	CacheScope(r *http.Request, req *Request) string
 }
 
 // Cluster is what the API reads of the cluster's membership.
@@ -121,6 +122,10 @@ type Config struct {
 	// may only shorten it.
 	RequestTimeout time.Duration
 	// CacheLookupTimeout bounds a cache lookup; a slow cache is a miss.
+	// Zero leaves the bound to the Cache, for one that bounds its own
+	// lookups (the node's: dcache gives every shared-cache get the same
+	// lookup_timeout, and a local get does not wait), which saves a
+	// context and its timer per lookup.
 	CacheLookupTimeout time.Duration
 
 	Limiter   Limiter

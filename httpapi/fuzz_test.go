@@ -1,9 +1,13 @@
 package httpapi
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -161,4 +165,67 @@ func TestParseTimeoutForms(t *testing.T) {
 			t.Fatalf("%q accepted", bad)
 		}
 	}
+}
+
+// decodeStrictDecoder is decodeStrict as it was before its Unmarshal fast
+// path: the contract the fast path must keep.
+func decodeStrictDecoder(body []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(v); err != nil {
+		return describeJSONError(reflect.TypeOf(v), err)
+	}
+	if dec.More() {
+		return badRequest("invalid_json", "request body has data after the JSON object")
+	}
+	return nil
+}
+
+// FuzzDecodeStrictSame checks decodeStrict decodes every body to the same
+// value, or the same error, as the Decoder alone did.
+func FuzzDecodeStrictSame(f *testing.F) {
+	for _, s := range decoderSeeds {
+		f.Add([]byte(s))
+	}
+	for _, s := range []string{`{} }`, `{"model":"m"}]`, ` {"model":"m"} `, `{"model":"m"} {}`, `{"model":"m"}x`} {
+		f.Add([]byte(s))
+	}
+	same := func(t *testing.T, body []byte, got, want any) {
+		errGot := decodeStrict(body, got)
+		errWant := decodeStrictDecoder(body, want)
+		if fmt.Sprint(errGot) != fmt.Sprint(errWant) {
+			t.Fatalf("error %v, the Decoder's %v", errGot, errWant)
+		}
+		if errGot == nil && !reflect.DeepEqual(got, want) {
+			t.Fatalf("decoded %+v, the Decoder %+v", got, want)
+		}
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		same(t, body, &chatBody{}, &chatBody{})
+		same(t, body, &completionBody{}, &completionBody{})
+		same(t, body, &inferBody{}, &inferBody{})
+	})
+}
+
+// FuzzPlainJSONString checks the content fast path reads a string as
+// encoding/json does.
+func FuzzPlainJSONString(f *testing.F) {
+	for _, s := range []string{`"hi"`, `"a\"b"`, `"\u00e9"`, `"é"`, "\"\xff\"", `""`, `"`, `"a"b"`, "\"\t\"", `null`, `["a"]`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if !plainJSONString(b) {
+			return
+		}
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			t.Fatalf("plain string %q does not decode: %v", b, err)
+		}
+		if s != string(b[1:len(b)-1]) {
+			t.Fatalf("%q decodes to %q", b, s)
+		}
+		var c chatContent
+		if err := c.UnmarshalJSON(b); err != nil || c.text != s {
+			t.Fatalf("content %q: %q, %v", b, c.text, err)
+		}
+	})
 }

@@ -93,6 +93,9 @@ func qvalue(params string) float64 {
 type reqInfo struct {
 	id    string
 	codec *codec
+	// The X-Request-Id and X-Shoal-Node header values, in the same
+	// allocation.
+	hdr [2]string
 }
 
 type reqInfoKey struct{}
@@ -105,14 +108,19 @@ func infoOf(ctx context.Context) *reqInfo {
 // writeJSON encodes v as the response, compressed when the client accepts
 // it and the body is large enough to gain from it.
 func writeJSON(w http.ResponseWriter, r *http.Request, status int, v any) {
-	body, err := json.Marshal(v)
-	if err != nil {
+	// The encoder writes what json.Marshal returns, and the newline, into
+	// a pooled buffer; the writer copies the bytes before it is reused.
+	jb := getJSONBuf()
+	defer putJSONBuf(jb)
+	var body []byte
+	if err := jb.enc.Encode(v); err != nil {
 		status = http.StatusInternalServerError
-		body = []byte(`{"error":{"message":"response encoding failed","type":"server_error","param":null,"code":"internal_error"}}`)
+		body = []byte(`{"error":{"message":"response encoding failed","type":"server_error","param":null,"code":"internal_error"}}` + "\n")
+	} else {
+		body = jb.buf.Bytes()
 	}
-	body = append(body, '\n')
 	h := w.Header()
-	h.Set("Content-Type", "application/json")
+	h["Content-Type"] = hdrJSON[:1:1]
 	var c *codec
 	if ri := infoOf(r.Context()); ri != nil {
 		c = ri.codec
@@ -143,16 +151,28 @@ func writeJSON(w http.ResponseWriter, r *http.Request, status int, v any) {
 // readBody enforces the content type, decompresses gzip or zstd bodies and
 // bounds the size after decompression, so a compressed bomb is refused too.
 func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *Error) {
-	if ct := r.Header.Get("Content-Type"); ct != "" {
+	// The usual value needs no parsing (ParseMediaType allocates its
+	// parameter map).
+	if ct := r.Header.Get("Content-Type"); ct != "" && ct != "application/json" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || mt != "application/json" {
 			return nil, &Error{Status: http.StatusUnsupportedMediaType, Type: "invalid_request_error", Code: "unsupported_media_type",
 				Message: "Content-Type must be application/json (curl: -H 'Content-Type: application/json')"}
 		}
 	}
-	var rd io.Reader = http.MaxBytesReader(w, r.Body, limit)
+	var rd io.Reader = r.Body
+	if r.ContentLength <= 0 || r.ContentLength > limit {
+		// A declared length within the limit bounds the body already (the
+		// server reads no further); otherwise the limit reader does, and
+		// tells the server to close the connection once it is exceeded.
+		rd = http.MaxBytesReader(w, r.Body, limit)
+	}
+	// Only a decompressed body can outgrow what was read; for a plain one
+	// the bound above is the limit.
+	bounded := false
 	switch enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding"))); enc {
 	case "", "identity":
+		bounded = true
 	case "gzip":
 		gz, err := gzip.NewReader(rd)
 		if err != nil {
@@ -171,10 +191,12 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *Err
 		return nil, &Error{Status: http.StatusUnsupportedMediaType, Type: "invalid_request_error", Code: "unsupported_encoding",
 			Message: "Content-Encoding must be gzip, zstd or identity, got " + enc}
 	}
-	data, err := io.ReadAll(io.LimitReader(rd, limit+1))
-	var mbe *http.MaxBytesError
+	if !bounded {
+		rd = io.LimitReader(rd, limit+1)
+	}
+	data, err := io.ReadAll(rd)
 	switch {
-	case errors.As(err, &mbe) || int64(len(data)) > limit ||
+	case tooLarge(err) || int64(len(data)) > limit ||
 		// A zstd frame that asks for a window (or content) beyond the
 		// decoder's memory bound is too large, as a gzip bomb is.
 		errors.Is(err, zstd.ErrWindowSizeExceeded) || errors.Is(err, zstd.ErrDecoderSizeExceeded):
@@ -186,6 +208,16 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *Err
 		return nil, badRequest("invalid_json", "request body is empty; send a JSON object")
 	}
 	return data, nil
+}
+
+// tooLarge reports a MaxBytesReader's error; apart from errors.As's
+// target, which escapes, so a request with no error does not pay for it.
+func tooLarge(err error) bool {
+	if err == nil {
+		return false
+	}
+	var mbe *http.MaxBytesError
+	return errors.As(err, &mbe)
 }
 
 // requestID returns the request's ID as set by the middleware.
@@ -221,16 +253,22 @@ func validRequestID(id string) bool {
 func Middleware(node string, logger *slog.Logger, next http.Handler) http.Handler {
 	c := newCodec()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id := r.Header.Get("X-Request-ID")
+		// Header.Get would canonicalize "X-Request-ID" (an allocation) on
+		// every request; this is its canonical form.
+		id := ""
+		if v := r.Header["X-Request-Id"]; len(v) > 0 {
+			id = v[0]
+		}
 		if !validRequestID(id) {
 			id = newRequestID()
 		}
-		// Both values in one allocation; the keys are canonical already.
-		vals := [2]string{id, node}
+		// The context value and both header values in one allocation; the
+		// keys are canonical already.
+		ri := &reqInfo{id: id, codec: c, hdr: [2]string{id, node}}
 		h := w.Header()
-		h["X-Request-Id"] = vals[0:1:1]
-		h["X-Shoal-Node"] = vals[1:2:2]
-		r = r.WithContext(context.WithValue(r.Context(), reqInfoKey{}, &reqInfo{id: id, codec: c}))
+		h["X-Request-Id"] = ri.hdr[0:1:1]
+		h["X-Shoal-Node"] = ri.hdr[1:2:2]
+		r = r.WithContext(context.WithValue(r.Context(), reqInfoKey{}, ri))
 		defer func() {
 			if p := recover(); p != nil {
 				if p == http.ErrAbortHandler {

@@ -114,7 +114,7 @@ func (a *API) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 // lookup and the store both need it) and only when asked for.
 func (a *API) cacheKey(r *http.Request, req *Request) (string, bool) {
 	if !req.keyed {
-		req.cacheKey, req.cacheable = a.cfg.Cache.Key(req.cacheInput(a.cfg.Scoper.CacheScope(r)))
+		req.cacheKey, req.cacheable = a.cfg.Cache.Key(req.cacheInput(a.cfg.Scoper.CacheScope(r, req)))
 		req.keyed = true
 	}
 	return req.cacheKey, req.cacheable
@@ -133,15 +133,19 @@ func (a *API) answerFromCache(ctx context.Context, w http.ResponseWriter, r *htt
 		setCacheHeader(w, CacheBypass)
 		return false
 	}
-	lctx, cancel := context.WithTimeout(ctx, a.cfg.CacheLookupTimeout)
-	defer cancel()
+	lctx := ctx
+	if a.cfg.CacheLookupTimeout > 0 {
+		var cancel context.CancelFunc
+		lctx, cancel = context.WithTimeout(ctx, a.cfg.CacheLookupTimeout)
+		defer cancel()
+	}
 	cached, found := a.cfg.Cache.Lookup(lctx, req.Model, key)
 	if !found {
 		setCacheHeader(w, CacheMiss)
 		return false
 	}
 	setCacheHeader(w, CacheHit)
-	w.Header().Set(router.HeaderRoute, "cache")
+	w.Header()[router.HeaderRoute] = hdrRouteCache[:1:1]
 	a.tokensUsed(ctx, w, r, req, cached, false)
 	if req.Stream {
 		a.replayStream(w, r, req, cached[0])
@@ -159,7 +163,7 @@ func (a *API) answerFromCache(ctx context.Context, w http.ResponseWriter, r *htt
 func (a *API) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request, body []byte, start time.Time) int {
 	if r.Header.Get(router.HeaderForwarded) != "" {
 		// Only a verified forward reaches here with the header (handler).
-		w.Header().Set(router.HeaderRoute, "forwarded")
+		w.Header()[router.HeaderRoute] = hdrForwarded[:1:1]
 		status, err := a.serve(ctx, w, r, req, start)
 		if err != nil {
 			// Tell the routing node to try elsewhere.
@@ -177,12 +181,18 @@ func (a *API) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	a.cfg.Retries.Request()
 	// The prompt's block hashes, for prefix-aware routing.
 	rreq := router.Request{Prefix: promptHashes(req)}
-	tried := map[string]bool{}
+	// The nodes tried so far: made only for a retry (a map is two
+	// allocations per request), when it holds the first try's target.
+	var tried map[string]bool
+	firstTarget := ""
 	var lastErr error
 	for attempt := 0; attempt < 2; attempt++ {
 		if attempt > 0 && !a.cfg.Retries.Take() {
 			a.cfg.Metrics.Retry("budget_exhausted")
 			break
+		}
+		if attempt > 0 {
+			tried = map[string]bool{firstTarget: true}
 		}
 		pickStart := time.Now()
 		target, reason, err := a.cfg.Picker.Route(rreq, cands, tried)
@@ -197,10 +207,12 @@ func (a *API) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			reason = router.ReasonRetry
 		}
 		a.cfg.Metrics.RouteReason(reason)
-		tried[target.Node] = true
+		if attempt == 0 {
+			firstTarget = target.Node
+		}
 		if target.Local {
 			a.cfg.Metrics.Routed(target.Node, "local")
-			w.Header().Set(router.HeaderRoute, routeHeader(true, reason))
+			setLocalRoute(w.Header(), reason)
 			status, err := a.serve(ctx, w, r, req, start)
 			if err == nil {
 				return status
@@ -295,15 +307,16 @@ func (a *API) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 		}
 		return status, nil
 	}
-	compute := func(cctx context.Context) ([]scheduler.Result, error) {
-		return a.run(cctx, req, id)
-	}
 	var results []scheduler.Result
 	var err error
 	if cacheable && pol.Lookup {
+		// The closure only where it is needed: it escapes, an allocation.
+		compute := func(cctx context.Context) ([]scheduler.Result, error) {
+			return a.run(cctx, req, id)
+		}
 		results, err = a.cfg.Cache.Coalesce(ctx, req.Model, key, pol.Store, compute)
 	} else {
-		results, err = compute(ctx)
+		results, err = a.run(ctx, req, id)
 		if err == nil && cacheable && pol.Store {
 			a.cfg.Cache.Store(req.Model, key, results)
 		}
@@ -326,12 +339,14 @@ func (a *API) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 
 // run submits every prompt of req to the scheduler and waits for all.
 func (a *API) run(ctx context.Context, req *Request, id string) ([]scheduler.Result, error) {
-	sreqs := req.requests(id)
-	submit := a.cfg.Scheduler.Submit
-	if r, ok := a.cfg.Scheduler.(Runner); ok && len(sreqs) == 1 {
-		// One task and nothing to overlap it with: let it run here.
-		submit = r.Run
+	if req.Endpoint == scheduler.EndpointChat {
+		return a.runOne(ctx, req.chatRequest(id))
 	}
+	sreqs := req.requests(id)
+	if len(sreqs) == 1 {
+		return a.runOne(ctx, sreqs[0])
+	}
+	submit := a.cfg.Scheduler.Submit
 	tasks := make([]*scheduler.Task, 0, len(sreqs))
 	for _, sr := range sreqs {
 		t, err := submit(ctx, sr)
@@ -352,6 +367,27 @@ func (a *API) run(ctx context.Context, req *Request, id string) ([]scheduler.Res
 		results[i] = res
 	}
 	return results, nil
+}
+
+// runOne runs a single task: with nothing to overlap it with, on this
+// goroutine where the scheduler allows (Runner).
+func (a *API) runOne(ctx context.Context, sr *scheduler.Request) ([]scheduler.Result, error) {
+	submit := a.cfg.Scheduler.Submit
+	if r, ok := a.cfg.Scheduler.(Runner); ok {
+		submit = r.Run
+	}
+	t, err := submit(ctx, sr)
+	if err != nil {
+		return nil, err
+	}
+	// A task always ends, with its context at the latest, so the error is
+	// the task's own (deadline or cancellation).
+	<-t.Done()
+	res, err := t.Outcome()
+	if err != nil {
+		return nil, err
+	}
+	return []scheduler.Result{res}, nil
 }
 
 type usage struct {
@@ -426,11 +462,17 @@ func (a *API) render(id string, req *Request, results []scheduler.Result) any {
 	switch req.Endpoint {
 	case scheduler.EndpointChat:
 		res := results[0]
-		return &chatAnswer{
+		// The answer and its one choice in one allocation.
+		ans := &struct {
+			chatAnswer
+			choice [1]chatChoice
+		}{}
+		ans.choice[0] = chatChoice{Index: 0, Message: scheduler.Message{Role: "assistant", Content: res.Text}, FinishReason: res.FinishReason}
+		ans.chatAnswer = chatAnswer{
 			ID: "chatcmpl-" + id, Object: "chat.completion", Created: now, Model: req.Model,
-			Choices: []chatChoice{{Index: 0, Message: scheduler.Message{Role: "assistant", Content: res.Text}, FinishReason: res.FinishReason}},
-			Usage:   u, SystemFingerprint: a.cfg.Node,
+			Choices: ans.choice[:], Usage: u, SystemFingerprint: a.cfg.Node,
 		}
+		return &ans.chatAnswer
 	case scheduler.EndpointCompletion:
 		choices := make([]completionChoice, len(results))
 		for i, res := range results {
@@ -617,7 +659,17 @@ const (
 
 // setCacheHeader records the cache outcome for the client.
 func setCacheHeader(w http.ResponseWriter, v string) {
-	w.Header().Set("X-Shoal-Cache", v)
+	h := w.Header()
+	switch v {
+	case CacheHit:
+		h["X-Shoal-Cache"] = hdrCacheHit[:1:1]
+	case CacheMiss:
+		h["X-Shoal-Cache"] = hdrCacheMiss[:1:1]
+	case CacheBypass:
+		h["X-Shoal-Cache"] = hdrCacheBypass[:1:1]
+	default:
+		h.Set("X-Shoal-Cache", v)
+	}
 }
 
 // tokensUsed accounts for the tokens req's answer used (nil results: none).

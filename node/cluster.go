@@ -390,15 +390,11 @@ func (n *Node) candidates(model string) []router.Candidate {
 	if n.gossip.Sampling() {
 		return n.sampledCandidates(model, out, st)
 	}
-	for _, m := range n.gossip.Alive() {
-		if m.Name == n.cfg.NodeName || m.State != gossip.StateAlive {
+	for _, p := range n.gossip.ServingPeers(model) {
+		if p.Member.Name == n.cfg.NodeName {
 			continue
 		}
-		l, ok := m.Load.Models[model]
-		if !ok {
-			continue
-		}
-		out = append(out, peerCandidate(m, model, l, now, st))
+		out = append(out, peerCandidate(p.Member, model, p.Load, now, st))
 	}
 	return out
 }

@@ -82,6 +82,9 @@ func (n *Node) limitPolicy() *consensus.LimitPolicy {
 	if p := n.store.State().Limits; p != nil {
 		return p
 	}
+	if n.filePolicy != nil {
+		return n.filePolicy
+	}
 	return &consensus.LimitPolicy{DefaultRPM: n.cfg.RateLimit.RPM, AuthRequired: n.cfg.Auth.Required}
 }
 
@@ -109,6 +112,7 @@ func (a admitter) Admit(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	if key != "" {
 		hash = consensus.HashKey(key)
 	}
+	req.KeyHash, req.KeyHashed = hash, true
 	if p.AuthRequired {
 		if _, ok := p.Keys[hash]; !ok || hash == "" {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="shoal"`)

@@ -81,6 +81,9 @@ type Node struct {
 	// fileLimitsChecked is set once warnFileLimits has compared the file's
 	// limits with the cluster's (cluster loop only).
 	fileLimitsChecked bool
+	// filePolicy is the configuration's limit policy, which applies until
+	// the leader seeds the replicated one; built once, read only.
+	filePolicy *consensus.LimitPolicy
 
 	httpLn  net.Listener
 	httpSrv *http.Server
@@ -116,6 +119,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	n := &Node{
 		cfg:             cfg,
+		filePolicy:      &consensus.LimitPolicy{DefaultRPM: cfg.RateLimit.RPM, AuthRequired: cfg.Auth.Required},
 		logger:          logger,
 		metrics:         metrics,
 		health:          ops.NewHealth(cfg.NodeName),

@@ -26,7 +26,9 @@ func (n *Node) wireRequestPath() {
 	})
 	n.api = httpapi.New(httpapi.Config{
 		Node: n.cfg.NodeName, MaxBodyBytes: n.cfg.HTTP.MaxBodyBytes, RequestTimeout: n.cfg.HTTP.RequestTimeout,
-		CacheLookupTimeout: n.cfg.Cache.LookupTimeout,
+		// dcache bounds each shared-cache get by cache.lookup_timeout
+		// itself (newCache), and a local get does not wait.
+		CacheLookupTimeout: 0,
 		Limiter:            admitter{n}, Cache: n.respCache, Scoper: scopeGlue{n}, Cluster: clusterGlue{n}, Picker: n.router, Prefixes: n.prefixes, Forwarder: n.fwd,
 		Scheduler: n.sched, Breakers: n.breakers, Retries: n.retries, Metrics: metricsGlue{n.metrics},
 		Logger: n.logger.With("component", "api"),
@@ -44,11 +46,14 @@ func (n *Node) cacheSettings() (ttl time.Duration, lower bool) {
 // scopeGlue partitions the response cache per cache.scope.
 type scopeGlue struct{ n *Node }
 
-func (g scopeGlue) CacheScope(r *http.Request) string {
+func (g scopeGlue) CacheScope(r *http.Request, req *httpapi.Request) string {
 	p := g.n.limitPolicy()
-	hash := ""
-	if key := bearerKey(r); key != "" {
-		hash = consensus.HashKey(key)
+	hash := req.KeyHash
+	if !req.KeyHashed {
+		// A forwarded request, which the Limiter did not see.
+		if key := bearerKey(r); key != "" {
+			hash = consensus.HashKey(key)
+		}
 	}
 	scope := g.n.cfg.Cache.Scope
 	// Replicated cache settings (shoal admin cache settings set) win over

@@ -23,6 +23,11 @@ func ClientIP(remoteAddr string) string {
 		}
 		return host
 	}
+	if addr.Is4() {
+		// IPv4 parses only in its canonical dotted form, so host is
+		// what addr.String would allocate.
+		return host
+	}
 	addr = addr.Unmap().WithZone("")
 	if addr.Is6() {
 		return netip.PrefixFrom(addr, 64).Masked().String()

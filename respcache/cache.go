@@ -63,6 +63,31 @@ type answer struct {
 	Node    string             `json:"node"`
 }
 
+// answerRoom is an answer with room for one result, so decoding the
+// usual answer (one result) allocates it and its result slice at once.
+type answerRoom struct {
+	answer
+	one [1]scheduler.Result
+}
+
+func decodeInto() *answerRoom {
+	a := &answerRoom{}
+	a.Results = a.one[:0:1]
+	return a
+}
+
+// decode unmarshals data as json.Unmarshal into a zero answer would.
+func (a *answerRoom) decode(data []byte) error {
+	if err := json.Unmarshal(data, &a.answer); err != nil {
+		return err
+	}
+	if len(a.Results) == 0 && cap(a.Results) == 1 {
+		// No "results" at all: a zero answer's is nil.
+		a.Results = nil
+	}
+	return nil
+}
+
 // New returns a Cache over cfg.Store.
 func New(cfg Config) *Cache {
 	if cfg.Logger == nil {
@@ -95,8 +120,8 @@ func (c *Cache) Lookup(ctx context.Context, model, key string) ([]scheduler.Resu
 	if err != nil && !errors.Is(err, dcache.ErrUnavailable) {
 		c.cfg.Logger.Debug("cache lookup", "err", err)
 	}
-	var a answer
-	hit := err == nil && found && json.Unmarshal(data, &a) == nil
+	a := decodeInto()
+	hit := err == nil && found && a.decode(data) == nil
 	if c.cfg.Observer != nil {
 		c.cfg.Observer.CacheLookup(model, took, hit)
 	}

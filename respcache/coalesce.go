@@ -2,7 +2,6 @@ package respcache
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"sync"
 	"time"
@@ -128,8 +127,7 @@ func (c *Cache) waitForAnswer(ctx context.Context, model, key string) ([]schedul
 		}
 		data, found, err := c.cfg.Store.Get(ctx, model, key)
 		if err == nil && found {
-			var a answer
-			if json.Unmarshal(data, &a) == nil {
+			if a := decodeInto(); a.decode(data) == nil {
 				return a.Results, nil
 			}
 		}

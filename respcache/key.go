@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"math"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/shoal-dev/shoal/scheduler"
 )
@@ -19,7 +20,7 @@ type Policy struct {
 // ParsePolicy reads a Cache-Control request header.
 func ParsePolicy(h string) Policy {
 	p := Policy{Lookup: true, Store: true}
-	for _, d := range strings.Split(strings.ToLower(h), ",") {
+	for d := range strings.SplitSeq(strings.ToLower(h), ",") {
 		switch strings.TrimSpace(d) {
 		case "no-cache":
 			p.Lookup = false
@@ -74,11 +75,34 @@ type KeyInput struct {
 	Scope string
 }
 
+// normalSpaced reports whether s is ASCII whose only whitespace is single
+// spaces between words: what strings.Fields and Join would give back
+// unchanged (they allocate twice).
+func normalSpaced(s string) bool {
+	if s == "" {
+		return true
+	}
+	if s[0] == ' ' || s[len(s)-1] == ' ' {
+		return false
+	}
+	prev := byte(0)
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= utf8.RuneSelf || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r' || (c == ' ' && prev == ' ') {
+			return false
+		}
+		prev = c
+	}
+	return true
+}
+
 // normalizeText trims and collapses whitespace, so prompts that differ only
 // in spacing share an entry; lowercasing is opt-in because it changes
 // meaning for most models.
 func normalizeText(s string, lower bool) string {
-	s = strings.Join(strings.Fields(s), " ")
+	if !normalSpaced(s) {
+		s = strings.Join(strings.Fields(s), " ")
+	}
 	if lower {
 		s = strings.ToLower(s)
 	}
@@ -132,5 +156,9 @@ func Key(in KeyInput, lower bool) (key string, ok bool) {
 	for _, s := range p.Stop {
 		field(s)
 	}
-	return hex.EncodeToString(h.Sum(nil)), true
+	// On the stack, then one allocation for the string.
+	var sum [sha256.Size]byte
+	var out [2 * sha256.Size]byte
+	hex.Encode(out[:], h.Sum(sum[:0]))
+	return string(out[:]), true
 }

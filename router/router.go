@@ -157,14 +157,27 @@ func New(cfg Config) (*Router, error) {
 func (r *Router) Policy() string { return r.policy }
 
 // Filter drops candidates that must not receive work: open breakers,
-// excluded nodes (already tried) and remote nodes with stale load.
+// excluded nodes (already tried) and remote nodes with stale load. When
+// it drops none it returns cands itself (capacity clipped, so an append
+// copies), which saves a copy per request.
 func (r *Router) Filter(cands []Candidate, exclude map[string]bool) []Candidate {
-	out := make([]Candidate, 0, len(cands))
-	for _, c := range cands {
-		if c.Open || exclude[c.Node] || (!c.Local && c.LoadAge > r.stale) {
-			continue
+	drop := func(c *Candidate) bool {
+		return c.Open || exclude[c.Node] || (!c.Local && c.LoadAge > r.stale)
+	}
+	keep := 0
+	for i := range cands {
+		if !drop(&cands[i]) {
+			keep++
 		}
-		out = append(out, c)
+	}
+	if keep == len(cands) {
+		return cands[:keep:keep]
+	}
+	out := make([]Candidate, 0, keep)
+	for i := range cands {
+		if !drop(&cands[i]) {
+			out = append(out, cands[i])
+		}
 	}
 	return out
 }
@@ -301,7 +314,10 @@ func (r *Router) pickLeastExpected(cands []Candidate, req Request) (Candidate, s
 		}
 		return s
 	}
-	var pool []scored
+	// At most two sampled, the local node and the best prefix holder: on
+	// the stack.
+	var room [4]scored
+	pool := room[:0]
 	if len(cands) <= 2 {
 		for _, c := range cands {
 			pool = append(pool, eval(c))

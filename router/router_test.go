@@ -31,6 +31,22 @@ func TestFilterDropsOpenExcludedAndStale(t *testing.T) {
 	require.Equal(t, []string{"local", "ok"}, names)
 }
 
+// Filter hands back its input when it drops nothing, clipped so a caller's
+// append cannot write into the caller's candidates.
+func TestFilterKeepsAllWithoutCopyButClipped(t *testing.T) {
+	r, err := New(Config{StaleAfter: time.Second})
+	require.NoError(t, err)
+	cands := make([]Candidate, 2, 3)
+	cands[0], cands[1] = Candidate{Node: "a", Local: true}, Candidate{Node: "b"}
+	got := r.Filter(cands, nil)
+	require.Equal(t, cands, got)
+	require.Equal(t, 2, cap(got))
+	got = append(got, Candidate{Node: "c"})
+	got[0].Node = "changed"
+	require.Equal(t, "a", cands[0].Node)
+	require.Equal(t, "", cands[:3][2].Node)
+}
+
 func TestPickWithNoCandidate(t *testing.T) {
 	r, _ := New(Config{})
 	_, _, err := r.Pick([]Candidate{{Node: "a", Open: true}}, nil)

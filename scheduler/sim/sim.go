@@ -173,6 +173,12 @@ func (b *Backend) Run(ctx context.Context, batch []*scheduler.Task) {
 			limit = b.cfg.DefaultMaxTokens
 		}
 		s := &seq{t: t, words: b.Words(req, limit), stop: req.Params.Stop, prompt: countTokens(req.PromptText())}
+		// The whole text's room at once, not a regrowth every few words.
+		n := len(s.words)
+		for _, w := range s.words {
+			n += len(w)
+		}
+		s.text.Grow(n)
 		seqs[i] = s
 		steps = max(steps, len(s.words))
 	}
