@@ -274,14 +274,14 @@ func (p *Poster) Post(ctx context.Context, e *Endpoint, body any, stream bool, r
 	} else {
 		h["Accept"] = jsonValue
 	}
+	rb := &requestBody{payload: payload, id: [1]string{reqID}}
+	rb.Reset(payload)
 	if reqID != "" {
-		h["X-Request-Id"] = []string{reqID}
+		h["X-Request-Id"] = rb.id[:]
 	}
 	if p.auth != nil {
 		h["Authorization"] = p.auth
 	}
-	rb := &requestBody{payload: payload}
-	rb.Reset(payload)
 	// What http.NewRequestWithContext builds, without parsing the URL.
 	tmpl := http.Request{
 		Method:        http.MethodPost,
@@ -332,6 +332,8 @@ func (p *Poster) viaClient(ctx context.Context, e *Endpoint, payload []byte, str
 type requestBody struct {
 	bytes.Reader
 	payload []byte
+	// id backs the X-Request-Id header value: one allocation for both.
+	id [1]string
 }
 
 func (*requestBody) Close() error { return nil }
