@@ -94,8 +94,9 @@ type Backend struct {
 	client      *http.Client
 	transport   idleCloser // nil when Config.Client was given
 	logger      *slog.Logger
-	completions string
-	chat        string
+	poster      *upcall.Poster
+	completions *upcall.Endpoint
+	chat        *upcall.Endpoint
 	// noAnswer is the cause of a call's timeout, made once.
 	noAnswer error
 }
@@ -129,19 +130,30 @@ func New(cfg Config) (*Backend, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	base := strings.TrimRight(cfg.URL, "/")
+	completions, err := upcall.NewEndpoint(base + "/completions")
+	if err != nil {
+		return nil, fmt.Errorf("openai %s: %w", cfg.Model, err)
+	}
+	chat, err := upcall.NewEndpoint(base + "/chat/completions")
+	if err != nil {
+		return nil, fmt.Errorf("openai %s: %w", cfg.Model, err)
+	}
 	b := &Backend{
 		cfg:         cfg,
 		client:      cfg.Client,
 		logger:      logger.With("component", "openai", "model", cfg.Model, "upstream", base),
-		completions: base + "/completions",
-		chat:        base + "/chat/completions",
+		completions: completions,
+		chat:        chat,
 		noAnswer:    fmt.Errorf("no answer within %s", cfg.Timeout),
 	}
+	var direct http.RoundTripper
 	if b.client == nil {
 		rt := newUpstreamTransport(cfg)
 		b.transport = rt
 		b.client = &http.Client{Transport: rt}
+		direct = rt
 	}
+	b.poster = upcall.NewPoster(b.client, direct, cfg.APIKey)
 	return b, nil
 }
 
@@ -274,17 +286,17 @@ func (b *Backend) runCompletions(runCtx context.Context, tasks []*scheduler.Task
 
 // runChat sends one non-streamed chat request.
 func (b *Backend) runChat(runCtx context.Context, t *scheduler.Task) {
-	tasks := []*scheduler.Task{t}
-	ctx, stop := upcall.GroupContext(runCtx, tasks)
+	tasks := [1]*scheduler.Task{t}
+	ctx, stop := upcall.GroupContext(runCtx, tasks[:])
 	defer stop()
 	req := t.Request()
 	body := chatRequest{Model: b.cfg.UpstreamModel, Messages: req.Messages, wireParams: toWire(req.Params)}
 	answers, u, err := b.call(ctx, b.chat, body, 1, req.ID)
 	if err != nil {
-		upcall.FinishAll(tasks, nil, err)
+		upcall.FinishAll(tasks[:], nil, err)
 		return
 	}
-	upcall.FinishAll(tasks, []scheduler.Result{b.result(req, answers[0], u)}, nil)
+	upcall.FinishAll(tasks[:], []scheduler.Result{b.result(req, answers[0], u)}, nil)
 }
 
 // result builds a single task's result, estimating usage the upstream did
@@ -359,7 +371,9 @@ func (b *Backend) runStream(runCtx context.Context, t *scheduler.Task) {
 	// drain (which keeps the connection reusable), not a whole timeout,
 	// since Run holds a batch slot until it returns.
 	idle.Reset(min(b.cfg.Timeout, drainGrace))
-	b.logger.Debug("upstream stream done", "endpoint", endpoint, "elapsed", time.Since(start))
+	if b.logger.Enabled(ctx, slog.LevelDebug) {
+		b.logger.Debug("upstream stream done", "endpoint", endpoint.String(), "elapsed", time.Since(start))
+	}
 	// Without include_usage support upstream, usage is estimated in words.
 	upcall.FinishAll(tasks, []scheduler.Result{b.result(req, answer{Text: res.Text, FinishReason: res.FinishReason}, res.Usage)}, nil)
 }
@@ -370,7 +384,7 @@ func isJSON(contentType string) bool {
 }
 
 // call makes one non-streamed call answering n prompts, bounded by Timeout.
-func (b *Backend) call(ctx context.Context, endpoint string, body any, n int, reqID string) ([]answer, *usage, error) {
+func (b *Backend) call(ctx context.Context, endpoint *upcall.Endpoint, body any, n int, reqID string) ([]answer, *usage, error) {
 	callCtx, cancel := context.WithTimeoutCause(ctx, b.cfg.Timeout, b.noAnswer)
 	defer cancel()
 	start := time.Now()
@@ -387,7 +401,10 @@ func (b *Backend) call(ctx context.Context, endpoint string, body any, n int, re
 	if err != nil {
 		return nil, nil, b.callError(ctx, callCtx, endpoint, n, start, err)
 	}
-	b.logger.Debug("upstream call done", "endpoint", endpoint, "prompts", n, "elapsed", time.Since(start))
+	if b.logger.Enabled(ctx, slog.LevelDebug) {
+		// Guarded: the arguments alone cost allocations on every call.
+		b.logger.Debug("upstream call done", "endpoint", endpoint.String(), "prompts", n, "elapsed", time.Since(start))
+	}
 	return answers, u, nil
 }
 
@@ -400,15 +417,8 @@ const (
 
 // post sends one request. A non-2xx answer comes back as *UpstreamError;
 // transport errors come back raw, for callError to classify.
-func (b *Backend) post(ctx context.Context, endpoint string, body any, stream bool, reqID string) (*http.Response, error) {
-	req, err := upcall.NewPost(ctx, endpoint, body, stream, reqID)
-	if err != nil {
-		return nil, err
-	}
-	if b.cfg.APIKey != "" {
-		req.Header.Set("Authorization", "Bearer "+b.cfg.APIKey)
-	}
-	resp, err := b.client.Do(req)
+func (b *Backend) post(ctx context.Context, endpoint *upcall.Endpoint, body any, stream bool, reqID string) (*http.Response, error) {
+	resp, err := b.poster.Post(ctx, endpoint, body, stream, reqID)
 	if err != nil {
 		return nil, err
 	}
@@ -427,7 +437,7 @@ func (b *Backend) post(ctx context.Context, endpoint string, body any, stream bo
 // context error is returned (the client's doing, not the upstream's).
 // callCtx is ctx plus this call's timeout; when only it has ended, the
 // upstream was too slow.
-func (b *Backend) callError(ctx, callCtx context.Context, endpoint string, n int, start time.Time, err error) error {
+func (b *Backend) callError(ctx, callCtx context.Context, endpoint *upcall.Endpoint, n int, start time.Time, err error) error {
 	if cerr := ctx.Err(); cerr != nil {
 		return cerr
 	}
@@ -464,6 +474,6 @@ func (b *Backend) callError(ctx, callCtx context.Context, endpoint string, n int
 	if IsBackendFailure(err) {
 		level = slog.LevelWarn
 	}
-	b.logger.Log(ctx, level, "upstream call failed", "endpoint", endpoint, "prompts", n, "elapsed", time.Since(start), "err", err)
+	b.logger.Log(ctx, level, "upstream call failed", "endpoint", endpoint.String(), "prompts", n, "elapsed", time.Since(start), "err", err)
 	return err
 }

@@ -841,6 +841,6 @@ func TestUpstreamModelOnlyIsValid(t *testing.T) {
 	cfg := Config{UpstreamModel: "llama", URL: "https://api.example.com/v1/"}
 	b, err := New(cfg)
 	require.NoError(t, err)
-	require.Equal(t, "https://api.example.com/v1/completions", b.completions, "a trailing slash on the base is dropped")
+	require.Equal(t, "https://api.example.com/v1/completions", b.completions.String(), "a trailing slash on the base is dropped")
 	require.NoError(t, b.Close())
 }

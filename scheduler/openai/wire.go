@@ -114,6 +114,15 @@ type answer struct {
 // mapped to prompts by their index, not their position, since servers may
 // answer out of order; every prompt must get exactly one choice.
 func decodeChoices(body []byte, n int) ([]answer, *usage, error) {
+	if out, u, ok := fastChoices(body, n); ok {
+		return out, u, nil
+	}
+	return slowChoices(body, n)
+}
+
+// slowChoices is decodeChoices through encoding/json: every answer
+// fastChoices does not take, and every error.
+func slowChoices(body []byte, n int) ([]answer, *usage, error) {
 	var r response
 	if err := json.Unmarshal(body, &r); err != nil {
 		return nil, nil, fmt.Errorf("%w: decode JSON: %v", ErrBadResponse, err)

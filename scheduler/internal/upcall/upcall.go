@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -89,8 +90,19 @@ func FinishAll(tasks []*scheduler.Task, results []scheduler.Result, err error) {
 // call's context is cancelled when every task has ended, or parent has. A
 // call for a single task descends from the task's context, so values on it
 // (trace spans, httptrace hooks) reach the HTTP request. stop releases the
-// watchers.
-func GroupContext(parent context.Context, tasks []*scheduler.Task) (ctx context.Context, stop func()) {
+// watchers; callers that need to cancel the call when it is over derive
+// their own context from ctx.
+func GroupContext(parent context.Context, tasks []*scheduler.Task) (ctx context.Context, stop func() bool) {
+	if len(tasks) == 1 && tasks[0].Context() == parent {
+		// A batch of one runs under its task's context (the scheduler's
+		// batchContext): that context already ends the call when the task
+		// ends, so only the early Finish needs a watcher. This is every
+		// pass-through chat; it saves a context, a counter and two closures.
+		t := tasks[0]
+		return parent, context.AfterFunc(parent, func() {
+			t.Finish(scheduler.Result{}, t.Context().Err())
+		})
+	}
 	base := parent
 	if len(tasks) == 1 {
 		base = tasks[0].Context()
@@ -110,11 +122,12 @@ func GroupContext(parent context.Context, tasks []*scheduler.Task) (ctx context.
 			}
 		}))
 	}
-	return ctx, func() {
+	return ctx, func() bool {
 		for _, s := range stops {
 			s()
 		}
 		cancel()
+		return true
 	}
 }
 
@@ -170,6 +183,10 @@ func NewPost(ctx context.Context, u string, body any, stream bool, reqID string)
 	if err != nil {
 		return nil, fmt.Errorf("encode request: %w", err)
 	}
+	return newPost(ctx, u, payload, stream, reqID)
+}
+
+func newPost(ctx context.Context, u string, payload []byte, stream bool, reqID string) (*http.Request, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(payload))
 	if err != nil {
 		return nil, fmt.Errorf("build request: %w", err)
@@ -184,4 +201,143 @@ func NewPost(ctx context.Context, u string, body any, stream bool, reqID string)
 		req.Header.Set("X-Request-ID", reqID)
 	}
 	return req, nil
+}
+
+// Canonical header keys and the values that never change, set straight
+// into each request's header map: Header.Set would canonicalize the key and
+// allocate a one-element slice per header per call. A transport must not
+// modify a request's header, so the slices can be shared.
+var (
+	jsonValue  = []string{"application/json"}
+	eventValue = []string{"text/event-stream"}
+)
+
+// Poster sends JSON POSTs to upstream URLs that were parsed once. With its
+// own pooled transport it hands each request to the transport directly:
+// http.Client would clone the header and URL for redirects it almost never
+// follows. A redirect answer is sent again through the client, so one is
+// still followed as before.
+type Poster struct {
+	client *http.Client
+	// direct is the pooled transport, nil when the client is the caller's
+	// (tests) and must see every request.
+	direct http.RoundTripper
+	// auth is the Authorization header value, nil for none.
+	auth []string
+}
+
+// NewPoster sends through client, or straight to direct when it is set
+// (direct must be client's transport). apiKey, when set, goes out as
+// "Authorization: Bearer <key>".
+func NewPoster(client *http.Client, direct http.RoundTripper, apiKey string) *Poster {
+	p := &Poster{client: client, direct: direct}
+	if apiKey != "" {
+		p.auth = []string{"Bearer " + apiKey}
+	}
+	return p
+}
+
+// Endpoint is one upstream URL, parsed once.
+type Endpoint struct {
+	raw string
+	url *url.URL
+}
+
+// NewEndpoint parses raw, an http(s) URL.
+func NewEndpoint(raw string) (*Endpoint, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("url %q: %w", raw, err)
+	}
+	return &Endpoint{raw: raw, url: u}, nil
+}
+
+// String is the URL as configured.
+func (e *Endpoint) String() string { return e.raw }
+
+// Post sends body as JSON to e, as NewPost builds it, and returns the
+// transport's answer: any status, transport errors unwrapped (no
+// *url.Error).
+func (p *Poster) Post(ctx context.Context, e *Endpoint, body any, stream bool, reqID string) (*http.Response, error) {
+	payload, err := json.Marshal(body)
+	if err != nil {
+		return nil, fmt.Errorf("encode request: %w", err)
+	}
+	// Userinfo in the URL is turned into Basic auth by http.Client only.
+	if p.direct == nil || e.url.User != nil {
+		return p.viaClient(ctx, e, payload, stream, reqID)
+	}
+	h := make(http.Header, 4)
+	h["Content-Type"] = jsonValue
+	if stream {
+		h["Accept"] = eventValue
+	} else {
+		h["Accept"] = jsonValue
+	}
+	rb := &requestBody{payload: payload, id: [1]string{reqID}}
+	rb.Reset(payload)
+	if reqID != "" {
+		h["X-Request-Id"] = rb.id[:]
+	}
+	if p.auth != nil {
+		h["Authorization"] = p.auth
+	}
+	// What http.NewRequestWithContext builds, without parsing the URL.
+	tmpl := http.Request{
+		Method:        http.MethodPost,
+		URL:           e.url,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        h,
+		Body:          rb,
+		GetBody:       rb.reopen,
+		ContentLength: int64(len(payload)),
+		Host:          e.url.Host,
+	}
+	resp, err := p.direct.RoundTrip(tmpl.WithContext(ctx))
+	if err != nil {
+		return nil, err
+	}
+	switch resp.StatusCode {
+	case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther,
+		http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
+		// Let the client follow it, as every call did before.
+		CloseBody(resp.Body)
+		return p.viaClient(ctx, e, payload, stream, reqID)
+	}
+	return resp, nil
+}
+
+// viaClient is the general path: a request as NewPost builds it, sent
+// through the client (redirects, userinfo, a client of the caller's).
+func (p *Poster) viaClient(ctx context.Context, e *Endpoint, payload []byte, stream bool, reqID string) (*http.Response, error) {
+	req, err := newPost(ctx, e.raw, payload, stream, reqID)
+	if err != nil {
+		return nil, err
+	}
+	if p.auth != nil {
+		req.Header["Authorization"] = p.auth
+	}
+	resp, err := p.client.Do(req)
+	var urlErr *url.Error
+	if errors.As(err, &urlErr) {
+		err = urlErr.Err // its text repeats the method and URL
+	}
+	return resp, err
+}
+
+// requestBody is a request's JSON payload as its body; reopen rewinds it
+// for the transport's retry of a request that never went out.
+type requestBody struct {
+	bytes.Reader
+	payload []byte
+	// id backs the X-Request-Id header value: one allocation for both.
+	id [1]string
+}
+
+func (*requestBody) Close() error { return nil }
+
+func (b *requestBody) reopen() (io.ReadCloser, error) {
+	return io.NopCloser(bytes.NewReader(b.payload)), nil
 }

@@ -1,6 +1,11 @@
 package upcall
 
 import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -71,4 +76,62 @@ func FuzzRetryAfter(f *testing.F) {
 			t.Fatalf("%q: %v out of [0, %v]", v, d, MaxRetryAfter)
 		}
 	})
+}
+
+func TestPosterSendsWhatNewPostBuilds(t *testing.T) {
+	var got []http.Header
+	var bodies []string
+	mux := http.NewServeMux()
+	mux.HandleFunc("/old", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/v1/chat", http.StatusTemporaryRedirect)
+	})
+	mux.HandleFunc("/v1/chat", func(w http.ResponseWriter, r *http.Request) {
+		raw, _ := io.ReadAll(r.Body)
+		got, bodies = append(got, r.Header.Clone()), append(bodies, string(raw))
+		w.WriteHeader(http.StatusTeapot)
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	rt := NewTransport(time.Minute, 4)
+	defer rt.CloseIdleConnections()
+	p := NewPoster(&http.Client{Transport: rt}, rt, "k")
+	userURL, err := url.Parse(srv.URL)
+	require.NoError(t, err)
+	userURL.User = url.UserPassword("u", "pw")
+	for _, tc := range []struct {
+		name, url, wantAuth string
+	}{
+		{"direct", srv.URL + "/v1/chat", "Bearer k"},
+		{"redirect followed by the client", srv.URL + "/old", "Bearer k"},
+		{"userinfo through the client", userURL.String() + "/v1/chat", "Bearer k"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, bodies = nil, nil
+			e, err := NewEndpoint(tc.url)
+			require.NoError(t, err)
+			resp, err := p.Post(context.Background(), e, map[string]int{"a": 1}, true, "rid")
+			require.NoError(t, err)
+			CloseBody(resp.Body)
+			require.Equal(t, http.StatusTeapot, resp.StatusCode)
+			require.Len(t, got, 1)
+			require.Equal(t, `{"a":1}`, bodies[0])
+			require.Equal(t, "application/json", got[0].Get("Content-Type"))
+			require.Equal(t, "text/event-stream", got[0].Get("Accept"))
+			require.Equal(t, "rid", got[0].Get("X-Request-ID"))
+			require.Equal(t, tc.wantAuth, got[0].Get("Authorization"))
+		})
+	}
+	// Without an API key, userinfo becomes Basic auth, as http.Client does it.
+	e, err := NewEndpoint(userURL.String() + "/v1/chat")
+	require.NoError(t, err)
+	got = nil
+	resp, err := NewPoster(&http.Client{Transport: rt}, rt, "").Post(context.Background(), e, 1, false, "")
+	require.NoError(t, err)
+	CloseBody(resp.Body)
+	require.Len(t, got, 1)
+	require.Equal(t, "application/json", got[0].Get("Accept"))
+	require.Empty(t, got[0].Get("X-Request-ID"))
+	user, pw, ok := (&http.Request{Header: got[0]}).BasicAuth()
+	require.True(t, ok)
+	require.Equal(t, "u:pw", user+":"+pw)
 }
