@@ -782,9 +782,15 @@ func TestMetricsExposeInferenceSeries(t *testing.T) {
 	n := startTestNode(t, nil)
 	require.Equal(t, http.StatusOK, postJSON(t, n, "/v1/chat/completions", chatRequest(testModel, "count me")).status)
 	requireAPIError(t, postJSON(t, n, "/v1/chat/completions", chatRequest("missing-model", "x")), http.StatusNotFound)
-	r := send(t, http.MethodGet, baseURL(n)+"/metrics", nil, nil)
-	require.Equal(t, http.StatusOK, r.status)
-	text := string(r.body)
+	// The batch's bookkeeping ends just after its answer is written, so
+	// the gauge reaches 0 a moment after the response; it must not stay up.
+	var text string
+	require.Eventually(t, func() bool {
+		r := send(t, http.MethodGet, baseURL(n)+"/metrics", nil, nil)
+		require.Equal(t, http.StatusOK, r.status)
+		text = string(r.body)
+		return strings.Contains(text, `inference_active_batches{model="sim-test"} 0`)
+	}, apiWait, 10*time.Millisecond, "active batches never went back to 0")
 	for _, want := range []string{
 		`inference_request_duration_ms_bucket{code="200",endpoint="chat",model="sim-test"`,
 		// A model nobody serves is counted under _unknown, not under its name.
