@@ -7,8 +7,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -111,6 +113,11 @@ func clusterNodeConfig(t testing.TB, name string, dataDir string) Config {
 	cfg := DefaultConfig()
 	cfg.NodeName = name
 	cfg.DataDir = dataDir
+	if os.Getenv("SHOAL_TEST_LOG") != "" {
+		// Warnings of every test node on stderr, tagged by node, for
+		// chasing a failure that only a loaded machine shows.
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("test_node", name)
+	}
 	cfg.HTTPListener = listenLoopback(t)
 	cfg.RaftListener = listenLoopback(t)
 	cfg.Gossip.Addr = "127.0.0.1:0"

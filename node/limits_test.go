@@ -56,7 +56,10 @@ func inferWithKey(t *testing.T, nd *Node, key string) httpResult {
 // three times: per window at most 110% of it is admitted, and at least 95%
 // when the client asked for more.
 func TestEndpointLimitIsEnforcedClusterWide(t *testing.T) {
-	tc := olricCluster(t, 3, withAdminToken)
+	tc := olricCluster(t, 3, func(i int, cfg *Config) {
+		withAdminToken(i, cfg)
+		withPatientLimiter(i, cfg)
+	})
 	const limit = 60
 	// Set through a follower: the change applies everywhere.
 	putLimits(t, tc.nodes[1], map[string]any{"default_rpm": 0, "endpoints": map[string]any{"/v1/infer": map[string]any{"rpm": limit}}})
