@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"image/png"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -321,4 +324,35 @@ func TestRunCountsCacheHits(t *testing.T) {
 	require.InDelta(t, 0.5, rep.Cache.HitRatio, 0.1, "hits %d misses %d", rep.Cache.Hits, rep.Cache.Misses)
 	require.Equal(t, rep.Cache.HitRatio, rep.SLO[3].Value)
 	require.NotEqual(t, bench.StatusSkip, rep.SLO[3].Status)
+}
+
+// Every answer is read to its end, so the client reuses its connections:
+// a connection per request would measure TCP set-up (and, in an open loop
+// at thousands of requests a second, exhaust the client's CPU and ports)
+// instead of the server. The fixed answers end in a newline after the
+// JSON value, as shoal's and most servers' encoders write them.
+func TestRunReusesConnections(t *testing.T) {
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"id": "x", "object": "chat.completion",
+			"choices": []map[string]any{{"index": 0, "message": map[string]string{"role": "assistant", "content": "ok"}, "finish_reason": "stop"}},
+			"usage":   map[string]int{"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+
+	rep := run(t, bench.Config{URL: srv.URL, Model: "m", Requests: 200, Concurrency: 4, MaxTokens: 4})
+	require.EqualValues(t, 200, rep.OK, "errors: %v", rep.ErrorsByStatus)
+	require.LessOrEqual(t, conns.Load(), int64(4), "closed loop of 4: at most 4 connections for 200 requests")
+
+	conns.Store(0)
+	rep = run(t, bench.Config{URL: srv.URL, Model: "m", Rate: 400, Requests: 200, MaxTokens: 4})
+	require.EqualValues(t, 200, rep.OK, "errors: %v", rep.ErrorsByStatus)
+	require.Less(t, conns.Load(), int64(50), "open loop: connections are reused, not one per request")
 }
