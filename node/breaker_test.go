@@ -3,6 +3,7 @@ package node
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -86,7 +87,7 @@ func TestBreakerOpensOnFailingUpstreamAndClosesAfterRecovery(t *testing.T) {
 	// Requests keep succeeding while the sick node's backend fails: each
 	// failure is retried on a healthy node.
 	i := 0
-	require.EventuallyWithT(t, func(c *assert.CollectT) {
+	opened := assert.EventuallyWithT(t, func(c *assert.CollectT) {
 		i++
 		res := inferUp(c, sick, i)
 		// Every answer must be a 200: a wrong one fails the test (Errorf is
@@ -98,6 +99,9 @@ func TestBreakerOpensOnFailingUpstreamAndClosesAfterRecovery(t *testing.T) {
 			assert.Equal(c, consensus.BreakerOpen, nd.Store().State().Breaker(sick.Name(), "up").State, "breaker as %s sees it", nd.Name())
 		}
 	}, clusterWait, 5*time.Millisecond, "breaker never opened on every node")
+	if !opened {
+		t.Fatalf("the sick upstream saw %d calls of %d requests; %s", ups[0].calls.Load(), i, breakerDiagnosis(sick, "up"))
+	}
 
 	// While open, the sick node gets no work, from any entry node.
 	before := ups[0].calls.Load()
@@ -169,3 +173,26 @@ func TestUpstreamRetryAfterReachesClient(t *testing.T) {
 		require.Equal(t, "7", res.header.Get("Retry-After"))
 	}
 }
+
+// breakerDiagnosis says, for a failed wait on a breaker, what nd's own
+// breaker set and routing saw, so a failure on a loaded machine tells a
+// breaker that never tripped from one whose transition was never
+// committed.
+func breakerDiagnosis(nd *Node, model string) string {
+	st := nd.Store().State().Breaker(nd.Name(), model)
+	resp, err := http.Get("http://" + nd.HTTPAddr() + "/metrics")
+	if err != nil {
+		return fmt.Sprintf("replicated state %s; metrics: %v", st.State, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var lines []string
+	for _, l := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(l, "inference_routed_total") || strings.HasPrefix(l, "inference_retries_total") ||
+			strings.HasPrefix(l, "inference_breaker") || strings.HasPrefix(l, "inference_requests_total") {
+			lines = append(lines, l)
+		}
+	}
+	return fmt.Sprintf("replicated state %s (trips %d, leader %q); %s", st.State, st.Trips, nd.Store().LeaderID(), strings.Join(lines, "; "))
+}
+

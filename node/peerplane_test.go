@@ -68,10 +68,12 @@ func TestFollowerBreakerOpensClusterWideWithoutAdminToken(t *testing.T) {
 
 			// Requests entering at the follower reach its failing backend
 			// until the breaker opens.
-			require.Eventually(t, func() bool {
+			if !assert.Eventually(t, func() bool {
 				_ = tryInfer(follower, "up")
 				return follower.Store().State().Breaker(follower.Name(), "up").State == consensus.BreakerOpen
-			}, clusterWait, time.Millisecond, "the follower's breaker never opened")
+			}, clusterWait, time.Millisecond, "the follower's breaker never opened") {
+				t.Fatalf("the follower's upstream saw %d calls; %s", ups[fi].calls.Load(), breakerDiagnosis(follower, "up"))
+			}
 			require.EventuallyWithT(t, func(c *assert.CollectT) {
 				for _, nd := range tc.nodes {
 					assert.Equal(c, consensus.BreakerOpen, nd.Store().State().Breaker(follower.Name(), "up").State, nd.Name())
