@@ -195,4 +195,3 @@ func breakerDiagnosis(nd *Node, model string) string {
 	}
 	return fmt.Sprintf("replicated state %s (trips %d, leader %q); %s", st.State, st.Trips, nd.Store().LeaderID(), strings.Join(lines, "; "))
 }
-
