@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+
+	"github.com/shoal-dev/shoal/internal/testbin"
 )
 
 // binPath is the shoal binary the suite runs: SHOAL_CHAOS_BIN, or one
@@ -23,27 +25,10 @@ import (
 var binPath string
 
 func TestMain(m *testing.M) {
-	if os.Getenv("SHOAL_CHAOS") == "1" {
-		binPath = os.Getenv("SHOAL_CHAOS_BIN")
-		if binPath == "" {
-			dir, err := os.MkdirTemp("", "shoal-chaos-bin-")
-			if err != nil {
-				fmt.Fprintln(os.Stderr, "chaos:", err)
-				os.Exit(1)
-			}
-			binPath = filepath.Join(dir, "shoal")
-			build := exec.Command("go", "build", "-o", binPath, "..")
-			build.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := build.CombinedOutput(); err != nil {
-				fmt.Fprintf(os.Stderr, "chaos: build shoal: %v\n%s", err, out)
-				os.Exit(1)
-			}
-			code := m.Run()
-			os.RemoveAll(dir)
-			os.Exit(code)
-		}
+	if os.Getenv("SHOAL_CHAOS") != "1" {
+		os.Exit(m.Run())
 	}
-	os.Exit(m.Run())
+	testbin.Main(m, "chaos", "SHOAL_CHAOS_BIN", "..", &binPath)
 }
 
 // suite runs the scenarios on one network and collects the table.

@@ -27,6 +27,7 @@ import (
 
 	"github.com/shoal-dev/shoal/clustersim"
 	"github.com/shoal-dev/shoal/gossip"
+	"github.com/shoal-dev/shoal/internal/testbin"
 )
 
 // binPath is the shoal binary the test runs: SHOAL_SCALE_BIN, or one
@@ -34,25 +35,10 @@ import (
 var binPath string
 
 func TestMain(m *testing.M) {
-	if os.Getenv("SHOAL_SCALE_TEST") == "1" && os.Getenv("SHOAL_SCALE_BIN") == "" {
-		dir, err := os.MkdirTemp("", "shoal-scale-bin-")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "scaletest:", err)
-			os.Exit(1)
-		}
-		binPath = filepath.Join(dir, "shoal")
-		build := exec.Command("go", "build", "-o", binPath, "..")
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := build.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "scaletest: build shoal: %v\n%s", err, out)
-			os.Exit(1)
-		}
-		code := m.Run()
-		os.RemoveAll(dir)
-		os.Exit(code)
+	if os.Getenv("SHOAL_SCALE_TEST") != "1" {
+		os.Exit(m.Run())
 	}
-	binPath = os.Getenv("SHOAL_SCALE_BIN")
-	os.Exit(m.Run())
+	testbin.Main(m, "scaletest", "SHOAL_SCALE_BIN", "..", &binPath)
 }
 
 // workload is the cluster and load of the test and of the simulation it is
