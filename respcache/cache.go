@@ -55,6 +55,7 @@ type Config struct {
 type Cache struct {
 	cfg     Config
 	flights flightGroup
+	memo    *memo
 }
 
 // answer is what the cache stores for a request.
@@ -93,7 +94,7 @@ func New(cfg Config) *Cache {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Cache{cfg: cfg}
+	return &Cache{cfg: cfg, memo: newMemo()}
 }
 
 func (c *Cache) off() bool { return c.cfg.Store.Backend() == dcache.BackendOff }
@@ -109,7 +110,8 @@ func (c *Cache) Key(in KeyInput) (string, bool) {
 }
 
 // Lookup returns a stored answer; any cache error is a miss, so a slow or
-// broken cache never fails a request.
+// broken cache never fails a request. The results may be shared with other
+// requests: callers must not modify them.
 func (c *Cache) Lookup(ctx context.Context, model, key string) ([]scheduler.Result, bool) {
 	if c.off() {
 		return nil, false
@@ -120,15 +122,18 @@ func (c *Cache) Lookup(ctx context.Context, model, key string) ([]scheduler.Resu
 	if err != nil && !errors.Is(err, dcache.ErrUnavailable) {
 		c.cfg.Logger.Debug("cache lookup", "err", err)
 	}
-	a := decodeInto()
-	hit := err == nil && found && a.decode(data) == nil
+	var results []scheduler.Result
+	hit := err == nil && found
+	if hit {
+		results, hit = c.memo.decode(model, key, data)
+	}
 	if c.cfg.Observer != nil {
 		c.cfg.Observer.CacheLookup(model, took, hit)
 	}
 	if !hit {
 		return nil, false
 	}
-	return a.Results, true
+	return results, true
 }
 
 // Store saves an answer off the request path: the client never waits for

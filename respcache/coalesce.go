@@ -127,8 +127,8 @@ func (c *Cache) waitForAnswer(ctx context.Context, model, key string) ([]schedul
 		}
 		data, found, err := c.cfg.Store.Get(ctx, model, key)
 		if err == nil && found {
-			if a := decodeInto(); a.decode(data) == nil {
-				return a.Results, nil
+			if res, ok := c.memo.decode(model, key, data); ok {
+				return res, nil
 			}
 		}
 		lock, err := c.cfg.Store.Hold(ctx, model, "lock:"+key, c.lease())

@@ -65,7 +65,7 @@ func main() {
 	flag.IntVar(&o.conns, "connections", 32, "wrk connections")
 	flag.IntVar(&o.threads, "threads", 1, "wrk threads")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (configs and logs)")
-	flag.StringVar(&o.only, "only", "", "measure only the paths whose name contains this")
+	flag.StringVar(&o.only, "only", "", "measure only the paths whose name contains this (comma-separated alternatives: \"HAProxy,cache hit\")")
 	flag.StringVar(&o.profile, "profile", "", "write a CPU profile of the shoal node under each shoal path's first round into this directory")
 	flag.Parse()
 	if err := run(o); err != nil {
@@ -261,7 +261,7 @@ func run(o options) error {
 	add(hop)
 
 	for _, t := range targets {
-		if o.only != "" && !strings.Contains(t.name, o.only) && t.skip == "" {
+		if o.only != "" && !containsAny(t.name, o.only) && t.skip == "" {
 			t.skip = "not in -only"
 		}
 		if t.skip != "" {
@@ -793,4 +793,15 @@ func cpuProfile(t *target, o options) error {
 	defer f.Close()
 	_, err = io.Copy(f, resp.Body)
 	return err
+}
+
+// containsAny reports whether name contains any of only's comma-separated
+// alternatives.
+func containsAny(name, only string) bool {
+	for alt := range strings.SplitSeq(only, ",") {
+		if alt != "" && strings.Contains(name, alt) {
+			return true
+		}
+	}
+	return false
 }
