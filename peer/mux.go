@@ -35,6 +35,11 @@ type Mux struct {
 	peer   *subListener
 	wg     sync.WaitGroup
 	once   sync.Once
+	// mu orders Serve's wg.Add against Close's wg.Wait: an Add that
+	// races a Wait on a zero counter is a misuse the race detector
+	// reports (and could let Close return with a classify still running).
+	mu     sync.Mutex
+	closed bool
 }
 
 // NewMux takes ownership of ln; call Serve to start accepting.
@@ -66,7 +71,14 @@ func (m *Mux) Serve() {
 			}
 			return
 		}
+		m.mu.Lock()
+		if m.closed {
+			m.mu.Unlock()
+			_ = c.Close()
+			return
+		}
 		m.wg.Add(1)
+		m.mu.Unlock()
 		go func() {
 			defer m.wg.Done()
 			m.classify(c)
@@ -93,6 +105,9 @@ func (m *Mux) classify(c net.Conn) {
 func (m *Mux) Close() error {
 	var err error
 	m.once.Do(func() {
+		m.mu.Lock()
+		m.closed = true
+		m.mu.Unlock()
 		err = m.ln.Close()
 		m.raft.Close()
 		m.peer.Close()

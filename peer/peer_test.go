@@ -132,3 +132,38 @@ func TestUnreachablePeer(t *testing.T) {
 	_, err = NewClient(ClientConfig{Self: "n1"}).Post(context.Background(), addr, "/x", nil)
 	require.ErrorIs(t, err, ErrUnreachable)
 }
+
+// Closing the mux while connections keep arriving is safe: no accepted
+// connection is registered after Close began waiting (run under -race,
+// where an Add racing the Wait is reported), and Close returns.
+func TestMuxCloseWhileConnectionsArrive(t *testing.T) {
+	for range 20 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		m := NewMux(ln, nil)
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			m.Serve()
+		}()
+		stop := make(chan struct{})
+		dialed := make(chan struct{})
+		go func() {
+			defer close(dialed)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if c, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+					_ = c.Close()
+				}
+			}
+		}()
+		require.NoError(t, m.Close())
+		close(stop)
+		<-dialed
+		<-served
+	}
+}
