@@ -422,8 +422,7 @@ func (g *Gossip) ServingPeers(model string) []PeerLoad {
 		if !ok {
 			continue
 		}
-		out = append(out, PeerLoad{Member: Member{Name: p.name, Addr: p.node.Address(), Meta: p.meta, State: p.state,
-			StateChanged: p.stateChanged, LoadUpdated: p.loadUpdated}, Load: l})
+		out = append(out, PeerLoad{Member: p.memberWithoutLoad(), Load: l})
 	}
 	g.mu.Unlock()
 	slices.SortFunc(out, func(a, b PeerLoad) int { return cmp.Compare(a.Member.Name, b.Member.Name) })
@@ -586,13 +585,19 @@ func (g *Gossip) selfMemberLocked() Member {
 }
 
 func (p *peer) member() Member {
+	m := p.memberWithoutLoad()
+	m.Load = p.load.clone()
+	return m
+}
+
+// memberWithoutLoad is member with a zero Load: no copy of the load map.
+func (p *peer) memberWithoutLoad() Member {
 	return Member{
 		Name:         p.name,
 		Addr:         p.node.Address(),
 		Meta:         p.meta,
 		State:        p.state,
 		StateChanged: p.stateChanged,
-		Load:         p.load.clone(),
 		LoadUpdated:  p.loadUpdated,
 	}
 }

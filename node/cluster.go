@@ -391,9 +391,6 @@ func (n *Node) candidates(model string) []router.Candidate {
 		return n.sampledCandidates(model, out, st)
 	}
 	for _, p := range n.gossip.ServingPeers(model) {
-		if p.Member.Name == n.cfg.NodeName {
-			continue
-		}
 		out = append(out, peerCandidate(p.Member, model, p.Load, now, st))
 	}
 	return out
