@@ -191,16 +191,27 @@ func newPost(ctx context.Context, u string, payload []byte, stream bool, reqID s
 	if err != nil {
 		return nil, fmt.Errorf("build request: %w", err)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	if stream {
-		req.Header.Set("Accept", "text/event-stream")
-	} else {
-		req.Header.Set("Accept", "application/json")
-	}
+	var id []string
 	if reqID != "" {
-		req.Header.Set("X-Request-ID", reqID)
+		id = []string{reqID}
 	}
+	setPostHeader(req.Header, stream, id)
 	return req, nil
+}
+
+// setPostHeader sets what every upstream POST carries: a JSON body, the
+// answer wanted (server-sent events or JSON) and, when id is set, the
+// request's ID.
+func setPostHeader(h http.Header, stream bool, id []string) {
+	h["Content-Type"] = jsonValue
+	if stream {
+		h["Accept"] = eventValue
+	} else {
+		h["Accept"] = jsonValue
+	}
+	if len(id) > 0 {
+		h["X-Request-Id"] = id
+	}
 }
 
 // Canonical header keys and the values that never change, set straight
@@ -268,17 +279,13 @@ func (p *Poster) Post(ctx context.Context, e *Endpoint, body any, stream bool, r
 		return p.viaClient(ctx, e, payload, stream, reqID)
 	}
 	h := make(http.Header, 4)
-	h["Content-Type"] = jsonValue
-	if stream {
-		h["Accept"] = eventValue
-	} else {
-		h["Accept"] = jsonValue
-	}
 	rb := &requestBody{payload: payload, id: [1]string{reqID}}
 	rb.Reset(payload)
+	var id []string
 	if reqID != "" {
-		h["X-Request-Id"] = rb.id[:]
+		id = rb.id[:]
 	}
+	setPostHeader(h, stream, id)
 	if p.auth != nil {
 		h["Authorization"] = p.auth
 	}
