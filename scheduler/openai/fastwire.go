@@ -100,15 +100,7 @@ func (d *fastDecoder) null() bool {
 // positioned at the value) until field returns false. A key with escapes
 // or non-ASCII bytes fails: encoding/json folds case, Unicode included.
 func (d *fastDecoder) object(field func(key []byte) bool) bool {
-	if d.next() != '{' {
-		return false
-	}
-	d.i++
-	if d.next() == '}' {
-		d.i++
-		return true
-	}
-	for {
+	return d.sequence('{', '}', func() bool {
 		key, plain := d.rawString()
 		if !plain {
 			return false
@@ -120,13 +112,29 @@ func (d *fastDecoder) object(field func(key []byte) bool) bool {
 		}
 		d.next()
 		d.i++ // ':'
-		if !field(key) {
+		return field(key)
+	})
+}
+
+// sequence walks an object or array (open ... close), calling each for
+// every member until it returns false; the commas and the end are its.
+func (d *fastDecoder) sequence(open, close byte, each func() bool) bool {
+	if d.next() != open {
+		return false
+	}
+	d.i++
+	if d.next() == close {
+		d.i++
+		return true
+	}
+	for {
+		if !each() {
 			return false
 		}
 		switch d.next() {
 		case ',':
 			d.i++
-		case '}':
+		case close:
 			d.i++
 			return true
 		default:
@@ -214,15 +222,7 @@ func (d *fastDecoder) skip() bool {
 
 // choices reads the choices array into out, marking each index in seen.
 func (d *fastDecoder) choices(out []answer, seen []bool) bool {
-	if d.next() != '[' {
-		return false
-	}
-	d.i++
-	if d.next() == ']' {
-		d.i++
-		return true
-	}
-	for {
+	return d.sequence('[', ']', func() bool {
 		var (
 			c   choiceFields
 			got [5]bool
@@ -268,16 +268,8 @@ func (d *fastDecoder) choices(out []answer, seen []bool) bool {
 			c.reason = finishReason(nil)
 		}
 		out[c.index] = answer{Text: text, FinishReason: c.reason}
-		switch d.next() {
-		case ',':
-			d.i++
-		case ']':
-			d.i++
-			return true
-		default:
-			return false
-		}
-	}
+		return true
+	})
 }
 
 // choiceFields is one choice as choice.text reads it.
