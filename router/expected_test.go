@@ -99,6 +99,78 @@ func TestPrefixIndexSummaryAndEviction(t *testing.T) {
 	x.mu.Unlock()
 }
 
+// The local node scores its prefix hits on its exact index: no false positives, and what it
+// records shows at once (its view is live, there is no summary to rebuild).
+func TestPrefixIndexExactView(t *testing.T) {
+	x := NewPrefixIndex(0)
+	require.Nil(t, x.Exact("m"))
+	hs := PrefixHashes(strings.Repeat("an exact system prompt. ", 40), 0)
+	x.Record("m", hs[:3])
+	e := x.Exact("m")
+	require.NotNil(t, e)
+	require.InDelta(t, 3/float64(len(hs)), e.Hit(hs), 1e-9)
+	x.Record("m", hs)
+	require.InDelta(t, 1, e.Hit(hs), 0)
+	require.Zero(t, e.Hit(nil))
+	// A hash the Bloom filter holds by accident is no hit here: fill the index, then find one.
+	for i := range DefaultPrefixIndexBlocks - len(hs) {
+		x.Record("m", []uint64{uint64(i)<<32 | 0xfeed})
+	}
+	s := x.Summary("m")
+	fp := uint64(0)
+	for h := uint64(1); fp == 0; h++ {
+		if s.Has(h) && !x.Has("m", h) {
+			fp = h
+		}
+	}
+	require.Zero(t, e.Hit([]uint64{fp}))
+	require.InDelta(t, 1, s.Hit([]uint64{fp}), 0)
+
+	// The router prefers the local holder it knows exactly.
+	r, _ := New(Config{Seed: 1})
+	ms := time.Millisecond
+	cands := []Candidate{
+		{Node: "a", Slots: 1, MaxBatch: 4, ServiceBase: 40 * ms, ServicePerItem: 5 * ms, Running: 2},
+		{Node: "self", Local: true, Slots: 1, MaxBatch: 4, ServiceBase: 40 * ms, ServicePerItem: 5 * ms, Running: 3, LocalPrefix: e},
+	}
+	got, reason, err := r.Route(Request{Prefix: hs}, cands, nil)
+	require.NoError(t, err)
+	require.Equal(t, "self", got.Node)
+	require.Equal(t, ReasonPrefix, reason)
+}
+
+// BenchmarkLocalPrefixScore is a node's prefix work per request under a stream of unique
+// prompts: record the prompt's blocks, then score the local candidate, through the rebuilt
+// summary (before) or the exact view.
+func BenchmarkLocalPrefixScore(b *testing.B) {
+	prompts := make([][]uint64, 256)
+	for i := range prompts {
+		prompts[i] = PrefixHashes(fmt.Sprintf("%06d unique prompt ", i)+strings.Repeat("filler text ", 30), 0)
+	}
+	for _, mode := range []string{"summary", "exact"} {
+		b.Run(mode, func(b *testing.B) {
+			x := NewPrefixIndex(0)
+			for _, p := range prompts {
+				x.Record("m", p)
+			}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				p := prompts[i%len(prompts)]
+				i++
+				if mode == "summary" {
+					_ = x.Summary("m").Hit(p)
+				} else {
+					_ = x.Exact("m").Hit(p)
+				}
+				// A fresh prompt's blocks: the last one changes every time.
+				p[len(p)-1]++
+				x.Record("m", p)
+			}
+		})
+	}
+}
+
 // A prefix hit wins while the holder is not much busier, and spills to
 // others once it is: hot prefixes never pile onto one node.
 func TestPrefixWeighedAgainstLoad(t *testing.T) {

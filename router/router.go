@@ -85,6 +85,9 @@ type Candidate struct {
 	ServicePerItem time.Duration
 	// Prefix summarises the prompt prefixes the target served recently.
 	Prefix PrefixSummary
+	// LocalPrefix, when set, scores prefix hits instead of Prefix: the local node's exact
+	// index (PrefixIndex.Exact).
+	LocalPrefix PrefixHolder
 }
 
 // Request is what the router knows of the request it places.
@@ -309,7 +312,11 @@ func (r *Router) pickLeastExpected(cands []Candidate, req Request) (Candidate, s
 		s := scored{c: c, exp: r.expected(c, fb)}
 		s.score = s.exp
 		if usePrefix {
-			s.hit = c.Prefix.Hit(req.Prefix)
+			if c.LocalPrefix != nil {
+				s.hit = c.LocalPrefix.Hit(req.Prefix)
+			} else {
+				s.hit = c.Prefix.Hit(req.Prefix)
+			}
 			s.score *= 1 - r.prefixWeight*s.hit
 		}
 		return s
