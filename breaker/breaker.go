@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/shoal-dev/shoal/consensus"
@@ -50,9 +51,10 @@ type StateReader interface {
 	Breaker(model string) consensus.BreakerState
 }
 
-// Proposer commits a transition through Raft. Called from one background
-// goroutine per breaker at a time; consensus.ErrBreakerConflict means
-// another proposal won and is not logged.
+// Proposer commits a transition through Raft and returns once this node's
+// replicated state shows it. Called from one background goroutine per
+// breaker at a time; consensus.ErrBreakerConflict means another proposal won
+// and is not logged.
 type Proposer interface {
 	ProposeBreaker(ctx context.Context, tr consensus.BreakerTransition) error
 }
@@ -82,6 +84,9 @@ type Set struct {
 	cfg Config
 	mu  sync.Mutex
 	m   map[string]*tracker
+	// pending counts the trackers with a trip not yet seen in the replicated state, so a
+	// request checks nothing more while there is none.
+	pending atomic.Int32
 }
 
 type tracker struct {
@@ -94,6 +99,12 @@ type tracker struct {
 	closedAt  time.Time
 	proposals []time.Time
 	proposing bool
+	// tripped and trippedUntil hold a trip this node proposed but the replicated state does
+	// not show yet: until it shows a transition at or after tripped, or trippedUntil passes,
+	// this node treats its breaker as open. The Raft round trip takes a moment, longer on a
+	// loaded cluster, and forever without a quorum; every request admitted meanwhile would
+	// fail and spend the retry budget until clients saw errors.
+	tripped, trippedUntil time.Time
 }
 
 type outcome struct {
@@ -129,6 +140,9 @@ func (s *Set) tracker(model string) *tracker {
 // must be called with the outcome when admitted.
 func (s *Set) Admit(model string) (done func(error), ok bool) {
 	st := s.cfg.State.Breaker(model)
+	if s.trippedHere(model, st) {
+		return nil, false
+	}
 	switch st.State {
 	case consensus.BreakerOpen:
 		s.maybeHalfOpen(model, st)
@@ -150,6 +164,34 @@ func (s *Set) Admit(model string) (done func(error), ok bool) {
 		}, true
 	}
 	return func(err error) { s.observe(model, err) }, true
+}
+
+// Open reports whether model's breaker is open as this node knows it: open in the replicated
+// state, or tripped here and not replicated yet. Routing asks it for the node's own candidate.
+func (s *Set) Open(model string) bool {
+	st := s.cfg.State.Breaker(model)
+	return st.State == consensus.BreakerOpen || s.trippedHere(model, st)
+}
+
+// trippedHere reports whether this node tripped model's breaker and the replicated state st
+// does not show it yet; it forgets a trip once shown or expired.
+func (s *Set) trippedHere(model string, st consensus.BreakerState) bool {
+	if s.pending.Load() == 0 {
+		return false
+	}
+	now := s.cfg.Clock.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.m[model]
+	if t == nil || t.tripped.IsZero() {
+		return false
+	}
+	if !st.Since.Before(t.tripped) || !now.Before(t.trippedUntil) {
+		t.tripped, t.trippedUntil = time.Time{}, time.Time{}
+		s.pending.Add(-1)
+		return false
+	}
+	return true
 }
 
 // Observe counts an outcome seen outside a request, such as a failed
@@ -205,9 +247,13 @@ func (s *Set) open(model string, from consensus.BreakerStatus, reason string) {
 		trips = cur.Trips + 1
 	}
 	t.consecutive, t.window, t.fails = 0, nil, 0
-	s.mu.Unlock()
 	d := s.cfg.Timeout << min(trips-1, 8)
 	d = min(d, MaxOpen)
+	if t.tripped.IsZero() {
+		s.pending.Add(1)
+	}
+	t.tripped, t.trippedUntil = now, now.Add(d)
+	s.mu.Unlock()
 	s.propose(model, consensus.BreakerTransition{Node: s.cfg.Node, Model: model, From: from, To: consensus.BreakerOpen,
 		At: now, OpenUntil: now.Add(d), Trips: trips, Reason: reason})
 }
@@ -268,14 +314,19 @@ func (s *Set) propose(model string, tr consensus.BreakerTransition) {
 	t.proposals = append(t.proposals, now)
 	s.mu.Unlock()
 	s.cfg.Go(func() {
-		defer func() {
-			s.mu.Lock()
-			s.tracker(model).proposing = false
-			s.mu.Unlock()
-		}()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		err := s.cfg.Proposer.ProposeBreaker(ctx, tr)
+		s.mu.Lock()
+		t := s.tracker(model)
+		t.proposing = false
+		// The Proposer returns once this node applied the transition: the replicated state
+		// speaks for the trip from now on (and an operator's later close is obeyed at once).
+		if err == nil && tr.To == consensus.BreakerOpen && t.tripped.Equal(tr.At) {
+			t.tripped, t.trippedUntil = time.Time{}, time.Time{}
+			s.pending.Add(-1)
+		}
+		s.mu.Unlock()
 		switch {
 		case err == nil:
 			s.cfg.Logger.Warn("circuit breaker", "model", model, "from", tr.From, "to", tr.To, "trips", tr.Trips, "reason", tr.Reason)

@@ -265,7 +265,8 @@ func TestRetryBudgetAllowsAFifthOfRequests(t *testing.T) {
 }
 
 // stuckClosed is replicated state in which every proposal loses to
-// another, so the breaker stays closed and every failure trips again.
+// another, so the breaker stays closed and every failure trips again (once
+// the trip held here expires).
 type stuckClosed struct{ proposals atomic.Int64 }
 
 func (*stuckClosed) Breaker(model string) consensus.BreakerState {
@@ -282,7 +283,8 @@ func (s *stuckClosed) ProposeBreaker(context.Context, consensus.BreakerTransitio
 func TestConcurrentOutcomesAreRaceFree(t *testing.T) {
 	st := &stuckClosed{}
 	var wg sync.WaitGroup
-	s := New(Config{Node: "n1", FailureThreshold: 1, Timeout: timeout, IsFailure: isFailure, State: st, Proposer: st,
+	// A trip held here lasts a nanosecond, so requests keep coming in and tripping again.
+	s := New(Config{Node: "n1", FailureThreshold: 1, Timeout: time.Nanosecond, IsFailure: isFailure, State: st, Proposer: st,
 		Go: func(f func()) { wg.Go(f) }})
 	var callers sync.WaitGroup
 	for range 8 {
@@ -290,8 +292,7 @@ func TestConcurrentOutcomesAreRaceFree(t *testing.T) {
 			for i := range 200 {
 				done, ok := s.Admit("m")
 				if !ok {
-					t.Error("a closed breaker refused a request")
-					return
+					continue
 				}
 				if i%3 == 0 {
 					done(nil)
@@ -304,4 +305,58 @@ func TestConcurrentOutcomesAreRaceFree(t *testing.T) {
 	callers.Wait()
 	wg.Wait()
 	require.Positive(t, st.proposals.Load())
+}
+
+// unreachable is a Raft without a quorum: every proposal fails.
+type unreachable struct{ calls atomic.Int64 }
+
+func (u *unreachable) ProposeBreaker(context.Context, consensus.BreakerTransition) error {
+	u.calls.Add(1)
+	return errors.New("no leader")
+}
+
+// A trip counts on this node before (and without) Raft replicating it: while the proposal is
+// in flight or failing, the node refuses work for the model and reports it open, so requests
+// stop failing here and spending the retry budget. It lasts the open period, then traffic
+// probes the backend again.
+func TestTripCountsHereBeforeItIsReplicated(t *testing.T) {
+	clock := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	r := &replicated{st: map[string]consensus.BreakerState{}}
+	u := &unreachable{}
+	s := New(Config{Node: "n1", FailureThreshold: 3, Timeout: timeout, IsFailure: isFailure, State: r, Proposer: u,
+		Go: func(f func()) { f() }, Clock: clock})
+	require.False(t, s.Open("m"))
+	for range 3 {
+		report(t, s, "m", errBackend)
+	}
+	require.Equal(t, int64(1), u.calls.Load())
+	require.Equal(t, consensus.BreakerClosed, r.Breaker("m").State, "nothing was replicated")
+	require.True(t, s.Open("m"))
+	_, ok := s.Admit("m")
+	require.False(t, ok, "a tripped breaker admitted a request before Raft replicated the trip")
+	require.False(t, s.Open("other"))
+
+	clock.Advance(timeout - time.Millisecond)
+	require.True(t, s.Open("m"))
+	clock.Advance(time.Millisecond)
+	require.False(t, s.Open("m"), "the trip outlived its open period")
+	report(t, s, "m", nil)
+	require.Zero(t, s.pending.Load())
+}
+
+// Once replicated, the trip is the replicated state's: an operator's close (the entry deleted)
+// lets work in at once.
+func TestReplicatedTripYieldsToTheReplicatedState(t *testing.T) {
+	s, r, _ := newSet(t)
+	for range 3 {
+		report(t, s, "m", errBackend)
+	}
+	require.Equal(t, consensus.BreakerOpen, r.Breaker("m").State)
+	require.True(t, s.Open("m"))
+	r.mu.Lock()
+	delete(r.st, "m")
+	r.mu.Unlock()
+	require.False(t, s.Open("m"))
+	report(t, s, "m", nil)
+	require.Zero(t, s.pending.Load())
 }

@@ -195,3 +195,49 @@ func breakerDiagnosis(nd *Node, model string) string {
 	}
 	return fmt.Sprintf("replicated state %s (trips %d, leader %q); %s", st.State, st.Trips, nd.Store().LeaderID(), strings.Join(lines, "; "))
 }
+
+// A node's breaker protects it even while Raft cannot replicate the trip (here: no quorum,
+// two of four voters down): after the threshold of failures the node stops sending its own
+// backend work and routes to a healthy peer, so clients see no errors and the retry budget
+// is not spent on a backend known to be down. Before, the node kept routing to itself until
+// the transition was committed, and once the budget ran out clients got 502s.
+func TestBreakerHoldsLocallyWithoutAQuorum(t *testing.T) {
+	ups := []*upstream{newUpstream(t), newUpstream(t), newUpstream(t), newUpstream(t)}
+	tc := mustNewCluster(t, 4, func(i int, cfg *Config) {
+		cfg.Models = []ModelConfig{openAIModel(ups[i].srv.URL)}
+		cfg.CircuitBreaker.FailureThreshold = 3
+		cfg.CircuitBreaker.Timeout = time.Minute
+		cfg.RateLimit.RPM = config.DevRPM
+	})
+	tc.waitServing("up", tc.nodes...)
+	leader := tc.waitLeader(tc.nodes...)
+	// Stop the leader and one follower; keep a failing node and a healthy one.
+	var kept []int
+	for i, nd := range tc.nodes {
+		if nd.Name() != leader && len(kept) < 2 {
+			kept = append(kept, i)
+		}
+	}
+	for i, nd := range tc.nodes {
+		if i != kept[0] && i != kept[1] {
+			stopNode(nd)
+		}
+	}
+	sick, healthy := tc.nodes[kept[0]], tc.nodes[kept[1]]
+	require.Eventually(t, func() bool {
+		c := sick.candidates("up")
+		return len(c) == 2 && (c[0].Node == healthy.Name() || c[1].Node == healthy.Name())
+	}, clusterWait, 20*time.Millisecond, "the stopped nodes never left the candidates")
+
+	ups[kept[0]].failing.Store(true)
+	before := ups[kept[0]].calls.Load()
+	for i := range 40 {
+		res := inferUp(t, sick, i)
+		require.Equal(t, http.StatusOK, res.status, "request %d: %s", i, res.body)
+		require.Equal(t, healthy.Name(), res.header.Get("X-Shoal-Node"))
+	}
+	require.LessOrEqual(t, ups[kept[0]].calls.Load()-before, int64(3), "the sick backend kept getting work after the threshold")
+	require.Equal(t, consensus.BreakerClosed, sick.Store().State().Breaker(sick.Name(), "up").State, "without a quorum nothing is replicated")
+	health := doJSON(t, http.MethodGet, "http://"+sick.HTTPAddr()+"/health", "", nil)
+	require.Contains(t, string(health.body), `"breakers":{"status":"unavailable","detail":"every model's breaker is open","data":{"open":["up"]}}`)
+}

@@ -64,14 +64,14 @@ func (n *Node) exportBreakers() {
 	}
 }
 
-// breakerHealth reports this node's breakers; a node whose every model is
-// behind an open breaker cannot serve.
+// breakerHealth reports this node's breakers as it knows them (a trip not
+// replicated yet counts); a node whose every model is behind an open breaker
+// cannot serve.
 func (n *Node) breakerHealth() ops.Component {
-	st := n.store.State()
 	open := []string{}
 	models := n.sched.Models()
 	for _, m := range models {
-		if st.Breaker(n.cfg.NodeName, m).State == consensus.BreakerOpen {
+		if n.breakers.Open(m) {
 			open = append(open, m)
 		}
 	}

@@ -384,7 +384,8 @@ func (n *Node) candidates(model string) []router.Candidate {
 		if l, ok := n.sched.ModelLoad(model); ok {
 			out = append(out, router.Candidate{Node: n.cfg.NodeName, Model: model, Local: true, QueueDepth: l.QueueDepth, Running: l.Running, Slots: l.Slots,
 				ActiveBatches: l.ActiveBatches, MaxBatch: l.MaxBatch, ServiceBase: l.ServiceBase, ServicePerItem: l.ServicePerItem, LocalPrefix: n.prefixes.Exact(model),
-				Open: st.Breaker(n.cfg.NodeName, model).State == consensus.BreakerOpen})
+				// The node's own view: a trip here counts before Raft replicates it.
+				Open: n.breakers.Open(model)})
 		}
 	}
 	if n.gossip.Sampling() {
