@@ -105,6 +105,8 @@ type tracker struct {
 	// loaded cluster, and forever without a quorum; every request admitted meanwhile would
 	// fail and spend the retry budget until clients saw errors.
 	tripped, trippedUntil time.Time
+	// trip is the transition proposed at tripped; Tick proposes it again after a failure.
+	trip consensus.BreakerTransition
 }
 
 type outcome struct {
@@ -252,10 +254,12 @@ func (s *Set) open(model string, from consensus.BreakerStatus, reason string) {
 	if t.tripped.IsZero() {
 		s.pending.Add(1)
 	}
+	t.trip = consensus.BreakerTransition{Node: s.cfg.Node, Model: model, From: from, To: consensus.BreakerOpen,
+		At: now, OpenUntil: now.Add(d), Trips: trips, Reason: reason}
 	t.tripped, t.trippedUntil = now, now.Add(d)
+	tr := t.trip
 	s.mu.Unlock()
-	s.propose(model, consensus.BreakerTransition{Node: s.cfg.Node, Model: model, From: from, To: consensus.BreakerOpen,
-		At: now, OpenUntil: now.Add(d), Trips: trips, Reason: reason})
+	s.propose(model, tr)
 }
 
 // maybeHalfOpen moves an open breaker whose time is up to half-open, unless
@@ -271,10 +275,23 @@ func (s *Set) maybeHalfOpen(model string, st consensus.BreakerState) {
 
 // Tick moves the open breakers of models whose time is up to half-open, so
 // probing starts even though no router sends work to an open target.
+// It also proposes again a trip held here whose proposal failed (no leader,
+// a lost peer call): the node routes around its backend meanwhile, so no new
+// failure would trip it again.
 func (s *Set) Tick(models []string) {
 	for _, m := range models {
-		if cur := s.cfg.State.Breaker(m); cur.State == consensus.BreakerOpen {
+		cur := s.cfg.State.Breaker(m)
+		if cur.State == consensus.BreakerOpen {
 			s.maybeHalfOpen(m, cur)
+			continue
+		}
+		if s.trippedHere(m, cur) {
+			s.mu.Lock()
+			tr := s.tracker(m).trip
+			s.mu.Unlock()
+			if tr.From == cur.State {
+				s.propose(m, tr)
+			}
 		}
 	}
 }

@@ -231,12 +231,22 @@ func TestBreakerHoldsLocallyWithoutAQuorum(t *testing.T) {
 
 	ups[kept[0]].failing.Store(true)
 	before := ups[kept[0]].calls.Load()
-	for i := range 40 {
+	// The router may prefer either node at first; send until the sick backend has failed the
+	// threshold's three times. Each failure is retried on the healthy node.
+	i := 0
+	require.Eventually(t, func() bool {
+		i++
 		res := inferUp(t, sick, i)
 		require.Equal(t, http.StatusOK, res.status, "request %d: %s", i, res.body)
+		return ups[kept[0]].calls.Load()-before >= 3
+	}, clusterWait, time.Millisecond, "the sick backend never got work")
+	require.Equal(t, int64(3), ups[kept[0]].calls.Load()-before)
+	for j := range 40 {
+		res := inferUp(t, sick, 1000+j)
+		require.Equal(t, http.StatusOK, res.status, "request %d: %s", j, res.body)
 		require.Equal(t, healthy.Name(), res.header.Get("X-Shoal-Node"))
 	}
-	require.LessOrEqual(t, ups[kept[0]].calls.Load()-before, int64(3), "the sick backend kept getting work after the threshold")
+	require.Equal(t, int64(3), ups[kept[0]].calls.Load()-before, "the sick backend kept getting work after the threshold")
 	require.Equal(t, consensus.BreakerClosed, sick.Store().State().Breaker(sick.Name(), "up").State, "without a quorum nothing is replicated")
 	health := doJSON(t, http.MethodGet, "http://"+sick.HTTPAddr()+"/health", "", nil)
 	require.Contains(t, string(health.body), `"breakers":{"status":"unavailable","detail":"every model's breaker is open","data":{"open":["up"]}}`)
