@@ -27,7 +27,7 @@ const (
 	// its trip count, so each re-open lasts twice as long.
 	FlapWindow = time.Minute
 	// TransitionsPerMinute bounds the transitions one breaker proposes to
-	// Raft; past it the breaker stays open longer.
+	// Raft; past it the breaker proposes no half-open, so it stays open.
 	TransitionsPerMinute = 6
 	// RateWindow and RateMin set the error-rate trip: at least RateMin
 	// requests in the window, half of them failed.
@@ -313,9 +313,12 @@ func (s *Set) probeResult(model string, err error) {
 		To: consensus.BreakerClosed, At: now, Trips: cur.Trips, Reason: "probe succeeded"})
 }
 
-// propose commits a transition in the background, at most
-// TransitionsPerMinute per breaker (an open breaker stays open when the
-// budget is spent), one proposal at a time.
+// propose commits a transition in the background, one proposal at a time.
+// Past TransitionsPerMinute proposals of a breaker in the last minute it
+// proposes no half-open: an open breaker stays open. Opens and closes always
+// pass: a half-open breaker whose probe succeeded must close (refusing it
+// left the model at one request at a time while every probe succeeded), and
+// with half-opens gated the total stays bounded.
 func (s *Set) propose(model string, tr consensus.BreakerTransition) {
 	now := s.cfg.Clock.Now()
 	s.mu.Lock()
@@ -323,7 +326,7 @@ func (s *Set) propose(model string, tr consensus.BreakerTransition) {
 	for len(t.proposals) > 0 && now.Sub(t.proposals[0]) > time.Minute {
 		t.proposals = t.proposals[1:]
 	}
-	if t.proposing || (len(t.proposals) >= TransitionsPerMinute && tr.To != consensus.BreakerOpen) {
+	if t.proposing || (len(t.proposals) >= TransitionsPerMinute && tr.To == consensus.BreakerHalfOpen) {
 		s.mu.Unlock()
 		return
 	}

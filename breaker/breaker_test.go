@@ -396,3 +396,30 @@ func TestTickProposesAFailedTripAgain(t *testing.T) {
 	s.Tick([]string{"m"})
 	require.Equal(t, 1, f.count())
 }
+
+// A probe that succeeds closes the breaker even when failed probes spent the minute's
+// transition budget: refusing the close left the breaker half-open, the model held to one
+// request at a time while every probe succeeded.
+func TestSuccessfulProbeClosesPastTheBudget(t *testing.T) {
+	clock := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	r := &replicated{st: map[string]consensus.BreakerState{}}
+	// Short open periods, so every transition falls within one minute.
+	s := New(Config{Node: "n1", FailureThreshold: 3, Timeout: time.Second, IsFailure: isFailure, State: r, Proposer: r,
+		Go: func(f func()) { f() }, Clock: clock})
+	for range 3 {
+		report(t, s, "m", errBackend)
+	}
+	for r.count() < TransitionsPerMinute {
+		st := r.Breaker("m")
+		require.Equal(t, consensus.BreakerOpen, st.State)
+		clock.Advance(st.OpenUntil.Sub(clock.Now()))
+		s.Tick([]string{"m"})
+		require.Equal(t, consensus.BreakerHalfOpen, r.Breaker("m").State)
+		if r.count() < TransitionsPerMinute {
+			report(t, s, "m", errBackend) // the probe fails: open again
+		}
+	}
+	report(t, s, "m", nil)
+	require.Equal(t, consensus.BreakerClosed, r.Breaker("m").State, "a successful probe did not close the breaker")
+	require.Equal(t, consensus.BreakerClosed, r.last(t).To)
+}
