@@ -266,3 +266,14 @@ func BenchmarkReadSSE(b *testing.B) {
 		_ = readSSE(strings.NewReader(stream), func([]byte) (bool, error) { return false, nil })
 	}
 }
+
+// BenchmarkBody is the load generator's cost of building one request body.
+func BenchmarkBody(b *testing.B) {
+	p := Prompt{Prompt: "a generated prompt of ordinary length, unique per request 000123"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := body(EndpointChat, "m", p, 16, false); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -48,28 +48,55 @@ type usage struct {
 	CompletionTokens int `json:"completion_tokens"`
 }
 
+// Request bodies as typed structs: the load generator builds one per request, and marshalling
+// a struct costs a fraction of a map[string]any (the map was 9% of the client's CPU in an
+// open loop).
+type (
+	streamOptions struct {
+		IncludeUsage bool `json:"include_usage"`
+	}
+	chatBody struct {
+		Model         string         `json:"model"`
+		Messages      []Message      `json:"messages"`
+		MaxTokens     int            `json:"max_tokens"`
+		Temperature   float64        `json:"temperature"`
+		Stream        bool           `json:"stream"`
+		StreamOptions *streamOptions `json:"stream_options,omitempty"`
+	}
+	completionBody struct {
+		Model         string         `json:"model"`
+		Prompt        string         `json:"prompt"`
+		MaxTokens     int            `json:"max_tokens"`
+		Temperature   float64        `json:"temperature"`
+		Stream        bool           `json:"stream"`
+		StreamOptions *streamOptions `json:"stream_options,omitempty"`
+	}
+	inferBody struct {
+		Model      string      `json:"model"`
+		Input      string      `json:"input"`
+		Stream     bool        `json:"stream"`
+		Parameters inferParams `json:"parameters"`
+	}
+	inferParams struct {
+		MaxTokens   int     `json:"max_tokens"`
+		Temperature float64 `json:"temperature"`
+	}
+)
+
 // body builds the JSON request for endpoint e.
 func body(e Endpoint, model string, p Prompt, maxTokens int, stream bool) ([]byte, error) {
-	temp := 0.0
-	var v any
+	var opts *streamOptions
+	if stream {
+		opts = &streamOptions{IncludeUsage: true}
+	}
 	switch e {
 	case EndpointChat:
-		m := map[string]any{"model": model, "messages": p.messages(), "max_tokens": maxTokens, "temperature": temp, "stream": stream}
-		if stream {
-			m["stream_options"] = map[string]bool{"include_usage": true}
-		}
-		v = m
+		return json.Marshal(chatBody{Model: model, Messages: p.messages(), MaxTokens: maxTokens, Stream: stream, StreamOptions: opts})
 	case EndpointCompletions:
-		m := map[string]any{"model": model, "prompt": p.text(), "max_tokens": maxTokens, "temperature": temp, "stream": stream}
-		if stream {
-			m["stream_options"] = map[string]bool{"include_usage": true}
-		}
-		v = m
+		return json.Marshal(completionBody{Model: model, Prompt: p.text(), MaxTokens: maxTokens, Stream: stream, StreamOptions: opts})
 	default:
-		v = map[string]any{"model": model, "input": p.text(), "stream": stream,
-			"parameters": map[string]any{"max_tokens": maxTokens, "temperature": temp}}
+		return json.Marshal(inferBody{Model: model, Input: p.text(), Stream: stream, Parameters: inferParams{MaxTokens: maxTokens}})
 	}
-	return json.Marshal(v)
 }
 
 // send performs one request and classifies its outcome. The caller sets
