@@ -2,9 +2,8 @@ package openai
 
 import (
 	"encoding/json"
-	"strconv"
-	"strings"
-	"unicode/utf8"
+
+	"github.com/shoal-dev/shoal/internal/jsonwalk"
 )
 
 // fastChoices is decodeChoices without reflection, for the answers every
@@ -23,8 +22,8 @@ func fastChoices(body []byte, n int) (out []answer, u *usage, ok bool) {
 	if n <= 0 || !json.Valid(body) {
 		return nil, nil, false
 	}
-	d := fastDecoder{b: body}
-	if d.next() != '{' {
+	d := jsonwalk.New(body)
+	if d.Next() != '{' {
 		return nil, nil, false
 	}
 	out = make([]answer, n)
@@ -36,24 +35,24 @@ func fastChoices(body []byte, n int) (out []answer, u *usage, ok bool) {
 		seen = make([]bool, n)
 	}
 	var got [3]bool // choices, usage, error
-	ok = d.object(func(key []byte) bool {
-		switch k := fieldIndex(key, "choices", "usage", "error"); {
+	ok = d.Object(func(key []byte) bool {
+		switch k := jsonwalk.FieldIndex(key, "choices", "usage", "error"); {
 		case k < 0 || got[k]:
-			return k == -1 && d.skip()
+			return k == -1 && d.Skip()
 		case k == 0:
 			got[0] = true
-			return d.choices(out, seen)
+			return readChoices(&d, out, seen)
 		case k == 1:
 			got[1] = true
-			if d.null() {
+			if d.Null() {
 				return true
 			}
 			u = &usage{}
-			return d.usage(u)
+			return readUsage(&d, u)
 		default:
 			// Any error object takes the slow path, which reports it.
 			got[2] = true
-			return d.null()
+			return d.Null()
 		}
 	})
 	if !ok {
@@ -67,188 +66,35 @@ func fastChoices(body []byte, n int) (out []answer, u *usage, ok bool) {
 	return out, u, true
 }
 
-// fastDecoder walks a body json.Valid accepted, so it only checks types,
-// never syntax.
-type fastDecoder struct {
-	b []byte
-	i int
-}
-
-// next skips white space and returns the next byte without consuming it.
-func (d *fastDecoder) next() byte {
-	for d.i < len(d.b) {
-		switch c := d.b[d.i]; c {
-		case ' ', '\t', '\r', '\n':
-			d.i++
-		default:
-			return c
-		}
-	}
-	return 0
-}
-
-// null consumes a null and reports whether there was one.
-func (d *fastDecoder) null() bool {
-	if d.next() == 'n' {
-		d.i += len("null")
-		return true
-	}
-	return false
-}
-
-// object walks an object, calling field with each key (its raw bytes,
-// positioned at the value) until field returns false. A key with escapes
-// or non-ASCII bytes fails: encoding/json folds case, Unicode included.
-func (d *fastDecoder) object(field func(key []byte) bool) bool {
-	return d.sequence('{', '}', func() bool {
-		key, plain := d.rawString()
-		if !plain {
-			return false
-		}
-		for _, c := range key {
-			if c >= utf8.RuneSelf {
-				return false
-			}
-		}
-		d.next()
-		d.i++ // ':'
-		return field(key)
-	})
-}
-
-// sequence walks an object or array (open ... close), calling each for
-// every member until it returns false; the commas and the end are its.
-func (d *fastDecoder) sequence(open, close byte, each func() bool) bool {
-	if d.next() != open {
-		return false
-	}
-	d.i++
-	if d.next() == close {
-		d.i++
-		return true
-	}
-	for {
-		if !each() {
-			return false
-		}
-		switch d.next() {
-		case ',':
-			d.i++
-		case close:
-			d.i++
-			return true
-		default:
-			return false
-		}
-	}
-}
-
-// rawString consumes a string and returns its bytes between the quotes;
-// plain is false when it has escapes or invalid UTF-8.
-func (d *fastDecoder) rawString() (raw []byte, plain bool) {
-	if d.next() != '"' {
-		return nil, false
-	}
-	start := d.i + 1
-	plain = true
-	for d.i = start; d.b[d.i] != '"'; d.i++ {
-		if d.b[d.i] == '\\' {
-			plain = false
-			d.i++
-		}
-	}
-	raw = d.b[start:d.i]
-	d.i++
-	return raw, plain && utf8.Valid(raw)
-}
-
-// str consumes a string value as encoding/json decodes it. A string with
-// escapes goes through encoding/json itself (rare: one allocation more).
-func (d *fastDecoder) str() (string, bool) {
-	if d.next() != '"' {
-		return "", false
-	}
-	start := d.i
-	raw, plain := d.rawString()
-	if plain {
-		return string(raw), true
-	}
-	var s string
-	if err := json.Unmarshal(d.b[start:d.i], &s); err != nil {
-		return "", false
-	}
-	return s, true
-}
-
-// int consumes a number that fits an int.
-func (d *fastDecoder) int() (int, bool) {
-	start := d.i
-	for d.i < len(d.b) && strings.IndexByte("-+.0123456789eE", d.b[d.i]) >= 0 {
-		d.i++
-	}
-	v, err := strconv.ParseInt(string(d.b[start:d.i]), 10, 0)
-	return int(v), err == nil
-}
-
-// skip consumes any value.
-func (d *fastDecoder) skip() bool {
-	switch d.next() {
-	case '"':
-		d.rawString()
-	case '{', '[':
-		depth := 0
-		for ; ; d.i++ {
-			switch d.b[d.i] {
-			case '"':
-				d.rawString()
-				d.i--
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					d.i++
-					return true
-				}
-			}
-		}
-	default:
-		for d.i < len(d.b) && strings.IndexByte(",}] \t\r\n", d.b[d.i]) < 0 {
-			d.i++
-		}
-	}
-	return true
-}
-
-// choices reads the choices array into out, marking each index in seen.
-func (d *fastDecoder) choices(out []answer, seen []bool) bool {
-	return d.sequence('[', ']', func() bool {
+// readChoices reads the choices array into out, marking each index in seen.
+func readChoices(d *jsonwalk.Decoder, out []answer, seen []bool) bool {
+	return d.Sequence('[', ']', func() bool {
 		var (
 			c   choiceFields
 			got [5]bool
 		)
-		ok := d.object(func(key []byte) bool {
-			k := fieldIndex(key, "index", "text", "message", "delta", "finish_reason")
+		ok := d.Object(func(key []byte) bool {
+			k := jsonwalk.FieldIndex(key, "index", "text", "message", "delta", "finish_reason")
 			if k < 0 || got[k] {
-				return k == -1 && d.skip()
+				return k == -1 && d.Skip()
 			}
 			got[k] = true
-			if d.null() {
+			if d.Null() {
 				return true
 			}
 			var ok bool
 			switch k {
 			case 0:
-				c.index, ok = d.int()
+				c.index, ok = d.Int()
 			case 1:
-				c.text, ok = d.str()
+				c.text, ok = d.Str()
 			case 2:
-				c.message, c.hasMessage, ok = d.content()
+				c.message, c.hasMessage, ok = readContent(d)
 			case 3:
-				c.delta, c.hasDelta, ok = d.content()
+				c.delta, c.hasDelta, ok = readContent(d)
 			default:
 				var reason string
-				reason, ok = d.str()
+				reason, ok = d.Str()
 				c.reason = finishReason(&reason)
 			}
 			return ok
@@ -281,61 +127,45 @@ type choiceFields struct {
 	reason               string
 }
 
-// content reads {"content": ...}; has reports a non-null content.
-func (d *fastDecoder) content() (text string, has, ok bool) {
+// readContent reads {"content": ...}; has reports a non-null content.
+func readContent(d *jsonwalk.Decoder) (text string, has, ok bool) {
 	seen := false
-	ok = d.object(func(key []byte) bool {
-		k := fieldIndex(key, "content")
+	ok = d.Object(func(key []byte) bool {
+		k := jsonwalk.FieldIndex(key, "content")
 		if k < 0 || seen {
-			return k == -1 && d.skip()
+			return k == -1 && d.Skip()
 		}
 		seen = true
-		if d.null() {
+		if d.Null() {
 			return true
 		}
 		var ok bool
-		text, ok = d.str()
+		text, ok = d.Str()
 		has = ok
 		return ok
 	})
 	return text, has, ok
 }
 
-// usage reads the two counts of a usage object.
-func (d *fastDecoder) usage(u *usage) bool {
+// readUsage reads the two counts of a usage object.
+func readUsage(d *jsonwalk.Decoder, u *usage) bool {
 	var got [2]bool
-	return d.object(func(key []byte) bool {
-		k := fieldIndex(key, "prompt_tokens", "completion_tokens")
+	return d.Object(func(key []byte) bool {
+		k := jsonwalk.FieldIndex(key, "prompt_tokens", "completion_tokens")
 		if k < 0 || got[k] {
-			return k == -1 && d.skip()
+			return k == -1 && d.Skip()
 		}
 		got[k] = true
-		if d.null() {
+		if d.Null() {
 			return true
 		}
 		var ok bool
 		if k == 0 {
-			u.PromptTokens, ok = d.int()
+			u.PromptTokens, ok = d.Int()
 		} else {
-			u.CompletionTokens, ok = d.int()
+			u.CompletionTokens, ok = d.Int()
 		}
 		return ok
 	})
 }
 
-// fieldIndex returns which of names key is, -1 for none, or -2 for one it
-// matches only ignoring case (encoding/json would take it; the fast path
-// does not).
-func fieldIndex(key []byte, names ...string) int {
-	for i, name := range names {
-		if string(key) == name {
-			return i
-		}
-	}
-	for _, name := range names {
-		if strings.EqualFold(string(key), name) {
-			return -2
-		}
-	}
-	return -1
-}
