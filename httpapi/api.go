@@ -279,11 +279,13 @@ type streamOptions struct {
 
 type chatBody struct {
 	commonFields
-	Messages []struct {
-		Role    string      `json:"role"`
-		Content chatContent `json:"content"`
-	} `json:"messages"`
-	MaxCompletionTokens *int `json:"max_completion_tokens"`
+	Messages            []chatMessage `json:"messages"`
+	MaxCompletionTokens *int          `json:"max_completion_tokens"`
+}
+
+type chatMessage struct {
+	Role    string      `json:"role"`
+	Content chatContent `json:"content"`
 }
 
 type completionBody struct {
@@ -430,8 +432,11 @@ func decodeChat(body []byte) (*Request, error) {
 		msg1 [1]scheduler.Message
 	}{}
 	b := &all.b
-	if err := decodeStrict(body, b); err != nil {
-		return nil, err
+	if !fastChat(body, b) {
+		*b = chatBody{}
+		if err := decodeStrict(body, b); err != nil {
+			return nil, err
+		}
 	}
 	if err := checkModel(b.Model); err != nil {
 		return nil, err

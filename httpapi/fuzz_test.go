@@ -229,3 +229,77 @@ func FuzzPlainJSONString(f *testing.F) {
 		}
 	})
 }
+
+// FuzzFastChat checks that whatever chat body fastChat decodes, encoding/json decodes without
+// error to the same value.
+func FuzzFastChat(f *testing.F) {
+	for _, s := range decoderSeeds {
+		f.Add([]byte(s))
+	}
+	for _, s := range []string{
+		` { "model" : "m" , "messages" : [ { "role" : "user" , "content" : "hi" } ] } `,
+		`{"model":"m","messages":[null,{"name":"x","role":"user","content":"a\"b\u00e9"}],"seed":-9223372036854775808}`,
+		`{"Model":"m","messages":[]}`, `{"model":"m","messages":[{"ROLE":"user"}]}`,
+		`{"model":"m","messages":[],"messages":null}`, `{"model":"m","max_tokens":1.0,"n":1e2,"temperature":1E2}`,
+		`{"model":"m","stream":null,"stream_options":{"include_usage":false,"x":[1]},"priority":null}`,
+		`{"model":"m","stream_options":{"include_usage":1}}`, `{"model":"m","user":"\u0000","unknown":"\ud800"}`,
+		`{"model":"m","max_tokens":9223372036854775808}`, `{"model":"m","top_p":-0.0e-0}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var fast chatBody
+		if !fastChat(body, &fast) {
+			return
+		}
+		var want chatBody
+		if err := json.Unmarshal(body, &want); err != nil {
+			t.Fatalf("fastChat decoded a body encoding/json rejects (%v): %+v", err, fast)
+		}
+		if !reflect.DeepEqual(fast, want) {
+			t.Fatalf("fastChat %+v, encoding/json %+v", fast, want)
+		}
+	})
+}
+
+// The fast path takes the bodies OpenAI clients send, and leaves the rest to encoding/json.
+func TestFastChatTakesCommonBodies(t *testing.T) {
+	for body, want := range map[string]bool{
+		`{"model":"m","messages":[{"role":"user","content":"hi"}]}`: true,
+		`{"messages":[{"role":"system","content":"s"},{"role":"user","content":"q"}],"model":"m","temperature":0.7,"max_tokens":64,"stream":true,"stream_options":{"include_usage":true},"user":"u","seed":1}`: true,
+		`{"model":"m","messages":[{"role":"user","content":"hi","name":"x"}],"tools":[{"type":"function"}]}`:                                                                                                   true,
+		`{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}`:                                                                                                                   false,
+		`{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":["x"]}`:                                                                                                                               false,
+		`{"Model":"m","messages":[{"role":"user","content":"hi"}]}`:                                                                                                                                            false,
+		`{"model":"m","model":"n","messages":[]}`:                                                                                                                                                              false,
+		`{"model":"m","messages":[{"role":"user","content":"hi"}]} x`:                                                                                                                                          false,
+	} {
+		var b chatBody
+		if got := fastChat([]byte(body), &b); got != want {
+			t.Errorf("fastChat took it: %v, want %v: %s", got, want, body)
+		}
+	}
+}
+
+// BenchmarkDecodeChat is decoding a typical chat body: the fast path, and encoding/json.
+func BenchmarkDecodeChat(b *testing.B) {
+	body := []byte(`{"model":"sim0","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the capital of France? Answer in one word."}],"max_tokens":16,"temperature":0}`)
+	b.Run("fast", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var c chatBody
+			if !fastChat(body, &c) {
+				b.Fatal("slow path")
+			}
+		}
+	})
+	b.Run("encoding-json", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var c chatBody
+			if err := decodeStrict(body, &c); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -131,11 +131,7 @@ func (d *Decoder) Str() (string, bool) {
 
 // Int consumes a number that fits an int.
 func (d *Decoder) Int() (int, bool) {
-	start := d.i
-	for d.i < len(d.b) && strings.IndexByte("-+.0123456789eE", d.b[d.i]) >= 0 {
-		d.i++
-	}
-	v, err := strconv.ParseInt(string(d.b[start:d.i]), 10, 0)
+	v, err := strconv.ParseInt(string(d.number()), 10, 0)
 	return int(v), err == nil
 }
 
@@ -184,4 +180,39 @@ func FieldIndex(key []byte, names ...string) int {
 		}
 	}
 	return -1
+}
+
+// Int64 consumes a number that fits an int64.
+func (d *Decoder) Int64() (int64, bool) {
+	v, err := strconv.ParseInt(string(d.number()), 10, 64)
+	return v, err == nil
+}
+
+// Float consumes a number as encoding/json decodes it into a float64.
+func (d *Decoder) Float() (float64, bool) {
+	v, err := strconv.ParseFloat(string(d.number()), 64)
+	return v, err == nil
+}
+
+// number consumes a number's bytes.
+func (d *Decoder) number() []byte {
+	d.Next()
+	start := d.i
+	for d.i < len(d.b) && strings.IndexByte("-+.0123456789eE", d.b[d.i]) >= 0 {
+		d.i++
+	}
+	return d.b[start:d.i]
+}
+
+// Bool consumes true or false.
+func (d *Decoder) Bool() (v, ok bool) {
+	switch d.Next() {
+	case 't':
+		d.i += len("true")
+		return true, true
+	case 'f':
+		d.i += len("false")
+		return false, true
+	}
+	return false, false
 }
