@@ -168,4 +168,3 @@ func readUsage(d *jsonwalk.Decoder, u *usage) bool {
 		return ok
 	})
 }
-
