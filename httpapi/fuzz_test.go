@@ -303,3 +303,28 @@ func BenchmarkDecodeChat(b *testing.B) {
 		}
 	})
 }
+
+// FuzzChatAnswerJSON checks that appendChatAnswer writes what encoding/json's Encoder writes.
+func FuzzChatAnswerJSON(f *testing.F) {
+	f.Add("chatcmpl-0123456789abcdef", "sim0", "hello, world", "stop", "n1", int64(1764633600), 12, 16, 0, false)
+	f.Add("x", "m<&>", "a\"b\\c\n\t\r\b\f\x00\x1f\x7f <tag> & \u2028\u2029 é ✓ \xff\xfe", "length", "", int64(-1), -5, 0, 3, true)
+	f.Add("", "", "", "", "\xed\xa0\x80 \xf4\x90\x80\x80", int64(0), 0, 0, 0, false)
+	f.Fuzz(func(t *testing.T, id, model, content, reason, node string, created int64, prompt, completion, index int, logprobs bool) {
+		c := chatChoice{Index: index, Message: scheduler.Message{Role: "assistant", Content: content}, FinishReason: reason}
+		if logprobs {
+			c.Logprobs = &struct{}{}
+		}
+		for _, choices := range [][]chatChoice{{c}, {c, c}, {}, nil} {
+			a := &chatAnswer{ID: id, Object: "chat.completion", Created: created, Model: model, Choices: choices,
+				Usage: usage{PromptTokens: prompt, CompletionTokens: completion, TotalTokens: prompt + completion}, SystemFingerprint: node}
+			var want bytes.Buffer
+			if err := json.NewEncoder(&want).Encode(a); err != nil {
+				t.Fatal(err)
+			}
+			got := append(appendChatAnswer(nil, a), '\n')
+			if !bytes.Equal(got, want.Bytes()) {
+				t.Fatalf("appendChatAnswer\n%s\nencoding/json\n%s", got, want.Bytes())
+			}
+		}
+	})
+}

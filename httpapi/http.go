@@ -113,7 +113,12 @@ func writeJSON(w http.ResponseWriter, r *http.Request, status int, v any) {
 	jb := getJSONBuf()
 	defer putJSONBuf(jb)
 	var body []byte
-	if err := jb.enc.Encode(v); err != nil {
+	if a, ok := v.(*chatAnswer); ok {
+		// Written where the buffer has room (Write then copies onto itself), so any growth stays
+		// in the pooled buffer.
+		jb.buf.Write(append(appendChatAnswer(jb.buf.AvailableBuffer(), a), '\n'))
+		body = jb.buf.Bytes()
+	} else if err := jb.enc.Encode(v); err != nil {
 		status = http.StatusInternalServerError
 		body = []byte(`{"error":{"message":"response encoding failed","type":"server_error","param":null,"code":"internal_error"}}` + "\n")
 	} else {
