@@ -331,7 +331,6 @@ func (s *Set) propose(model string, tr consensus.BreakerTransition) {
 		return
 	}
 	t.proposing = true
-	t.proposals = append(t.proposals, now)
 	s.mu.Unlock()
 	s.cfg.Go(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -340,6 +339,11 @@ func (s *Set) propose(model string, tr consensus.BreakerTransition) {
 		s.mu.Lock()
 		t := s.tracker(model)
 		t.proposing = false
+		if err == nil {
+			// Only committed transitions count against the budget: a trip proposed again each
+			// second while Raft has no leader must not keep the breaker from probing later.
+			t.proposals = append(t.proposals, now)
+		}
 		// The Proposer returns once this node applied the transition: the replicated state
 		// speaks for the trip from now on (and an operator's later close is obeyed at once).
 		if err == nil && tr.To == consensus.BreakerOpen && t.tripped.Equal(tr.At) {

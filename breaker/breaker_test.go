@@ -423,3 +423,39 @@ func TestSuccessfulProbeClosesPastTheBudget(t *testing.T) {
 	require.Equal(t, consensus.BreakerClosed, r.Breaker("m").State, "a successful probe did not close the breaker")
 	require.Equal(t, consensus.BreakerClosed, r.last(t).To)
 }
+
+// leaderless fails proposals until healed, then replicates.
+type leaderless struct {
+	*replicated
+	healed atomic.Bool
+}
+
+func (l *leaderless) ProposeBreaker(ctx context.Context, tr consensus.BreakerTransition) error {
+	if !l.healed.Load() {
+		return errors.New("no leader")
+	}
+	return l.replicated.ProposeBreaker(ctx, tr)
+}
+
+// Proposals that failed do not count against the transition budget: a trip proposed again
+// every second while Raft had no leader still lets the breaker probe once Raft is back.
+func TestFailedProposalsLeaveTheBudget(t *testing.T) {
+	clock := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	l := &leaderless{replicated: &replicated{st: map[string]consensus.BreakerState{}}}
+	s := New(Config{Node: "n1", FailureThreshold: 3, Timeout: timeout, IsFailure: isFailure, State: l, Proposer: l,
+		Go: func(f func()) { f() }, Clock: clock})
+	for range 3 {
+		report(t, s, "m", errBackend)
+	}
+	for range 2 * TransitionsPerMinute {
+		clock.Advance(500 * time.Millisecond)
+		s.Tick([]string{"m"})
+	}
+	require.Zero(t, l.count())
+	l.healed.Store(true)
+	s.Tick([]string{"m"})
+	require.Equal(t, consensus.BreakerOpen, l.Breaker("m").State)
+	clock.Advance(timeout)
+	s.Tick([]string{"m"})
+	require.Equal(t, consensus.BreakerHalfOpen, l.Breaker("m").State, "the failed proposals spent the budget")
+}
