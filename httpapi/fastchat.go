@@ -21,21 +21,7 @@ func fastChat(body []byte, b *chatBody) bool {
 	if d.Next() != '{' {
 		return false
 	}
-	var got [12]bool
-	return d.Object(func(key []byte) bool {
-		k := jsonwalk.FieldIndex(key, "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
-			"n", "stream", "stream_options", "seed", "priority", "user", "stop")
-		if k == -1 {
-			return d.Skip()
-		}
-		if k < 0 || k == 12 || got[k] {
-			return false
-		}
-		got[k] = true
-		if d.Null() {
-			// encoding/json leaves a value at zero for null, and b starts at zero.
-			return true
-		}
+	return d.Members(chatFields, func(k int) bool {
 		var ok bool
 		switch k {
 		case 0:
@@ -66,9 +52,18 @@ func fastChat(body []byte, b *chatBody) bool {
 		case 11:
 			b.User, ok = d.Str()
 		}
+		// "stop" (12) takes the slow path.
 		return ok
 	})
 }
+
+// The members each reader takes, in the order of its cases.
+var (
+	chatFields = []string{"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+		"n", "stream", "stream_options", "seed", "priority", "user", "stop"}
+	messageFields      = []string{"role", "content"}
+	streamOptionFields = []string{"include_usage"}
+)
 
 func fastMessages(d *jsonwalk.Decoder) ([]chatMessage, bool) {
 	// Not nil: encoding/json makes an empty array an empty slice.
@@ -79,19 +74,7 @@ func fastMessages(d *jsonwalk.Decoder) ([]chatMessage, bool) {
 			msgs = append(msgs, m)
 			return true
 		}
-		var got [2]bool
-		ok := d.Object(func(key []byte) bool {
-			k := jsonwalk.FieldIndex(key, "role", "content")
-			if k == -1 {
-				return d.Skip()
-			}
-			if k < 0 || got[k] {
-				return false
-			}
-			got[k] = true
-			if d.Null() {
-				return true
-			}
+		ok := d.Members(messageFields, func(k int) bool {
 			var ok bool
 			if k == 0 {
 				m.Role, ok = d.Str()
@@ -125,19 +108,7 @@ func fastFloat(d *jsonwalk.Decoder) (*float64, bool) {
 
 func fastStreamOptions(d *jsonwalk.Decoder) (*streamOptions, bool) {
 	o := &streamOptions{}
-	seen := false
-	ok := d.Object(func(key []byte) bool {
-		k := jsonwalk.FieldIndex(key, "include_usage")
-		if k == -1 {
-			return d.Skip()
-		}
-		if k < 0 || seen {
-			return false
-		}
-		seen = true
-		if d.Null() {
-			return true
-		}
+	ok := d.Members(streamOptionFields, func(int) bool {
 		var ok bool
 		o.IncludeUsage, ok = d.Bool()
 		return ok

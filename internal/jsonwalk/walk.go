@@ -216,3 +216,22 @@ func (d *Decoder) Bool() (v, ok bool) {
 	}
 	return false, false
 }
+
+// Members walks an object whose members of interest are names (at most 64), calling each with
+// a member's index once its value is not null: null leaves a field at zero, as encoding/json
+// does. Other members are skipped; a member named twice, or matching a name only ignoring
+// case, fails, since encoding/json would take it.
+func (d *Decoder) Members(names []string, each func(k int) bool) bool {
+	var got uint64
+	return d.Object(func(key []byte) bool {
+		k := FieldIndex(key, names...)
+		if k == -1 {
+			return d.Skip()
+		}
+		if k < 0 || got&(1<<k) != 0 {
+			return false
+		}
+		got |= 1 << k
+		return d.Null() || each(k)
+	})
+}

@@ -34,25 +34,16 @@ func fastChoices(body []byte, n int) (out []answer, u *usage, ok bool) {
 	} else {
 		seen = make([]bool, n)
 	}
-	var got [3]bool // choices, usage, error
-	ok = d.Object(func(key []byte) bool {
-		switch k := jsonwalk.FieldIndex(key, "choices", "usage", "error"); {
-		case k < 0 || got[k]:
-			return k == -1 && d.Skip()
-		case k == 0:
-			got[0] = true
+	ok = d.Members(answerFields, func(k int) bool {
+		switch k {
+		case 0:
 			return readChoices(&d, out, seen)
-		case k == 1:
-			got[1] = true
-			if d.Null() {
-				return true
-			}
+		case 1:
 			u = &usage{}
 			return readUsage(&d, u)
 		default:
 			// Any error object takes the slow path, which reports it.
-			got[2] = true
-			return d.Null()
+			return false
 		}
 	})
 	if !ok {
@@ -66,22 +57,19 @@ func fastChoices(body []byte, n int) (out []answer, u *usage, ok bool) {
 	return out, u, true
 }
 
+// The members each reader takes, in the order of its cases.
+var (
+	answerFields     = []string{"choices", "usage", "error"}
+	choiceFieldNames = []string{"index", "text", "message", "delta", "finish_reason"}
+	contentField     = []string{"content"}
+	usageFields      = []string{"prompt_tokens", "completion_tokens"}
+)
+
 // readChoices reads the choices array into out, marking each index in seen.
 func readChoices(d *jsonwalk.Decoder, out []answer, seen []bool) bool {
 	return d.Sequence('[', ']', func() bool {
-		var (
-			c   choiceFields
-			got [5]bool
-		)
-		ok := d.Object(func(key []byte) bool {
-			k := jsonwalk.FieldIndex(key, "index", "text", "message", "delta", "finish_reason")
-			if k < 0 || got[k] {
-				return k == -1 && d.Skip()
-			}
-			got[k] = true
-			if d.Null() {
-				return true
-			}
+		var c choiceFields
+		ok := d.Members(choiceFieldNames, func(k int) bool {
 			var ok bool
 			switch k {
 			case 0:
@@ -129,16 +117,7 @@ type choiceFields struct {
 
 // readContent reads {"content": ...}; has reports a non-null content.
 func readContent(d *jsonwalk.Decoder) (text string, has, ok bool) {
-	seen := false
-	ok = d.Object(func(key []byte) bool {
-		k := jsonwalk.FieldIndex(key, "content")
-		if k < 0 || seen {
-			return k == -1 && d.Skip()
-		}
-		seen = true
-		if d.Null() {
-			return true
-		}
+	ok = d.Members(contentField, func(int) bool {
 		var ok bool
 		text, ok = d.Str()
 		has = ok
@@ -149,16 +128,7 @@ func readContent(d *jsonwalk.Decoder) (text string, has, ok bool) {
 
 // readUsage reads the two counts of a usage object.
 func readUsage(d *jsonwalk.Decoder, u *usage) bool {
-	var got [2]bool
-	return d.Object(func(key []byte) bool {
-		k := jsonwalk.FieldIndex(key, "prompt_tokens", "completion_tokens")
-		if k < 0 || got[k] {
-			return k == -1 && d.Skip()
-		}
-		got[k] = true
-		if d.Null() {
-			return true
-		}
+	return d.Members(usageFields, func(k int) bool {
 		var ok bool
 		if k == 0 {
 			u.PromptTokens, ok = d.Int()
