@@ -361,24 +361,11 @@ func TestReplicatedTripYieldsToTheReplicatedState(t *testing.T) {
 	require.Zero(t, s.pending.Load())
 }
 
-// flaky fails its first proposal, then replicates as Raft does.
-type flaky struct {
-	*replicated
-	failed atomic.Bool
-}
-
-func (f *flaky) ProposeBreaker(ctx context.Context, tr consensus.BreakerTransition) error {
-	if !f.failed.Swap(true) {
-		return errors.New("lost the leader")
-	}
-	return f.replicated.ProposeBreaker(ctx, tr)
-}
-
 // A trip whose proposal failed is proposed again on the next Tick: the node routes around its
 // backend meanwhile, so no new failure would trip it again.
 func TestTickProposesAFailedTripAgain(t *testing.T) {
 	clock := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	f := &flaky{replicated: &replicated{st: map[string]consensus.BreakerState{}}}
+	f := &leaderless{replicated: &replicated{st: map[string]consensus.BreakerState{}}}
 	s := New(Config{Node: "n1", FailureThreshold: 3, Timeout: timeout, IsFailure: isFailure, State: f, Proposer: f,
 		Go: func(f func()) { f() }, Clock: clock})
 	for range 3 {
@@ -386,6 +373,7 @@ func TestTickProposesAFailedTripAgain(t *testing.T) {
 	}
 	require.Zero(t, f.count())
 	require.True(t, s.Open("m"))
+	f.healed.Store(true)
 	clock.Advance(time.Second)
 	s.Tick([]string{"m"})
 	tr := f.last(t)
