@@ -82,11 +82,19 @@ func (s PrefixSummary) Has(h uint64) bool {
 // Hit is the share of hashes, counted from the first, that s holds without
 // a gap: a block after a miss cannot be reused, whatever the filter says.
 func (s PrefixSummary) Hit(hashes []uint64) float64 {
-	if len(hashes) == 0 || len(s) == 0 {
+	if len(s) == 0 {
+		return 0
+	}
+	return leadingShare(hashes, s.Has)
+}
+
+// leadingShare is the share of hashes, counted from the first, that has holds without a gap.
+func leadingShare(hashes []uint64, has func(uint64) bool) float64 {
+	if len(hashes) == 0 {
 		return 0
 	}
 	n := 0
-	for n < len(hashes) && s.Has(hashes[n]) {
+	for n < len(hashes) && has(hashes[n]) {
 		n++
 	}
 	return float64(n) / float64(len(hashes))
@@ -206,19 +214,14 @@ func (x *PrefixIndex) Exact(model string) PrefixHolder {
 
 // Hit is PrefixSummary.Hit without false positives.
 func (s *prefixSet) Hit(hashes []uint64) float64 {
-	if len(hashes) == 0 {
-		return 0
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n := 0
-	for n < len(hashes) {
-		if _, ok := s.at[hashes[n]]; !ok {
-			break
-		}
-		n++
-	}
-	return float64(n) / float64(len(hashes))
+	return leadingShare(hashes, s.has)
+}
+
+func (s *prefixSet) has(h uint64) bool {
+	_, ok := s.at[h]
+	return ok
 }
 
 // Has reports whether the model's index holds h exactly (for tests and the
@@ -227,9 +230,5 @@ func (x *PrefixIndex) Has(model string, h uint64) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	s := x.models[model]
-	if s == nil {
-		return false
-	}
-	_, ok := s.at[h]
-	return ok
+	return s != nil && s.has(h)
 }
