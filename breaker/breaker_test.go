@@ -77,12 +77,18 @@ const timeout = 10 * time.Second
 
 func newSet(t *testing.T) (*Set, *replicated, *fakeClock) {
 	t.Helper()
-	clock := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	r := &replicated{st: map[string]consensus.BreakerState{}}
-	s := New(Config{Node: "n1", FailureThreshold: 3, Timeout: timeout, IsFailure: isFailure, State: r, Proposer: r,
-		// Synchronous proposals keep the test free of waiting.
-		Go: func(f func()) { f() }, Clock: clock})
+	s, clock := newSetWith(timeout, r, r)
 	return s, r, clock
+}
+
+// newSetWith is a Set with the given first open period over state and proposer, on a fake
+// clock, proposing synchronously (the test never waits).
+func newSetWith(open time.Duration, state StateReader, proposer Proposer) (*Set, *fakeClock) {
+	clock := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	s := New(Config{Node: "n1", FailureThreshold: 3, Timeout: open, IsFailure: isFailure, State: state, Proposer: proposer,
+		Go: func(f func()) { f() }, Clock: clock})
+	return s, clock
 }
 
 func report(t *testing.T, s *Set, model string, err error) {
@@ -307,30 +313,19 @@ func TestConcurrentOutcomesAreRaceFree(t *testing.T) {
 	require.Positive(t, st.proposals.Load())
 }
 
-// unreachable is a Raft without a quorum: every proposal fails.
-type unreachable struct{ calls atomic.Int64 }
-
-func (u *unreachable) ProposeBreaker(context.Context, consensus.BreakerTransition) error {
-	u.calls.Add(1)
-	return errors.New("no leader")
-}
-
 // A trip counts on this node before (and without) Raft replicating it: while the proposal is
 // in flight or failing, the node refuses work for the model and reports it open, so requests
 // stop failing here and spending the retry budget. It lasts the open period, then traffic
 // probes the backend again.
 func TestTripCountsHereBeforeItIsReplicated(t *testing.T) {
-	clock := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	r := &replicated{st: map[string]consensus.BreakerState{}}
-	u := &unreachable{}
-	s := New(Config{Node: "n1", FailureThreshold: 3, Timeout: timeout, IsFailure: isFailure, State: r, Proposer: u,
-		Go: func(f func()) { f() }, Clock: clock})
+	u := &leaderless{replicated: &replicated{st: map[string]consensus.BreakerState{}}}
+	s, clock := newSetWith(timeout, u, u)
 	require.False(t, s.Open("m"))
 	for range 3 {
 		report(t, s, "m", errBackend)
 	}
-	require.Equal(t, int64(1), u.calls.Load())
-	require.Equal(t, consensus.BreakerClosed, r.Breaker("m").State, "nothing was replicated")
+	require.Equal(t, int64(1), u.attempts.Load())
+	require.Equal(t, consensus.BreakerClosed, u.Breaker("m").State, "nothing was replicated")
 	require.True(t, s.Open("m"))
 	_, ok := s.Admit("m")
 	require.False(t, ok, "a tripped breaker admitted a request before Raft replicated the trip")
@@ -364,10 +359,8 @@ func TestReplicatedTripYieldsToTheReplicatedState(t *testing.T) {
 // A trip whose proposal failed is proposed again on the next Tick: the node routes around its
 // backend meanwhile, so no new failure would trip it again.
 func TestTickProposesAFailedTripAgain(t *testing.T) {
-	clock := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	f := &leaderless{replicated: &replicated{st: map[string]consensus.BreakerState{}}}
-	s := New(Config{Node: "n1", FailureThreshold: 3, Timeout: timeout, IsFailure: isFailure, State: f, Proposer: f,
-		Go: func(f func()) { f() }, Clock: clock})
+	s, clock := newSetWith(timeout, f, f)
 	for range 3 {
 		report(t, s, "m", errBackend)
 	}
@@ -389,11 +382,9 @@ func TestTickProposesAFailedTripAgain(t *testing.T) {
 // transition budget: refusing the close left the breaker half-open, the model held to one
 // request at a time while every probe succeeded.
 func TestSuccessfulProbeClosesPastTheBudget(t *testing.T) {
-	clock := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	r := &replicated{st: map[string]consensus.BreakerState{}}
 	// Short open periods, so every transition falls within one minute.
-	s := New(Config{Node: "n1", FailureThreshold: 3, Timeout: time.Second, IsFailure: isFailure, State: r, Proposer: r,
-		Go: func(f func()) { f() }, Clock: clock})
+	s, clock := newSetWith(time.Second, r, r)
 	for range 3 {
 		report(t, s, "m", errBackend)
 	}
@@ -412,13 +403,16 @@ func TestSuccessfulProbeClosesPastTheBudget(t *testing.T) {
 	require.Equal(t, consensus.BreakerClosed, r.last(t).To)
 }
 
-// leaderless fails proposals until healed, then replicates.
+// leaderless is a Raft without a quorum: it fails every proposal (counting the attempts) until
+// healed, then replicates.
 type leaderless struct {
 	*replicated
-	healed atomic.Bool
+	healed   atomic.Bool
+	attempts atomic.Int64
 }
 
 func (l *leaderless) ProposeBreaker(ctx context.Context, tr consensus.BreakerTransition) error {
+	l.attempts.Add(1)
 	if !l.healed.Load() {
 		return errors.New("no leader")
 	}
@@ -428,10 +422,8 @@ func (l *leaderless) ProposeBreaker(ctx context.Context, tr consensus.BreakerTra
 // Proposals that failed do not count against the transition budget: a trip proposed again
 // every second while Raft had no leader still lets the breaker probe once Raft is back.
 func TestFailedProposalsLeaveTheBudget(t *testing.T) {
-	clock := fakeclock.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	l := &leaderless{replicated: &replicated{st: map[string]consensus.BreakerState{}}}
-	s := New(Config{Node: "n1", FailureThreshold: 3, Timeout: timeout, IsFailure: isFailure, State: l, Proposer: l,
-		Go: func(f func()) { f() }, Clock: clock})
+	s, clock := newSetWith(timeout, l, l)
 	for range 3 {
 		report(t, s, "m", errBackend)
 	}
