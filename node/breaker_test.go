@@ -233,13 +233,13 @@ func TestBreakerHoldsLocallyWithoutAQuorum(t *testing.T) {
 	before := ups[kept[0]].calls.Load()
 	// The router may prefer either node at first; send until the sick backend has failed the
 	// threshold's three times. Each failure is retried on the healthy node.
-	i := 0
-	require.Eventually(t, func() bool {
-		i++
+	// A plain loop: the checks run on the test's goroutine (Eventually's condition does not).
+	deadline := time.Now().Add(clusterWait)
+	for i := 0; ups[kept[0]].calls.Load()-before < 3; i++ {
+		require.True(t, time.Now().Before(deadline), "the sick backend never got work")
 		res := inferUp(t, sick, i)
 		require.Equal(t, http.StatusOK, res.status, "request %d: %s", i, res.body)
-		return ups[kept[0]].calls.Load()-before >= 3
-	}, clusterWait, time.Millisecond, "the sick backend never got work")
+	}
 	require.Equal(t, int64(3), ups[kept[0]].calls.Load()-before)
 	for j := range 40 {
 		res := inferUp(t, sick, 1000+j)
