@@ -30,6 +30,9 @@ func BenchmarkHandler(b *testing.B) {
 		sim.Sim.Base, sim.Sim.PerItem, sim.Sim.TokenInterval = 0, 0, 0
 		pass := openAIModel(up.URL)
 		pass.MaxSize, pass.MaxConcurrentBatches = 1, 64
+		// The default call timeout, as users run it (the test helper's is
+		// shorter than the request's, which costs a timer per call).
+		pass.OpenAI.Timeout = DefaultModelConfig("up", "openai").OpenAI.Timeout
 		c.Models = []ModelConfig{sim, pass}
 		c.Batching.FlushTimeout = 0
 		c.RateLimit.RPM = 0

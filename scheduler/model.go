@@ -105,10 +105,11 @@ func (m *modelQueue) runAlone(t *Task, inline bool) bool {
 	m.batches++
 	m.running++
 	m.mu.Unlock()
+	t.alone[0] = t
 	if inline {
-		m.execute([]*Task{t})
+		m.execute(t.alone[:])
 	} else {
-		go m.execute([]*Task{t})
+		go m.execute(t.alone[:])
 	}
 	return true
 }

@@ -102,26 +102,27 @@ type Task struct {
 	ctx      context.Context
 	enqueued time.Time
 
-	mu       sync.Mutex
-	chunks   []string
+	mu     sync.Mutex
+	chunks []string
+	// notify and finished are made on first use, under mu: most tasks are
+	// neither streamed (Next) nor waited for before they finish (a task run
+	// on its caller's goroutine returns finished), and each is an
+	// allocation.
 	notify   chan struct{}
 	done     bool
 	result   Result
 	err      error
 	finished chan struct{}
+	// alone backs the batch of one a task runs in when nothing is batched
+	// with it, so that batch costs no allocation.
+	alone [1]*Task
 }
 
 // NewTask makes a task for req whose lifetime is bound to ctx. The
 // scheduler makes tasks on Submit; backends and their tests may make them
 // directly.
 func NewTask(ctx context.Context, req *Request) *Task {
-	return &Task{
-		req:      req,
-		ctx:      ctx,
-		enqueued: time.Now(),
-		notify:   make(chan struct{}, 1),
-		finished: make(chan struct{}),
-	}
+	return &Task{req: req, ctx: ctx, enqueued: time.Now()}
 }
 
 // Context is cancelled when the client goes away or the deadline passes;
@@ -143,9 +144,15 @@ func (t *Task) Emit(text string) {
 		return
 	}
 	t.chunks = append(t.chunks, text)
+	notify := t.notify
 	t.mu.Unlock()
+	wake(notify)
+}
+
+// wake signals a reader waiting in Next, if there is one; nil is no reader.
+func wake(notify chan struct{}) {
 	select {
-	case t.notify <- struct{}{}:
+	case notify <- struct{}{}:
 	default:
 	}
 }
@@ -160,16 +167,43 @@ func (t *Task) Finish(res Result, err error) {
 	}
 	t.done = true
 	t.result, t.err = res, err
+	finished, notify := t.finished, t.notify
 	t.mu.Unlock()
-	close(t.finished)
-	select {
-	case t.notify <- struct{}{}:
-	default:
+	if finished != nil {
+		close(finished)
 	}
+	wake(notify)
 }
 
 // Done is closed once the task has finished.
-func (t *Task) Done() <-chan struct{} { return t.finished }
+func (t *Task) Done() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.finished == nil {
+		t.finished = make(chan struct{})
+		if t.done {
+			close(t.finished)
+		}
+	}
+	return t.finished
+}
+
+// Wait blocks until the task has finished and returns its outcome. A task
+// always finishes, with its context at the latest.
+func (t *Task) Wait() (Result, error) {
+	t.mu.Lock()
+	if t.done {
+		defer t.mu.Unlock()
+		return t.result, t.err
+	}
+	if t.finished == nil {
+		t.finished = make(chan struct{})
+	}
+	finished := t.finished
+	t.mu.Unlock()
+	<-finished
+	return t.Outcome()
+}
 
 // Next blocks until there is streamed output, the task finishes, or ctx ends.
 // It returns the chunks produced since the last call; finished reports that
@@ -179,12 +213,17 @@ func (t *Task) Next(ctx context.Context) (chunks []string, finished bool, err er
 		t.mu.Lock()
 		chunks, t.chunks = t.chunks, nil
 		finished = t.done
-		t.mu.Unlock()
 		if len(chunks) > 0 || finished {
+			t.mu.Unlock()
 			return chunks, finished, nil
 		}
+		if t.notify == nil {
+			t.notify = make(chan struct{}, 1)
+		}
+		notify := t.notify
+		t.mu.Unlock()
 		select {
-		case <-t.notify:
+		case <-notify:
 		case <-ctx.Done():
 			return nil, false, ctx.Err()
 		}

@@ -385,7 +385,7 @@ func isJSON(contentType string) bool {
 
 // call makes one non-streamed call answering n prompts, bounded by Timeout.
 func (b *Backend) call(ctx context.Context, endpoint *upcall.Endpoint, body any, n int, reqID string) ([]answer, *usage, error) {
-	callCtx, cancel := context.WithTimeoutCause(ctx, b.cfg.Timeout, b.noAnswer)
+	callCtx, cancel := upcall.CallContext(ctx, b.cfg.Timeout, b.noAnswer)
 	defer cancel()
 	start := time.Now()
 	resp, err := b.post(callCtx, endpoint, body, false, reqID)

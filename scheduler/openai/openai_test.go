@@ -514,20 +514,64 @@ func TestCancelledTaskAbortsItsUpstreamRequest(t *testing.T) {
 		{"chat", chat("a")},
 		{"stream", stream(completion("a", scheduler.Params{}))},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			u, started, aborted := blockingUpstream(t, tc.req.Stream)
-			b := newBackend(t, u, nil)
-			ctx, cancel := context.WithCancel(context.Background())
-			batch := tasks(ctx, tc.req)
-			done := runAsync(b, batch)
+		for _, under := range []string{"background", "task"} {
+			t.Run(tc.name+"/run-under-"+under, func(t *testing.T) {
+				u, started, aborted := blockingUpstream(t, tc.req.Stream)
+				b := newBackend(t, u, nil)
+				ctx, cancel := context.WithCancel(context.Background())
+				batch := tasks(ctx, tc.req)
+				// The scheduler runs a batch of one under its task's own
+				// context: the call then has no watcher of its own.
+				runCtx := context.Background()
+				if under == "task" {
+					runCtx = ctx
+				}
+				done := runAsyncUnder(runCtx, b, batch)
 
-			wait(t, started, "the upstream request")
-			cancel()
-			wait(t, aborted, "the upstream to see the request aborted")
+				wait(t, started, "the upstream request")
+				cancel()
+				wait(t, aborted, "the upstream to see the request aborted")
+				_, err := outcome(t, batch[0])
+				require.ErrorIs(t, err, context.Canceled)
+				require.False(t, IsBackendFailure(err), "the client's cancellation is not the upstream's failure")
+				wait(t, done, "Run")
+			})
+		}
+	}
+}
+
+// The call's own timeout and the request's deadline, whichever comes
+// first, end a call to an upstream that never answers; only the call's is
+// the upstream's failure. The call timeout is left out when the request's
+// deadline comes first, which must not change either outcome.
+func TestCallEndsAtTheCallTimeoutOrTheRequestDeadline(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		call, deadline    time.Duration
+		wantBackendFailed bool
+	}{
+		{"call timeout first", 200 * time.Millisecond, time.Minute, true},
+		{"request deadline first", time.Minute, 200 * time.Millisecond, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := newUpstream(t)
+			u.handler = func(w http.ResponseWriter, r *http.Request, rec recorded) {
+				<-r.Context().Done() // never answers
+			}
+			b := newBackend(t, u, func(c *Config) { c.Timeout = tc.call })
+			ctx, cancel := context.WithTimeout(context.Background(), tc.deadline)
+			defer cancel()
+			batch := tasks(ctx, chat("a"))
+			wait(t, runAsyncUnder(ctx, b, batch), "Run")
+
 			_, err := outcome(t, batch[0])
-			require.ErrorIs(t, err, context.Canceled)
-			require.False(t, IsBackendFailure(err), "the client's cancellation is not the upstream's failure")
-			wait(t, done, "Run")
+			require.Equal(t, tc.wantBackendFailed, IsBackendFailure(err), "err %v", err)
+			if tc.wantBackendFailed {
+				require.ErrorIs(t, err, ErrUnavailable)
+				require.Contains(t, err.Error(), "no answer within 200ms")
+			} else {
+				require.ErrorIs(t, err, context.DeadlineExceeded)
+			}
 		})
 	}
 }

@@ -310,10 +310,15 @@ func outcome(t *testing.T, task *scheduler.Task) (scheduler.Result, error) {
 // runAsync runs batch on b in the background; the returned channel closes
 // when Run returns.
 func runAsync(b *Backend, batch []*scheduler.Task) <-chan struct{} {
+	return runAsyncUnder(context.Background(), b, batch)
+}
+
+// runAsyncUnder is runAsync with ctx as Run's context.
+func runAsyncUnder(ctx context.Context, b *Backend, batch []*scheduler.Task) <-chan struct{} {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		b.Run(context.Background(), batch)
+		b.Run(ctx, batch)
 	}()
 	return done
 }

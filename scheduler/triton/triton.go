@@ -327,7 +327,7 @@ func (b *Backend) runInfer(runCtx context.Context, tasks []*scheduler.Task, batc
 	if len(tasks) == 1 {
 		body.ID = tasks[0].Request().ID
 	}
-	callCtx, cancel := context.WithTimeoutCause(ctx, b.cfg.Timeout, fmt.Errorf("no answer within %s", b.cfg.Timeout))
+	callCtx, cancel := upcall.CallContext(ctx, b.cfg.Timeout, fmt.Errorf("no answer within %s", b.cfg.Timeout))
 	defer cancel()
 	start := time.Now()
 	texts, err := b.infer(callCtx, body, len(tasks))
