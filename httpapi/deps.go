@@ -127,6 +127,10 @@ type Config struct {
 	// lookup_timeout, and a local get does not wait), which saves a
 	// context and its timer per lookup.
 	CacheLookupTimeout time.Duration
+	// CacheBound, with CacheLookupTimeout zero, is the longest the Cache
+	// itself lets a lookup run. A request whose deadline comes sooner (a
+	// short X-Shoal-Timeout) has its lookup bounded by its deadline.
+	CacheBound time.Duration
 
 	Limiter   Limiter
 	Cache     Cache

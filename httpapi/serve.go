@@ -90,22 +90,27 @@ func (a *API) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 			}
 			timeout = min(timeout, d)
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), timeout)
-		defer cancel()
+		deadline := start.Add(timeout)
 		forwarded := r.Header.Get(router.HeaderForwarded) != "" && a.cfg.Cluster.TrustedForward(r, body)
 		if !forwarded {
 			r.Header.Del(router.HeaderForwarded)
-			// Limits are checked where a request enters the cluster.
-			if err := a.cfg.Limiter.Admit(ctx, w, r, req); err != nil {
+			// Limits are checked where a request enters the cluster. The
+			// limiter bounds its own waits (its lease timeout), and the
+			// cache lookup gets a deadline of its own, so the request's
+			// deadline is set only for what follows: a cache hit never
+			// pays for its timer.
+			if err := a.cfg.Limiter.Admit(r.Context(), w, r, req); err != nil {
 				fail(err)
 				return
 			}
 			// The receiving node looks the answer up, so a hit costs no hop.
-			if a.answerFromCache(ctx, w, r, req) {
+			if a.answerFromCache(r.Context(), deadline, w, r, req) {
 				status = http.StatusOK
 				return
 			}
 		}
+		ctx, cancel := context.WithDeadline(r.Context(), deadline)
+		defer cancel()
 		status = a.dispatch(ctx, w, r, req, body, start)
 	}
 }
@@ -121,8 +126,9 @@ func (a *API) cacheKey(r *http.Request, req *Request) (string, bool) {
 }
 
 // answerFromCache serves a cached answer when the request allows it and one
-// exists, and sets X-Shoal-Cache either way.
-func (a *API) answerFromCache(ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request) bool {
+// exists, and sets X-Shoal-Cache either way. The lookup ends at the
+// request's deadline or the cache lookup timeout, whichever comes first.
+func (a *API) answerFromCache(ctx context.Context, deadline time.Time, w http.ResponseWriter, r *http.Request, req *Request) bool {
 	pol := respcache.ParsePolicy(r.Header.Get("Cache-Control"))
 	if !pol.Lookup {
 		setCacheHeader(w, CacheBypass)
@@ -134,9 +140,16 @@ func (a *API) answerFromCache(ctx context.Context, w http.ResponseWriter, r *htt
 		return false
 	}
 	lctx := ctx
-	if a.cfg.CacheLookupTimeout > 0 {
+	now := time.Now()
+	if bound := a.cfg.CacheLookupTimeout; bound > 0 || deadline.Sub(now) < a.cfg.CacheBound {
+		// Only then can the lookup outlast what it is allowed; otherwise
+		// the Cache's own bound holds, and the context and its timer (a
+		// tenth of a hit's own work) are saved.
+		if d := now.Add(bound); bound > 0 && d.Before(deadline) {
+			deadline = d
+		}
 		var cancel context.CancelFunc
-		lctx, cancel = context.WithTimeout(ctx, a.cfg.CacheLookupTimeout)
+		lctx, cancel = context.WithDeadline(ctx, deadline)
 		defer cancel()
 	}
 	cached, found := a.cfg.Cache.Lookup(lctx, req.Model, key)
@@ -359,8 +372,7 @@ func (a *API) run(ctx context.Context, req *Request, id string) ([]scheduler.Res
 	for i, t := range tasks {
 		// A task always ends, with its context at the latest, so the error
 		// is the task's own (deadline or cancellation).
-		<-t.Done()
-		res, err := t.Outcome()
+		res, err := t.Wait()
 		if err != nil {
 			return nil, err
 		}
@@ -382,8 +394,7 @@ func (a *API) runOne(ctx context.Context, sr *scheduler.Request) ([]scheduler.Re
 	}
 	// A task always ends, with its context at the latest, so the error is
 	// the task's own (deadline or cancellation).
-	<-t.Done()
-	res, err := t.Outcome()
+	res, err := t.Wait()
 	if err != nil {
 		return nil, err
 	}

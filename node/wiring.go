@@ -28,8 +28,8 @@ func (n *Node) wireRequestPath() {
 		Node: n.cfg.NodeName, MaxBodyBytes: n.cfg.HTTP.MaxBodyBytes, RequestTimeout: n.cfg.HTTP.RequestTimeout,
 		// dcache bounds each shared-cache get by cache.lookup_timeout
 		// itself (newCache), and a local get does not wait.
-		CacheLookupTimeout: 0,
-		Limiter:            admitter{n}, Cache: n.respCache, Scoper: scopeGlue{n}, Cluster: clusterGlue{n}, Picker: n.router, Prefixes: n.prefixes, Forwarder: n.fwd,
+		CacheLookupTimeout: 0, CacheBound: n.cfg.Cache.LookupTimeout,
+		Limiter: admitter{n}, Cache: n.respCache, Scoper: scopeGlue{n}, Cluster: clusterGlue{n}, Picker: n.router, Prefixes: n.prefixes, Forwarder: n.fwd,
 		Scheduler: n.sched, Breakers: n.breakers, Retries: n.retries, Metrics: metricsGlue{n.metrics},
 		Logger: n.logger.With("component", "api"),
 	})
