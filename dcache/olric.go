@@ -35,6 +35,8 @@ const (
 	// maxInflight caps Olric calls still running after their caller gave up on them; beyond
 	// it calls fail at once instead of piling up goroutines on a hung member.
 	maxInflight = 1024
+	// workerIdle is how long a goroutine that ran an Olric call waits for the next one.
+	workerIdle = 10 * time.Second
 	// purgeTimeout bounds Purge, which visits every member.
 	purgeTimeout = 10 * time.Second
 	// shutdownTimeout bounds the cleanup of a failed Start.
@@ -107,6 +109,8 @@ type olricStore struct {
 	// path (Olric checks MemberCountQuorum only on requests that arrive over the network).
 	visible  atomic.Int64
 	inflight atomic.Int64
+	// calls runs the Olric calls (call's f) on reused goroutines.
+	calls *workers
 	// suspects maps a member name to the UnixNano until which calls for its keys fail at once.
 	suspects  sync.Map
 	fastFails atomic.Int64
@@ -139,7 +143,8 @@ type member struct {
 }
 
 func newOlricStore(cfg Config, l *slog.Logger) (*olricStore, error) {
-	o := &olricStore{cfg: cfg, log: l, timing: timingFor(cfg.Network), firstUp: make(chan struct{}), rejoinBackoff: 1}
+	o := &olricStore{cfg: cfg, log: l, timing: timingFor(cfg.Network), firstUp: make(chan struct{}), rejoinBackoff: 1,
+		calls: newWorkers(workerIdle)}
 	o.downSince.Store(time.Now().UnixNano())
 	o.stdlog = newStdLogger(l.With("component", "olric"))
 
@@ -612,11 +617,13 @@ type target struct{ dmap, key string }
 const suspectFor = time.Second
 
 // call runs f against Olric within d. Olric does not honour every deadline (a member that is
-// not bootstrapped waits out BootstrapTimeout, for one), so f runs in its own goroutine and the
+// not bootstrapped waits out BootstrapTimeout, for one), so f runs on a worker goroutine and the
 // caller leaves at the deadline whatever f does. A call whose key's owner recently left a
 // call unanswered fails at once (ErrUnavailable).
-func call[T any](o *olricStore, ctx context.Context, d time.Duration, op string, at target, f func(context.Context, *member) (T, error)) (T, error) {
+func call[T any](o *olricStore, ctx context.Context, d time.Duration, verb string, at target, f func(context.Context, *member) (T, error)) (T, error) {
 	var zero T
+	// Formatted only on failure: building "get resp.<model>" on every call cost an allocation.
+	op := opName{verb, at.dmap}
 	m := o.cur.Load()
 	if m == nil {
 		return zero, fmt.Errorf("%w: %s: %w", ErrUnavailable, op, ErrNotStarted)
@@ -641,11 +648,11 @@ func call[T any](o *olricStore, ctx context.Context, d time.Duration, op string,
 		err error
 	}
 	done := make(chan result, 1)
-	go func() {
+	o.calls.run(func() {
 		defer o.inflight.Add(-1)
 		v, err := f(ctx, m)
 		done <- result{v, err}
-	}()
+	})
 	select {
 	case r := <-done:
 		if r.err == nil {
@@ -667,7 +674,12 @@ func (m *member) owner(at target, partitions uint64) string {
 		return ""
 	}
 	m.rtMu.Lock()
-	route, ok := m.lastTable[xxhash.Sum64String(at.dmap+at.key)%partitions]
+	// Olric's partition hash is of the name and key together; streamed, not concatenated.
+	var h xxhash.Digest
+	h.Reset()
+	_, _ = h.WriteString(at.dmap)
+	_, _ = h.WriteString(at.key)
+	route, ok := m.lastTable[h.Sum64()%partitions]
 	m.rtMu.Unlock()
 	if !ok || len(route.PrimaryOwners) == 0 {
 		return ""
@@ -698,9 +710,19 @@ func (o *olricStore) suspected(owner string) bool {
 	return false
 }
 
+// opName names a call in errors: its verb and DMap.
+type opName struct{ verb, dmap string }
+
+func (n opName) String() string {
+	if n.dmap == "" {
+		return n.verb
+	}
+	return n.verb + " " + n.dmap
+}
+
 // classify maps Olric's errors onto ours. Anything that is not a verdict about the data (not
 // found, locked, too large) means Olric could not serve: ErrUnavailable.
-func (o *olricStore) classify(parent, ctx context.Context, d time.Duration, op string, err error) error {
+func (o *olricStore) classify(parent, ctx context.Context, d time.Duration, op opName, err error) error {
 	switch {
 	case errors.Is(err, olric.ErrLockNotAcquired):
 		return ErrLocked
@@ -749,8 +771,9 @@ func (o *olricStore) get(ctx context.Context, ns, key string) ([]byte, bool, err
 		v  []byte
 		ok bool
 	}
-	h, err := call(o, ctx, o.cfg.LookupTimeout, "get "+respPrefix+ns, target{respPrefix + ns, key}, func(ctx context.Context, m *member) (hit, error) {
-		dm, err := m.dmap(respPrefix + ns)
+	at := target{respPrefix + ns, key}
+	h, err := call(o, ctx, o.cfg.LookupTimeout, "get", at, func(ctx context.Context, m *member) (hit, error) {
+		dm, err := m.dmap(at.dmap)
 		if err != nil {
 			return hit{}, err
 		}
@@ -768,7 +791,7 @@ func (o *olricStore) get(ctx context.Context, ns, key string) ([]byte, bool, err
 }
 
 func (o *olricStore) set(ctx context.Context, ns, key string, val []byte, ttl time.Duration) error {
-	_, err := call(o, ctx, o.cfg.OpTimeout, "set "+respPrefix+ns, target{respPrefix + ns, key}, func(ctx context.Context, m *member) (struct{}, error) {
+	_, err := call(o, ctx, o.cfg.OpTimeout, "set", target{respPrefix + ns, key}, func(ctx context.Context, m *member) (struct{}, error) {
 		if err := m.register(ctx, ns); err != nil {
 			return struct{}{}, err
 		}
@@ -801,7 +824,7 @@ func (m *member) register(ctx context.Context, ns string) error {
 }
 
 func (o *olricStore) del(ctx context.Context, ns, key string) error {
-	_, err := call(o, ctx, o.cfg.OpTimeout, "delete "+respPrefix+ns, target{respPrefix + ns, key}, func(ctx context.Context, m *member) (int, error) {
+	_, err := call(o, ctx, o.cfg.OpTimeout, "delete", target{respPrefix + ns, key}, func(ctx context.Context, m *member) (int, error) {
 		dm, err := m.dmap(respPrefix + ns)
 		if err != nil {
 			return 0, err
@@ -863,7 +886,7 @@ func (m *member) namespaces(ctx context.Context) ([]string, error) {
 }
 
 func (o *olricStore) incr(ctx context.Context, ns, key string, delta int, ttl time.Duration) (int, error) {
-	return call(o, ctx, o.cfg.OpTimeout, "incr "+ctrPrefix+ns, target{ctrPrefix + ns, key}, func(ctx context.Context, m *member) (int, error) {
+	return call(o, ctx, o.cfg.OpTimeout, "incr", target{ctrPrefix + ns, key}, func(ctx context.Context, m *member) (int, error) {
 		dm, err := m.ownerDMap(ctrPrefix + ns)
 		if err != nil {
 			return 0, err
@@ -894,7 +917,7 @@ func (o *olricStore) expireIfUnset(ctx context.Context, dm olric.DMap, key strin
 }
 
 func (o *olricStore) lock(ctx context.Context, ns, key string, lease time.Duration) (held, error) {
-	lc, err := call(o, ctx, o.cfg.LookupTimeout, "lock "+lockPrefix+ns, target{lockPrefix + ns, key}, func(ctx context.Context, m *member) (olric.LockContext, error) {
+	lc, err := call(o, ctx, o.cfg.LookupTimeout, "lock", target{lockPrefix + ns, key}, func(ctx context.Context, m *member) (olric.LockContext, error) {
 		dm, err := m.dmap(lockPrefix + ns)
 		if err != nil {
 			return nil, err
@@ -909,13 +932,13 @@ func (o *olricStore) lock(ctx context.Context, ns, key string, lease time.Durati
 	// renewal runs beside a long generation, off any request's path.
 	return held{
 		unlock: func(ctx context.Context) error {
-			_, err := call(o, ctx, o.cfg.LookupTimeout, "unlock "+lockPrefix+ns, target{lockPrefix + ns, key}, func(ctx context.Context, m *member) (struct{}, error) {
+			_, err := call(o, ctx, o.cfg.LookupTimeout, "unlock", target{lockPrefix + ns, key}, func(ctx context.Context, m *member) (struct{}, error) {
 				return struct{}{}, lc.Unlock(ctx)
 			})
 			return err
 		},
 		renew: func(ctx context.Context, lease time.Duration) error {
-			_, err := call(o, ctx, o.cfg.OpTimeout, "lease "+lockPrefix+ns, target{lockPrefix + ns, key}, func(ctx context.Context, m *member) (struct{}, error) {
+			_, err := call(o, ctx, o.cfg.OpTimeout, "lease", target{lockPrefix + ns, key}, func(ctx context.Context, m *member) (struct{}, error) {
 				return struct{}{}, lc.Lease(ctx, lease)
 			})
 			return err
@@ -967,6 +990,7 @@ func (o *olricStore) close(ctx context.Context) error {
 		return nil
 	}
 	o.closed = true
+	o.calls.close()
 	if !o.begun {
 		o.begun = true
 		_ = o.reserve.Close()

@@ -256,6 +256,17 @@ func run(o options) error {
 	}
 	add(sim)
 	add(hit)
+	// The default cache backend: a hit is an Olric get (owned here, but
+	// bounded against a frozen owner), as users run it.
+	olricHit := &target{name: "shoal, cache hit, Olric cache (default)", body: chat("sim0")}
+	if hit.skip != "" {
+		olricHit.skip = hit.skip
+	} else if u, err := startShoalOlric(p, dir, o.shoal); err != nil {
+		return fmt.Errorf("shoal (olric cache): %w (logs in %s; -keep keeps them)", err, dir)
+	} else {
+		olricHit.url, olricHit.node, olricHit.cpuOf = u+"/v1/chat/completions", u, []int{p.last()}
+	}
+	add(olricHit)
 	add(stackTarget("cache-hit ceiling: net/http server, fixed answer", chat("sim0"), startNetFixed, &stops))
 	add(stackTarget("cache-hit ceiling: fasthttp server, fixed answer", chat("sim0"), startFastFixed, &stops))
 	add(hop)
@@ -544,7 +555,7 @@ model "upstream" {
 // startShoalNode starts one node on four fresh ports serving models,
 // joining join when set (else bootstrapping its own Raft), and returns its
 // HTTP base URL and its gossip address.
-func startShoalNode(p *procs, dir, bin, name, join, models string) (httpURL, gossip string, err error) {
+func startShoalNode(p *procs, dir, bin, name, join, cacheBackend, models string) (httpURL, gossip string, err error) {
 	ports := make([]int, 4)
 	for i := range ports {
 		if ports[i], err = freePort(); err != nil {
@@ -571,9 +582,9 @@ raft {
 }
 cache {
   addr = "127.0.0.1:%d"
-  backend = "local"
+  backend = %q
 }
-%s%s`, name, nd, joinLine, benchToken, ports[0], ports[1], ports[2], ports[3], shoalCommon, models)
+%s%s`, name, nd, joinLine, benchToken, ports[0], ports[1], ports[2], ports[3], cacheBackend, shoalCommon, models)
 	path := filepath.Join(nd, "shoal.hcl")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return "", "", err
@@ -596,7 +607,15 @@ cache {
 // startShoalAlone starts a single node of bin serving only the
 // pass-through model.
 func startShoalAlone(p *procs, dir, bin, nginxURL string) (string, error) {
-	u, _, err := startShoalNode(p, dir, bin, "bench-fc", "", upstreamModel(nginxURL))
+	u, _, err := startShoalNode(p, dir, bin, "bench-fc", "", "local", upstreamModel(nginxURL))
+	return u, err
+}
+
+// startShoalOlric starts a single node serving the zero-cost sim model
+// with the default cache backend, Olric (the other nodes use the local
+// backend, which has no Olric call on a hit).
+func startShoalOlric(p *procs, dir, bin string) (string, error) {
+	u, _, err := startShoalNode(p, dir, bin, "bench-olric", "", "olric", simModel("sim0"))
 	return u, err
 }
 
@@ -605,11 +624,11 @@ func startShoalAlone(p *procs, dir, bin, nginxURL string) (string, error) {
 // b serves only a model nobody asks for, so b forwards every sim0 request
 // to a.
 func startShoal(p *procs, dir, bin, nginxURL string) (a, b string, err error) {
-	a, gossip, err := startShoalNode(p, dir, bin, "bench-a", "", upstreamModel(nginxURL)+simModel("sim0"))
+	a, gossip, err := startShoalNode(p, dir, bin, "bench-a", "", "local", upstreamModel(nginxURL)+simModel("sim0"))
 	if err != nil {
 		return "", "", err
 	}
-	if b, _, err = startShoalNode(p, dir, bin, "bench-b", gossip, simModel("other")); err != nil {
+	if b, _, err = startShoalNode(p, dir, bin, "bench-b", gossip, "local", simModel("other")); err != nil {
 		return "", "", err
 	}
 	// b serves sim0 by forwarding once it has learnt that a serves it.
