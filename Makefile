@@ -41,8 +41,9 @@ bench:
 # wrk against nginx directly, through HAProxy, bare Go (default and tuned
 # net/http) and fasthttp reverse proxies, and shoal (pass-through, also with
 # the openai backend's fasthttp client prototype built by -tags
-# shoal_fasthttp, sim, cache hit, forwarding hop), next to a fixed-answer
-# server on each stack (the cache-hit ceiling), in one table. Uses nginx,
+# shoal_fasthttp, sim, cache hit on the local and the Olric backend,
+# forwarding hop), next to a fixed-answer server on each stack (the
+# cache-hit ceiling), in one table. Uses nginx,
 # haproxy and wrk where installed (apt-get install -y nginx haproxy wrk).
 GATEWAY_BENCH_FLAGS ?=
 bench-gateway: build

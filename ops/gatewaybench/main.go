@@ -2,7 +2,8 @@
 // plain proxies, in one run on one machine: wrk drives nginx (a zero-cost
 // upstream answering a fixed chat completion) directly, through HAProxy,
 // through a bare Go httputil.ReverseProxy, and through shoal (pass-through
-// to nginx, a zero-cost sim model, a cache hit, one forwarding hop). The
+// to nginx, a zero-cost sim model, a cache hit on the local and on the
+// default Olric cache backend, one forwarding hop). The
 // targets are measured in interleaved rounds so drift on a shared machine
 // spreads over all of them, and it prints one table. Tools that are absent
 // are skipped with a message. Run it with `make bench-gateway`.
