@@ -108,6 +108,9 @@ type Backend struct {
 	logger    *slog.Logger
 	base      string // URL + "/v2"
 	model     string // base + "/models/{model}[/versions/{v}]"
+	// noAnswer is the cause of a call's timeout, made once: CallContext
+	// mostly leaves it unused.
+	noAnswer error
 
 	// maxBatch is the upstream's max_batch_size once read (0: it does not
 	// batch); known says it was read.
@@ -147,7 +150,7 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.Version != "" {
 		model += "/versions/" + url.PathEscape(cfg.Version)
 	}
-	b := &Backend{cfg: cfg, client: cfg.Client, base: base, model: model,
+	b := &Backend{cfg: cfg, client: cfg.Client, base: base, model: model, noAnswer: fmt.Errorf("no answer within %s", cfg.Timeout),
 		logger: logger.With("component", "triton", "model", cfg.Model, "upstream", base)}
 	if b.client == nil {
 		b.transport = upcall.NewTransport(cfg.Timeout, cfg.MaxConns)
@@ -327,7 +330,7 @@ func (b *Backend) runInfer(runCtx context.Context, tasks []*scheduler.Task, batc
 	if len(tasks) == 1 {
 		body.ID = tasks[0].Request().ID
 	}
-	callCtx, cancel := upcall.CallContext(ctx, b.cfg.Timeout, fmt.Errorf("no answer within %s", b.cfg.Timeout))
+	callCtx, cancel := upcall.CallContext(ctx, b.cfg.Timeout, b.noAnswer)
 	defer cancel()
 	start := time.Now()
 	texts, err := b.infer(callCtx, body, len(tasks))
