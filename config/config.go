@@ -20,6 +20,7 @@ import (
 	"github.com/shoal-dev/shoal/ratelimit"
 	"github.com/shoal-dev/shoal/respcache"
 	"github.com/shoal-dev/shoal/router"
+	"github.com/shoal-dev/shoal/scheduler"
 	"github.com/shoal-dev/shoal/scheduler/sim"
 )
 
@@ -74,6 +75,9 @@ type Tuning struct {
 	Gossip  func(*gossip.Config)
 	Cache   func(*dcache.Config)
 	Limiter func(*ratelimit.Config)
+	// Scheduler may change the scheduler's config before it is made (tests
+	// shorten how long a measured batch cost counts).
+	Scheduler func(*scheduler.Config)
 	// LoadPublishInterval is how often the node checks its load for changes
 	// to gossip (default 50ms).
 	LoadPublishInterval time.Duration

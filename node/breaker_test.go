@@ -25,12 +25,15 @@ type upstream struct {
 	srv     *httptest.Server
 	failing atomic.Bool
 	calls   atomic.Int64
+	// delay, in nanoseconds, holds each answer back.
+	delay atomic.Int64
 }
 
 func newUpstream(t *testing.T) *upstream {
 	u := &upstream{}
 	u.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u.calls.Add(1)
+		time.Sleep(time.Duration(u.delay.Load()))
 		if u.failing.Load() {
 			http.Error(w, `{"error":{"message":"upstream down","type":"server_error"}}`, http.StatusInternalServerError)
 			return
@@ -235,10 +238,13 @@ func TestBreakerHoldsLocallyWithoutAQuorum(t *testing.T) {
 	// threshold's three times. Each failure is retried on the healthy node.
 	// A plain loop: the checks run on the test's goroutine (Eventually's condition does not).
 	deadline := time.Now().Add(clusterWait)
+	var served []string
 	for i := 0; ups[kept[0]].calls.Load()-before < 3; i++ {
-		require.True(t, time.Now().Before(deadline), "the sick backend never got work")
+		require.True(t, time.Now().Before(deadline), "the sick backend got %d calls, not 3; answers came from %v; %s",
+			ups[kept[0]].calls.Load()-before, served[max(0, len(served)-20):], breakerDiagnosis(sick, "up"))
 		res := inferUp(t, sick, i)
 		require.Equal(t, http.StatusOK, res.status, "request %d: %s", i, res.body)
+		served = append(served, res.header.Get("X-Shoal-Node")+"/"+res.header.Get("X-Shoal-Route"))
 	}
 	require.Equal(t, int64(3), ups[kept[0]].calls.Load()-before)
 	for j := range 40 {

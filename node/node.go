@@ -114,6 +114,10 @@ func New(cfg Config) (*Node, error) {
 	logger := cfg.Logger.With("node", cfg.NodeName)
 	metrics := ops.NewMetrics()
 	rt, err := router.New(router.Config{Policy: cfg.Router.Policy, PrefixWeight: &cfg.Router.PrefixWeight})
+	schedCfg := scheduler.Config{Logger: logger, Observer: metrics}
+	if cfg.Tuning.Scheduler != nil {
+		cfg.Tuning.Scheduler(&schedCfg)
+	}
 	if err != nil {
 		return nil, &ConfigError{Err: err}
 	}
@@ -123,7 +127,7 @@ func New(cfg Config) (*Node, error) {
 		logger:          logger,
 		metrics:         metrics,
 		health:          ops.NewHealth(cfg.NodeName),
-		sched:           scheduler.New(scheduler.Config{Logger: logger, Observer: metrics}),
+		sched:           scheduler.New(schedCfg),
 		router:          rt,
 		prefixes:        router.NewPrefixIndex(0),
 		defaultBatching: map[string]consensus.BatchingSettings{},

@@ -13,7 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-dev/shoal/config"
 	"github.com/shoal-dev/shoal/engine"
+	"github.com/shoal-dev/shoal/scheduler"
 	"github.com/shoal-dev/shoal/scheduler/sim"
 	"github.com/stretchr/testify/require"
 )
@@ -112,6 +114,59 @@ func TestSlowedNodeLosesShare(t *testing.T) {
 		return n == 60 && s <= 0.05
 	}, 20*time.Second, 10*time.Millisecond, "the slowed node kept its share")
 	t.Logf("slowed node's share of the last 60 answers fell to 5%% or less %s after the slowdown", time.Since(start).Round(10*time.Millisecond))
+}
+
+// A node whose backend was slow once (a cold start, a stall) serves its own
+// requests again at light load. Its slow batch made peers look faster, so
+// it forwarded every request; with no batch of its own nothing corrected
+// its measured cost, and it kept paying a hop per request for good. Now
+// the cost is forgotten after the scheduler's memory (1s here, 10s by
+// default) and the node measures itself anew.
+func TestSlowBatchOnceDoesNotShunANodeForGood(t *testing.T) {
+	ups := []*upstream{newUpstream(t), newUpstream(t)}
+	tc := mustNewCluster(t, 2, func(i int, cfg *Config) {
+		cfg.Models = []ModelConfig{openAIModel(ups[i].srv.URL)}
+		cfg.RateLimit.RPM = config.DevRPM
+		cfg.Tuning.Scheduler = func(c *scheduler.Config) { c.ServiceMemory = time.Second }
+	})
+	tc.waitServing("up", tc.nodes...)
+	a, b := tc.nodes[0], tc.nodes[1]
+	// b measures its cost, and a sees it.
+	res := inferUp(t, b, 0)
+	require.Equal(t, http.StatusOK, res.status, string(res.body))
+	require.Eventually(t, func() bool {
+		for _, c := range a.candidates("up") {
+			if c.Node == b.Name() && c.ServiceBase+c.ServicePerItem > 0 {
+				return true
+			}
+		}
+		return false
+	}, clusterWait, 20*time.Millisecond, "a never saw b's measured cost")
+
+	// a's own first batch is slow; unmeasured, a ranked like b and kept it.
+	ups[0].delay.Store(int64(300 * time.Millisecond))
+	res = inferUp(t, a, 1)
+	require.Equal(t, http.StatusOK, res.status, string(res.body))
+	require.Equal(t, a.Name(), res.header.Get("X-Shoal-Node"), "an unmeasured node keeps its own request")
+	ups[0].delay.Store(0)
+
+	// Now b looks faster, so a forwards; within the memory it serves locally again.
+	var served []string
+	forwarded := false
+	deadline := time.Now().Add(clusterWait)
+	for i := 2; ; i++ {
+		require.True(t, time.Now().Before(deadline), "a never served its own requests again: %v", served[max(0, len(served)-20):])
+		res := inferUp(t, a, i)
+		require.Equal(t, http.StatusOK, res.status, string(res.body))
+		node := res.header.Get("X-Shoal-Node")
+		served = append(served, node)
+		if node == b.Name() {
+			forwarded = true
+		} else if forwarded {
+			break
+		}
+	}
+	t.Logf("a served locally again after %d requests", len(served))
 }
 
 // X-Shoal-Route says where the request ran and why that node was picked,

@@ -133,7 +133,7 @@ func (m *modelQueue) cancel(t *Task) {
 func (m *modelQueue) load() ModelLoad {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	base, per := m.service.estimate()
+	base, per := m.service.estimateAt(time.Now())
 	return ModelLoad{QueueDepth: m.q.len(), ActiveBatches: m.batches, Running: m.running, Slots: m.settings.Slots,
 		MaxBatch: m.settings.MaxSize, ServiceBase: base, ServicePerItem: per}
 }
@@ -221,10 +221,11 @@ func (m *modelQueue) execute(batch []*Task) {
 	for _, t := range batch {
 		t.Finish(Result{}, ErrBackendDropped)
 	}
-	took := time.Since(start)
+	end := time.Now()
+	took := end.Sub(start)
 	m.obs.BatchFinished(m.name, len(batch), took)
 	m.mu.Lock()
-	m.service.add(len(batch), took)
+	m.service.add(len(batch), took, end)
 	m.batches--
 	m.running -= len(batch)
 	if m.idle != nil {
@@ -317,12 +318,13 @@ func (m *modelQueue) runContinuous() {
 // itself included, when it was admitted.
 func (m *modelQueue) awaitContinuous(t *Task, admitted time.Time, running int) {
 	<-t.Done()
-	took := time.Since(admitted)
+	end := time.Now()
+	took := end.Sub(admitted)
 	m.mu.Lock()
 	if t.ctx.Err() == nil {
 		// The running set shares each step, so a request's duration
 		// grows with how many run beside it: the fit is by that count.
-		m.service.add(running, took)
+		m.service.add(running, took, end)
 	}
 	m.running--
 	if m.idle != nil {

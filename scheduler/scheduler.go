@@ -80,6 +80,12 @@ type Config struct {
 	// AgingAfter promotes lower-priority tasks that waited this long
 	// (default 2s).
 	AgingAfter time.Duration
+	// ServiceMemory is how long a model's measured batch cost counts
+	// after its last batch (default 10s). Past it the node reports the
+	// cost as unmeasured, so at light load a node whose last batches were
+	// slow is ranked like its peers and measured anew instead of being
+	// passed over for good.
+	ServiceMemory time.Duration
 }
 
 // Scheduler owns every model's queue on this node.
@@ -104,6 +110,9 @@ func New(cfg Config) *Scheduler {
 	if cfg.AgingAfter == 0 {
 		cfg.AgingAfter = 2 * time.Second
 	}
+	if cfg.ServiceMemory == 0 {
+		cfg.ServiceMemory = 10 * time.Second
+	}
 	return &Scheduler{cfg: cfg, logger: cfg.Logger.With("component", "scheduler"), models: map[string]*modelQueue{}}
 }
 
@@ -117,6 +126,7 @@ func (s *Scheduler) AddModel(name string, backend any, st Settings) error {
 		name:     name,
 		settings: st,
 		q:        queue{agingAfter: s.cfg.AgingAfter},
+		service:  serviceFit{memory: s.cfg.ServiceMemory},
 		wake:     make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		obs:      s.cfg.Observer,

@@ -23,7 +23,7 @@ func TestServiceFit(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var f serviceFit
 			for _, b := range tc.batches {
-				f.add(b[0], time.Duration(b[1])*ms)
+				f.add(b[0], time.Duration(b[1])*ms, time.Time{})
 			}
 			base, per := f.estimate()
 			require.InDelta(t, float64(tc.base), float64(base), float64(ms)/10)
@@ -37,11 +37,39 @@ func TestServiceFitFollowsSlowdown(t *testing.T) {
 	ms := time.Millisecond
 	var f serviceFit
 	for i := 0; i < 50; i++ {
-		f.add(8, 36*ms)
+		f.add(8, 36*ms, time.Time{})
 	}
 	for i := 0; i < 8; i++ {
-		f.add(8, 144*ms)
+		f.add(8, 144*ms, time.Time{})
 	}
 	base, per := f.estimate()
 	require.Greater(t, base+8*per, 100*ms)
+}
+
+// A fit is forgotten once no batch finished for its memory: a node whose
+// last batches were slow is reported unmeasured (so routers rank it like
+// its peers and send it work again), and the first batch after that
+// starts a new fit instead of being outweighed by the old slow ones.
+func TestServiceFitIsForgottenAfterItsMemory(t *testing.T) {
+	ms := time.Millisecond
+	t0 := time.Unix(1000, 0)
+	f := serviceFit{memory: 10 * time.Second}
+	for i := range 5 {
+		f.add(1, 200*ms, t0.Add(time.Duration(i)*ms))
+	}
+	last := t0.Add(4 * ms)
+	base, _ := f.estimateAt(last.Add(10 * time.Second))
+	require.Equal(t, 200*ms, base, "within its memory the fit counts")
+	base, per := f.estimateAt(last.Add(10*time.Second + ms))
+	require.Zero(t, base+per, "past its memory the fit is unmeasured")
+
+	f.add(1, 2*ms, last.Add(11*time.Second))
+	base, _ = f.estimateAt(last.Add(11 * time.Second))
+	require.Equal(t, 2*ms, base, "the first batch after the memory starts a new fit")
+
+	// Without a memory (zero) the fit counts forever.
+	g := serviceFit{}
+	g.add(1, 200*ms, t0)
+	base, _ = g.estimateAt(t0.Add(24 * time.Hour))
+	require.Equal(t, 200*ms, base)
 }
