@@ -81,6 +81,13 @@ cache {
   lowercase = false
   # A cache lookup never takes longer than this; past it the request runs uncached. Default 50ms.
   lookup_timeout = "50ms"
+  # With the olric backend: how long a node answers a hit it got from the shared cache again from
+  # its own memory, without asking the key's owner (a hot key then costs its owner one get per
+  # node per near_ttl, and a hit here no round trip). Never past the answer's own TTL; a purge
+  # (`shoal admin cache purge`) ends it on every node once the node applies the purge from Raft
+  # (milliseconds; a node cut off from Raft keeps near answers up to near_ttl). 0s: off.
+  # Default 1s, at most 1m.
+  near_ttl = "1s"
   # Who shares cached answers (a hit tells the client someone in its scope asked the same):
   # "cluster", "tenant" (an API key's tenant, or the key itself when it has none) or "key".
   # Clients without an API key share one scope. Default "": tenant when auth.required, else cluster.

@@ -24,6 +24,10 @@ import (
 	"github.com/shoal-dev/shoal/scheduler/sim"
 )
 
+// MaxNearTTL bounds cache.near_ttl: a near answer outlives a purge only on
+// a node cut off from Raft, and then for at most this long.
+const MaxNearTTL = time.Minute
+
 // Config is a node's resolved configuration: defaults, then the HCL file,
 // then environment variables, then command-line flags. Every field is a
 // plain value; LoadFile and ApplyEnv do the layering.
@@ -150,6 +154,11 @@ type CacheConfig struct {
 	// LookupTimeout bounds a cache lookup so a slow cache never stalls a
 	// request.
 	LookupTimeout time.Duration
+	// NearTTL is how long a node answers a hit it got from the shared
+	// (olric) cache again from its own memory, without asking the key's
+	// owner; never past the answer's own TTL, and a purge ends it on
+	// every node. 0 turns the near cache off.
+	NearTTL time.Duration
 
 	// Scope partitions cached answers: "cluster" (everyone shares),
 	// "tenant" (a key's tenant, or the key itself when it has none) or
@@ -288,7 +297,7 @@ func DefaultConfig() Config {
 		},
 		Gossip:         GossipConfig{Addr: "0.0.0.0:7946"},
 		Raft:           RaftConfig{Addr: "0.0.0.0:7947", MaxVoters: 5, DeadServerTimeout: 5 * time.Minute},
-		Cache:          CacheConfig{Addr: "0.0.0.0:3320", Backend: "olric", DefaultTTL: 2 * time.Hour, MaxBytes: 256 << 20, LookupTimeout: 50 * time.Millisecond},
+		Cache:          CacheConfig{Addr: "0.0.0.0:3320", Backend: "olric", DefaultTTL: 2 * time.Hour, MaxBytes: 256 << 20, LookupTimeout: 50 * time.Millisecond, NearTTL: time.Second},
 		Batching:       BatchingConfig{MaxSize: 64, FlushTimeout: 10 * time.Millisecond, MaxQueue: 1000},
 		RateLimit:      RateLimitConfig{RPM: 1000},
 		CircuitBreaker: BreakerConfig{FailureThreshold: 3, Timeout: 30 * time.Second},
@@ -349,6 +358,9 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			bad(key, "must be host:port, got %q", addr)
 		}
+	}
+	if c.Cache.NearTTL < 0 || c.Cache.NearTTL > MaxNearTTL {
+		bad("cache.near_ttl", "must be between 0s and %s, got %s", MaxNearTTL, c.Cache.NearTTL)
 	}
 	if c.HTTP.MaxBodyBytes < 1024 || c.HTTP.MaxBodyBytes > 1<<30 {
 		bad("http.max_body_bytes", "must be between 1024 and 1073741824, got %d", c.HTTP.MaxBodyBytes)

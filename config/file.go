@@ -66,6 +66,7 @@ type fileCache struct {
 	MaxBytes       *int64  `hcl:"max_bytes,optional"`
 	Lowercase      *bool   `hcl:"lowercase,optional"`
 	LookupTimeout  *string `hcl:"lookup_timeout,optional"`
+	NearTTL        *string `hcl:"near_ttl,optional"`
 
 	Scope *string `hcl:"scope,optional"`
 }
@@ -323,6 +324,7 @@ func (c *Config) merge(fc *fileConfig, d *durations) error {
 		setI(&c.Cache.MaxBytes, k.MaxBytes)
 		setI(&c.Cache.Lowercase, k.Lowercase)
 		d.set(&c.Cache.LookupTimeout, k.LookupTimeout, "cache", "lookup_timeout")
+		d.set(&c.Cache.NearTTL, k.NearTTL, "cache", "near_ttl")
 		setS(&c.Cache.Scope, k.Scope)
 	}
 	if b := fc.Batching; b != nil {

@@ -32,6 +32,7 @@ const (
 	SetCacheSettingsType    CommandType = 12
 	OnceType                CommandType = 13
 	SetClusterSecretType    CommandType = 14
+	PurgeCacheType          CommandType = 15
 )
 
 // IgnoreUnknownTypeFlag, set on a command's type byte by a newer proposer,
@@ -80,7 +81,7 @@ type envelope struct {
 // commandVersion is the version this build writes, and the newest it reads,
 // for each type; 0 marks an unknown type.
 func commandVersion(t CommandType) int {
-	if t >= SetBatchingType && t <= SetClusterSecretType {
+	if t >= SetBatchingType && t <= PurgeCacheType {
 		return 1
 	}
 	return 0
@@ -98,7 +99,13 @@ func EncodeCommand(cmd Command) ([]byte, error) {
 		return nil, fmt.Errorf("encode command %d: %w", cmd.Type(), err)
 	}
 	out := make([]byte, 0, 1+len(env))
-	out = append(out, byte(cmd.Type()))
+	typ := cmd.Type()
+	if typ == PurgeCacheType {
+		// Only near caches read the generation, and nodes too old to
+		// know the command have none: they may skip it.
+		typ |= IgnoreUnknownTypeFlag
+	}
+	out = append(out, byte(typ))
 	return append(out, env...), nil
 }
 
@@ -153,6 +160,8 @@ func DecodeCommand(data []byte) (Command, error) {
 		return decodeBody[Once](env.Body)
 	case SetClusterSecretType:
 		return decodeBody[SetClusterSecret](env.Body)
+	case PurgeCacheType:
+		return decodeBody[PurgeCache](env.Body)
 	}
 	// commandVersion and this switch disagree: a programming error, but
 	// DecodeCommand still must not panic.
@@ -658,6 +667,34 @@ func (c SetCacheSettings) Validate() error {
 func (c SetCacheSettings) apply(st *State) error {
 	cs := c.Settings
 	st.Cache = &cs
+	return nil
+}
+
+// PurgeCache records that the shared response cache was purged, of every
+// model's answers or of one model's: it moves State.CacheGeneration on, so
+// every node stops answering from the answers its near cache took from the
+// shared cache before the purge. The purge of the shared cache itself is
+// done first, by the node that proposes this.
+type PurgeCache struct {
+	// Model is the purged model; empty for all of them.
+	Model string `json:"model,omitempty"`
+}
+
+// Type returns PurgeCacheType.
+func (PurgeCache) Type() CommandType { return PurgeCacheType }
+
+// Validate checks the model name, if any.
+func (c PurgeCache) Validate() error {
+	if c.Model == "" {
+		return nil
+	}
+	return validName("model", c.Model)
+}
+
+// apply moves the generation on for any purge: near caches are short-lived,
+// so dropping every model's near answers costs a few shared-cache gets.
+func (c PurgeCache) apply(st *State) error {
+	st.CacheGeneration++
 	return nil
 }
 

@@ -183,6 +183,14 @@ func TestFSMAppliesEveryCommand(t *testing.T) {
 				require.Equal(t, &CacheSettings{Enabled: true, DefaultTTL: time.Minute}, st.Cache)
 			},
 		},
+		{
+			name:  "purge cache moves the generation on",
+			setup: []Command{PurgeCache{}},
+			cmd:   PurgeCache{Model: "m"},
+			check: func(t *testing.T, st *State) {
+				require.Equal(t, uint64(2), st.CacheGeneration)
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -267,7 +275,7 @@ func randomCommand(r *rand.Rand) Command {
 	keys := []string{HashKey("k1-0123456789"), HashKey("k2-0123456789")}
 	states := []BreakerStatus{BreakerClosed, BreakerOpen, BreakerHalfOpen}
 	at := t0.Add(time.Duration(r.IntN(1000)) * time.Second)
-	switch r.IntN(12) {
+	switch r.IntN(13) {
 	case 0:
 		return SetBatching{Model: models[r.IntN(3)], Settings: BatchingSettings{MaxSize: r.IntN(5000), FlushTimeout: time.Duration(r.IntN(100)) * time.Millisecond}}
 	case 1:
@@ -295,6 +303,8 @@ func randomCommand(r *rand.Rand) Command {
 		return c
 	case 10:
 		return DeleteBreaker{Node: nodes[r.IntN(2)]}
+	case 11:
+		return PurgeCache{Model: models[r.IntN(3)]}
 	default:
 		return SetCacheSettings{Settings: CacheSettings{Enabled: r.IntN(2) == 0, DefaultTTL: time.Duration(r.IntN(10)) * time.Minute}}
 	}

@@ -31,6 +31,10 @@ type State struct {
 	Breakers map[string]BreakerState `json:"breakers"`
 	// Cache holds the response-cache settings; nil until first set.
 	Cache *CacheSettings `json:"cache"`
+	// CacheGeneration counts purges of the shared response cache
+	// (PurgeCache). A node's near cache answers only from entries it took
+	// in the current generation.
+	CacheGeneration uint64 `json:"cache_generation,omitempty"`
 	// Writes remembers the outcome of the last MaxRememberedWrites Once
 	// commands, oldest first, so a retried write is answered, not applied
 	// again. It is part of snapshots: every server must skip the same
@@ -67,11 +71,12 @@ func (s *State) normalize() {
 // Clone returns a deep copy that the caller may modify freely.
 func (s *State) Clone() *State {
 	c := &State{
-		Index:         s.Index,
-		Batching:      maps.Clone(s.Batching),
-		Breakers:      maps.Clone(s.Breakers),
-		Writes:        slices.Clone(s.Writes),
-		ClusterSecret: slices.Clone(s.ClusterSecret),
+		Index:           s.Index,
+		Batching:        maps.Clone(s.Batching),
+		Breakers:        maps.Clone(s.Breakers),
+		CacheGeneration: s.CacheGeneration,
+		Writes:          slices.Clone(s.Writes),
+		ClusterSecret:   slices.Clone(s.ClusterSecret),
 	}
 	if s.Limits != nil {
 		c.Limits = s.Limits.Clone()

@@ -4,11 +4,18 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
 	"time"
 
+	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/dcache"
 	"github.com/shoal-dev/shoal/ops"
+	"github.com/shoal-dev/shoal/peer"
 )
 
 // newCache builds the response cache; its Olric member starts later, in
@@ -84,8 +91,10 @@ func (n *Node) cacheHealth() ops.Component {
 	h := n.cache.Health()
 	c := ops.Component{Status: ops.StatusOK, Detail: h.Detail, Data: map[string]any{"backend": n.cache.Backend(), "members": h.Members}}
 	st := n.cache.Stats()
-	if total := st.Hits + st.Misses; total > 0 {
-		c.Data["hit_ratio"] = float64(st.Hits) / float64(total)
+	// Near hits never reach the shared cache's counters.
+	near := n.respCache.NearHits()
+	if total := st.Hits + near + st.Misses; total > 0 {
+		c.Data["hit_ratio"] = float64(st.Hits+near) / float64(total)
 	}
 	switch h.Status {
 	case dcache.StatusOK, dcache.StatusOff:
@@ -104,16 +113,114 @@ func (n *Node) cacheHealth() ops.Component {
 func (n *Node) cacheStats(_ context.Context) (any, error) {
 	st := n.cache.Stats()
 	h := n.cache.Health()
+	near := n.respCache.NearHits()
 	ratio := 0.0
-	if total := st.Hits + st.Misses; total > 0 {
-		ratio = float64(st.Hits) / float64(total)
+	if total := st.Hits + near + st.Misses; total > 0 {
+		ratio = float64(st.Hits+near) / float64(total)
 	}
-	return map[string]any{"node": n.cfg.NodeName, "stats": st, "health": h, "hit_ratio": ratio}, nil
+	return map[string]any{"node": n.cfg.NodeName, "stats": st, "near_hits": near, "health": h, "hit_ratio": ratio}, nil
 }
 
+// purgeCache purges the shared cache, then moves the cluster's cache
+// generation on through Raft, which ends every node's near answers, and
+// waits until every live node has applied it: when the purge answers, no
+// node answers from before it. In that order: a near answer a node takes
+// after it applied the new generation was read after the purge.
 func (n *Node) purgeCache(ctx context.Context, model string) error {
 	if err := n.cache.Purge(ctx, model); err != nil {
 		return fmt.Errorf("purge cache %q: %w", model, err)
 	}
+	if err := n.applyCommand(ctx, consensus.PurgeCache{Model: model}); err != nil {
+		return fmt.Errorf("purge cache %q: the shared cache is purged, but the nodes' near caches could not be told "+
+			"and may answer from it for up to cache.near_ttl (%s): %w", model, n.cfg.Cache.NearTTL, err)
+	}
+	// The write returns once this node applied it.
+	if late := n.awaitGeneration(ctx, n.cacheGeneration()); len(late) > 0 {
+		return fmt.Errorf("purge cache %q: the shared cache is purged, but %s did not confirm it in time and may answer "+
+			"from their near caches for up to cache.near_ttl (%s): %w", model, strings.Join(late, ", "), n.cfg.Cache.NearTTL, context.DeadlineExceeded)
+	}
 	return nil
+}
+
+// cacheGenerationPath is where a node answers, on the peer plane, once it
+// has applied a cache generation.
+const cacheGenerationPath = "/peer/v1/cache-generation"
+
+// maxGenerationWait bounds how long a node holds a generation call, and how
+// long a purge waits for the slowest node.
+const maxGenerationWait = 3 * time.Second
+
+// generationWait asks a node for its cache generation once it is at least
+// AtLeast, waiting up to WaitMS for it.
+type generationWait struct {
+	AtLeast uint64 `json:"at_least"`
+	WaitMS  int64  `json:"wait_ms"`
+}
+
+// generationAnswer is a node's cache generation.
+type generationAnswer struct {
+	Generation uint64 `json:"generation"`
+}
+
+// serveCacheGeneration answers a generationWait on the peer plane.
+func (n *Node) serveCacheGeneration(w http.ResponseWriter, r *http.Request) {
+	var req generationWait
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<10)).Decode(&req); err != nil {
+		peer.Error(w, http.StatusBadRequest, "invalid_json", "invalid request body: "+err.Error())
+		return
+	}
+	wait := min(max(time.Duration(req.WaitMS)*time.Millisecond, 0), maxGenerationWait)
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	defer cancel()
+	changes, unsubscribe := n.store.Subscribe()
+	defer unsubscribe()
+	for n.cacheGeneration() < req.AtLeast {
+		select {
+		case <-changes:
+			continue
+		case <-ctx.Done():
+		}
+		break
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(generationAnswer{Generation: n.cacheGeneration()})
+}
+
+// awaitGeneration waits until every other live node has applied cache
+// generation gen, at most maxGenerationWait or until ctx ends, and returns
+// the names of those that did not confirm it. A node that does not know
+// the call (older than the near cache) has no near answers: it confirms.
+func (n *Node) awaitGeneration(ctx context.Context, gen uint64) []string {
+	if n.gossip == nil || n.peer.client == nil || n.cfg.Cache.NearTTL == 0 || n.cache.Backend() != dcache.BackendOlric {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, maxGenerationWait)
+	defer cancel()
+	body, _ := json.Marshal(generationWait{AtLeast: gen, WaitMS: (maxGenerationWait - 500*time.Millisecond).Milliseconds()})
+	var (
+		mu   sync.Mutex
+		late []string
+		wg   sync.WaitGroup
+	)
+	for _, m := range n.gossip.Alive() {
+		if m.Name == n.cfg.NodeName || m.Meta.RaftAddr == "" {
+			continue
+		}
+		wg.Add(1)
+		go func(name, addr string) {
+			defer wg.Done()
+			resp, err := n.peer.client.Post(ctx, addr, cacheGenerationPath, body)
+			var a generationAnswer
+			ok := err == nil && (resp.Status == http.StatusNotFound ||
+				resp.Status == http.StatusOK && resp.Decode(&a) == nil && a.Generation >= gen)
+			if !ok {
+				mu.Lock()
+				late = append(late, name)
+				mu.Unlock()
+			}
+		}(m.Name, m.Meta.RaftAddr)
+	}
+	wg.Wait()
+	slices.Sort(late)
+	return late
 }

@@ -117,10 +117,28 @@ func TestCacheAnswerComputedOnOneNodeHitsOnAnother(t *testing.T) {
 	sampled := doJSON(t, http.MethodPost, "http://"+a.HTTPAddr()+"/v1/infer", "", map[string]any{"model": "sim-fast", "input": "x", "parameters": map[string]any{"temperature": 0.7}})
 	require.Equal(t, httpapi.CacheBypass, sampled.header.Get("X-Shoal-Cache"))
 
-	// The admin API purges a model's entries cluster-wide.
+	// Every node answers the hot key from its near cache now, without
+	// asking the key's owner.
+	near := func(nd *Node) float64 { return metricSum(scrapeMetrics(t, nd), "inference_cache_near_hits_total") }
+	for _, nd := range tc.nodes {
+		for range 2 {
+			require.Equal(t, httpapi.CacheHit, deterministicInfer(t, nd, "shared question", nil).header.Get("X-Shoal-Cache"), nd.Name())
+		}
+		require.Positive(t, near(nd), "%s: the hit was not near", nd.Name())
+	}
+
+	// The admin API purges a model's entries cluster-wide, near caches
+	// included: once it answers, no node answers from before it.
 	res := doJSON(t, http.MethodDelete, "http://"+tc.nodes[2].HTTPAddr()+"/admin/v1/cache?model=sim-fast", testToken, nil)
 	require.Equal(t, http.StatusOK, res.status, string(res.body))
 	require.Equal(t, httpapi.CacheMiss, deterministicInfer(t, b, "shared question", nil).header.Get("X-Shoal-Cache"))
+	for _, nd := range tc.nodes {
+		// b's recomputed answer may be stored by now: a hit on it is
+		// right, a near one (from before the purge) is not.
+		before := near(nd)
+		deterministicInfer(t, nd, "shared question", nil)
+		require.Equal(t, before, near(nd), "%s answered from its near cache after the purge", nd.Name())
+	}
 }
 
 // tasksRun is how many requests a node's backends ran: the sum of its

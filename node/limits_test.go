@@ -68,6 +68,7 @@ func TestEndpointLimitIsEnforcedClusterWide(t *testing.T) {
 	var mu sync.Mutex
 	admitted := map[string]int{} // by window (X-RateLimit-Reset)
 	denied := map[string]int{}
+	fallbackBefore := fallbackAdmissions(tc.nodes)
 	var wg sync.WaitGroup
 	for c := 0; c < 6; c++ {
 		wg.Add(1)
@@ -93,10 +94,16 @@ func TestEndpointLimitIsEnforcedClusterWide(t *testing.T) {
 		}(c)
 	}
 	wg.Wait()
+	// A lease slower than LeaseTimeout (2s here; possible on a starved
+	// machine under -race) lets each node admit from its fallback share
+	// meanwhile, and the window may exceed its limit by those admissions
+	// (ratelimit/DESIGN.md, "Slow counter"). Any other excess is a bug.
+	fallback := fallbackAdmissions(tc.nodes) - fallbackBefore
+	t.Logf("%d requests admitted from fallback shares", fallback)
 	saturated := 0
 	for window, n := range admitted {
 		t.Logf("window ending %s: %d admitted, %d denied", window, n, denied[window])
-		require.LessOrEqual(t, n, limit*110/100, "window %s admitted too many", window)
+		require.LessOrEqual(t, n, limit*110/100+int(fallback), "window %s admitted too many (%d from fallback shares)", window, fallback)
 		if denied[window] > 0 {
 			saturated++
 			require.GreaterOrEqual(t, n, limit*95/100, "window %s admitted too few", window)
@@ -105,6 +112,16 @@ func TestEndpointLimitIsEnforcedClusterWide(t *testing.T) {
 	require.Positive(t, saturated, "the client never exceeded the limit")
 	metrics := doJSON(t, http.MethodGet, "http://"+tc.nodes[0].HTTPAddr()+"/metrics", "", nil)
 	require.Contains(t, string(metrics.body), `inference_rate_limited_total{policy="endpoint"}`)
+}
+
+// fallbackAdmissions sums the requests nodes admitted from their fallback
+// shares (a counter call failed or a lease came late).
+func fallbackAdmissions(nodes []*Node) int64 {
+	var n int64
+	for _, nd := range nodes {
+		n += nd.limiter.Stats().FallbackAllowed
+	}
+	return n
 }
 
 func TestAuthRequiredRejectsUnknownKeys(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/shoal-dev/shoal/breaker"
 	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/dcache"
@@ -177,6 +178,12 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return err
 	}
 	n.wireRequestPath()
+	if err := n.metrics.Registry.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "inference_cache_near_hits_total",
+		Help: "Cache hits answered from this node's near cache (cache.near_ttl), without a shared-cache get; also counted in inference_cache_hits_total.",
+	}, func() float64 { return float64(n.respCache.NearHits()) })); err != nil {
+		return fmt.Errorf("cache metrics: %w", err)
+	}
 	if err := n.newLimiter(); err != nil {
 		return err
 	}

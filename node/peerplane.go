@@ -126,6 +126,7 @@ func (n *Node) peerRoutes() http.Handler {
 		// (runCluster starts it).
 		n.writes.ServeHTTP(w, r)
 	})
+	m.HandleFunc("POST "+cacheGenerationPath, n.serveCacheGeneration)
 	// Forwarded inference requests: the API's own handlers (a v2 call
 	// arrives as the /v1/infer request its front made of it), behind the
 	// same middleware as the HTTP port (request ID, X-Shoal-Node). The API

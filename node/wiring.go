@@ -6,6 +6,7 @@ import (
 
 	"github.com/shoal-dev/shoal/breaker"
 	"github.com/shoal-dev/shoal/consensus"
+	"github.com/shoal-dev/shoal/dcache"
 	"github.com/shoal-dev/shoal/httpapi"
 	"github.com/shoal-dev/shoal/ops"
 	"github.com/shoal-dev/shoal/respcache"
@@ -20,10 +21,16 @@ func (n *Node) wireRequestPath() {
 		IsFailure: httpapi.IsBackendFailure, State: breakerGlue{n}, Proposer: breakerGlue{n},
 		Go: n.goBackground, Logger: n.logger,
 	})
-	n.respCache = respcache.New(respcache.Config{
+	rc := respcache.Config{
 		Node: n.cfg.NodeName, Store: n.cache, Settings: n.cacheSettings, Observer: metricsGlue{n.metrics}, LockLease: n.cfg.Tuning.CacheLockLease,
-		Logger: n.logger,
-	})
+		Logger: n.logger, Generation: n.cacheGeneration,
+	}
+	if n.cache.Backend() == dcache.BackendOlric {
+		// A local store is in this process already; only a shared one
+		// is worth keeping answers near.
+		rc.Near = n.cfg.Cache.NearTTL
+	}
+	n.respCache = respcache.New(rc)
 	n.api = httpapi.New(httpapi.Config{
 		Node: n.cfg.NodeName, MaxBodyBytes: n.cfg.HTTP.MaxBodyBytes, RequestTimeout: n.cfg.HTTP.RequestTimeout,
 		// dcache bounds each shared-cache get by cache.lookup_timeout
@@ -42,6 +49,10 @@ func (n *Node) cacheSettings() (ttl time.Duration, lower bool) {
 	}
 	return n.cfg.Cache.DefaultTTL, n.cfg.Cache.Lowercase
 }
+
+// cacheGeneration is the cluster's count of cache purges as this node has
+// applied them; near answers live within one generation.
+func (n *Node) cacheGeneration() uint64 { return n.store.State().CacheGeneration }
 
 // scopeGlue partitions the response cache per cache.scope.
 type scopeGlue struct{ n *Node }

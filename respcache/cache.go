@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/shoal-dev/shoal/dcache"
@@ -49,6 +50,17 @@ type Config struct {
 	// while the holder computes (default DefaultLockLease).
 	LockLease time.Duration
 	Logger    *slog.Logger
+	// Near, when positive, lets this node answer a hit it got from the
+	// store again from memory for up to Near, without asking the store
+	// (never past the answer's own expiry). For a shared store: a hot key
+	// then costs its owner one get per node per Near instead of one per
+	// request, and a hit here no round trip. Generation must then say
+	// which purge the cluster is at (see Generation).
+	Near time.Duration
+	// Generation returns the cluster's count of cache purges, which every
+	// node learns when it applies the purge from Raft; near answers are
+	// kept only within the generation they were taken in. nil: always 0.
+	Generation func() uint64
 }
 
 // Cache looks answers up, stores them and coalesces identical misses.
@@ -56,12 +68,18 @@ type Cache struct {
 	cfg     Config
 	flights flightGroup
 	memo    *memo
+	// nearHits counts lookups answered from memory (Near).
+	nearHits atomic.Int64
 }
 
 // answer is what the cache stores for a request.
 type answer struct {
 	Results []scheduler.Result `json:"results"`
 	Node    string             `json:"node"`
+	// Expires is when the store drops the answer (Unix ns; -1 never), so a
+	// near cache never answers with it longer. Absent (0) in answers
+	// stored by nodes older than the near cache: those are never near.
+	Expires int64 `json:"expires"`
 }
 
 // answerRoom is an answer with room for one result, so decoding the
@@ -94,6 +112,9 @@ func New(cfg Config) *Cache {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Generation == nil {
+		cfg.Generation = func() uint64 { return 0 }
+	}
 	return &Cache{cfg: cfg, memo: newMemo()}
 }
 
@@ -117,6 +138,16 @@ func (c *Cache) Lookup(ctx context.Context, model, key string) ([]scheduler.Resu
 		return nil, false
 	}
 	start := time.Now()
+	near := c.nearStamp(start)
+	if near.until != 0 {
+		if results, ok := c.memo.fresh(model, key, start.UnixNano(), near.gen); ok {
+			c.nearHits.Add(1)
+			if c.cfg.Observer != nil {
+				c.cfg.Observer.CacheLookup(model, time.Since(start), true)
+			}
+			return results, true
+		}
+	}
 	data, found, err := c.cfg.Store.Get(ctx, model, key)
 	took := time.Since(start)
 	if err != nil && !errors.Is(err, dcache.ErrUnavailable) {
@@ -125,7 +156,7 @@ func (c *Cache) Lookup(ctx context.Context, model, key string) ([]scheduler.Resu
 	var results []scheduler.Result
 	hit := err == nil && found
 	if hit {
-		results, hit = c.memo.decode(model, key, data)
+		results, hit = c.memo.decode(model, key, data, near)
 	}
 	if c.cfg.Observer != nil {
 		c.cfg.Observer.CacheLookup(model, took, hit)
@@ -135,6 +166,20 @@ func (c *Cache) Lookup(ctx context.Context, model, key string) ([]scheduler.Resu
 	}
 	return results, true
 }
+
+// nearStamp is what a store answer got now may be kept for. The generation
+// is read before the store is asked: an answer read before a purge is then
+// kept under the old generation, which the purge's commit retires, and one
+// read after the commit was applied here is read after the purge itself.
+func (c *Cache) nearStamp(now time.Time) nearStamp {
+	if c.cfg.Near <= 0 {
+		return nearStamp{}
+	}
+	return nearStamp{until: now.Add(c.cfg.Near).UnixNano(), gen: c.cfg.Generation()}
+}
+
+// NearHits counts lookups answered from memory without the store.
+func (c *Cache) NearHits() int64 { return c.nearHits.Load() }
 
 // Store saves an answer off the request path: the client never waits for
 // the cache, and a full write queue drops the write (only a future hit is
@@ -149,9 +194,13 @@ func (c *Cache) Store(model, key string, results []scheduler.Result) {
 // storeAsync queues an answer's store; then, when not nil, runs once the
 // write is done or dropped.
 func (c *Cache) storeAsync(model, key string, results []scheduler.Result, then func()) {
-	data, err := json.Marshal(answer{Results: results, Node: c.cfg.Node})
+	ttl, _ := c.cfg.Settings()
+	expires := int64(-1)
+	if ttl > 0 {
+		expires = time.Now().Add(ttl).UnixNano()
+	}
+	data, err := json.Marshal(answer{Results: results, Node: c.cfg.Node, Expires: expires})
 	if err == nil {
-		ttl, _ := c.cfg.Settings()
 		err = c.cfg.Store.SetAsync(model, key, data, ttl, func(err error) {
 			if err != nil {
 				c.cfg.Logger.Debug("cache store", "err", err)

@@ -125,9 +125,10 @@ func (c *Cache) waitForAnswer(ctx context.Context, model, key string) ([]schedul
 			return nil, nil
 		case <-t.C:
 		}
+		near := c.nearStamp(time.Now())
 		data, found, err := c.cfg.Store.Get(ctx, model, key)
 		if err == nil && found {
-			if res, ok := c.memo.decode(model, key, data); ok {
+			if res, ok := c.memo.decode(model, key, data, near); ok {
 				return res, nil
 			}
 		}
