@@ -136,8 +136,8 @@ func (n *Node) purgeCache(ctx context.Context, model string) error {
 	}
 	// The write returns once this node applied it.
 	if late := n.awaitGeneration(ctx, n.cacheGeneration()); len(late) > 0 {
-		return fmt.Errorf("purge cache %q: the shared cache is purged, but %s did not confirm it in time and may answer "+
-			"from their near caches for up to cache.near_ttl (%s): %w", model, strings.Join(late, ", "), n.cfg.Cache.NearTTL, context.DeadlineExceeded)
+		return fmt.Errorf("purge cache %q: the shared cache is purged, but the purge was not confirmed in time by %s, "+
+			"which may answer from a near cache for up to cache.near_ttl (%s): %w", model, strings.Join(late, ", "), n.cfg.Cache.NearTTL, context.DeadlineExceeded)
 	}
 	return nil
 }

@@ -400,3 +400,34 @@ func TestCacheScopeDefaultsToTenantWhenAuthRequired(t *testing.T) {
 	require.Equal(t, httpapi.CacheHit, scopeProbe(t, nd, acme2), "keys of one tenant share answers")
 	require.Equal(t, httpapi.CacheMiss, scopeProbe(t, nd, globex), "a hit told one tenant what another asked")
 }
+
+// A purge waits for every live node to drop its near answers; one that
+// cannot confirm (frozen, here: its peer plane hangs while gossip and Raft
+// go on) is named in a 504 after a bounded wait, not waited on for the
+// client's whole deadline.
+func TestPurgeNamesANodeThatDoesNotConfirmIt(t *testing.T) {
+	stalls := make([]*stallListener, 3)
+	tc := olricCluster(t, 3, func(i int, cfg *Config) {
+		withAdminToken(i, cfg)
+		stalls[i] = newStallListener(cfg.RaftListener)
+		stalls[i].peerOnly = true
+		cfg.RaftListener = stalls[i]
+	})
+	leader := tc.node(tc.waitLeader(tc.nodes...))
+	var frozen *Node
+	for i, nd := range tc.nodes {
+		if nd != leader && frozen == nil {
+			frozen = nd
+			stalls[i].stall()
+			t.Cleanup(stalls[i].release) // before the nodes stop
+		}
+	}
+	start := time.Now()
+	res := doJSON(t, http.MethodDelete, "http://"+leader.HTTPAddr()+"/admin/v1/cache?model=sim-fast", testToken, nil)
+	took := time.Since(start)
+	require.Equal(t, http.StatusGatewayTimeout, res.status, string(res.body))
+	require.Contains(t, string(res.body), "not confirmed in time by "+frozen.Name()+",")
+	require.Contains(t, string(res.body), "cache.near_ttl")
+	require.Less(t, took, 10*time.Second, "the purge waited on the frozen node too long")
+	t.Logf("purge with a frozen node answered in %s: %s", took, res.body)
+}
