@@ -2,11 +2,15 @@ package node
 
 import (
 	"bytes"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shoal-dev/shoal/dcache"
+	"github.com/stretchr/testify/require"
 )
 
 // BenchmarkHandler drives the node's HTTP handler in process (no client or
@@ -128,4 +132,45 @@ func (w *benchWriter) Write(p []byte) (int, error) {
 		w.code = http.StatusOK
 	}
 	return w.body.Write(p)
+}
+
+// BenchmarkOlricCacheHit is BenchmarkHandler's cache hit (-reused) on the
+// default Olric backend, with its near cache (cache.near_ttl, the default
+// 1s) and without it (every hit an Olric get, off the request's goroutine).
+func BenchmarkOlricCacheHit(b *testing.B) {
+	for _, near := range []time.Duration{time.Second, 0} {
+		b.Run(fmt.Sprintf("near=%s", near), func(b *testing.B) {
+			n := startTestNode(b, func(c *Config) {
+				sim := DefaultModelConfig("sim0", "sim")
+				sim.Sim.Base, sim.Sim.PerItem, sim.Sim.TokenInterval = 0, 0, 0
+				c.Models = []ModelConfig{sim}
+				c.RateLimit.RPM = 0
+				c.Cache.Backend = "olric"
+				c.Cache.NearTTL = near
+				c.Tuning.Cache = func(dc *dcache.Config) { dc.Network = "local" }
+			})
+			require.Eventually(b, func() bool { return n.cache.Health().Status == dcache.StatusOK }, time.Minute, 20*time.Millisecond)
+			const body = `{"model":"sim0","messages":[{"role":"user","content":"Say hello"}],"max_tokens":16,"temperature":0}`
+			r := strings.NewReader(body)
+			req := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", r)
+			req.Header.Set("Content-Type", "application/json")
+			w := &benchWriter{h: http.Header{}}
+			h := n.httpSrv.Handler
+			do := func() (int, http.Header) {
+				r.Reset(body)
+				clear(w.h)
+				w.code = 0
+				w.body.Reset()
+				h.ServeHTTP(w, req)
+				return w.code, w.h
+			}
+			// The answer is stored in the background: wait for the first hit.
+			require.Eventually(b, func() bool {
+				_, hdr := do()
+				return hdr.Get("X-Shoal-Cache") == "hit"
+			}, 10*time.Second, time.Millisecond)
+			benchHandler(b, "hit", do)
+			b.ReportMetric(float64(n.respCache.NearHits())/float64(b.N), "near/op")
+		})
+	}
 }

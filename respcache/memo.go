@@ -16,7 +16,7 @@ import (
 // the memo can only save a decode, never answer on its own.
 //
 // With a near cache (Config.Near), a memo entry may also answer on its own
-// for a short time after the store returned it: see near.
+// for a short time after the store returned it (fresh).
 const (
 	// memoSlots bounds the memo's entries (direct-mapped: a new key
 	// evicts whatever shared its slot).

@@ -3,7 +3,8 @@
 // upstream answering a fixed chat completion) directly, through HAProxy,
 // through a bare Go httputil.ReverseProxy, and through shoal (pass-through
 // to nginx, a zero-cost sim model, a cache hit on the local and on the
-// default Olric cache backend, one forwarding hop). The
+// default Olric cache backend, the latter with and without its near cache,
+// one forwarding hop). The
 // targets are measured in interleaved rounds so drift on a shared machine
 // spreads over all of them, and it prints one table. Tools that are absent
 // are skipped with a message. Run it with `make bench-gateway`.
@@ -259,15 +260,22 @@ func run(o options) error {
 	add(hit)
 	// The default cache backend: a hit is an Olric get (owned here, but
 	// bounded against a frozen owner), as users run it.
-	olricHit := &target{name: "shoal, cache hit, Olric cache (default)", body: chat("sim0")}
-	if hit.skip != "" {
-		olricHit.skip = hit.skip
-	} else if u, err := startShoalOlric(p, dir, o.shoal); err != nil {
-		return fmt.Errorf("shoal (olric cache): %w (logs in %s; -keep keeps them)", err, dir)
-	} else {
-		olricHit.url, olricHit.node, olricHit.cpuOf = u+"/v1/chat/completions", u, []int{p.last()}
+	// Its near cache (cache.near_ttl) answers a hot key from memory; without
+	// it every hit is an Olric get.
+	for _, v := range []struct{ name, node, near string }{
+		{"shoal, cache hit, Olric cache (default, near cache 1s)", "bench-olric", ""},
+		{"shoal, cache hit, Olric cache, near cache off", "bench-olric-far", "0s"},
+	} {
+		olricHit := &target{name: v.name, body: chat("sim0")}
+		if hit.skip != "" {
+			olricHit.skip = hit.skip
+		} else if u, err := startShoalOlric(p, dir, o.shoal, v.node, v.near); err != nil {
+			return fmt.Errorf("shoal (olric cache): %w (logs in %s; -keep keeps them)", err, dir)
+		} else {
+			olricHit.url, olricHit.node, olricHit.cpuOf = u+"/v1/chat/completions", u, []int{p.last()}
+		}
+		add(olricHit)
 	}
-	add(olricHit)
 	add(stackTarget("cache-hit ceiling: net/http server, fixed answer", chat("sim0"), startNetFixed, &stops))
 	add(stackTarget("cache-hit ceiling: fasthttp server, fixed answer", chat("sim0"), startFastFixed, &stops))
 	add(hop)
@@ -556,7 +564,7 @@ model "upstream" {
 // startShoalNode starts one node on four fresh ports serving models,
 // joining join when set (else bootstrapping its own Raft), and returns its
 // HTTP base URL and its gossip address.
-func startShoalNode(p *procs, dir, bin, name, join, cacheBackend, models string) (httpURL, gossip string, err error) {
+func startShoalNode(p *procs, dir, bin, name, join, cacheBackend, models string, cacheLines ...string) (httpURL, gossip string, err error) {
 	ports := make([]int, 4)
 	for i := range ports {
 		if ports[i], err = freePort(); err != nil {
@@ -584,8 +592,8 @@ raft {
 cache {
   addr = "127.0.0.1:%d"
   backend = %q
-}
-%s%s`, name, nd, joinLine, benchToken, ports[0], ports[1], ports[2], ports[3], cacheBackend, shoalCommon, models)
+%s}
+%s%s`, name, nd, joinLine, benchToken, ports[0], ports[1], ports[2], ports[3], cacheBackend, strings.Join(cacheLines, ""), shoalCommon, models)
 	path := filepath.Join(nd, "shoal.hcl")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return "", "", err
@@ -614,9 +622,14 @@ func startShoalAlone(p *procs, dir, bin, nginxURL string) (string, error) {
 
 // startShoalOlric starts a single node serving the zero-cost sim model
 // with the default cache backend, Olric (the other nodes use the local
-// backend, which has no Olric call on a hit).
-func startShoalOlric(p *procs, dir, bin string) (string, error) {
-	u, _, err := startShoalNode(p, dir, bin, "bench-olric", "", "olric", simModel("sim0"))
+// backend, which has no Olric call on a hit), and cache.near_ttl nearTTL
+// ("" for the default).
+func startShoalOlric(p *procs, dir, bin, name, nearTTL string) (string, error) {
+	var lines []string
+	if nearTTL != "" {
+		lines = append(lines, fmt.Sprintf("  near_ttl = %q\n", nearTTL))
+	}
+	u, _, err := startShoalNode(p, dir, bin, name, "", "olric", simModel("sim0"), lines...)
 	return u, err
 }
 
