@@ -9,7 +9,7 @@ FUZZTIME ?= 5s
 # Packages with concurrency that CI also runs under the race detector.
 RACE_PKGS ?= ./peer/... ./scheduler/... ./node/... ./httpapi/... ./breaker/... ./respcache/... ./router/... ./consensus/... ./gossip/... ./dcache/... ./engine/... ./ratelimit/... ./ops/...
 
-.PHONY: all build build-linux run test test-race bench bench-gateway lint fuzz test-cluster test-chaos test-scale sim docker-image clean
+.PHONY: all build build-linux run test test-race bench bench-gateway bench-openloop lint fuzz test-cluster test-chaos test-scale sim docker-image clean
 
 all: build
 
@@ -49,6 +49,9 @@ GATEWAY_BENCH_FLAGS ?=
 bench-gateway: build
 	CGO_ENABLED=0 $(GO) build -trimpath -tags shoal_fasthttp -ldflags '$(LDFLAGS)' -o bin/shoal-fastclient .
 	$(GO) run ./ops/gatewaybench -shoal $(BIN) -shoal-fastclient bin/shoal-fastclient $(GATEWAY_BENCH_FLAGS)
+
+bench-openloop: build
+	$(GO) run ./ops/gatewaybench -shoal $(BIN) -open-loop-rate 5000 -duration 8s -warmup 2s -rounds 3 $(GATEWAY_BENCH_FLAGS)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

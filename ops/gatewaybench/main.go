@@ -55,6 +55,7 @@ type options struct {
 	keep     bool
 	only     string
 	profile  string
+	openRate float64
 }
 
 func main() {
@@ -69,8 +70,13 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (configs and logs)")
 	flag.StringVar(&o.only, "only", "", "measure only the paths whose name contains this (comma-separated alternatives: \"HAProxy,cache hit\")")
 	flag.StringVar(&o.profile, "profile", "", "write a CPU profile of the shoal node under each shoal path's first round into this directory")
+	flag.Float64Var(&o.openRate, "open-loop-rate", 0, "instead of the wrk table: open-loop latency at this many requests/s (shoal bench --rate) of a bare net/http server and shoal's zero-cost sim model, and the p99 shoal adds")
 	flag.Parse()
-	if err := run(o); err != nil {
+	runner := run
+	if o.openRate > 0 {
+		runner = openLoop
+	}
+	if err := runner(o); err != nil {
 		fmt.Fprintln(os.Stderr, "gatewaybench:", err)
 		os.Exit(1)
 	}
