@@ -7,19 +7,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/shoal-dev/shoal/dcache"
 	"github.com/shoal-dev/shoal/scheduler"
 	"github.com/stretchr/testify/require"
 )
 
 func localCache(t *testing.T) *Cache {
 	t.Helper()
-	dc, err := dcache.New(dcache.Config{Backend: dcache.BackendLocal})
-	require.NoError(t, err)
-	ctx := context.Background()
-	require.NoError(t, dc.Start(ctx))
-	t.Cleanup(func() { _ = dc.Close(ctx) })
-	return New(Config{Node: "n1", Store: dc, Settings: func() (time.Duration, bool) { return time.Minute, false }})
+	c, _ := localStore(t)
+	return c
 }
 
 func TestStoredAnswerIsFound(t *testing.T) {

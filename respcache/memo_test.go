@@ -16,12 +16,20 @@ import (
 
 func localStore(t *testing.T) (*Cache, *dcache.Cache) {
 	t.Helper()
+	return newLocal(t, Config{Settings: func() (time.Duration, bool) { return time.Minute, false }})
+}
+
+// newLocal returns a Cache over a started local store; cfg's Node and Store
+// are filled in.
+func newLocal(t *testing.T, cfg Config) (*Cache, *dcache.Cache) {
+	t.Helper()
 	dc, err := dcache.New(dcache.Config{Backend: dcache.BackendLocal})
 	require.NoError(t, err)
 	ctx := context.Background()
 	require.NoError(t, dc.Start(ctx))
 	t.Cleanup(func() { _ = dc.Close(ctx) })
-	return New(Config{Node: "n1", Store: dc, Settings: func() (time.Duration, bool) { return time.Minute, false }}), dc
+	cfg.Node, cfg.Store = "n1", dc
+	return New(cfg), dc
 }
 
 func storedAnswer(t *testing.T, text string) []byte {
@@ -140,14 +148,7 @@ func TestMemoConcurrentLookups(t *testing.T) {
 // holds, storing answers for ttl.
 func nearStore(t *testing.T, near, ttl time.Duration, gen *atomic.Uint64) (*Cache, *dcache.Cache) {
 	t.Helper()
-	dc, err := dcache.New(dcache.Config{Backend: dcache.BackendLocal})
-	require.NoError(t, err)
-	ctx := context.Background()
-	require.NoError(t, dc.Start(ctx))
-	t.Cleanup(func() { _ = dc.Close(ctx) })
-	c := New(Config{Node: "n1", Store: dc, Near: near, Generation: gen.Load,
-		Settings: func() (time.Duration, bool) { return ttl, false }})
-	return c, dc
+	return newLocal(t, Config{Near: near, Generation: gen.Load, Settings: func() (time.Duration, bool) { return ttl, false }})
 }
 
 // stored stores results through c and waits until the store has them.

@@ -152,17 +152,11 @@ func run(o options) error {
 		fmt.Println("skip: wrk is not installed (apt-get install -y wrk); nothing to measure with")
 		return nil
 	}
-	dir, err := os.MkdirTemp("", "gatewaybench-")
+	dir, p, done, err := workDir(o, "gatewaybench-")
 	if err != nil {
 		return err
 	}
-	if o.keep {
-		fmt.Println("temporary directory:", dir)
-	} else {
-		defer os.RemoveAll(dir)
-	}
-	p := &procs{dir: dir}
-	defer p.stop()
+	defer done()
 
 	chat := func(model string) string {
 		return `{"model":"` + model + `","messages":[{"role":"user","content":"Say hello"}],"max_tokens":16,"temperature":0}`
@@ -327,6 +321,26 @@ func run(o options) error {
 	}
 	printTable(os.Stdout, targets, o)
 	return nil
+}
+
+// workDir makes the run's temporary directory (kept with -keep) and the
+// process set started in it; done stops the processes and, without -keep,
+// removes the directory.
+func workDir(o options, prefix string) (string, *procs, func(), error) {
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	if o.keep {
+		fmt.Println("temporary directory:", dir)
+	}
+	p := &procs{dir: dir}
+	return dir, p, func() {
+		p.stop()
+		if !o.keep {
+			os.RemoveAll(dir)
+		}
+	}, nil
 }
 
 // median is the round with the median throughput.

@@ -52,17 +52,11 @@ func openLoop(o options) error {
 		fmt.Printf("skip: no shoal binary at %s (make build)\n", o.shoal)
 		return nil
 	}
-	dir, err := os.MkdirTemp("", "gatewaybench-open-")
+	dir, p, done, err := workDir(o, "gatewaybench-open-")
 	if err != nil {
 		return err
 	}
-	if o.keep {
-		fmt.Println("temporary directory:", dir)
-	} else {
-		defer os.RemoveAll(dir)
-	}
-	p := &procs{dir: dir}
-	defer p.stop()
+	defer done()
 
 	fixedURL, stop, err := startNetFixed()
 	if err != nil {
