@@ -13,19 +13,23 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
 // waitTimeout is generous: the test machine is small and shared.
 const waitTimeout = 20 * time.Second
 
-// fastTune tightens memberlist for tests: failures are detected in about a
-// second and gossip spreads in tens of milliseconds. Push-pull stays at its
-// 30 s default so tests show loads do not depend on it.
+// fastTune tightens memberlist for tests: failures are detected in one to
+// two seconds and gossip spreads in tens of milliseconds. Push-pull stays at
+// its 30 s default so tests show loads do not depend on it. The probe
+// timeout leaves room for a machine loaded by other test packages: at 100ms
+// with a suspicion multiplier of 2, six members under make test's load
+// flapped dead and alive for the whole 20 s a test waited for them to agree.
 func fastTune(c *memberlist.Config) {
-	c.ProbeInterval = 200 * time.Millisecond
-	c.ProbeTimeout = 100 * time.Millisecond
-	c.SuspicionMult = 2
+	c.ProbeInterval = 300 * time.Millisecond
+	c.ProbeTimeout = 200 * time.Millisecond
+	c.SuspicionMult = 3
 	c.GossipInterval = 20 * time.Millisecond
 	c.GossipToTheDeadTime = time.Second
 	c.TCPTimeout = 2 * time.Second
@@ -126,16 +130,21 @@ func mustJoin(t testing.TB, g, to *Gossip) {
 }
 
 // waitAllAlive waits until every node sees every node alive.
+// A failure says what each node saw last.
 func waitAllAlive(t testing.TB, nodes []*Gossip) {
 	t.Helper()
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		for _, g := range nodes {
-			if len(g.Alive()) != len(nodes) {
-				return false
+			if len(g.Alive()) == len(nodes) {
+				continue
 			}
+			var view []string
+			for _, m := range g.Members() {
+				view = append(view, fmt.Sprintf("%s:%v", m.Name, m.State))
+			}
+			assert.Fail(c, "cluster did not converge", "%s sees %v", g.cfg.Name, view)
 		}
-		return true
-	}, waitTimeout, 10*time.Millisecond, "cluster did not converge")
+	}, waitTimeout, 10*time.Millisecond)
 }
 
 // memberState returns what g knows of name (State -1 if unknown).
