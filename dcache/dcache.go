@@ -350,6 +350,8 @@ type store interface {
 	incr(ctx context.Context, ns, key string, delta int, ttl time.Duration) (int, error)
 	lock(ctx context.Context, ns, key string, lease time.Duration) (held, error)
 	members() int
+	// shared reports whether this member saw a peer at its last look (cheap: no call).
+	shared() bool
 	// expected is how many members the cluster should have by shoal's membership (0: unknown).
 	expected() int
 	usage() (entries, bytes int64)
@@ -743,6 +745,13 @@ func (c *Cache) Members() int {
 		return 0
 	}
 	return c.st.members()
+}
+
+// Alone reports whether no other node's member shares this cache now, as of the member's
+// last look (at most a second old): true on the local and off backends and for an Olric
+// member that sees no peer. A lock then coordinates nobody, and callers may skip it.
+func (c *Cache) Alone() bool {
+	return c.closed.Load() || !c.st.shared()
 }
 
 // Stats returns the counters; it never blocks on the network.

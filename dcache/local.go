@@ -222,6 +222,7 @@ func (s *localStore) sweep(now time.Time) {
 }
 
 func (s *localStore) members() int  { return 1 }
+func (s *localStore) shared() bool  { return false }
 func (s *localStore) expected() int { return 0 }
 
 func (s *localStore) usage() (int64, int64) {

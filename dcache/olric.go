@@ -962,6 +962,9 @@ func (m *member) members() int {
 	return len(ms)
 }
 
+// shared reads the member count the watch keeps (every second; 100ms on local).
+func (o *olricStore) shared() bool { return o.visible.Load() > 1 }
+
 func (o *olricStore) expected() int {
 	if o.cur.Load() == nil {
 		return 0

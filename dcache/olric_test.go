@@ -36,6 +36,7 @@ func TestOlricSingleMember(t *testing.T) {
 
 	t.Run("StartedAloneAsOneMember", func(t *testing.T) {
 		require.Equal(t, 1, c.Members())
+		require.True(t, c.Alone(), "a lone member has nobody a lock would coordinate")
 		require.Equal(t, StatusOK, c.Health().Status)
 		require.NotEmpty(t, c.Addr())
 		require.NotEmpty(t, c.MemberlistAddr())
@@ -472,6 +473,8 @@ func TestOlricSecuredMembers(t *testing.T) {
 	const password = "s3cret-derived-from-the-gossip-key"
 	cs := startCluster(t, 2, func(c *Config) { c.EncryptKey, c.Password = key, password })
 	ctx := context.Background()
+	require.Eventually(t, func() bool { return !cs[0].Alone() && !cs[1].Alone() }, 10*time.Second, 10*time.Millisecond,
+		"members of one cache still say they are alone")
 	require.NoError(t, cs[0].Set(ctx, "m", "k", []byte("v"), time.Minute))
 	v, ok, err := cs[1].Get(ctx, "m", "k")
 	require.NoError(t, err)
@@ -488,6 +491,7 @@ func TestOlricSecuredMembers(t *testing.T) {
 		t.Cleanup(func() { closeAll(t, []*Cache{outsider}) })
 		require.NoError(t, outsider.Start(ctx))
 		require.Equal(t, 1, outsider.Members(), "the outsider formed a cache of its own")
+		require.True(t, outsider.Alone())
 		for i, c := range cs {
 			require.Equal(t, 2, c.Members(), "member %d", i)
 		}

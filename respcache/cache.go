@@ -28,6 +28,9 @@ type Store interface {
 	// Hold takes a lock without waiting (dcache.ErrLocked when another
 	// holder has it); its lease can be renewed.
 	Hold(ctx context.Context, ns, key string, lease time.Duration) (*dcache.Held, error)
+	// Alone reports whether no other node shares the store now, so that
+	// a lock would coordinate nobody.
+	Alone() bool
 }
 
 // Observer records lookups for metrics; called concurrently.

@@ -28,7 +28,10 @@ type Compute func(context.Context) ([]scheduler.Result, error)
 // whether the answer may be stored.
 func (c *Cache) Coalesce(ctx context.Context, model, key string, store bool, compute Compute) ([]scheduler.Result, error) {
 	return c.flights.do(ctx, key, func(fctx context.Context) ([]scheduler.Result, error) {
-		if c.cfg.Store.Backend() != dcache.BackendOlric {
+		if c.cfg.Store.Alone() {
+			// A node alone (or a store that is not shared) has nobody to
+			// coalesce with beyond its own callers, whom the flight group
+			// already joins: no lock, no second lookup.
 			res, err := compute(fctx)
 			if err == nil && store {
 				c.Store(model, key, res)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoal-dev/shoal/dcache"
 	"github.com/shoal-dev/shoal/scheduler"
 	"github.com/stretchr/testify/require"
 )
@@ -156,4 +157,42 @@ func TestCallerAfterEveryoneLeftStartsAFreshRun(t *testing.T) {
 	})
 	require.NoError(t, err)
 	require.Equal(t, "fresh", res[0].Text)
+}
+
+// sharedStore is a real local store that reports itself shared or alone as
+// the test says, and counts the locks taken through it.
+type sharedStore struct {
+	*dcache.Cache
+	alone bool
+	holds atomic.Int32
+}
+
+func (s *sharedStore) Alone() bool { return s.alone }
+
+func (s *sharedStore) Hold(ctx context.Context, ns, key string, lease time.Duration) (*dcache.Held, error) {
+	s.holds.Add(1)
+	return s.Cache.Hold(ctx, ns, key, lease)
+}
+
+// A miss takes the cross-node lock only when another node shares the store:
+// a node alone coalesces its own callers and needs none (a lock, its
+// release and a second lookup per miss on Olric).
+func TestCrossNodeLockOnlyWhenTheStoreIsShared(t *testing.T) {
+	for _, alone := range []bool{true, false} {
+		t.Run(map[bool]string{true: "alone", false: "shared"}[alone], func(t *testing.T) {
+			_, dc := localStore(t)
+			st := &sharedStore{Cache: dc, alone: alone}
+			c := New(Config{Node: "n1", Store: st, Settings: func() (time.Duration, bool) { return time.Minute, false }})
+			res, err := c.Coalesce(context.Background(), "m", "k", true, func(context.Context) ([]scheduler.Result, error) {
+				return []scheduler.Result{{Text: "x"}}, nil
+			})
+			require.NoError(t, err)
+			require.Equal(t, "x", res[0].Text)
+			want := int32(1)
+			if alone {
+				want = 0
+			}
+			require.Equal(t, want, st.holds.Load())
+		})
+	}
 }
