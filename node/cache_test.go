@@ -43,7 +43,9 @@ func olricCluster(t *testing.T, n int, mutate func(i int, cfg *Config)) *testClu
 	})
 	require.Eventually(t, func() bool {
 		for _, nd := range tc.nodes {
-			if nd.cache.Members() != n || nd.cache.Health().Status != dcache.StatusOK {
+			// Alone lags Members by up to a watch tick; coalescing
+			// across nodes starts once a node no longer thinks it is.
+			if nd.cache.Members() != n || nd.cache.Health().Status != dcache.StatusOK || (n > 1) == nd.cache.Alone() {
 				return false
 			}
 		}
