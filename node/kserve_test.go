@@ -326,6 +326,7 @@ func TestKServeRateLimitIs429WithRetryAfter(t *testing.T) {
 	c := newV2Client(t, n)
 	body := map[string]any{"text_input": "limited", "parameters": map[string]any{"max_tokens": 2}}
 	var last reply
+	clearOfMinuteEdge(t)
 	for i := 0; i < 4; i++ {
 		_, last = c.generate(testModel, body)
 	}
@@ -418,6 +419,7 @@ func TestKServeEndpointLimitMatchesTheV2Path(t *testing.T) {
 	waitPolicy(t, []*Node{n}, func(p *consensus.LimitPolicy) bool { return p.Endpoints[path].RPM == 1 })
 	c := newV2Client(t, n)
 	body := map[string]any{"text_input": "x", "parameters": map[string]any{"temperature": 1, "max_tokens": 2}}
+	clearOfMinuteEdge(t)
 	_, r := c.generate(testModel, body)
 	require.Equal(t, http.StatusOK, r.status, "body: %s", r.body)
 	_, r = c.generate(testModel, body)
