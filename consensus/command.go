@@ -35,6 +35,14 @@ const (
 	PurgeCacheType          CommandType = 15
 )
 
+// skippable is a command EncodeCommand marks with IgnoreUnknownTypeFlag:
+// one whose loss on a node too old to know it cannot make nodes disagree
+// on anything that node uses.
+type skippable interface {
+	Command
+	skippableByOlderNodes()
+}
+
 // IgnoreUnknownTypeFlag, set on a command's type byte by a newer proposer,
 // tells older FSMs to skip the command when they do not know its type instead
 // of halting (Nomad's convention). Only commands whose loss cannot make nodes
@@ -100,9 +108,7 @@ func EncodeCommand(cmd Command) ([]byte, error) {
 	}
 	out := make([]byte, 0, 1+len(env))
 	typ := cmd.Type()
-	if typ == PurgeCacheType {
-		// Only near caches read the generation, and nodes too old to
-		// know the command have none: they may skip it.
+	if _, ok := cmd.(skippable); ok {
 		typ |= IgnoreUnknownTypeFlag
 	}
 	out = append(out, byte(typ))
@@ -682,6 +688,10 @@ type PurgeCache struct {
 
 // Type returns PurgeCacheType.
 func (PurgeCache) Type() CommandType { return PurgeCacheType }
+
+// Only near caches read the generation, and a node too old to know the
+// command has none.
+func (PurgeCache) skippableByOlderNodes() {}
 
 // Validate checks the model name, if any.
 func (c PurgeCache) Validate() error {

@@ -243,3 +243,15 @@ func FuzzDecodeCommand(f *testing.F) {
 		require.NoError(t, err)
 	})
 }
+
+// PurgeCache is marked skippable on the wire (only near caches, which
+// older nodes lack, read its generation); the other commands are not.
+func TestOnlySkippableCommandsCarryTheIgnoreFlag(t *testing.T) {
+	for _, c := range sampleCommands() {
+		data, err := EncodeCommand(c)
+		require.NoError(t, err)
+		_, skip := c.(skippable)
+		require.Equal(t, skip, data[0]&byte(IgnoreUnknownTypeFlag) != 0, "%T", c)
+		require.Equal(t, c.Type() == PurgeCacheType, skip, "%T", c)
+	}
+}

@@ -90,11 +90,8 @@ func (n *Node) startCache(ctx context.Context) {
 func (n *Node) cacheHealth() ops.Component {
 	h := n.cache.Health()
 	c := ops.Component{Status: ops.StatusOK, Detail: h.Detail, Data: map[string]any{"backend": n.cache.Backend(), "members": h.Members}}
-	st := n.cache.Stats()
-	// Near hits never reach the shared cache's counters.
-	near := n.respCache.NearHits()
-	if total := st.Hits + near + st.Misses; total > 0 {
-		c.Data["hit_ratio"] = float64(st.Hits+near) / float64(total)
+	if ratio, ok := n.cacheHitRatio(n.cache.Stats()); ok {
+		c.Data["hit_ratio"] = ratio
 	}
 	switch h.Status {
 	case dcache.StatusOK, dcache.StatusOff:
@@ -112,13 +109,19 @@ func (n *Node) cacheHealth() ops.Component {
 
 func (n *Node) cacheStats(_ context.Context) (any, error) {
 	st := n.cache.Stats()
-	h := n.cache.Health()
+	ratio, _ := n.cacheHitRatio(st)
+	return map[string]any{"node": n.cfg.NodeName, "stats": st, "near_hits": n.respCache.NearHits(), "health": n.cache.Health(), "hit_ratio": ratio}, nil
+}
+
+// cacheHitRatio is the share of lookups that hit, near hits included (they
+// never reach the shared cache's counters); ok is false before any lookup.
+func (n *Node) cacheHitRatio(st dcache.Stats) (ratio float64, ok bool) {
 	near := n.respCache.NearHits()
-	ratio := 0.0
-	if total := st.Hits + near + st.Misses; total > 0 {
-		ratio = float64(st.Hits+near) / float64(total)
+	total := st.Hits + near + st.Misses
+	if total == 0 {
+		return 0, false
 	}
-	return map[string]any{"node": n.cfg.NodeName, "stats": st, "near_hits": near, "health": h, "hit_ratio": ratio}, nil
+	return float64(st.Hits+near) / float64(total), true
 }
 
 // purgeCache purges the shared cache, then moves the cluster's cache
@@ -174,13 +177,11 @@ func (n *Node) serveCacheGeneration(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	changes, unsubscribe := n.store.Subscribe()
 	defer unsubscribe()
-	for n.cacheGeneration() < req.AtLeast {
+	for n.cacheGeneration() < req.AtLeast && ctx.Err() == nil {
 		select {
 		case <-changes:
-			continue
 		case <-ctx.Done():
 		}
-		break
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(generationAnswer{Generation: n.cacheGeneration()})

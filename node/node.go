@@ -115,12 +115,12 @@ func New(cfg Config) (*Node, error) {
 	logger := cfg.Logger.With("node", cfg.NodeName)
 	metrics := ops.NewMetrics()
 	rt, err := router.New(router.Config{Policy: cfg.Router.Policy, PrefixWeight: &cfg.Router.PrefixWeight})
+	if err != nil {
+		return nil, &ConfigError{Err: err}
+	}
 	schedCfg := scheduler.Config{Logger: logger, Observer: metrics}
 	if cfg.Tuning.Scheduler != nil {
 		cfg.Tuning.Scheduler(&schedCfg)
-	}
-	if err != nil {
-		return nil, &ConfigError{Err: err}
 	}
 	n := &Node{
 		cfg:             cfg,

@@ -151,6 +151,16 @@ func nearStore(t *testing.T, near, ttl time.Duration, gen *atomic.Uint64) (*Cach
 	return newLocal(t, Config{Near: near, Generation: gen.Load, Settings: func() (time.Duration, bool) { return ttl, false }})
 }
 
+// nearWithOne is nearStore with an hour's near period and TTL, holding
+// "one" under (m, k), looked up once (from the store).
+func nearWithOne(t *testing.T, gen *atomic.Uint64) (*Cache, *dcache.Cache) {
+	t.Helper()
+	c, dc := nearStore(t, time.Hour, time.Hour, gen)
+	stored(t, c, dc, "m", "k", "one")
+	require.Equal(t, "one", lookupText(c, "m", "k"))
+	return c, dc
+}
+
 // stored stores results through c and waits until the store has them.
 func stored(t *testing.T, c *Cache, dc *dcache.Cache, model, key, text string) {
 	t.Helper()
@@ -173,10 +183,8 @@ func lookupText(c *Cache, model, key string) string {
 // holds meanwhile is not asked. After it, the store decides again.
 func TestNearAnswersFromMemoryForItsPeriod(t *testing.T) {
 	var gen atomic.Uint64
-	c, dc := nearStore(t, time.Hour, time.Hour, &gen)
+	c, dc := nearWithOne(t, &gen)
 	ctx := context.Background()
-	stored(t, c, dc, "m", "k", "one")
-	require.Equal(t, "one", lookupText(c, "m", "k"))
 	require.Zero(t, c.NearHits(), "the first hit asks the store")
 	hits := dc.Stats().Hits
 	require.NoError(t, dc.Set(ctx, "m", "k", storedAnswer(t, "two"), time.Hour))
@@ -220,10 +228,8 @@ func TestNearNeverOutlivesTheAnswer(t *testing.T) {
 // is not kept near afterwards.
 func TestNearAnswersEndWithTheirGeneration(t *testing.T) {
 	var gen atomic.Uint64
-	c, dc := nearStore(t, time.Hour, time.Hour, &gen)
+	c, dc := nearWithOne(t, &gen)
 	ctx := context.Background()
-	stored(t, c, dc, "m", "k", "one")
-	require.Equal(t, "one", lookupText(c, "m", "k"))
 	require.Equal(t, "one", lookupText(c, "m", "k"))
 	require.Equal(t, int64(1), c.NearHits())
 
