@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -125,7 +126,7 @@ func runOpenLoop(o options, dir string, t *openTarget) (openResult, error) {
 func printOpenLoop(w io.Writer, targets []*openTarget, o options) {
 	median := func(t *openTarget) openResult {
 		rs := slices.Clone(t.results)
-		slices.SortFunc(rs, func(a, b openResult) int { return int(a.p99 - b.p99) })
+		slices.SortFunc(rs, func(a, b openResult) int { return cmp.Compare(a.p99, b.p99) })
 		return rs[len(rs)/2]
 	}
 	fmt.Fprintf(w, "\nshoal bench --rate %.0f, %s per round after %s warmup, unique prompts, %d interleaved rounds (median p99 round shown);\n",
