@@ -157,6 +157,15 @@ gpu {
   memory_mb = 0
 }
 
+gc {
+  # The Go garbage collector's heap goal is kept at or above this many bytes while the live
+  # heap is small: a node serving cache hits keeps a few MiB live and would otherwise collect
+  # dozens of times a second. Once GOGC's own goal is larger (a full cache, an engine model) it
+  # applies unchanged, so this costs at most this much memory. GOMEMLIMIT still bounds the
+  # heap; GOGC=off turns the floor off. 0 turns it off. Default 67108864 (64 MiB).
+  heap_floor_bytes = 67108864
+}
+
 # One block per served model. The label is the model name clients send.
 model "sim-fast" {
   # "sim" (deterministic stand-in for a GPU model server), "openai" (an OpenAI-compatible

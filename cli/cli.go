@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/shoal-dev/shoal/internal/gcfloor"
 	"github.com/shoal-dev/shoal/node"
 )
 
@@ -185,6 +186,14 @@ func runStart(cmd *cobra.Command, f *startFlags) error {
 		return err
 	}
 	cfg.Logger = logger
+	// The collector is the process's, so its floor is set here, where
+	// one node is the whole process, and not by node.New (tests run many
+	// nodes in one process).
+	gcf, err := gcfloor.Start(gcfloor.Config{Floor: uint64(cfg.GC.HeapFloorBytes), Logger: logger})
+	if err != nil {
+		return fmt.Errorf("gc heap floor: %w", err)
+	}
+	defer gcf.Stop()
 	if cfg.Dev {
 		logger.Warn("dev mode: single node, data in a temporary directory, admin API without a token unless SHOAL_ADMIN_TOKEN is set", "data_dir", cfg.DataDir)
 		defer os.RemoveAll(cfg.DataDir)

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -262,6 +263,111 @@ func (b *syncBuffer) String() string {
 
 var startedLine = regexp.MustCompile(`msg="node started".* http=(\S+)`)
 
+// process is a shoal node running as its own process.
+type process struct {
+	cmd    *exec.Cmd
+	exited chan error
+	logs   *syncBuffer
+	addr   string // its HTTP address
+}
+
+// startProcess runs `shoal node start` with args and every port picked by
+// the kernel, and returns once the node serves; the test's end kills it.
+func startProcess(t *testing.T, args ...string) *process {
+	t.Helper()
+	args = append([]string{"node", "start"}, args...)
+	args = append(args, "--http-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0", "--cache-addr", "127.0.0.1:0")
+	cmd := exec.Command(shoalBinary(t), args...)
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	p := &process{cmd: cmd, exited: make(chan error, 1), logs: &syncBuffer{}}
+	addrs := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(io.TeeReader(stderr, p.logs))
+		for sc.Scan() {
+			if m := startedLine.FindStringSubmatch(sc.Text()); m != nil {
+				addrs <- m[1]
+			}
+		}
+		p.exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	select {
+	case p.addr = <-addrs:
+	case err := <-p.exited:
+		t.Fatalf("shoal exited before serving: %v\n%s", err, p.logs.String())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("shoal did not start\n%s", p.logs.String())
+	}
+	return p
+}
+
+// metric reads one unlabelled sample from a node's /metrics.
+func metric(t *testing.T, addr, name string) (float64, bool) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
+}
+
+// TestGCHeapFloorAsUsersRunIt starts the binary as users do, with only a
+// sim model (a few MiB live): by default the collector's goal is raised to
+// the 64 MiB floor, and gc.heap_floor_bytes = 0 leaves GOGC's own percent.
+func TestGCHeapFloorAsUsersRunIt(t *testing.T) {
+	models := `model "m" { backend = "sim" }
+`
+	for _, tc := range []struct {
+		name, conf string
+		raised     bool
+	}{
+		{"default", models, true},
+		{"off", models + "gc { heap_floor_bytes = 0 }\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := startProcess(t, "--dev", "--config", writeFile(t, "gc.hcl", tc.conf), "--name", "gc-"+tc.name)
+			var percent, goal float64
+			// Requests make garbage until a collection has ended and the
+			// floor has set the percent after it.
+			require.Eventually(t, func() bool {
+				resp, err := http.Post("http://"+n.addr+"/v1/completions", "application/json",
+					strings.NewReader(`{"model":"m","prompt":"garbage","max_tokens":2}`))
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				var ok1, ok2 bool
+				percent, ok1 = metric(t, n.addr, "go_gc_gogc_percent")
+				goal, ok2 = metric(t, n.addr, "go_memstats_next_gc_bytes")
+				if !ok1 || !ok2 {
+					return false
+				}
+				if !tc.raised {
+					return true
+				}
+				return percent > 100
+			}, 30*time.Second, 20*time.Millisecond, "percent %v, goal %v\n%s", percent, goal, n.logs.String())
+			if tc.raised {
+				require.GreaterOrEqual(t, goal, float64(64<<20), "the next collection waits for the floor")
+				require.Contains(t, n.logs.String(), "gc heap floor")
+			} else {
+				require.Equal(t, 100.0, percent)
+				require.NotContains(t, n.logs.String(), "gc heap floor")
+			}
+		})
+	}
+}
+
 func TestSIGTERMDrainsInFlightRequestAndExits0(t *testing.T) {
 	// A dev node whose only model takes 1.5s a batch, so a request is
 	// surely in flight when the signal comes. Every port is picked by the
@@ -275,33 +381,8 @@ func TestSIGTERMDrainsInFlightRequestAndExits0(t *testing.T) {
   }
 }
 `)
-	cmd := exec.Command(shoalBinary(t), "node", "start", "--dev", "--config", cfgPath, "--name", "sigterm-node",
-		"--http-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0", "--cache-addr", "127.0.0.1:0")
-	stderr, err := cmd.StderrPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	var logs syncBuffer
-	addrs := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(io.TeeReader(stderr, &logs))
-		for sc.Scan() {
-			if m := startedLine.FindStringSubmatch(sc.Text()); m != nil {
-				addrs <- m[1]
-			}
-		}
-		exited <- cmd.Wait()
-	}()
-	t.Cleanup(func() { _ = cmd.Process.Kill() })
-
-	var addr string
-	select {
-	case addr = <-addrs:
-	case err := <-exited:
-		t.Fatalf("shoal exited before serving: %v\n%s", err, logs.String())
-	case <-time.After(60 * time.Second):
-		t.Fatalf("shoal did not start\n%s", logs.String())
-	}
+	n := startProcess(t, "--dev", "--config", cfgPath, "--name", "sigterm-node")
+	cmd, exited, logs, addr := n.cmd, n.exited, n.logs, n.addr
 
 	type result struct {
 		status int
@@ -346,6 +427,6 @@ func TestSIGTERMDrainsInFlightRequestAndExits0(t *testing.T) {
 		t.Fatalf("shoal did not exit after SIGTERM\n%s", logs.String())
 	}
 	require.Contains(t, logs.String(), "draining")
-	_, err = http.Get("http://" + addr + "/health")
+	_, err := http.Get("http://" + addr + "/health")
 	require.Error(t, err, "the port is closed after exit")
 }

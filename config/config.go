@@ -56,6 +56,7 @@ type Config struct {
 	Auth           AuthConfig
 	Router         RouterConfig
 	GPU            GPUConfig
+	GC             GCConfig
 	Models         []ModelConfig
 
 	// Tuning holds knobs that tests use to speed the cluster up; the zero
@@ -98,6 +99,23 @@ type Tuning struct {
 	// slow a sim backend down mid-run).
 	Backend func(model string, backend any)
 }
+
+// GCConfig tunes the node process's garbage collector.
+type GCConfig struct {
+	// HeapFloorBytes keeps the collector's heap goal at or above this many
+	// bytes while the live heap is small (a gateway node serving hits
+	// keeps a few MiB live and would collect dozens of times a second);
+	// once GOGC's own goal is larger it applies unchanged. 0 leaves the
+	// collector to GOGC alone. GOMEMLIMIT, when set, still bounds the heap.
+	HeapFloorBytes int64
+}
+
+// MinHeapFloor is the smallest gc.heap_floor_bytes: the runtime's own
+// minimum heap goal.
+const MinHeapFloor = 4 << 20
+
+// MaxHeapFloor bounds gc.heap_floor_bytes.
+const MaxHeapFloor = 1 << 40
 
 // HTTPConfig is the client-facing server.
 type HTTPConfig struct {
@@ -298,6 +316,7 @@ func DefaultConfig() Config {
 		Gossip:         GossipConfig{Addr: "0.0.0.0:7946"},
 		Raft:           RaftConfig{Addr: "0.0.0.0:7947", MaxVoters: 5, DeadServerTimeout: 5 * time.Minute},
 		Cache:          CacheConfig{Addr: "0.0.0.0:3320", Backend: "olric", DefaultTTL: 2 * time.Hour, MaxBytes: 256 << 20, LookupTimeout: 50 * time.Millisecond, NearTTL: time.Second},
+		GC:             GCConfig{HeapFloorBytes: 64 << 20},
 		Batching:       BatchingConfig{MaxSize: 64, FlushTimeout: 10 * time.Millisecond, MaxQueue: 1000},
 		RateLimit:      RateLimitConfig{RPM: 1000},
 		CircuitBreaker: BreakerConfig{FailureThreshold: 3, Timeout: 30 * time.Second},
@@ -358,6 +377,9 @@ func (c *Config) Validate() error {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			bad(key, "must be host:port, got %q", addr)
 		}
+	}
+	if f := c.GC.HeapFloorBytes; f != 0 && (f < MinHeapFloor || f > MaxHeapFloor) {
+		bad("gc.heap_floor_bytes", "must be 0 (off) or between %d and %d, got %d", MinHeapFloor, int64(MaxHeapFloor), f)
 	}
 	if c.Cache.NearTTL < 0 || c.Cache.NearTTL > MaxNearTTL {
 		bad("cache.near_ttl", "must be between 0s and %s, got %s", MaxNearTTL, c.Cache.NearTTL)

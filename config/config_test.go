@@ -45,6 +45,7 @@ func TestFileOverridesDefaultsOnlyWhereSet(t *testing.T) {
 	path := writeHCL(t, `
 node_name = "file-node"
 http { max_body_bytes = 2048 }
+gc { heap_floor_bytes = 0 }
 batching {
   max_size      = 8
   flush_timeout = "25ms"
@@ -58,6 +59,8 @@ model "m1" {
 	def := DefaultConfig()
 	require.Equal(t, "file-node", cfg.NodeName)
 	require.EqualValues(t, 2048, cfg.HTTP.MaxBodyBytes)
+	require.Zero(t, cfg.GC.HeapFloorBytes, "0 turns the default floor off")
+	require.EqualValues(t, 64<<20, def.GC.HeapFloorBytes)
 	require.Equal(t, def.HTTP.Addr, cfg.HTTP.Addr, "unset keys keep their defaults")
 	require.Equal(t, def.HTTP.RequestTimeout, cfg.HTTP.RequestTimeout)
 	require.Equal(t, 8, cfg.Batching.MaxSize)
@@ -264,6 +267,8 @@ func TestValidateNamesBadSetting(t *testing.T) {
 		{"raft.bootstrap_expect", func(c *Config) { c.Raft.BootstrapExpect = -1 }},
 		{"cache.backend", func(c *Config) { c.Cache.Backend = "memcached" }},
 		{"cache.default_ttl", func(c *Config) { c.Cache.DefaultTTL = time.Millisecond }},
+		{"gc.heap_floor_bytes", func(c *Config) { c.GC.HeapFloorBytes = 1 << 20 }},
+		{"gc.heap_floor_bytes", func(c *Config) { c.GC.HeapFloorBytes = -1 }},
 		{"batching.max_size", func(c *Config) { c.Batching.MaxSize = 0 }},
 		{"batching.flush_timeout", func(c *Config) { c.Batching.FlushTimeout = 2 * time.Minute }},
 		{"batching.max_queue", func(c *Config) { c.Batching.MaxQueue = 0 }},

@@ -31,6 +31,7 @@ type fileConfig struct {
 	Auth           *fileAuth     `hcl:"auth,block"`
 	Router         *fileRouter   `hcl:"router,block"`
 	GPU            *fileGPU      `hcl:"gpu,block"`
+	GC             *fileGC       `hcl:"gc,block"`
 	Models         []fileModel   `hcl:"model,block"`
 }
 
@@ -103,6 +104,10 @@ type fileRouter struct {
 type fileGPU struct {
 	Count    *int `hcl:"count,optional"`
 	MemoryMB *int `hcl:"memory_mb,optional"`
+}
+
+type fileGC struct {
+	HeapFloorBytes *int64 `hcl:"heap_floor_bytes,optional"`
 }
 
 type fileModel struct {
@@ -326,6 +331,9 @@ func (c *Config) merge(fc *fileConfig, d *durations) error {
 		d.set(&c.Cache.LookupTimeout, k.LookupTimeout, "cache", "lookup_timeout")
 		d.set(&c.Cache.NearTTL, k.NearTTL, "cache", "near_ttl")
 		setS(&c.Cache.Scope, k.Scope)
+	}
+	if g := fc.GC; g != nil {
+		setI(&c.GC.HeapFloorBytes, g.HeapFloorBytes)
 	}
 	if b := fc.Batching; b != nil {
 		setI(&c.Batching.MaxSize, b.MaxSize)

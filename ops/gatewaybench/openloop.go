@@ -64,7 +64,7 @@ func openLoop(o options) error {
 		return fmt.Errorf("fixed-answer server: %w", err)
 	}
 	defer stop()
-	nodeURL, err := startShoalOlric(p, dir, o.shoal, "bench-open", "")
+	nodeURL, err := startShoalOlric(p, dir, o.shoal, "bench-open", "", "")
 	if err != nil {
 		return fmt.Errorf("shoal: %w (logs in %s; -keep keeps them)", err, dir)
 	}
