@@ -69,10 +69,17 @@ func openLoop(o options) error {
 		return fmt.Errorf("shoal: %w (logs in %s; -keep keeps them)", err, dir)
 	}
 	node := []int{p.last()}
+	// The same node as users run it but without the GC heap floor
+	// (gc.heap_floor_bytes = 0): what the floor is worth under this load.
+	noFloorURL, err := startShoalOlric(p, dir, o.shoal, "bench-open-gc", "", "gc { heap_floor_bytes = 0 }\n")
+	if err != nil {
+		return fmt.Errorf("shoal: %w (logs in %s; -keep keeps them)", err, dir)
+	}
 	targets := []*openTarget{
 		{name: "net/http server, fixed answer (baseline)", url: fixedURL, cpuOf: []int{0}},
 		{name: "shoal, zero-cost sim model (no-store)", url: nodeURL, cpuOf: node, headers: []string{"Cache-Control: " + noCache}},
 		{name: "shoal, zero-cost sim model (unique answers stored, default)", url: nodeURL, cpuOf: node},
+		{name: "shoal, unique answers stored, GC heap floor off", url: noFloorURL, cpuOf: []int{p.last()}},
 	}
 	for round := 0; round < o.rounds; round++ {
 		for _, t := range targets {
