@@ -679,8 +679,12 @@ func (c SetCacheSettings) apply(st *State) error {
 // PurgeCache records that the shared response cache was purged, of every
 // model's answers or of one model's: it moves State.CacheGeneration on, so
 // every node stops answering from the answers its near cache took from the
-// shared cache before the purge. The purge of the shared cache itself is
-// done first, by the node that proposes this.
+// shared cache before the purge, and the purged model's epoch
+// (State.CacheEpoch), which nodes key answers by, so an answer stored under
+// the old epoch is out of reach even if it outlives the shared cache's own
+// purge (a store queued before the purge and landing after it, or one a
+// partition move carried past it). The purge of the shared cache itself is
+// done first, by the node that proposes this, and then only frees memory.
 type PurgeCache struct {
 	// Model is the purged model; empty for all of them.
 	Model string `json:"model,omitempty"`
@@ -689,8 +693,8 @@ type PurgeCache struct {
 // Type returns PurgeCacheType.
 func (PurgeCache) Type() CommandType { return PurgeCacheType }
 
-// Only near caches read the generation, and a node too old to know the
-// command has none.
+// Only near caches and cache keys read the generation and the epochs, and
+// a node too old to know the command has neither.
 func (PurgeCache) skippableByOlderNodes() {}
 
 // Validate checks the model name, if any.
@@ -701,10 +705,23 @@ func (c PurgeCache) Validate() error {
 	return validName("model", c.Model)
 }
 
-// apply moves the generation on for any purge: near caches are short-lived,
-// so dropping every model's near answers costs a few shared-cache gets.
+// apply moves the generation on for any purge (near caches are
+// short-lived, so dropping every model's near answers costs a few
+// shared-cache gets) and the purged model's epoch. Epochs are kept for at
+// most MaxCacheEpochs model names; a purge of another model past that
+// moves every model's epoch instead, which purges more than asked but
+// never less.
 func (c PurgeCache) apply(st *State) error {
 	st.CacheGeneration++
+	model := c.Model
+	if _, ok := st.CacheEpochs[model]; !ok && len(st.CacheEpochs) >= MaxCacheEpochs {
+		model = ""
+	}
+	st.CacheEpochs = maps.Clone(st.CacheEpochs)
+	if st.CacheEpochs == nil {
+		st.CacheEpochs = map[string]uint64{}
+	}
+	st.CacheEpochs[model]++
 	return nil
 }
 

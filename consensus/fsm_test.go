@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"strings"
@@ -189,6 +190,27 @@ func TestFSMAppliesEveryCommand(t *testing.T) {
 			cmd:   PurgeCache{Model: "m"},
 			check: func(t *testing.T, st *State) {
 				require.Equal(t, uint64(2), st.CacheGeneration)
+				// A purge of all moves every model's epoch, a purge of one only its own.
+				require.Equal(t, uint64(2), st.CacheEpoch("m"))
+				require.Equal(t, uint64(1), st.CacheEpoch("other"))
+				require.Equal(t, uint64(1), st.CacheEpoch(""))
+			},
+		},
+		{
+			name: "cache epochs are bounded: past the bound a purge moves every model's epoch",
+			setup: func() []Command {
+				var cmds []Command
+				for i := range MaxCacheEpochs {
+					cmds = append(cmds, PurgeCache{Model: fmt.Sprintf("m%d", i)})
+				}
+				return cmds
+			}(),
+			cmd: PurgeCache{Model: "one-more"},
+			check: func(t *testing.T, st *State) {
+				require.Equal(t, MaxCacheEpochs+1, len(st.CacheEpochs), "the model names and the count of purges of all")
+				require.Equal(t, uint64(1), st.CacheEpoch("one-more"), "purged (with every model)")
+				require.Equal(t, uint64(2), st.CacheEpoch("m7"))
+				require.Equal(t, uint64(MaxCacheEpochs+1), st.CacheGeneration)
 			},
 		},
 	}

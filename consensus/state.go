@@ -35,6 +35,10 @@ type State struct {
 	// (PurgeCache). A node's near cache answers only from entries it took
 	// in the current generation.
 	CacheGeneration uint64 `json:"cache_generation,omitempty"`
+	// CacheEpochs counts purges per model name, "" counting purges of
+	// every model (PurgeCache); at most MaxCacheEpochs model names. Nodes key
+	// answers by CacheEpoch.
+	CacheEpochs map[string]uint64 `json:"cache_epochs,omitempty"`
 	// Writes remembers the outcome of the last MaxRememberedWrites Once
 	// commands, oldest first, so a retried write is answered, not applied
 	// again. It is part of snapshots: every server must skip the same
@@ -78,6 +82,9 @@ func (s *State) Clone() *State {
 		Writes:          slices.Clone(s.Writes),
 		ClusterSecret:   slices.Clone(s.ClusterSecret),
 	}
+	if len(s.CacheEpochs) > 0 {
+		c.CacheEpochs = maps.Clone(s.CacheEpochs)
+	}
 	if s.Limits != nil {
 		c.Limits = s.Limits.Clone()
 	}
@@ -87,6 +94,21 @@ func (s *State) Clone() *State {
 	}
 	c.normalize()
 	return c
+}
+
+// MaxCacheEpochs bounds State.CacheEpochs (model names come from the admin
+// API's purge).
+const MaxCacheEpochs = 1024
+
+// CacheEpoch is how many purges apply to model's cached answers: purges of
+// every model and of model itself. It only grows; nodes key answers by it,
+// so a purge puts every earlier answer out of reach.
+func (s *State) CacheEpoch(model string) uint64 {
+	e := s.CacheEpochs[""]
+	if model != "" {
+		e += s.CacheEpochs[model]
+	}
+	return e
 }
 
 // Breaker returns the state of the breaker of model on node; a breaker that

@@ -14,6 +14,7 @@ import (
 
 	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/dcache"
+	"github.com/shoal-dev/shoal/gossip"
 	"github.com/shoal-dev/shoal/ops"
 	"github.com/shoal-dev/shoal/peer"
 )
@@ -187,7 +188,7 @@ func (n *Node) serveCacheGeneration(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(generationAnswer{Generation: n.cacheGeneration()})
 }
 
-// awaitGeneration waits until every other live node has applied cache
+// awaitGeneration waits until every other live or suspect node has applied cache
 // generation gen, at most maxGenerationWait or until ctx ends, and returns
 // the names of those that did not confirm it. A node that does not know
 // the call (older than the near cache) has no near answers: it confirms.
@@ -203,8 +204,11 @@ func (n *Node) awaitGeneration(ctx context.Context, gen uint64) []string {
 		late []string
 		wg   sync.WaitGroup
 	)
-	for _, m := range n.gossip.Alive() {
-		if m.Name == n.cfg.NodeName || m.Meta.RaftAddr == "" {
+	for _, m := range n.gossip.Members() {
+		// A suspect member may be alive and answering (a loaded box
+		// misses probes): it is asked too, and named if it does not
+		// confirm. Only members gossip has seen leave or die are not.
+		if m.Name == n.cfg.NodeName || m.Meta.RaftAddr == "" || m.State != gossip.StateAlive && m.State != gossip.StateSuspect {
 			continue
 		}
 		wg.Add(1)

@@ -509,3 +509,35 @@ func TestPurgeEndsNearAnswersInEverySecurityMode(t *testing.T) {
 		})
 	}
 }
+
+// A purge holds against an answer that reaches the shared cache after it:
+// a store queued before the purge and landing after it, or a copy Olric's
+// own purge missed (Olric's Destroy has no lock against a partition moving
+// between members, and reaches the members its sender knows). Keys carry
+// the model's purge epoch, so such an answer is out of reach.
+func TestPurgeHoldsAgainstAnAnswerStoredAfterIt(t *testing.T) {
+	tc := olricCluster(t, 3, withAdminToken)
+	a, b := tc.nodes[0], tc.nodes[1]
+	ctx := context.Background()
+	first := deterministicInfer(t, a, "purged question", nil)
+	require.Equal(t, http.StatusOK, first.status, string(first.body))
+	key := mustCacheKey(t, "purged question")
+	var data []byte
+	require.Eventually(t, func() bool {
+		d, found, err := b.cache.Get(ctx, "sim-fast", key)
+		data = d
+		return err == nil && found
+	}, 10*time.Second, 10*time.Millisecond, "the answer was never stored")
+	require.Equal(t, httpapi.CacheHit, deterministicInfer(t, b, "purged question", nil).header.Get("X-Shoal-Cache"))
+
+	res := doJSON(t, http.MethodDelete, "http://"+a.HTTPAddr()+"/admin/v1/cache?model=sim-fast", testToken, nil)
+	require.Equal(t, http.StatusOK, res.status, string(res.body))
+	// The answer from before the purge lands in the shared cache after it.
+	require.NoError(t, a.cache.Set(ctx, "sim-fast", key, data, time.Hour))
+	_, found, err := b.cache.Get(ctx, "sim-fast", key)
+	require.NoError(t, err)
+	require.True(t, found, "the late store is in the shared cache")
+
+	require.Equal(t, httpapi.CacheMiss, deterministicInfer(t, tc.nodes[2], "purged question", nil).header.Get("X-Shoal-Cache"),
+		"an answer from before the purge was served after it")
+}

@@ -23,7 +23,7 @@ func (n *Node) wireRequestPath() {
 	})
 	rc := respcache.Config{
 		Node: n.cfg.NodeName, Store: n.cache, Settings: n.cacheSettings, Observer: metricsGlue{n.metrics}, LockLease: n.cfg.Tuning.CacheLockLease,
-		Logger: n.logger, Generation: n.cacheGeneration,
+		Logger: n.logger, Generation: n.cacheGeneration, Epoch: n.cacheEpoch,
 	}
 	if n.cache.Backend() == dcache.BackendOlric {
 		// A local store is in this process already; only a shared one
@@ -53,6 +53,9 @@ func (n *Node) cacheSettings() (ttl time.Duration, lower bool) {
 // cacheGeneration is the cluster's count of cache purges as this node has
 // applied them; near answers live within one generation.
 func (n *Node) cacheGeneration() uint64 { return n.store.State().CacheGeneration }
+
+// cacheEpoch is how many purges apply to model's cached answers.
+func (n *Node) cacheEpoch(model string) uint64 { return n.store.State().CacheEpoch(model) }
 
 // scopeGlue partitions the response cache per cache.scope.
 type scopeGlue struct{ n *Node }

@@ -64,6 +64,11 @@ type Config struct {
 	// node learns when it applies the purge from Raft; near answers are
 	// kept only within the generation they were taken in. nil: always 0.
 	Generation func() uint64
+	// Epoch returns how many purges apply to a model's answers
+	// (consensus.State.CacheEpoch); keys carry it, so a purge puts every
+	// earlier answer out of reach even where the store's own purge missed
+	// one. nil: always 0.
+	Epoch func(model string) uint64
 }
 
 // Cache looks answers up, stores them and coalesces identical misses.
@@ -130,6 +135,9 @@ func (c *Cache) Key(in KeyInput) (string, bool) {
 		return "", false
 	}
 	_, lower := c.cfg.Settings()
+	if c.cfg.Epoch != nil {
+		in.Epoch = c.cfg.Epoch(in.Model)
+	}
 	return Key(in, lower)
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"math"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -73,6 +74,11 @@ type KeyInput struct {
 	// Scope partitions the cache: requests of different scopes never
 	// share an answer ("" is the whole cluster).
 	Scope string
+	// Epoch is how many purges apply to the model's answers
+	// (consensus.State.CacheEpoch): a purge moves it on, which puts every
+	// answer keyed before out of reach, whatever the store still holds.
+	// Keys of epoch 0 are those of nodes older than epochs.
+	Epoch uint64
 }
 
 // normalSpaced reports whether s is ASCII whose only whitespace is single
@@ -156,9 +162,14 @@ func Key(in KeyInput, lower bool) (key string, ok bool) {
 	for _, s := range p.Stop {
 		field(s)
 	}
-	// On the stack, then one allocation for the string.
+	// On the stack, then one allocation for the string. The epoch is
+	// appended rather than hashed, so an operator can tell keys apart.
 	var sum [sha256.Size]byte
-	var out [2 * sha256.Size]byte
-	hex.Encode(out[:], h.Sum(sum[:0]))
-	return string(out[:]), true
+	var out [2*sha256.Size + 1 + 20]byte
+	n := hex.Encode(out[:], h.Sum(sum[:0]))
+	if in.Epoch > 0 {
+		out[n] = '.'
+		n += 1 + len(strconv.AppendUint(out[n+1:n+1], in.Epoch, 10))
+	}
+	return string(out[:n]), true
 }

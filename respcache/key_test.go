@@ -1,7 +1,10 @@
 package respcache
 
 import (
+	"context"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/shoal-dev/shoal/scheduler"
 	"github.com/stretchr/testify/require"
@@ -120,4 +123,50 @@ func TestScopesNeverShareAKey(t *testing.T) {
 	a, b := base(), base()
 	a.Scope, b.Scope = "tenant:acme", "tenant:globex"
 	require.NotEqual(t, mustKey(t, a, false), mustKey(t, b, false))
+}
+
+func TestEachEpochHasItsOwnKeys(t *testing.T) {
+	in := base()
+	k0 := mustKey(t, in, false)
+	require.Len(t, k0, 64, "epoch 0 keys are the keys of nodes older than epochs")
+	seen := map[string]bool{k0: true}
+	for _, e := range []uint64{1, 2, 10, 1<<64 - 1} {
+		in.Epoch = e
+		k := mustKey(t, in, false)
+		require.False(t, seen[k], "epoch %d reuses a key", e)
+		require.Equal(t, k0, k[:64], "the epoch is appended to the same hash")
+		seen[k] = true
+	}
+}
+
+// The cache asks for the model's epoch on every key, so a purge (which
+// moves the epoch on) puts answers stored before it out of reach even when
+// the store still holds them.
+func TestAnAnswerStoredUnderAnEarlierEpochIsOutOfReach(t *testing.T) {
+	var epoch atomic.Uint64
+	c, _ := newLocal(t, Config{Settings: func() (time.Duration, bool) { return time.Hour, false },
+		Epoch: func(model string) uint64 {
+			if model == "m" {
+				return epoch.Load()
+			}
+			return 0
+		}})
+	ctx := context.Background()
+	in := base()
+	key, ok := c.Key(in)
+	require.True(t, ok)
+	c.Store("m", key, []scheduler.Result{{Text: "before"}})
+	require.Eventually(t, func() bool { _, ok := c.Lookup(ctx, "m", key); return ok }, 5*time.Second, time.Millisecond)
+
+	epoch.Store(1)
+	again, ok := c.Key(in)
+	require.True(t, ok)
+	require.NotEqual(t, key, again)
+	_, hit := c.Lookup(ctx, "m", again)
+	require.False(t, hit, "the answer stored before the purge was found after it")
+	other := base()
+	other.Model = "n"
+	k1, _ := c.Key(other)
+	k2, _ := Key(other, false)
+	require.Equal(t, k2, k1, "another model's keys do not move")
 }
