@@ -103,7 +103,12 @@ func startNode(t testing.TB, cfg Config) *Gossip {
 }
 
 // startCluster starts n nodes named n0..n{n-1}, lets edit adjust each
-// config, joins all to n0, and waits until every node sees all n alive.
+// config, joins each to all started before it, and waits until every node
+// sees all n alive. Joining every earlier node (as `shoal node join` with
+// several addresses does) makes each of them learn the newcomer from a
+// push-pull of its own: joined to n0 alone, a node that missed the UDP
+// gossip about a newcomer (dropped on a loaded machine) learnt of it only
+// at the next push-pull, 30 s away, past waitTimeout.
 func startCluster(t testing.TB, n int, edit func(i int, cfg *Config)) []*Gossip {
 	t.Helper()
 	nodes := make([]*Gossip, n)
@@ -114,18 +119,22 @@ func startCluster(t testing.TB, n int, edit func(i int, cfg *Config)) []*Gossip 
 		}
 		nodes[i] = startNode(t, cfg)
 	}
-	for _, g := range nodes[1:] {
-		mustJoin(t, g, nodes[0])
+	for i, g := range nodes[1:] {
+		mustJoin(t, g, nodes[:i+1]...)
 	}
 	waitAllAlive(t, nodes)
 	return nodes
 }
 
-func mustJoin(t testing.TB, g, to *Gossip) {
+func mustJoin(t testing.TB, g *Gossip, to ...*Gossip) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
-	_, err := g.Join(ctx, []string{to.LocalAddr()})
+	addrs := make([]string, len(to))
+	for i, peer := range to {
+		addrs[i] = peer.LocalAddr()
+	}
+	_, err := g.Join(ctx, addrs)
 	require.NoError(t, err)
 }
 
