@@ -43,7 +43,8 @@ bench:
 # the openai backend's fasthttp client prototype built by -tags
 # shoal_fasthttp, sim, cache hit on the local and the Olric backend,
 # forwarding hop), next to a fixed-answer server on each stack (the
-# cache-hit ceiling), in one table. Uses nginx,
+# cache-hit ceiling; also net/http's handler on fasthttp's server through
+# fasthttpadaptor), in one table. Uses nginx,
 # haproxy and wrk where installed (apt-get install -y nginx haproxy wrk).
 GATEWAY_BENCH_FLAGS ?=
 bench-gateway: build

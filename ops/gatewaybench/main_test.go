@@ -70,6 +70,7 @@ func TestStackRowsAnswerTheFixedCompletion(t *testing.T) {
 		"default proxy":  func() (string, func(), error) { return startGoProxy(up.URL) },
 		"fasthttp fixed": startFastFixed,
 		"net/http fixed": startNetFixed,
+		"adaptor fixed":  startAdaptorFixed,
 	}
 	for name, start := range starts {
 		t.Run(name, func(t *testing.T) {

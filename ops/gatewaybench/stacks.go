@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
 )
 
 // serveFast serves h on a fresh loopback port with the same read, write and
@@ -161,9 +162,22 @@ func startFastFixed() (string, func(), error) {
 // startNetFixed is startFastFixed on net/http: the ceiling of the present
 // front for a cache hit.
 func startNetFixed() (string, func(), error) {
+	return serveNet(netFixedHandler())
+}
+
+// startAdaptorFixed serves startNetFixed's http.Handler from a fasthttp
+// server through fasthttpadaptor: the ceiling of a fasthttp front that
+// keeps shoal's handlers and middleware as they are, which is the only
+// fasthttp front that would not be a rewrite of every handler.
+func startAdaptorFixed() (string, func(), error) {
+	return serveFast(fasthttpadaptor.NewFastHTTPHandler(netFixedHandler()))
+}
+
+// netFixedHandler reads the body and answers the fixed completion.
+func netFixedHandler() http.Handler {
 	ctype := []string{"application/json"}
 	bufs := sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}
-	return serveNet(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b := bufs.Get().(*[]byte)
 		n, err := io.ReadFull(r.Body, *b)
 		bufs.Put(b)
@@ -173,7 +187,7 @@ func startNetFixed() (string, func(), error) {
 		}
 		w.Header()["Content-Type"] = ctype
 		_, _ = io.WriteString(w, answer)
-	}))
+	})
 }
 
 // stackTarget starts one of the rows above, or marks it skipped.
