@@ -288,7 +288,7 @@ func (g *Gossip) localState(now time.Time) []byte {
 		if len(entries) >= maxStateEntries {
 			break
 		}
-		if !p.known || p.loadUpdated.IsZero() || (p.state != StateAlive && p.state != StateSuspect) {
+		if !p.known || p.loadUpdated.IsZero() || !p.state.Listed() {
 			continue
 		}
 		entries = append(entries, loadEntry{Name: p.name, Load: p.load, Interval: p.loadInterval, Age: now.Sub(p.loadUpdated)})
@@ -316,7 +316,7 @@ type target struct {
 func (g *Gossip) targetsLocked() []target {
 	out := make([]target, 0, len(g.peers))
 	for _, p := range g.peers {
-		if p.known && (p.state == StateAlive || p.state == StateSuspect) {
+		if p.known && p.state.Listed() {
 			out = append(out, target{name: p.name, node: p.node, peer: p})
 		}
 	}

@@ -541,3 +541,11 @@ func TestServesReadsLivePeersLoads(t *testing.T) {
 	require.False(t, nodes[0].Serves("other"))
 	require.False(t, nodes[1].Serves("m"), "its own load is not a peer's")
 }
+
+// Listed is what purges, breaker cleanup and pulls count as possibly up:
+// alive and suspect members, never dead or left ones.
+func TestListedStates(t *testing.T) {
+	for s, want := range map[State]bool{StateAlive: true, StateSuspect: true, StateDead: false, StateLeft: false} {
+		require.Equal(t, want, s.Listed(), s.String())
+	}
+}

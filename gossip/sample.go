@@ -191,7 +191,7 @@ func (g *Gossip) takePullsLocked(now time.Time, n int) bool {
 func (g *Gossip) answerPull(from string) {
 	g.mu.Lock()
 	p, ok := g.peers[from]
-	if !ok || !p.known || g.left || g.closed || (p.state != StateAlive && p.state != StateSuspect) {
+	if !ok || !p.known || g.left || g.closed || !p.state.Listed() {
 		g.mu.Unlock()
 		return
 	}

@@ -138,6 +138,10 @@ const (
 	StateLeft
 )
 
+// Listed reports whether memberlist still lists the member (alive or
+// suspect): it may be up and answering, though only an alive one gets work.
+func (s State) Listed() bool { return s == StateAlive || s == StateSuspect }
+
 // String returns the lower-case state name.
 func (s State) String() string {
 	switch s {

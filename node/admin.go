@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/consensus"
-	"github.com/shoal-dev/shoal/gossip"
 	opsadmin "github.com/shoal-dev/shoal/ops/admin"
 	"github.com/shoal-dev/shoal/ops/adminapi"
 )
@@ -172,7 +171,7 @@ func (n *Node) pruneDepartedBreakers(ctx context.Context) {
 		present[s.ID] = true
 	}
 	for _, m := range n.gossip.Members() {
-		if m.State == gossip.StateAlive || m.State == gossip.StateSuspect {
+		if m.State.Listed() {
 			present[m.Name] = true
 		}
 	}

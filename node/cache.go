@@ -14,7 +14,6 @@ import (
 
 	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/dcache"
-	"github.com/shoal-dev/shoal/gossip"
 	"github.com/shoal-dev/shoal/ops"
 	"github.com/shoal-dev/shoal/peer"
 )
@@ -208,7 +207,7 @@ func (n *Node) awaitGeneration(ctx context.Context, gen uint64) []string {
 		// A suspect member may be alive and answering (a loaded box
 		// misses probes): it is asked too, and named if it does not
 		// confirm. Only members gossip has seen leave or die are not.
-		if m.Name == n.cfg.NodeName || m.Meta.RaftAddr == "" || m.State != gossip.StateAlive && m.State != gossip.StateSuspect {
+		if m.Name == n.cfg.NodeName || m.Meta.RaftAddr == "" || !m.State.Listed() {
 			continue
 		}
 		wg.Add(1)
