@@ -49,9 +49,12 @@ type Request struct {
 	KeyHash   string
 	KeyHashed bool
 
-	// The response-cache key, once API.cacheKey has computed it.
-	cacheKey         string
-	cacheable, keyed bool
+	// The response-cache key and what it was computed under, once
+	// API.cacheKey has computed it (keyed).
+	keyMemo memoKey
+	keyed   bool
+	// memo is the request memo's entry this request was copied from.
+	memo *reqMemoEntry
 }
 
 // TokenCharge is a request's up-front charge to token-per-minute rules.

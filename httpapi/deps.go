@@ -29,6 +29,9 @@ type Limiter interface {
 // Cache is the response cache (*respcache.Cache).
 type Cache interface {
 	Key(in respcache.KeyInput) (key string, ok bool)
+	// KeyStamp changes whenever Key may give another key for an input of
+	// model it was given before (a purge, a setting).
+	KeyStamp(model string) uint64
 	Lookup(ctx context.Context, model, key string) ([]scheduler.Result, bool)
 	Store(model, key string, results []scheduler.Result)
 	Coalesce(ctx context.Context, model, key string, store bool, compute respcache.Compute) ([]scheduler.Result, error)

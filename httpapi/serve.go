@@ -43,6 +43,7 @@ func (a *API) Register(mux *http.ServeMux) {
 type decoder func([]byte) (*Request, error)
 
 func (a *API) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerFunc {
+	memo := newReqMemo()
 	return func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		a.cfg.Metrics.InFlight(1)
@@ -67,10 +68,17 @@ func (a *API) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 			fail(aerr)
 			return
 		}
-		req, err := decode(body)
-		if err != nil {
-			fail(err)
-			return
+		req, memoed := memo.get(body)
+		// decoded is the request as its body gave it, before the headers,
+		// the limiter and the cache key change it: what the memo keeps.
+		var decoded Request
+		if memoed == nil {
+			var err error
+			if req, err = decode(body); err != nil {
+				fail(err)
+				return
+			}
+			decoded = *req
 		}
 		model = req.Model
 		if hp := r.Header.Get("X-Shoal-Priority"); hp != "" {
@@ -106,6 +114,10 @@ func (a *API) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 			// The receiving node looks the answer up, so a hit costs no hop.
 			if a.answerFromCache(r.Context(), deadline, w, r, req) {
 				status = http.StatusOK
+				if memoed == nil {
+					// A body answered from the cache is likely asked again.
+					memo.put(body, &decoded, req.keyMemo)
+				}
 				return
 			}
 		}
@@ -118,11 +130,27 @@ func (a *API) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 // cacheKey is req's response-cache key, computed once per request (the
 // lookup and the store both need it) and only when asked for.
 func (a *API) cacheKey(r *http.Request, req *Request) (string, bool) {
-	if !req.keyed {
-		req.cacheKey, req.cacheable = a.cfg.Cache.Key(req.cacheInput(a.cfg.Scoper.CacheScope(r, req)))
-		req.keyed = true
+	if req.keyed {
+		return req.keyMemo.key, req.keyMemo.cacheable
 	}
-	return req.cacheKey, req.cacheable
+	k := &req.keyMemo
+	k.scope = a.cfg.Scoper.CacheScope(r, req)
+	// The stamp is read before the key is computed: a purge in between
+	// leaves the memo with a stamp older than its key, so the next
+	// request computes the key again rather than keep a stale one.
+	k.stamp = a.cfg.Cache.KeyStamp(req.Model)
+	var ok bool
+	if req.memo != nil {
+		k.key, k.cacheable, ok = req.memo.cachedKey(k.scope, k.stamp)
+	}
+	if !ok {
+		k.key, k.cacheable = a.cfg.Cache.Key(req.cacheInput(k.scope))
+		if req.memo != nil {
+			req.memo.key.Store(&memoKey{scope: k.scope, stamp: k.stamp, key: k.key, cacheable: k.cacheable})
+		}
+	}
+	req.keyed = true
+	return k.key, k.cacheable
 }
 
 // answerFromCache serves a cached answer when the request allows it and one

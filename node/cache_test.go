@@ -10,6 +10,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -527,3 +529,89 @@ func TestPurgeEndsNearAnswersInEverySecurityMode(t *testing.T) {
 		})
 	}
 }
+
+// A body answered from the cache keeps its decoded request and key in the
+// node's request memo; turning lowercasing on must still give it the
+// lowercased key, not the one memoized before.
+func TestCacheLowercaseAppliesToABodyAskedBefore(t *testing.T) {
+	nd := mustNewCluster(t, 1, nil).nodes[0]
+	ctx := context.Background()
+	const input = "Mixed Case Question"
+	require.Equal(t, httpapi.CacheMiss, deterministicInfer(t, nd, input, nil).header.Get("X-Shoal-Cache"))
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, httpapi.CacheHit, deterministicInfer(c, nd, input, nil).header.Get("X-Shoal-Cache"))
+	}, 5*time.Second, 10*time.Millisecond, "the first answer was never stored")
+	// Asked again, so it is answered from the memo's copy.
+	require.Equal(t, httpapi.CacheHit, deterministicInfer(t, nd, input, nil).header.Get("X-Shoal-Cache"))
+
+	require.NoError(t, nd.applyCommand(ctx, consensus.SetCacheSettings{Settings: consensus.CacheSettings{
+		Enabled: true, DefaultTTL: time.Hour, Lowercase: true}}))
+	require.Eventually(t, func() bool {
+		_, lower := nd.cacheSettings()
+		return lower
+	}, 10*time.Second, 10*time.Millisecond)
+	// Only the case-keeping key holds an answer, so the lowercased one misses.
+	require.Equal(t, httpapi.CacheMiss, deterministicInfer(t, nd, input, nil).header.Get("X-Shoal-Cache"),
+		"the key memoized before lowercasing was turned on answered")
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, httpapi.CacheHit, deterministicInfer(c, nd, "mixed case question", nil).header.Get("X-Shoal-Cache"))
+	}, 5*time.Second, 10*time.Millisecond, "the lowercased answer was never stored")
+}
+
+// Requests of one memoized body share its decoded request's slices; under
+// the race detector, hits, bypasses and priorities mixed on the same body
+// show that no request writes into what another reads.
+func TestOneBodyUnderMixedHeadersSharesNothingWritable(t *testing.T) {
+	nd := mustNewCluster(t, 1, nil).nodes[0]
+	const input = "asked by everyone"
+	require.Equal(t, httpapi.CacheMiss, deterministicInfer(t, nd, input, nil).header.Get("X-Shoal-Cache"))
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, httpapi.CacheHit, deterministicInfer(c, nd, input, nil).header.Get("X-Shoal-Cache"))
+	}, 5*time.Second, 10*time.Millisecond, "the first answer was never stored")
+	want := outputText(t, deterministicInfer(t, nd, input, nil).body)
+
+	headers := []map[string]string{
+		nil,
+		{"X-Shoal-Priority": "high"},
+		{"X-Shoal-Priority": "low", "Authorization": "Bearer sk-anyone-at-all-000000"},
+		{"Cache-Control": "no-cache"},
+		{"Cache-Control": "no-store", "X-Shoal-Timeout": "5s"},
+	}
+	var wg sync.WaitGroup
+	errs := make(chan string, 4*25+4)
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 25 {
+				h := headers[(g+i)%len(headers)]
+				res := deterministicInfer(goroutineT{errs}, nd, input, h)
+				wantCache := httpapi.CacheHit
+				if h["Cache-Control"] == "no-cache" {
+					wantCache = httpapi.CacheBypass
+				}
+				got := res.header.Get("X-Shoal-Cache")
+				switch {
+				case res.status != http.StatusOK:
+					errs <- fmt.Sprintf("%v: status %d %s", h, res.status, res.body)
+				case h["Cache-Control"] != "no-store" && got != wantCache:
+					errs <- fmt.Sprintf("%v: X-Shoal-Cache %q, want %q", h, got, wantCache)
+				case !strings.Contains(string(res.body), want):
+					errs <- fmt.Sprintf("%v: answer %s, want the text %q", h, res.body, want)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+}
+
+// goroutineT lets require's helpers run off the test's goroutine: a failure
+// is sent to errs and ends only the calling goroutine.
+type goroutineT struct{ errs chan<- string }
+
+func (g goroutineT) Errorf(format string, args ...any) { g.errs <- fmt.Sprintf(format, args...) }
+func (g goroutineT) FailNow()                          { runtime.Goexit() }

@@ -141,6 +141,26 @@ func (c *Cache) Key(in KeyInput) (string, bool) {
 	return Key(in, lower)
 }
 
+// KeyStamp changes whenever Key may give another key for an input of
+// model it was given before: a purge of model's answers (its epoch), the
+// lowercasing setting, or the cache going off. Callers may keep a key
+// for as long as the stamp is unchanged.
+func (c *Cache) KeyStamp(model string) uint64 {
+	if c.off() {
+		return 0
+	}
+	_, lower := c.cfg.Settings()
+	var epoch uint64
+	if c.cfg.Epoch != nil {
+		epoch = c.cfg.Epoch(model)
+	}
+	s := epoch<<2 | 2
+	if lower {
+		s |= 1
+	}
+	return s
+}
+
 // Lookup returns a stored answer; any cache error is a miss, so a slow or
 // broken cache never fails a request. The results may be shared with other
 // requests: callers must not modify them.
