@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -263,6 +264,15 @@ func TestStatefulSet(t *testing.T) {
 	// Resources: the HPA's utilisation targets need requests.
 	require.False(t, c.Resources.Requests.Cpu().IsZero())
 	require.False(t, c.Resources.Requests.Memory().IsZero())
+
+	// The Go heap is bounded below the container's memory limit.
+	limit := c.Resources.Limits.Memory()
+	require.False(t, limit.IsZero(), "a memory limit")
+	i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "GOMEMLIMIT" })
+	require.GreaterOrEqual(t, i, 0, "GOMEMLIMIT is set")
+	soft := goMemLimit(t, c.Env[i].Value)
+	require.Greater(t, soft, limit.Value()*3/4, "GOMEMLIMIT %s wastes the limit %s", c.Env[i].Value, limit)
+	require.Less(t, soft, limit.Value()*15/16, "GOMEMLIMIT %s leaves no room below the limit %s", c.Env[i].Value, limit)
 	require.Equal(t, "shoal:dev", c.Image)
 }
 
@@ -438,4 +448,16 @@ func FuzzDecodeStrict(f *testing.F) {
 			}
 		}
 	})
+}
+
+// goMemLimit parses a GOMEMLIMIT value as the Go runtime does: an integer
+// with an optional B, KiB, MiB, GiB or TiB suffix.
+func goMemLimit(t *testing.T, v string) int64 {
+	t.Helper()
+	m := regexp.MustCompile(`^([0-9]+)(B|KiB|MiB|GiB|TiB)?$`).FindStringSubmatch(v)
+	require.NotNil(t, m, "GOMEMLIMIT %q is not a size the Go runtime reads", v)
+	n, err := strconv.ParseInt(m[1], 10, 64)
+	require.NoError(t, err)
+	shift := map[string]uint{"": 0, "B": 0, "KiB": 10, "MiB": 20, "GiB": 30, "TiB": 40}[m[2]]
+	return n << shift
 }
