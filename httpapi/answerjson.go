@@ -57,6 +57,15 @@ func appendChatAnswer(dst []byte, a *chatAnswer) []byte {
 
 const hexDigits = "0123456789abcdef"
 
+// jsonSafe marks the ASCII bytes appendJSONString copies as they are: one
+// table load per byte instead of six comparisons.
+var jsonSafe = func() (t [utf8.RuneSelf]bool) {
+	for b := range t {
+		t[b] = b >= 0x20 && b != '"' && b != '\\' && b != '<' && b != '>' && b != '&'
+	}
+	return t
+}()
+
 // appendJSONString appends s as encoding/json quotes it with HTML escaping: <, > and & as
 // \u003c, \u003e and \u0026, control characters escaped, invalid UTF-8 as \ufffd, and U+2028
 // and U+2029 escaped for JavaScript.
@@ -66,7 +75,7 @@ func appendJSONString(dst []byte, s string) []byte {
 	for i := 0; i < len(s); {
 		b := s[i]
 		if b < utf8.RuneSelf {
-			if b >= 0x20 && b != '"' && b != '\\' && b != '<' && b != '>' && b != '&' {
+			if jsonSafe[b] {
 				i++
 				continue
 			}

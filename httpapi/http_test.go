@@ -1,8 +1,11 @@
 package httpapi
 
 import (
+	"context"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -52,4 +55,35 @@ func FuzzChooseEncoding(f *testing.F) {
 			t.Fatalf("chooseEncoding(%q) = %q, which the header never names", h, got)
 		}
 	})
+}
+
+// The middleware's context carries the request's info in the same
+// allocation; contexts derived from it must still be cancelled with the
+// client's, and without a goroutine each (as context.WithValue's are).
+func TestInfoContextKeepsCancellation(t *testing.T) {
+	parent, cancel := context.WithCancel(context.Background())
+	ctx := &infoCtx{Context: parent, info: reqInfo{id: "abc"}}
+	require.Equal(t, "abc", requestID(ctx))
+	type other struct{}
+	outer := context.WithValue(ctx, other{}, 1)
+	require.Equal(t, "abc", requestID(outer), "the info is found through a context derived from it")
+	require.Equal(t, 1, outer.Value(other{}))
+
+	before := runtime.NumGoroutine()
+	children := make([]context.Context, 100)
+	for i := range children {
+		c, stop := context.WithTimeout(ctx, time.Hour)
+		defer stop()
+		children[i] = c
+	}
+	require.LessOrEqual(t, runtime.NumGoroutine(), before+2, "each derived context started a goroutine to watch its parent")
+	cancel()
+	for _, c := range children {
+		select {
+		case <-c.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatal("a derived context outlived the client's")
+		}
+		require.ErrorIs(t, c.Err(), context.Canceled)
+	}
 }

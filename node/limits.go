@@ -158,7 +158,7 @@ func (a admitter) Admit(ctx context.Context, w http.ResponseWriter, r *http.Requ
 // in a later window than it was admitted in, keeps the estimate.
 func (a admitter) SettleTokens(ctx context.Context, req *httpapi.Request, used int) {
 	c := req.Charged
-	if used == c.Tokens {
+	if used == c.Tokens || len(c.Rules) == 0 {
 		return
 	}
 	now := time.Now()

@@ -112,10 +112,5 @@ func (g metricsGlue) RouteReason(reason string) { g.m.RouteReason.WithLabelValue
 func (g metricsGlue) ForwardError(node string)  { g.m.ForwardErrors.WithLabelValues(node).Inc() }
 
 func (g metricsGlue) CacheLookup(model string, took time.Duration, hit bool) {
-	g.m.CacheLookupMs.WithLabelValues(model).Observe(float64(took) / float64(time.Millisecond))
-	if hit {
-		g.m.CacheHits.WithLabelValues(model).Inc()
-	} else {
-		g.m.CacheMisses.WithLabelValues(model).Inc()
-	}
+	g.m.ObserveCacheLookup(model, took, hit)
 }

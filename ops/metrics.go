@@ -49,6 +49,7 @@ type Metrics struct {
 	// requestObs caches ObserveRequest's metrics per requestKey.
 	requestObs  sync.Map
 	tokenObs    sync.Map // model label → *tokenObs
+	cacheObs    sync.Map // model label → *cacheObs
 	requestObsN atomic.Int64
 }
 
@@ -224,23 +225,30 @@ type requestObs struct {
 // metrics are still recorded, only without the cache.
 const maxRequestObs = 4096
 
-// ObserveRequest records one answered request. The label-bound metrics are
-// cached per label set: hashing the labels on every request is a cost
-// every request pays.
-func (m *Metrics) ObserveRequest(model, endpoint string, code int, took time.Duration) {
-	k := requestKey{m.ModelLabel(model), endpoint, code}
-	var o *requestObs
-	if v, ok := m.requestObs.Load(k); ok {
-		o = v.(*requestObs)
-	} else {
-		c := strconv.Itoa(code)
-		o = &requestObs{duration: m.RequestDuration.WithLabelValues(k.model, endpoint, c), count: m.Requests.WithLabelValues(k.model, endpoint, c)}
-		if m.requestObsN.Load() < maxRequestObs {
-			if _, loaded := m.requestObs.LoadOrStore(k, o); !loaded {
-				m.requestObsN.Add(1)
-			}
+// cachedObs returns the metrics of label set k from cache, building them
+// once. Hashing the labels on every request is a cost every request pays;
+// past maxRequestObs cached sets the metrics are still recorded, only
+// built each time.
+func cachedObs[K comparable, V any](m *Metrics, cache *sync.Map, k K, build func() V) V {
+	if v, ok := cache.Load(k); ok {
+		return v.(V)
+	}
+	o := build()
+	if m.requestObsN.Load() < maxRequestObs {
+		if _, loaded := cache.LoadOrStore(k, o); !loaded {
+			m.requestObsN.Add(1)
 		}
 	}
+	return o
+}
+
+// ObserveRequest records one answered request.
+func (m *Metrics) ObserveRequest(model, endpoint string, code int, took time.Duration) {
+	k := requestKey{m.ModelLabel(model), endpoint, code}
+	o := cachedObs(m, &m.requestObs, k, func() *requestObs {
+		c := strconv.Itoa(code)
+		return &requestObs{duration: m.RequestDuration.WithLabelValues(k.model, endpoint, c), count: m.Requests.WithLabelValues(k.model, endpoint, c)}
+	})
 	o.duration.Observe(float64(took) / float64(time.Millisecond))
 	o.count.Inc()
 }
@@ -248,18 +256,10 @@ func (m *Metrics) ObserveRequest(model, endpoint string, code int, took time.Dur
 // ObserveTokens records a finished generation.
 func (m *Metrics) ObserveTokens(model string, prompt, completion int, took time.Duration) {
 	model = m.ModelLabel(model)
-	var o *tokenObs
-	if v, ok := m.tokenObs.Load(model); ok {
-		o = v.(*tokenObs)
-	} else {
-		o = &tokenObs{prompt: m.Tokens.WithLabelValues(model, "prompt"), completion: m.Tokens.WithLabelValues(model, "completion"),
+	o := cachedObs(m, &m.tokenObs, model, func() *tokenObs {
+		return &tokenObs{prompt: m.Tokens.WithLabelValues(model, "prompt"), completion: m.Tokens.WithLabelValues(model, "completion"),
 			rate: m.TokensPerSecond.WithLabelValues(model)}
-		if m.requestObsN.Load() < maxRequestObs {
-			if _, loaded := m.tokenObs.LoadOrStore(model, o); !loaded {
-				m.requestObsN.Add(1)
-			}
-		}
-	}
+	})
 	o.prompt.Add(float64(prompt))
 	o.completion.Add(float64(completion))
 	if completion > 0 && took > 0 {
@@ -271,6 +271,27 @@ func (m *Metrics) ObserveTokens(model string, prompt, completion int, took time.
 type tokenObs struct {
 	prompt, completion prometheus.Counter
 	rate               prometheus.Observer
+}
+
+// ObserveCacheLookup records one response-cache lookup.
+func (m *Metrics) ObserveCacheLookup(model string, took time.Duration, hit bool) {
+	model = m.ModelLabel(model)
+	o := cachedObs(m, &m.cacheObs, model, func() *cacheObs {
+		return &cacheObs{took: m.CacheLookupMs.vec.WithLabelValues(model), hits: m.CacheHits.vec.WithLabelValues(model),
+			misses: m.CacheMisses.vec.WithLabelValues(model)}
+	})
+	o.took.Observe(float64(took) / float64(time.Millisecond))
+	if hit {
+		o.hits.Inc()
+	} else {
+		o.misses.Inc()
+	}
+}
+
+// cacheObs are ObserveCacheLookup's metrics of one model, looked up once.
+type cacheObs struct {
+	took         prometheus.Observer
+	hits, misses prometheus.Counter
 }
 
 // CompletionTokens is the number of tokens generated for model so far, as

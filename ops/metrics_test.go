@@ -120,9 +120,8 @@ func TestUnservedModelsShareOneLabel(t *testing.T) {
 	observe := func(model string) {
 		m.ObserveRequest(model, "chat", 404, time.Millisecond)
 		m.ObserveTokens(model, 1, 1, time.Second)
-		m.CacheMisses.WithLabelValues(model).Inc()
-		m.CacheHits.WithLabelValues(model).Inc()
-		m.CacheLookupMs.WithLabelValues(model).Observe(1)
+		m.ObserveCacheLookup(model, time.Millisecond, false)
+		m.ObserveCacheLookup(model, time.Millisecond, true)
 	}
 	observe("m1")
 	observe("first-unknown")
@@ -134,6 +133,9 @@ func TestUnservedModelsShareOneLabel(t *testing.T) {
 	require.Equal(t, 51.0, series(t, m, `inference_requests_total{code="404",endpoint="chat",model="_unknown"}`))
 	require.Equal(t, 1.0, series(t, m, `inference_requests_total{code="404",endpoint="chat",model="m1"}`))
 	require.Equal(t, 51.0, series(t, m, `inference_cache_misses_total{model="_unknown"}`))
+	require.Equal(t, 51.0, series(t, m, `inference_cache_hits_total{model="_unknown"}`))
+	require.Equal(t, 1.0, series(t, m, `inference_cache_hits_total{model="m1"}`))
+	require.Equal(t, 102.0, series(t, m, `inference_cache_lookup_ms_count{model="_unknown"}`))
 	require.NotContains(t, scrape(t, m), "random-")
 
 	// Without a served-models check every name is its own label, as before.
