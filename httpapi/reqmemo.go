@@ -73,13 +73,14 @@ func (m *reqMemo) get(body []byte) (*Request, *reqMemoEntry) {
 }
 
 // put memoizes decoded, the request as body decoded to before anything
-// changed it, and the key req was given under scope and stamp. body must
-// not be modified afterwards.
+// changed it, and the key req was given under scope and stamp. The body is
+// copied: the read buffer's capacity may be twice its length, and the
+// caller keeps its own.
 func (m *reqMemo) put(body []byte, decoded *Request, k memoKey) {
 	if len(body) > reqMemoMaxBody {
 		return
 	}
-	e := &reqMemoEntry{body: body, req: *decoded}
+	e := &reqMemoEntry{body: bytes.Clone(body), req: *decoded}
 	e.req.memo = nil
 	e.key.Store(&k)
 	m.slot(body).Store(e)
