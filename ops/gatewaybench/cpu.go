@@ -69,3 +69,39 @@ func statCPU(path string, pgrp int) time.Duration {
 	}
 	return time.Duration(ut+st) * clockTick
 }
+
+// boxTicks reads the machine's busy and total CPU ticks from /proc/stat's
+// first line (every CPU together); zeros where it cannot be read.
+func boxTicks() (busy, total int64) {
+	raw, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(raw), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0, 0
+	}
+	// user nice system idle iowait irq softirq steal (guest time is
+	// already in user and nice).
+	for i, v := range f[1:min(len(f), 9)] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, 0
+		}
+		total += n
+		if i != 3 && i != 4 {
+			busy += n
+		}
+	}
+	return busy, total
+}
+
+// busyShare is the share of the machine's CPU time that was busy between
+// two boxTicks readings.
+func busyShare(busy0, total0, busy1, total1 int64) float64 {
+	if total1 <= total0 {
+		return 0
+	}
+	return float64(busy1-busy0) / float64(total1-total0)
+}

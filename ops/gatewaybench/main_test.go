@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -52,6 +53,24 @@ func TestCPUTimeCountsThisProcessAndItsGroup(t *testing.T) {
 	}
 	require.Greater(t, cpuTime([]int{0}), before, "200 ms of spinning shows in this process's CPU time")
 	require.Zero(t, cpuTime([]int{1 << 30}), "a group with no process has spent nothing")
+}
+
+func TestBusyShareSeesThisProcessSpin(t *testing.T) {
+	if _, err := os.Stat("/proc/stat"); err != nil {
+		t.Skip("no /proc")
+	}
+	b0, t0 := boxTicks()
+	require.Positive(t, t0)
+	deadline := time.Now().Add(300 * time.Millisecond)
+	for x := 0; time.Now().Before(deadline); x++ {
+		_ = x * x
+	}
+	b1, t1 := boxTicks()
+	share := busyShare(b0, t0, b1, t1)
+	// One spinning thread keeps at least one CPU of runtime.NumCPU busy.
+	require.GreaterOrEqual(t, share, 0.8/float64(runtime.NumCPU()), "busy %.2f", share)
+	require.LessOrEqual(t, share, 1.0)
+	require.Zero(t, busyShare(b1, t1, b1, t1), "no time passed")
 }
 
 // TestStackRowsAnswerTheFixedCompletion starts every in-process row against

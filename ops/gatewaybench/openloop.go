@@ -27,6 +27,11 @@ type openResult struct {
 	requests, errors int64
 	p50, p99, max    time.Duration
 	cpuPerReq        time.Duration
+	// clientPerReq is the load generator's CPU per request; busy is the
+	// share of the whole machine's CPU in use during the round. A p99 of a
+	// round near 1.0 busy is the box's queueing, not only the node's.
+	clientPerReq time.Duration
+	busy         float64
 }
 
 // benchReport is the part of `shoal bench --json` read here.
@@ -106,11 +111,14 @@ func runOpenLoop(o options, dir string, t *openTarget) (openResult, error) {
 	cmd := exec.Command(o.shoal, args...)
 	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
 	before := cpuTime(t.cpuOf)
+	busy0, total0 := boxTicks()
 	start := time.Now()
 	if err := cmd.Run(); err != nil {
 		return openResult{}, fmt.Errorf("shoal bench: %w", err)
 	}
 	spent := cpuTime(t.cpuOf) - before
+	busy1, total1 := boxTicks()
+	client := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	raw, err := os.ReadFile(out)
 	if err != nil {
 		return openResult{}, err
@@ -120,10 +128,12 @@ func runOpenLoop(o options, dir string, t *openTarget) (openResult, error) {
 		return openResult{}, fmt.Errorf("shoal bench report: %w", err)
 	}
 	msDur := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
-	r := openResult{requests: rep.Requests, errors: rep.Errors, p50: msDur(rep.Latency.P50), p99: msDur(rep.Latency.P99), max: msDur(rep.Latency.Max)}
+	r := openResult{requests: rep.Requests, errors: rep.Errors, p50: msDur(rep.Latency.P50), p99: msDur(rep.Latency.P99), max: msDur(rep.Latency.Max),
+		busy: busyShare(busy0, total0, busy1, total1)}
 	// The warmup's requests are served too: spread the CPU over all sent.
 	if sent := float64(rep.Requests) * float64(time.Since(start)) / float64(o.duration); sent > 0 {
 		r.cpuPerReq = time.Duration(float64(spent) / sent)
+		r.clientPerReq = time.Duration(float64(client) / sent)
 	}
 	return r, nil
 }
@@ -138,8 +148,9 @@ func printOpenLoop(w io.Writer, targets []*openTarget, o options) {
 	}
 	fmt.Fprintf(w, "\nshoal bench --rate %.0f, %s per round after %s warmup, unique prompts, %d interleaved rounds (median p99 round shown);\n",
 		o.openRate, o.duration, o.warmup, o.rounds)
-	fmt.Fprintf(w, "latency counts from each request's scheduled send; CPU/req is the serving process's, warmup included\n\n")
-	fmt.Fprintf(w, "%62s %9s %7s %9s %9s %9s %11s %12s\n", "path", "requests", "errors", "p50", "p99", "max", "p99 added", "CPU/req")
+	fmt.Fprintf(w, "latency counts from each request's scheduled send; CPU/req is the serving process's, warmup included;\n")
+	fmt.Fprintf(w, "client is shoal bench's own CPU/req; busy is the machine's CPU in use over the round (near 100%%, the p99 is the box's queueing)\n\n")
+	fmt.Fprintf(w, "%62s %9s %7s %9s %9s %9s %11s %12s %12s %6s\n", "path", "requests", "errors", "p50", "p99", "max", "p99 added", "CPU/req", "client", "busy")
 	base := median(targets[0])
 	for _, t := range targets {
 		m := median(t)
@@ -151,7 +162,8 @@ func printOpenLoop(w io.Writer, targets []*openTarget, o options) {
 		for _, r := range t.results {
 			p99s = append(p99s, ms(r.p99))
 		}
-		fmt.Fprintf(w, "%62s %9d %7d %9s %9s %9s %11s %9.1f us   (p99 by round: %v)\n",
-			t.name, m.requests, m.errors, ms(m.p50), ms(m.p99), ms(m.max), added, float64(m.cpuPerReq)/float64(time.Microsecond), p99s)
+		fmt.Fprintf(w, "%62s %9d %7d %9s %9s %9s %11s %9.1f us %9.1f us %5.0f%%   (p99 by round: %v)\n",
+			t.name, m.requests, m.errors, ms(m.p50), ms(m.p99), ms(m.max), added, float64(m.cpuPerReq)/float64(time.Microsecond),
+			float64(m.clientPerReq)/float64(time.Microsecond), 100*m.busy, p99s)
 	}
 }
