@@ -2,8 +2,9 @@ package httpapi
 
 import (
 	"bytes"
-	"hash/maphash"
 	"sync/atomic"
+
+	"github.com/shoal-dev/shoal/internal/slots"
 )
 
 // A cache hit repeats a body the node has seen, and decoding it was the
@@ -30,8 +31,7 @@ const (
 )
 
 type reqMemo struct {
-	seed  maphash.Seed
-	slots [reqMemoSlots]atomic.Pointer[reqMemoEntry]
+	slots *slots.Table[reqMemoEntry]
 }
 
 // reqMemoEntry is immutable once published except for key, which is
@@ -51,11 +51,9 @@ type memoKey struct {
 	cacheable bool
 }
 
-func newReqMemo() *reqMemo { return &reqMemo{seed: maphash.MakeSeed()} }
+func newReqMemo() *reqMemo { return &reqMemo{slots: slots.New[reqMemoEntry](reqMemoSlots)} }
 
-func (m *reqMemo) slot(body []byte) *atomic.Pointer[reqMemoEntry] {
-	return &m.slots[maphash.Bytes(m.seed, body)%reqMemoSlots]
-}
+func (m *reqMemo) slot(body []byte) *atomic.Pointer[reqMemoEntry] { return m.slots.Bytes(body) }
 
 // get returns a copy of the request decoded from body, and its entry, if
 // body is memoized.

@@ -2,9 +2,9 @@ package respcache
 
 import (
 	"bytes"
-	"hash/maphash"
 	"sync/atomic"
 
+	"github.com/shoal-dev/shoal/internal/slots"
 	"github.com/shoal-dev/shoal/scheduler"
 )
 
@@ -27,8 +27,7 @@ const (
 )
 
 type memo struct {
-	seed  maphash.Seed
-	slots [memoSlots]atomic.Pointer[memoEntry]
+	slots *slots.Table[memoEntry]
 }
 
 // memoEntry is immutable once published; its results are shared by every
@@ -54,11 +53,9 @@ type nearStamp struct {
 	gen   uint64
 }
 
-func newMemo() *memo { return &memo{seed: maphash.MakeSeed()} }
+func newMemo() *memo { return &memo{slots: slots.New[memoEntry](memoSlots)} }
 
-func (m *memo) slot(key string) *atomic.Pointer[memoEntry] {
-	return &m.slots[maphash.String(m.seed, key)%memoSlots]
-}
+func (m *memo) slot(key string) *atomic.Pointer[memoEntry] { return m.slots.String(key) }
 
 // decode returns data's results as decode would, from the memo when it
 // decoded equal bytes for (ns, key) before. ok is false for bytes that do
