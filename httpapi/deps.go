@@ -28,7 +28,8 @@ type Limiter interface {
 
 // Cache is the response cache (*respcache.Cache).
 type Cache interface {
-	Key(in respcache.KeyInput) (key string, ok bool)
+	// Key returns in's key and the stamp it was computed under.
+	Key(in respcache.KeyInput) (key string, stamp uint64, ok bool)
 	// KeyStamp changes whenever Key may give another key for an input of
 	// model it was given before (a purge, a setting).
 	KeyStamp(model string) uint64

@@ -133,23 +133,22 @@ func (a *API) cacheKey(r *http.Request, req *Request) (string, bool) {
 	if req.keyed {
 		return req.keyMemo.key, req.keyMemo.cacheable
 	}
+	req.keyed = true
 	k := &req.keyMemo
 	k.scope = a.cfg.Scoper.CacheScope(r, req)
-	// The stamp is read before the key is computed: a purge in between
-	// leaves the memo with a stamp older than its key, so the next
-	// request computes the key again rather than keep a stale one.
-	k.stamp = a.cfg.Cache.KeyStamp(req.Model)
-	var ok bool
 	if req.memo != nil {
-		k.key, k.cacheable, ok = req.memo.cachedKey(k.scope, k.stamp)
-	}
-	if !ok {
-		k.key, k.cacheable = a.cfg.Cache.Key(req.cacheInput(k.scope))
-		if req.memo != nil {
-			req.memo.key.Store(&memoKey{scope: k.scope, stamp: k.stamp, key: k.key, cacheable: k.cacheable})
+		k.stamp = a.cfg.Cache.KeyStamp(req.Model)
+		if key, cacheable, ok := req.memo.cachedKey(k.scope, k.stamp); ok {
+			k.key, k.cacheable = key, cacheable
+			return key, cacheable
 		}
 	}
-	req.keyed = true
+	// Only the memo needs the stamp before the key; otherwise Key gives
+	// the one it used, read once.
+	k.key, k.stamp, k.cacheable = a.cfg.Cache.Key(req.cacheInput(k.scope))
+	if req.memo != nil {
+		req.memo.key.Store(&memoKey{scope: k.scope, stamp: k.stamp, key: k.key, cacheable: k.cacheable})
+	}
 	return k.key, k.cacheable
 }
 

@@ -128,17 +128,17 @@ func New(cfg Config) *Cache {
 
 func (c *Cache) off() bool { return c.cfg.Store.Backend() == dcache.BackendOff }
 
-// Key is the package's Key with the settings in force; ok is false when
+// Key is the package's Key with the settings in force, and the KeyStamp
+// it was computed under (read once, so the two agree); ok is false when
 // the cache is off or the request is not deterministic.
-func (c *Cache) Key(in KeyInput) (string, bool) {
+func (c *Cache) Key(in KeyInput) (key string, stamp uint64, ok bool) {
 	if c.off() {
-		return "", false
+		return "", 0, false
 	}
-	_, lower := c.cfg.Settings()
-	if c.cfg.Epoch != nil {
-		in.Epoch = c.cfg.Epoch(in.Model)
-	}
-	return Key(in, lower)
+	lower, epoch := c.keyContext(in.Model)
+	in.Epoch = epoch
+	key, ok = Key(in, lower)
+	return key, keyStamp(lower, epoch), ok
 }
 
 // KeyStamp changes whenever Key may give another key for an input of
@@ -149,11 +149,20 @@ func (c *Cache) KeyStamp(model string) uint64 {
 	if c.off() {
 		return 0
 	}
-	_, lower := c.cfg.Settings()
-	var epoch uint64
+	return keyStamp(c.keyContext(model))
+}
+
+// keyContext is what besides its input decides a key of model.
+func (c *Cache) keyContext(model string) (lower bool, epoch uint64) {
+	_, lower = c.cfg.Settings()
 	if c.cfg.Epoch != nil {
 		epoch = c.cfg.Epoch(model)
 	}
+	return lower, epoch
+}
+
+// keyStamp is never 0, the stamp of a cache that is off.
+func keyStamp(lower bool, epoch uint64) uint64 {
 	s := epoch<<2 | 2
 	if lower {
 		s |= 1
