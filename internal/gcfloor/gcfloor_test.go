@@ -1,6 +1,8 @@
 package gcfloor
 
 import (
+	"os"
+	"os/exec"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
@@ -67,34 +69,80 @@ func churn(total int) {
 	sink = nil
 }
 
+// quietGC runs a collection with nothing else allocating, so the live heap
+// the runtime reports is the heap's, not what a starved concurrent mark
+// counted as live while the test allocated beside it (objects allocated
+// during marking are kept by that cycle). On a loaded machine the latter
+// reads tens of MiB for a heap of a few hundred KiB.
+func quietGC() { runtime.GC() }
+
 // collections counts the collections that churning 256 MiB takes.
 func collections() uint64 {
-	runtime.GC()
+	quietGC()
 	before := gcCycles()
 	churn(256 * mib)
 	return gcCycles() - before
 }
 
-func TestFloorCutsCollectionsOfASmallHeap(t *testing.T) {
-	without := collections()
+func TestFloorRaisesTheGoalOfASmallHeapToTheFloor(t *testing.T) {
+	quietGC()
+	without := heapGoal()
 	f, err := Start(Config{Floor: 64 * mib})
 	require.NoError(t, err)
 	defer f.Stop()
 	require.Greater(t, f.Percent(), 100, "a test process's live heap is far below 64 MiB")
+	require.Equal(t, int64(f.Percent()), gogc())
+	t.Logf("heap goal %d MiB without a floor", without/mib)
+	require.Less(t, without, uint64(16*mib))
+
+	// The goal is the floor itself, not a multiple of it: the heap grows
+	// by no more than the floor allows. Each collection's cleanup
+	// recomputes it, including after garbage churn.
+	churn(128 * mib)
+	require.Eventually(t, func() bool {
+		quietGC()
+		return heapGoal() == 64*mib
+	}, 10*time.Second, 10*time.Millisecond, "heap goal with a 64 MiB floor never reached it")
+}
+
+// stwChild names the environment variable under which the collection
+// count test runs its measurement in a child process.
+const stwChild = "GCFLOOR_TEST_STW_CHILD"
+
+// TestFloorCutsCollectionsOfASmallHeap counts real collections with and
+// without the floor. It measures in a child process with every collection
+// stopping the world: a concurrent collector starved of CPU by a loaded
+// machine keeps what is allocated during its long marks, and the counts
+// then measure the machine, not the floor (one measured 2 collections
+// without a floor). With the world stopped the live heap each cycle reports
+// is exact and the pacer's goal is the one the floor sets.
+func TestFloorCutsCollectionsOfASmallHeap(t *testing.T) {
+	if os.Getenv(stwChild) == "" {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestFloorCutsCollectionsOfASmallHeap$", "-test.count=1", "-test.v")
+		godebug := "gcstoptheworld=1"
+		if cur := os.Getenv("GODEBUG"); cur != "" {
+			godebug = cur + "," + godebug
+		}
+		cmd.Env = append(os.Environ(), stwChild+"=1", "GODEBUG="+godebug)
+		out, err := cmd.CombinedOutput()
+		t.Logf("child:\n%s", out)
+		require.NoError(t, err)
+		return
+	}
+	without := collections()
+	f, err := Start(Config{Floor: 64 * mib})
+	require.NoError(t, err)
+	defer f.Stop()
 	with := collections()
 	t.Logf("collections churning 256 MiB: %d without a floor, %d with a 64 MiB floor", without, with)
 	// Without the floor the goal is a few MiB, so 256 MiB of garbage
 	// takes dozens of collections; with it, about 256/64.
 	require.Less(t, with*4, without)
 	require.LessOrEqual(t, with, uint64(12))
-	// The goal is the floor itself, not a multiple of it: the heap grows
-	// by no more than the floor allows.
-	runtime.GC()
-	require.Eventually(t, func() bool { return heapGoal() == 64*mib }, 5*time.Second, 10*time.Millisecond,
-		"heap goal %d with a 64 MiB floor", heapGoal())
 }
 
 func TestFloorStepsAsideForALargeLiveHeap(t *testing.T) {
+	quietGC()
 	f, err := Start(Config{Floor: 32 * mib})
 	require.NoError(t, err)
 	defer f.Stop()
@@ -124,6 +172,7 @@ func TestFloorStepsAsideForALargeLiveHeap(t *testing.T) {
 func TestStopGivesTheConfiguredPercentBack(t *testing.T) {
 	old := debug.SetGCPercent(150)
 	defer debug.SetGCPercent(old)
+	quietGC()
 	f, err := Start(Config{Floor: 64 * mib})
 	require.NoError(t, err)
 	require.Greater(t, gogc(), int64(150))
