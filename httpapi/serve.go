@@ -81,7 +81,7 @@ func (a *API) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 			decoded = *req
 		}
 		model = req.Model
-		if hp := r.Header.Get("X-Shoal-Priority"); hp != "" {
+		if hp := HeaderValue(r.Header, "X-Shoal-Priority"); hp != "" {
 			p, err := parsePriority(hp)
 			if err != nil {
 				fail(err)
@@ -90,7 +90,7 @@ func (a *API) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 			req.Priority = p
 		}
 		timeout := a.cfg.RequestTimeout
-		if ht := r.Header.Get("X-Shoal-Timeout"); ht != "" {
+		if ht := HeaderValue(r.Header, "X-Shoal-Timeout"); ht != "" {
 			d, aerr := parseTimeout(ht)
 			if aerr != nil {
 				fail(aerr)
@@ -99,9 +99,9 @@ func (a *API) handler(endpoint scheduler.Endpoint, decode decoder) http.HandlerF
 			timeout = min(timeout, d)
 		}
 		deadline := start.Add(timeout)
-		forwarded := r.Header.Get(router.HeaderForwarded) != "" && a.cfg.Cluster.TrustedForward(r, body)
+		forwarded := HeaderValue(r.Header, router.HeaderForwarded) != "" && a.cfg.Cluster.TrustedForward(r, body)
 		if !forwarded {
-			r.Header.Del(router.HeaderForwarded)
+			delete(r.Header, router.HeaderForwarded)
 			// Limits are checked where a request enters the cluster. The
 			// limiter bounds its own waits (its lease timeout), and the
 			// cache lookup gets a deadline of its own, so the request's
@@ -156,7 +156,7 @@ func (a *API) cacheKey(r *http.Request, req *Request) (string, bool) {
 // exists, and sets X-Shoal-Cache either way. The lookup ends at the
 // request's deadline or the cache lookup timeout, whichever comes first.
 func (a *API) answerFromCache(ctx context.Context, deadline time.Time, w http.ResponseWriter, r *http.Request, req *Request) bool {
-	pol := respcache.ParsePolicy(r.Header.Get("Cache-Control"))
+	pol := respcache.ParsePolicy(HeaderValue(r.Header, "Cache-Control"))
 	if !pol.Lookup {
 		setCacheHeader(w, CacheBypass)
 		return false
@@ -201,7 +201,7 @@ func (a *API) answerFromCache(ctx context.Context, deadline time.Time, w http.Re
 // open breaker) is retried once on another node while the retry budget
 // allows.
 func (a *API) dispatch(ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request, body []byte, start time.Time) int {
-	if r.Header.Get(router.HeaderForwarded) != "" {
+	if HeaderValue(r.Header, router.HeaderForwarded) != "" {
 		// Only a verified forward reaches here with the header (handler).
 		w.Header()[router.HeaderRoute] = hdrForwarded[:1:1]
 		status, err := a.serve(ctx, w, r, req, start)
@@ -317,7 +317,7 @@ func (a *API) serve(ctx context.Context, w http.ResponseWriter, r *http.Request,
 	// This node now likely holds the prompt's prefix in its KV cache; its
 	// load report tells the other routers.
 	a.cfg.Prefixes.Record(req.Model, promptHashes(req))
-	pol := respcache.ParsePolicy(r.Header.Get("Cache-Control"))
+	pol := respcache.ParsePolicy(HeaderValue(r.Header, "Cache-Control"))
 	// A request that neither looks up nor stores has no use for its key.
 	key, cacheable := "", false
 	if pol.Lookup || pol.Store {
@@ -716,7 +716,7 @@ func setCacheHeader(w http.ResponseWriter, v string) {
 // settles here.
 func (a *API) tokensUsed(ctx context.Context, w http.ResponseWriter, r *http.Request, req *Request, results []scheduler.Result, headerSent bool) {
 	used := sumUsage(results).TotalTokens
-	if r.Header.Get(router.HeaderForwarded) == "" {
+	if HeaderValue(r.Header, router.HeaderForwarded) == "" {
 		a.cfg.Limiter.SettleTokens(ctx, req, used)
 		return
 	}

@@ -90,7 +90,7 @@ func (n *Node) limitPolicy() *consensus.LimitPolicy {
 
 // bearerKey returns the API key of Authorization: Bearer <key>.
 func bearerKey(r *http.Request) string {
-	k, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	k, ok := strings.CutPrefix(httpapi.HeaderValue(r.Header, "Authorization"), "Bearer ")
 	if !ok {
 		return ""
 	}
