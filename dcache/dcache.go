@@ -493,9 +493,12 @@ func (c *Cache) runWrites() {
 		case <-c.stopWrites:
 			return
 		case w := <-c.writes:
-			ctx, cancel := context.WithTimeout(context.Background(), c.cfg.OpTimeout)
-			err := c.Set(ctx, w.ns, w.key, w.val, w.ttl)
-			cancel()
+			// No deadline of its own: every store bounds its set by
+			// OpTimeout already (the olric call leaves at it whatever
+			// Olric does; the local store never blocks), and a second
+			// timer per stored answer was a tenth of the write's
+			// allocations.
+			err := c.Set(context.Background(), w.ns, w.key, w.val, w.ttl)
 			if w.done != nil {
 				w.done(err)
 			}

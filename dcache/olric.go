@@ -135,6 +135,7 @@ type member struct {
 	transport *memberlist.NetTransport
 
 	edmaps sync.Map // name -> olric.DMap (embedded: served by this member's own routing)
+	resp   sync.Map // namespace -> its response DMap in edmaps, found without building the name
 	cdmaps sync.Map // name -> olric.DMap (cluster client: commands run on the key's owner)
 	known  sync.Map // namespaces recorded in metaDMap by this member
 
@@ -607,9 +608,10 @@ func sameRouting(a, b olric.RoutingTable) bool {
 	})
 }
 
-// target is the DMap and key a call reads or writes, for routing it to its owner; zero for
-// calls that visit every member.
-type target struct{ dmap, key string }
+// target is the DMap (prefix and namespace) and key a call reads or writes, for routing it to
+// its owner; zero for calls that visit every member. The DMap's name is kept in its two parts:
+// joining them on every cache lookup and store was an allocation each.
+type target struct{ prefix, ns, key string }
 
 // suspectFor is how long calls for keys owned by a member that left a call unanswered fail at
 // once instead of waiting their bound again. A frozen peer then costs each request path one
@@ -623,7 +625,7 @@ const suspectFor = time.Second
 func call[T any](o *olricStore, ctx context.Context, d time.Duration, verb string, at target, f func(context.Context, *member) (T, error)) (T, error) {
 	var zero T
 	// Formatted only on failure: building "get resp.<model>" on every call cost an allocation.
-	op := opName{verb, at.dmap}
+	op := opName{verb, at.prefix, at.ns}
 	m := o.cur.Load()
 	if m == nil {
 		return zero, fmt.Errorf("%w: %s: %w", ErrUnavailable, op, ErrNotStarted)
@@ -670,14 +672,15 @@ func call[T any](o *olricStore, ctx context.Context, d time.Duration, verb strin
 // owner is the member that owns at's partition by this member's last copy of the routing
 // table, or "" when unknown or this member itself (its own keys never leave the process).
 func (m *member) owner(at target, partitions uint64) string {
-	if at.dmap == "" || partitions == 0 {
+	if at.prefix == "" && at.ns == "" || partitions == 0 {
 		return ""
 	}
 	m.rtMu.Lock()
 	// Olric's partition hash is of the name and key together; streamed, not concatenated.
 	var h xxhash.Digest
 	h.Reset()
-	_, _ = h.WriteString(at.dmap)
+	_, _ = h.WriteString(at.prefix)
+	_, _ = h.WriteString(at.ns)
 	_, _ = h.WriteString(at.key)
 	route, ok := m.lastTable[h.Sum64()%partitions]
 	m.rtMu.Unlock()
@@ -711,13 +714,13 @@ func (o *olricStore) suspected(owner string) bool {
 }
 
 // opName names a call in errors: its verb and DMap.
-type opName struct{ verb, dmap string }
+type opName struct{ verb, prefix, ns string }
 
 func (n opName) String() string {
-	if n.dmap == "" {
+	if n.prefix == "" && n.ns == "" {
 		return n.verb
 	}
-	return n.verb + " " + n.dmap
+	return n.verb + " " + n.prefix + n.ns
 }
 
 // classify maps Olric's errors onto ours. Anything that is not a verdict about the data (not
@@ -753,6 +756,19 @@ func (m *member) dmap(name string) (olric.DMap, error) {
 	return actual.(olric.DMap), nil
 }
 
+// respDMap is namespace ns's response DMap (dmap of respPrefix+ns).
+func (m *member) respDMap(ns string) (olric.DMap, error) {
+	if dm, ok := m.resp.Load(ns); ok {
+		return dm.(olric.DMap), nil
+	}
+	dm, err := m.dmap(respPrefix + ns)
+	if err != nil {
+		return nil, err
+	}
+	m.resp.Store(ns, dm)
+	return dm, nil
+}
+
 // ownerDMap returns name through the cluster client, whose commands run on the key's owner.
 func (m *member) ownerDMap(name string) (olric.DMap, error) {
 	if dm, ok := m.cdmaps.Load(name); ok {
@@ -771,9 +787,8 @@ func (o *olricStore) get(ctx context.Context, ns, key string) ([]byte, bool, err
 		v  []byte
 		ok bool
 	}
-	at := target{respPrefix + ns, key}
-	h, err := call(o, ctx, o.cfg.LookupTimeout, "get", at, func(ctx context.Context, m *member) (hit, error) {
-		dm, err := m.dmap(at.dmap)
+	h, err := call(o, ctx, o.cfg.LookupTimeout, "get", target{respPrefix, ns, key}, func(ctx context.Context, m *member) (hit, error) {
+		dm, err := m.respDMap(ns)
 		if err != nil {
 			return hit{}, err
 		}
@@ -791,11 +806,11 @@ func (o *olricStore) get(ctx context.Context, ns, key string) ([]byte, bool, err
 }
 
 func (o *olricStore) set(ctx context.Context, ns, key string, val []byte, ttl time.Duration) error {
-	_, err := call(o, ctx, o.cfg.OpTimeout, "set", target{respPrefix + ns, key}, func(ctx context.Context, m *member) (struct{}, error) {
+	_, err := call(o, ctx, o.cfg.OpTimeout, "set", target{respPrefix, ns, key}, func(ctx context.Context, m *member) (struct{}, error) {
 		if err := m.register(ctx, ns); err != nil {
 			return struct{}{}, err
 		}
-		dm, err := m.dmap(respPrefix + ns)
+		dm, err := m.respDMap(ns)
 		if err != nil {
 			return struct{}{}, err
 		}
@@ -824,8 +839,8 @@ func (m *member) register(ctx context.Context, ns string) error {
 }
 
 func (o *olricStore) del(ctx context.Context, ns, key string) error {
-	_, err := call(o, ctx, o.cfg.OpTimeout, "delete", target{respPrefix + ns, key}, func(ctx context.Context, m *member) (int, error) {
-		dm, err := m.dmap(respPrefix + ns)
+	_, err := call(o, ctx, o.cfg.OpTimeout, "delete", target{respPrefix, ns, key}, func(ctx context.Context, m *member) (int, error) {
+		dm, err := m.respDMap(ns)
 		if err != nil {
 			return 0, err
 		}
@@ -855,6 +870,7 @@ func (o *olricStore) purge(ctx context.Context, ns string) error {
 			// names no longer served does not leave one behind each.
 			m.edmaps.Delete(respPrefix + n)
 			m.cdmaps.Delete(respPrefix + n)
+			m.resp.Delete(n)
 		}
 		return struct{}{}, nil
 	})
@@ -886,7 +902,7 @@ func (m *member) namespaces(ctx context.Context) ([]string, error) {
 }
 
 func (o *olricStore) incr(ctx context.Context, ns, key string, delta int, ttl time.Duration) (int, error) {
-	return call(o, ctx, o.cfg.OpTimeout, "incr", target{ctrPrefix + ns, key}, func(ctx context.Context, m *member) (int, error) {
+	return call(o, ctx, o.cfg.OpTimeout, "incr", target{ctrPrefix, ns, key}, func(ctx context.Context, m *member) (int, error) {
 		dm, err := m.ownerDMap(ctrPrefix + ns)
 		if err != nil {
 			return 0, err
@@ -917,7 +933,7 @@ func (o *olricStore) expireIfUnset(ctx context.Context, dm olric.DMap, key strin
 }
 
 func (o *olricStore) lock(ctx context.Context, ns, key string, lease time.Duration) (held, error) {
-	lc, err := call(o, ctx, o.cfg.LookupTimeout, "lock", target{lockPrefix + ns, key}, func(ctx context.Context, m *member) (olric.LockContext, error) {
+	lc, err := call(o, ctx, o.cfg.LookupTimeout, "lock", target{lockPrefix, ns, key}, func(ctx context.Context, m *member) (olric.LockContext, error) {
 		dm, err := m.dmap(lockPrefix + ns)
 		if err != nil {
 			return nil, err
@@ -932,13 +948,13 @@ func (o *olricStore) lock(ctx context.Context, ns, key string, lease time.Durati
 	// renewal runs beside a long generation, off any request's path.
 	return held{
 		unlock: func(ctx context.Context) error {
-			_, err := call(o, ctx, o.cfg.LookupTimeout, "unlock", target{lockPrefix + ns, key}, func(ctx context.Context, m *member) (struct{}, error) {
+			_, err := call(o, ctx, o.cfg.LookupTimeout, "unlock", target{lockPrefix, ns, key}, func(ctx context.Context, m *member) (struct{}, error) {
 				return struct{}{}, lc.Unlock(ctx)
 			})
 			return err
 		},
 		renew: func(ctx context.Context, lease time.Duration) error {
-			_, err := call(o, ctx, o.cfg.OpTimeout, "lease", target{lockPrefix + ns, key}, func(ctx context.Context, m *member) (struct{}, error) {
+			_, err := call(o, ctx, o.cfg.OpTimeout, "lease", target{lockPrefix, ns, key}, func(ctx context.Context, m *member) (struct{}, error) {
 				return struct{}{}, lc.Lease(ctx, lease)
 			})
 			return err

@@ -78,6 +78,9 @@ type Cache struct {
 	memo    *memo
 	// nearHits counts lookups answered from memory (Near).
 	nearHits atomic.Int64
+	// stored is logStore bound once: a method value made per store
+	// would be an allocation.
+	stored func(error)
 }
 
 // answer is what the cache stores for a request.
@@ -123,7 +126,9 @@ func New(cfg Config) *Cache {
 	if cfg.Generation == nil {
 		cfg.Generation = func() uint64 { return 0 }
 	}
-	return &Cache{cfg: cfg, memo: newMemo()}
+	c := &Cache{cfg: cfg, memo: newMemo()}
+	c.stored = c.logStore
+	return c
 }
 
 func (c *Cache) off() bool { return c.cfg.Store.Backend() == dcache.BackendOff }
@@ -231,6 +236,13 @@ func (c *Cache) Store(model, key string, results []scheduler.Result) {
 	c.storeAsync(model, key, results, nil)
 }
 
+// logStore is a store's completion when nothing else waits for it.
+func (c *Cache) logStore(err error) {
+	if err != nil {
+		c.cfg.Logger.Debug("cache store", "err", err)
+	}
+}
+
 // storeAsync queues an answer's store; then, when not nil, runs once the
 // write is done or dropped.
 func (c *Cache) storeAsync(model, key string, results []scheduler.Result, then func()) {
@@ -241,14 +253,14 @@ func (c *Cache) storeAsync(model, key string, results []scheduler.Result, then f
 	}
 	data, err := json.Marshal(answer{Results: results, Node: c.cfg.Node, Expires: expires})
 	if err == nil {
-		err = c.cfg.Store.SetAsync(model, key, data, ttl, func(err error) {
-			if err != nil {
-				c.cfg.Logger.Debug("cache store", "err", err)
-			}
-			if then != nil {
+		done := c.stored
+		if then != nil {
+			done = func(err error) {
+				c.logStore(err)
 				then()
 			}
-		})
+		}
+		err = c.cfg.Store.SetAsync(model, key, data, ttl, done)
 	}
 	if err != nil {
 		c.cfg.Logger.Debug("cache store", "err", err)
