@@ -20,6 +20,8 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/olric-data/olric"
 	"github.com/olric-data/olric/config"
+
+	"github.com/shoal-dev/shoal/internal/workers"
 )
 
 // DMap names: one family per kind of data, so purging responses never touches counters.
@@ -110,7 +112,7 @@ type olricStore struct {
 	visible  atomic.Int64
 	inflight atomic.Int64
 	// calls runs the Olric calls (call's f) on reused goroutines.
-	calls *workers
+	calls *workers.Pool
 	// suspects maps a member name to the UnixNano until which calls for its keys fail at once.
 	suspects  sync.Map
 	fastFails atomic.Int64
@@ -145,7 +147,7 @@ type member struct {
 
 func newOlricStore(cfg Config, l *slog.Logger) (*olricStore, error) {
 	o := &olricStore{cfg: cfg, log: l, timing: timingFor(cfg.Network), firstUp: make(chan struct{}), rejoinBackoff: 1,
-		calls: newWorkers(workerIdle)}
+		calls: workers.New(workers.Config{Idle: workerIdle})}
 	o.downSince.Store(time.Now().UnixNano())
 	o.stdlog = newStdLogger(l.With("component", "olric"))
 
@@ -650,7 +652,7 @@ func call[T any](o *olricStore, ctx context.Context, d time.Duration, verb strin
 		err error
 	}
 	done := make(chan result, 1)
-	o.calls.run(func() {
+	o.calls.Go(func() {
 		defer o.inflight.Add(-1)
 		v, err := f(ctx, m)
 		done <- result{v, err}
@@ -1009,7 +1011,7 @@ func (o *olricStore) close(ctx context.Context) error {
 		return nil
 	}
 	o.closed = true
-	o.calls.close()
+	o.calls.Close()
 	if !o.begun {
 		o.begun = true
 		_ = o.reserve.Close()

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/dcache"
+	"github.com/shoal-dev/shoal/internal/workers"
 	"github.com/shoal-dev/shoal/scheduler"
 )
 
@@ -118,6 +119,11 @@ func (a *answerRoom) decode(data []byte) error {
 	return nil
 }
 
+// workerIdle is how long a flight's worker waits for the next flight. A
+// node with steady misses reuses its workers long before; an idle node's
+// exit within seconds.
+const workerIdle = 2 * time.Second
+
 // New returns a Cache over cfg.Store.
 func New(cfg Config) *Cache {
 	if cfg.Logger == nil {
@@ -126,7 +132,7 @@ func New(cfg Config) *Cache {
 	if cfg.Generation == nil {
 		cfg.Generation = func() uint64 { return 0 }
 	}
-	c := &Cache{cfg: cfg, memo: newMemo()}
+	c := &Cache{cfg: cfg, memo: newMemo(), flights: flightGroup{runs: workers.New(workers.Config{Idle: workerIdle})}}
 	c.stored = c.logStore
 	return c
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/dcache"
+	"github.com/shoal-dev/shoal/internal/workers"
 	"github.com/shoal-dev/shoal/scheduler"
 )
 
@@ -155,6 +156,10 @@ func (c *Cache) waitForAnswer(ctx context.Context, model, key string) ([]schedul
 type flightGroup struct {
 	mu    sync.Mutex
 	calls map[string]*flight
+	// runs runs each flight: its run outlives the caller that started it
+	// (the others may still wait), so it is not the caller's goroutine, and
+	// a worker that ran a flight before has the stack a model call needs.
+	runs *workers.Pool
 }
 
 type flight struct {
@@ -178,7 +183,7 @@ func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Contex
 		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		f = &flight{done: make(chan struct{}), cancel: cancel}
 		g.calls[key] = f
-		go func() {
+		g.runs.Go(func() {
 			f.res, f.err = fn(fctx)
 			cancel()
 			g.mu.Lock()
@@ -187,7 +192,7 @@ func (g *flightGroup) do(ctx context.Context, key string, fn func(context.Contex
 			}
 			g.mu.Unlock()
 			close(f.done)
-		}()
+		})
 	}
 	f.waiters++
 	g.mu.Unlock()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/workers"
 )
 
 // modelQueue batches and dispatches one model's tasks.
@@ -17,6 +19,8 @@ type modelQueue struct {
 	cont  ContinuousBackend
 	// slots bounds concurrent batches for a batch backend.
 	slots chan struct{}
+	// exec runs batches, on the scheduler's workers.
+	exec *workers.Pool
 
 	mu       sync.Mutex
 	settings Settings
@@ -109,7 +113,7 @@ func (m *modelQueue) runAlone(t *Task, inline bool) bool {
 	if inline {
 		m.execute(t.alone[:])
 	} else {
-		go m.execute(t.alone[:])
+		m.exec.Go(func() { m.execute(t.alone[:]) })
 	}
 	return true
 }
@@ -154,7 +158,7 @@ func (m *modelQueue) runBatches() {
 		if batch == nil {
 			return
 		}
-		go m.execute(batch)
+		m.exec.Go(func() { m.execute(batch) })
 	}
 }
 

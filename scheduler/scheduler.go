@@ -11,6 +11,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/workers"
 )
 
 // Errors returned by Submit and given to tasks the scheduler finishes itself.
@@ -86,6 +88,9 @@ type Config struct {
 	// slow is ranked like its peers and measured anew instead of being
 	// passed over for good.
 	ServiceMemory time.Duration
+	// WorkerIdle is how long a goroutine that ran a batch waits for the
+	// next one before it exits (default 2s); Drain ends idle ones at once.
+	WorkerIdle time.Duration
 }
 
 // Scheduler owns every model's queue on this node.
@@ -96,7 +101,11 @@ type Scheduler struct {
 	mu       sync.RWMutex
 	models   map[string]*modelQueue
 	draining bool
-	wg       sync.WaitGroup
+	// exec runs every model's batches: a goroutine per batch grew its
+	// stack by copying on each one (a model backend's call runs deep), a
+	// worker keeps the stack it grew.
+	exec *workers.Pool
+	wg   sync.WaitGroup
 }
 
 // New makes an empty scheduler; add models with AddModel.
@@ -110,10 +119,14 @@ func New(cfg Config) *Scheduler {
 	if cfg.AgingAfter == 0 {
 		cfg.AgingAfter = 2 * time.Second
 	}
+	if cfg.WorkerIdle == 0 {
+		cfg.WorkerIdle = 2 * time.Second
+	}
 	if cfg.ServiceMemory == 0 {
 		cfg.ServiceMemory = 10 * time.Second
 	}
-	return &Scheduler{cfg: cfg, logger: cfg.Logger.With("component", "scheduler"), models: map[string]*modelQueue{}}
+	return &Scheduler{cfg: cfg, logger: cfg.Logger.With("component", "scheduler"), models: map[string]*modelQueue{},
+		exec: workers.New(workers.Config{Idle: cfg.WorkerIdle})}
 }
 
 // AddModel starts serving a model. backend is a Backend or a
@@ -131,6 +144,7 @@ func (s *Scheduler) AddModel(name string, backend any, st Settings) error {
 		stop:     make(chan struct{}),
 		obs:      s.cfg.Observer,
 		logger:   s.logger.With("model", name),
+		exec:     s.exec,
 	}
 	switch b := backend.(type) {
 	case ContinuousBackend:
@@ -319,6 +333,7 @@ func (s *Scheduler) close() {
 		m.closeOnce.Do(func() { close(m.stop) })
 	}
 	s.wg.Wait()
+	s.exec.Close()
 	for _, m := range models {
 		m.failQueued(ErrDraining)
 		// Drain may run more than once (a node's Shutdown, then its

@@ -3,6 +3,7 @@ package scheduler_test
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -360,6 +361,35 @@ func TestDrainFinishesQueuedWorkThenRejects(t *testing.T) {
 	require.NoError(t, s.Drain(context.Background()))
 	require.EqualValues(t, 1, be.closed.Load(), "a second drain does not close it again")
 	require.NotContains(t, be.ranPrompts(), "late")
+}
+
+// Batches run on workers that outlive them; a drained scheduler ends them
+// rather than leave them to their idle time (an hour here).
+func TestDrainLeavesNoBatchWorkerBehind(t *testing.T) {
+	before := runtime.NumGoroutine()
+	be := newRecordingBackend(true)
+	s := scheduler.New(scheduler.Config{WorkerIdle: time.Hour})
+	require.NoError(t, s.AddModel("m", be, scheduler.Settings{MaxSize: 1, FlushTimeout: 0, MaxQueue: 100, Slots: 4}))
+	var tasks []*scheduler.Task
+	for _, p := range []string{"a", "b", "c", "d"} {
+		tasks = append(tasks, submit(t, s, p, scheduler.PriorityNormal))
+	}
+	// Four batches at once: four workers.
+	for range tasks {
+		close(nextCall(t, be).release)
+	}
+	for _, task := range tasks {
+		_, err := outcome(t, task)
+		require.NoError(t, err)
+	}
+	require.Greater(t, runtime.NumGoroutine(), before, "idle workers wait for the next batch")
+	require.NoError(t, s.Drain(context.Background()))
+	// Polled here: Eventually would add goroutines of its own.
+	for deadline := time.Now().Add(waitFor); runtime.NumGoroutine() > before; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutines still running after Drain: %d, %d before", runtime.NumGoroutine(), before)
+		}
+	}
 }
 
 func TestDrainTimeoutFailsQueuedWithDraining(t *testing.T) {

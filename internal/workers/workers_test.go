@@ -1,4 +1,4 @@
-package dcache
+package workers
 
 import (
 	"bytes"
@@ -7,16 +7,16 @@ import (
 	"time"
 )
 
-// A job stuck on a hung member must not hold up the next ones.
+// A job stuck on a hung peer must not hold up the next ones.
 func TestWorkersNeverWaitForAStuckOne(t *testing.T) {
-	w := newWorkers(time.Minute)
-	defer w.close()
+	w := New(Config{Idle: time.Minute})
+	defer w.Close()
 	release := make(chan struct{})
 	defer close(release)
-	w.run(func() { <-release })
+	w.Go(func() { <-release })
 	for i := 0; i < 3; i++ {
 		done := make(chan struct{})
-		w.run(func() { close(done) })
+		w.Go(func() { close(done) })
 		select {
 		case <-done:
 		case <-time.After(30 * time.Second):
@@ -28,12 +28,12 @@ func TestWorkersNeverWaitForAStuckOne(t *testing.T) {
 // Jobs run one after another land on a worker that ran an earlier one
 // (that is the point: its stack is already grown).
 func TestWorkersReuseAGoroutine(t *testing.T) {
-	w := newWorkers(time.Minute)
-	defer w.close()
+	w := New(Config{Idle: time.Minute})
+	defer w.Close()
 	seen := map[string]bool{}
 	for i := 0; i < 200; i++ {
 		id := make(chan string, 1)
-		w.run(func() { id <- goroutineID() })
+		w.Go(func() { id <- goroutineID() })
 		g := <-id
 		if seen[g] {
 			return
@@ -41,6 +41,19 @@ func TestWorkersReuseAGoroutine(t *testing.T) {
 		seen[g] = true
 	}
 	t.Fatalf("200 jobs ran on 200 goroutines")
+}
+
+// A job given after Close still runs.
+func TestPoolRunsJobsAfterClose(t *testing.T) {
+	w := New(Config{})
+	w.Close()
+	done := make(chan struct{})
+	w.Go(func() { close(done) })
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("a job given after Close never ran")
+	}
 }
 
 // Idle workers exit on close, and after their idle time without it.
@@ -52,16 +65,16 @@ func TestWorkersExit(t *testing.T) {
 	}{{"on close", time.Hour, true}, {"when idle", 50 * time.Millisecond, false}} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := runtime.NumGoroutine()
-			w := newWorkers(tc.idle)
+			w := New(Config{Idle: tc.idle})
 			done := make(chan struct{}, 4)
 			for i := 0; i < 4; i++ {
-				w.run(func() { done <- struct{}{} })
+				w.Go(func() { done <- struct{}{} })
 			}
 			for i := 0; i < 4; i++ {
 				<-done
 			}
 			if tc.close {
-				w.close()
+				w.Close()
 			}
 			// Polled here: Eventually would add goroutines of its own.
 			for deadline := time.Now().Add(30 * time.Second); runtime.NumGoroutine() > before; time.Sleep(10 * time.Millisecond) {
@@ -69,7 +82,7 @@ func TestWorkersExit(t *testing.T) {
 					t.Fatalf("workers still running: %d goroutines, %d before", runtime.NumGoroutine(), before)
 				}
 			}
-			w.close()
+			w.Close()
 		})
 	}
 }
