@@ -585,6 +585,10 @@ func waitNewLeader(e *env, old *proc) string {
 // freeze SIGSTOPs a follower for d while clients use the others.
 func freeze(e *env, d time.Duration) {
 	victim := e.follower()
+	via := e.others(victim)[0]
+	// The probe's answer is in the shared cache and in the victim's near
+	// cache when it stops.
+	storeProbe(e, victim)
 	e.tg.set(e.others(victim)...)
 	e.loadOn()
 	e.hold(2 * time.Second)
@@ -592,12 +596,19 @@ func freeze(e *env, d time.Duration) {
 		e.fail(err.Error())
 		return
 	}
-	e.hold(d)
+	stopped := time.Now()
+	// A second in, gossip holds the victim suspect, not dead: the purge
+	// asks it to confirm and must not wait on it past its bounds.
+	e.hold(time.Second)
+	purgeWhileFrozen(e, via, victim)
+	e.hold(d - time.Since(stopped))
 	if err := victim.signal(syscall.SIGCONT); err != nil {
 		e.fail(err.Error())
 		return
 	}
-	e.awaitHealth("after SIGCONT", time.Now())
+	if e.awaitHealth("after SIGCONT", time.Now()) {
+		purgeAfterThaw(e, via, victim)
+	}
 	e.tg.set(e.all()...)
 	e.hold(2 * time.Second)
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -14,7 +15,9 @@ import (
 
 	"github.com/shoal-dev/shoal/consensus"
 	"github.com/shoal-dev/shoal/dcache"
+	"github.com/shoal-dev/shoal/gossip"
 	"github.com/shoal-dev/shoal/ops"
+	opsadmin "github.com/shoal-dev/shoal/ops/admin"
 	"github.com/shoal-dev/shoal/peer"
 )
 
@@ -131,6 +134,14 @@ func (n *Node) cacheHitRatio(st dcache.Stats) (ratio float64, ok bool) {
 // after it applied the new generation was read after the purge.
 func (n *Node) purgeCache(ctx context.Context, model string) error {
 	if err := n.cache.Purge(ctx, model); err != nil {
+		if errors.Is(err, dcache.ErrUnavailable) && ctx.Err() == nil {
+			// Olric purges on every member; one that does not answer (a
+			// frozen or cut-off node) fails the whole purge with an error
+			// of Olric's own that names nobody.
+			return &opsadmin.StatusError{Status: http.StatusServiceUnavailable, Code: "cache_unavailable",
+				Msg: fmt.Sprintf("purge cache %q: not every cache member answered%s, so answers may remain; retry once the cluster is healthy: %v",
+					model, n.unwellMembers(), err)}
+		}
 		return fmt.Errorf("purge cache %q: %w", model, err)
 	}
 	if err := n.applyCommand(ctx, consensus.PurgeCache{Model: model}); err != nil {
@@ -143,6 +154,25 @@ func (n *Node) purgeCache(ctx context.Context, model string) error {
 			"which may answer from a near cache for up to cache.near_ttl (%s): %w", model, strings.Join(late, ", "), n.cfg.Cache.NearTTL, context.DeadlineExceeded)
 	}
 	return nil
+}
+
+// unwellMembers names the members gossip does not hold alive, as
+// " (suspect: n2, n3)", or "" when it holds them all alive.
+func (n *Node) unwellMembers() string {
+	if n.gossip == nil {
+		return ""
+	}
+	var names []string
+	for _, m := range n.gossip.Members() {
+		if m.Name != n.cfg.NodeName && m.State != gossip.StateAlive {
+			names = append(names, m.Name+" "+m.State.String())
+		}
+	}
+	if len(names) == 0 {
+		return ""
+	}
+	slices.Sort(names)
+	return " (not alive in gossip: " + strings.Join(names, ", ") + ")"
 }
 
 // cacheGenerationPath is where a node answers, on the peer plane, once it
