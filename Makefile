@@ -7,7 +7,7 @@ LDFLAGS := -s -w -X github.com/shoal-dev/shoal/node.Version=$(VERSION)
 HTTP_ADDR ?= 127.0.0.1:8080
 FUZZTIME ?= 5s
 # Packages with concurrency that CI also runs under the race detector.
-RACE_PKGS ?= ./peer/... ./scheduler/... ./node/... ./httpapi/... ./breaker/... ./respcache/... ./router/... ./consensus/... ./gossip/... ./dcache/... ./engine/... ./ratelimit/... ./ops/...
+RACE_PKGS ?= ./peer/... ./scheduler/... ./node/... ./httpapi/... ./breaker/... ./respcache/... ./router/... ./consensus/... ./gossip/... ./dcache/... ./engine/... ./ratelimit/... ./ops/... ./internal/workers/...
 
 .PHONY: all build build-linux run test test-race bench bench-gateway bench-openloop lint fuzz test-cluster test-chaos test-scale sim docker-image clean
 
