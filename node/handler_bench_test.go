@@ -73,21 +73,8 @@ func BenchmarkHandler(b *testing.B) {
 		// One request and writer reused, so what is counted is shoal's
 		// handler (and, on pass-through, the upstream call) alone.
 		b.Run(tc.name+"-reused", func(b *testing.B) {
-			body := strings.NewReader(tc.body)
-			req := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", body)
-			req.Header.Set("Content-Type", "application/json")
-			if tc.cacheControl != "" {
-				req.Header.Set("Cache-Control", tc.cacheControl)
-			}
-			w := &benchWriter{h: http.Header{}}
-			benchHandler(b, tc.wantCache, func() (int, http.Header) {
-				body.Reset(tc.body)
-				clear(w.h)
-				w.code = 0
-				w.body.Reset()
-				h.ServeHTTP(w, req)
-				return w.code, w.h
-			})
+			call := reusedCaller(h, tc.cacheControl)
+			benchHandler(b, tc.wantCache, func() (int, http.Header) { return call(tc.body) })
 		})
 	}
 }
@@ -112,6 +99,46 @@ func benchHandler(b *testing.B, wantCache string, do func() (int, http.Header)) 
 		}
 	}
 	b.ReportMetric(float64(time.Since(start).Microseconds())/float64(b.N), "us/req")
+}
+
+// reusedCaller serves chat bodies through h with one request and one
+// writer reused across calls, so what a benchmark counts is the handler's
+// own work.
+func reusedCaller(h http.Handler, cacheControl string) func(body string) (int, http.Header) {
+	r := strings.NewReader("")
+	req := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", r)
+	req.Header.Set("Content-Type", "application/json")
+	if cacheControl != "" {
+		req.Header.Set("Cache-Control", cacheControl)
+	}
+	w := &benchWriter{h: http.Header{}}
+	return func(body string) (int, http.Header) {
+		r.Reset(body)
+		req.ContentLength = int64(len(body))
+		clear(w.h)
+		w.code = 0
+		w.body.Reset()
+		h.ServeHTTP(w, req)
+		return w.code, w.h
+	}
+}
+
+// startOlricSimNode starts a node serving the zero-cost sim model "sim0"
+// on the default Olric cache backend, with the near cache for near, and
+// waits for the cache.
+func startOlricSimNode(b *testing.B, near time.Duration) *Node {
+	n := startTestNode(b, func(c *Config) {
+		sim := DefaultModelConfig("sim0", "sim")
+		sim.Sim.Base, sim.Sim.PerItem, sim.Sim.TokenInterval = 0, 0, 0
+		c.Models = []ModelConfig{sim}
+		c.RateLimit.RPM = 0
+		c.Batching.FlushTimeout = 0
+		c.Cache.Backend = "olric"
+		c.Cache.NearTTL = near
+		c.Tuning.Cache = func(dc *dcache.Config) { dc.Network = "local" }
+	})
+	require.Eventually(b, func() bool { return n.cache.Health().Status == dcache.StatusOK }, time.Minute, 20*time.Millisecond)
+	return n
 }
 
 // benchWriter is a ResponseWriter the benchmark reuses across requests.
@@ -142,30 +169,10 @@ func (w *benchWriter) Write(p []byte) (int, error) {
 func BenchmarkOlricCacheHit(b *testing.B) {
 	for _, near := range []time.Duration{time.Second, 0} {
 		b.Run(fmt.Sprintf("near=%s", near), func(b *testing.B) {
-			n := startTestNode(b, func(c *Config) {
-				sim := DefaultModelConfig("sim0", "sim")
-				sim.Sim.Base, sim.Sim.PerItem, sim.Sim.TokenInterval = 0, 0, 0
-				c.Models = []ModelConfig{sim}
-				c.RateLimit.RPM = 0
-				c.Cache.Backend = "olric"
-				c.Cache.NearTTL = near
-				c.Tuning.Cache = func(dc *dcache.Config) { dc.Network = "local" }
-			})
-			require.Eventually(b, func() bool { return n.cache.Health().Status == dcache.StatusOK }, time.Minute, 20*time.Millisecond)
+			n := startOlricSimNode(b, near)
 			const body = `{"model":"sim0","messages":[{"role":"user","content":"Say hello"}],"max_tokens":16,"temperature":0}`
-			r := strings.NewReader(body)
-			req := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", r)
-			req.Header.Set("Content-Type", "application/json")
-			w := &benchWriter{h: http.Header{}}
-			h := n.httpSrv.Handler
-			do := func() (int, http.Header) {
-				r.Reset(body)
-				clear(w.h)
-				w.code = 0
-				w.body.Reset()
-				h.ServeHTTP(w, req)
-				return w.code, w.h
-			}
+			call := reusedCaller(n.httpSrv.Handler, "")
+			do := func() (int, http.Header) { return call(body) }
 			// The answer is stored in the background: wait for the first hit.
 			require.Eventually(b, func() bool {
 				_, hdr := do()
@@ -186,26 +193,12 @@ func BenchmarkOlricCacheHit(b *testing.B) {
 func BenchmarkOlricCacheMissStore(b *testing.B) {
 	for _, store := range []bool{true, false} {
 		b.Run(fmt.Sprintf("store=%v", store), func(b *testing.B) {
-			n := startTestNode(b, func(c *Config) {
-				sim := DefaultModelConfig("sim0", "sim")
-				sim.Sim.Base, sim.Sim.PerItem, sim.Sim.TokenInterval = 0, 0, 0
-				c.Models = []ModelConfig{sim}
-				c.RateLimit.RPM = 0
-				c.Batching.FlushTimeout = 0
-				c.Cache.Backend = "olric"
-				c.Tuning.Cache = func(dc *dcache.Config) { dc.Network = "local" }
-			})
-			require.Eventually(b, func() bool { return n.cache.Health().Status == dcache.StatusOK }, time.Minute, 20*time.Millisecond)
-			h := n.httpSrv.Handler
-			r := strings.NewReader("")
-			req := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", r)
-			req.Header.Set("Content-Type", "application/json")
-			want := "miss"
+			n := startOlricSimNode(b, DefaultConfig().Cache.NearTTL)
+			want, cacheControl := "miss", ""
 			if !store {
-				req.Header.Set("Cache-Control", "no-store")
-				want = "bypass"
+				want, cacheControl = "bypass", "no-store"
 			}
-			w := &benchWriter{h: http.Header{}}
+			call := reusedCaller(n.httpSrv.Handler, cacheControl)
 			var seq int
 			buf := make([]byte, 0, 256)
 			do := func() (int, http.Header) {
@@ -213,12 +206,7 @@ func BenchmarkOlricCacheMissStore(b *testing.B) {
 				buf = append(buf[:0], `{"model":"sim0","messages":[{"role":"user","content":"Say hello `...)
 				buf = strconv.AppendInt(buf, int64(seq), 10)
 				buf = append(buf, `"}],"max_tokens":16,"temperature":0}`...)
-				r.Reset(string(buf))
-				clear(w.h)
-				w.code = 0
-				w.body.Reset()
-				h.ServeHTTP(w, req)
-				return w.code, w.h
+				return call(string(buf))
 			}
 			settled := func() {
 				require.Eventually(b, func() bool { return n.cache.Stats().Queued == 0 }, 10*time.Second, time.Millisecond)
