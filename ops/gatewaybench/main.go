@@ -280,6 +280,7 @@ func run(o options) error {
 		add(olricHit)
 	}
 	add(stackTarget("cache-hit ceiling: net/http server, fixed answer", chat("sim0"), startNetFixed, &stops))
+	add(stackTarget("cache-hit ceiling: net/http server, fixed answer and shoal's headers", chat("sim0"), startNetFixedHeaders, &stops))
 	add(stackTarget("cache-hit ceiling: fasthttp server, fixed answer", chat("sim0"), startFastFixed, &stops))
 	add(stackTarget("cache-hit ceiling: fasthttp server, net/http handler (fasthttpadaptor)", chat("sim0"), startAdaptorFixed, &stops))
 	add(hop)

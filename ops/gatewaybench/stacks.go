@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -171,6 +172,24 @@ func startNetFixed() (string, func(), error) {
 // fasthttp front that would not be a rewrite of every handler.
 func startAdaptorFixed() (string, func(), error) {
 	return serveFast(fasthttpadaptor.NewFastHTTPHandler(netFixedHandler()))
+}
+
+// startNetFixedHeaders is startNetFixed answering with the headers a shoal
+// cache hit carries (a fresh request ID each time, the cache outcome, the
+// node and the route): the ceiling of the present front for shoal's own
+// answer, since net/http clones, sorts and writes every header it is given.
+func startNetFixedHeaders() (string, func(), error) {
+	inner := netFixedHandler()
+	hit, node, route := []string{"hit"}, []string{"gatewaybench"}, []string{"cache"}
+	var seq atomic.Uint64
+	return serveNet(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h["X-Request-Id"] = []string{fmt.Sprintf("%024x", seq.Add(1))}
+		h["X-Shoal-Cache"] = hit
+		h["X-Shoal-Node"] = node
+		h["X-Shoal-Route"] = route
+		inner.ServeHTTP(w, r)
+	}))
 }
 
 // netFixedHandler reads the body and answers the fixed completion.
