@@ -32,8 +32,14 @@ func New(cfg Config) *API {
 	return &API{cfg: cfg, logger: cfg.Logger}
 }
 
+// Registrar is where Register adds the API's routes: an http.ServeMux or
+// a Router.
+type Registrar interface {
+	HandleFunc(pattern string, h func(http.ResponseWriter, *http.Request))
+}
+
 // Register adds the inference endpoints to mux.
-func (a *API) Register(mux *http.ServeMux) {
+func (a *API) Register(mux Registrar) {
 	mux.HandleFunc("/v1/chat/completions", Methods(a.handler(scheduler.EndpointChat, decodeChat), http.MethodPost))
 	mux.HandleFunc("/v1/completions", Methods(a.handler(scheduler.EndpointCompletion, decodeCompletion), http.MethodPost))
 	mux.HandleFunc("/v1/infer", Methods(a.handler(scheduler.EndpointInfer, decodeInfer), http.MethodPost))

@@ -302,7 +302,7 @@ func (n *Node) schedulerHealth() ops.Component {
 }
 
 func (n *Node) routes() http.Handler {
-	mux := http.NewServeMux()
+	mux := httpapi.NewRouter()
 	n.api.Register(mux)
 	v2 := newKServe(n)
 	mux.Handle("/v2", v2)
