@@ -33,7 +33,7 @@ test:
 	$(GO) test -count=1 -timeout 20m ./...
 
 test-race:
-	$(GO) test -count=1 -race -timeout 30m $(RACE_PKGS)
+	GO=$(GO) bash .ci/race $(RACE_PKGS)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s -timeout 30m ./scheduler/... ./node/... ./engine/... ./dcache/... ./router/...
