@@ -156,15 +156,32 @@ func (n *Node) purgeCache(ctx context.Context, model string) error {
 	return nil
 }
 
-// unwellMembers names the members gossip does not hold alive, as
-// " (suspect: n2, n3)", or "" when it holds them all alive.
+// unwellMembers names the members that may have failed a purge: those
+// gossip holds suspect, and those it declared dead within recentlyDead.
+// Gossip keeps dead and departed members listed for days (RetainGone), and
+// naming a node that left long ago would send the operator after the wrong
+// one; a graceful leaver also left Olric, so it is never named.
 func (n *Node) unwellMembers() string {
 	if n.gossip == nil {
 		return ""
 	}
+	return unwell(n.gossip.Members(), n.cfg.NodeName, time.Now())
+}
+
+// recentlyDead is how long after gossip declared a member dead a failed
+// purge still names it: Olric drops a dead member on its own within
+// seconds, after which it no longer fails a purge.
+const recentlyDead = time.Minute
+
+// unwell is unwellMembers over members, as " (not alive in gossip: n2
+// suspect, n3 dead)", or "" when none is named.
+func unwell(members []gossip.Member, self string, now time.Time) string {
 	var names []string
-	for _, m := range n.gossip.Members() {
-		if m.Name != n.cfg.NodeName && m.State != gossip.StateAlive {
+	for _, m := range members {
+		if m.Name == self {
+			continue
+		}
+		if m.State == gossip.StateSuspect || m.State == gossip.StateDead && now.Sub(m.StateChanged) < recentlyDead {
 			names = append(names, m.Name+" "+m.State.String())
 		}
 	}
