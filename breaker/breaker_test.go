@@ -3,6 +3,7 @@ package breaker
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -438,4 +439,49 @@ func TestFailedProposalsLeaveTheBudget(t *testing.T) {
 	clock.Advance(timeout)
 	s.Tick([]string{"m"})
 	require.Equal(t, consensus.BreakerHalfOpen, l.Breaker("m").State, "the failed proposals spent the budget")
+}
+
+// The error-rate window of a busy model must not hold one record per request: at 10,000
+// requests a second a window of outcomes was 300,000 records (about 10 MB a model, of
+// pointers the collector scans), and the slice was copied whole under the Set's lock each
+// time it outgrew its array, stalling every request of every model for that copy.
+func TestBusyWindowHoldsNoRecordPerRequest(t *testing.T) {
+	s, r, clock := newSet(t)
+	step := 100 * time.Microsecond
+	fill := func() {
+		for range int(RateWindow / step) {
+			clock.Advance(step)
+			s.Observe("m", nil)
+		}
+	}
+	s.Observe("m", nil) // the model's tracker exists before the first reading
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	fill()
+	fill()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(s)
+	grown := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	require.Less(t, grown, int64(256<<10), "a window of %s at 10,000 outcomes a second still grew the heap by %d bytes", RateWindow, grown)
+
+	// The window still counts what it should: a busy, healthy window is not opened by a
+	// few failures, and a window where half failed is.
+	for range 5 {
+		clock.Advance(step)
+		s.Observe("m", errBackend)
+		clock.Advance(step)
+		s.Observe("m", nil)
+	}
+	require.Zero(t, r.count(), "a few failures in %d healthy outcomes opened the breaker", int(RateWindow/step))
+	clock.Advance(RateWindow + time.Second)
+	for range RateMin/2 - 1 {
+		report(t, s, "m", errBackend)
+		report(t, s, "m", nil)
+	}
+	require.Zero(t, r.count())
+	report(t, s, "m", nil)
+	report(t, s, "m", errBackend)
+	require.Equal(t, consensus.BreakerOpen, r.last(t).To, "half of a fresh window failing did not open the breaker")
 }
