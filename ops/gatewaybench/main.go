@@ -309,7 +309,7 @@ func run(o options) error {
 			var prof chan error
 			if o.profile != "" && round == 0 && t.node != "" {
 				prof = make(chan error, 1)
-				go func() { prof <- cpuProfile(t, o) }()
+				go func() { prof <- cpuProfile(t.node, t.name, o, 0) }()
 			}
 			r, err := runWrk(wrk, dir, t, o, o.duration)
 			if prof != nil {
@@ -819,10 +819,12 @@ func parseWrk(out string) (result, error) {
 	return r, nil
 }
 
-// cpuProfile saves a CPU profile of t's node taken while wrk runs.
-func cpuProfile(t *target, o options) error {
+// cpuProfile saves a CPU profile of the shoal node at nodeURL, taken
+// after delay for most of one measured round, as name's profile.
+func cpuProfile(nodeURL, name string, o options, delay time.Duration) error {
+	time.Sleep(delay)
 	secs := max(1, int(o.duration/time.Second)-1)
-	req, err := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", t.node, secs), nil)
+	req, err := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", nodeURL, secs), nil)
 	if err != nil {
 		return err
 	}
@@ -843,7 +845,7 @@ func cpuProfile(t *target, o options) error {
 			return r
 		}
 		return '-'
-	}, strings.ToLower(t.name))
+	}, strings.ToLower(name))
 	f, err := os.Create(filepath.Join(o.profile, slug+".cpu.pb.gz"))
 	if err != nil {
 		return err

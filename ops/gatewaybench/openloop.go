@@ -16,6 +16,7 @@ import (
 type openTarget struct {
 	name    string
 	url     string
+	node    string // the shoal node measured, for -profile
 	headers []string
 	// cpuOf is the process group doing the path's work (0: this process).
 	cpuOf   []int
@@ -80,15 +81,42 @@ func openLoop(o options) error {
 	if err != nil {
 		return fmt.Errorf("shoal: %w (logs in %s; -keep keeps them)", err, dir)
 	}
+	noFloor := []int{p.last()}
+	// A single node on the in-process backend (cache.backend = "local"),
+	// whose stored answers live on the Go heap the collector marks.
+	localURL, _, err := startShoalNode(p, dir, o.shoal, "bench-open-local", "", "local", simModel("sim0"))
+	if err != nil {
+		return fmt.Errorf("shoal: %w (logs in %s; -keep keeps them)", err, dir)
+	}
+	local := []int{p.last()}
 	targets := []*openTarget{
 		{name: "net/http server, fixed answer (baseline)", url: fixedURL, cpuOf: []int{0}},
-		{name: "shoal, zero-cost sim model (no-store)", url: nodeURL, cpuOf: node, headers: []string{"Cache-Control: " + noCache}},
-		{name: "shoal, zero-cost sim model (unique answers stored, default)", url: nodeURL, cpuOf: node},
-		{name: "shoal, unique answers stored, GC heap floor off", url: noFloorURL, cpuOf: []int{p.last()}},
+		{name: "shoal, zero-cost sim model (no-store)", url: nodeURL, node: nodeURL, cpuOf: node, headers: []string{"Cache-Control: " + noCache}},
+		{name: "shoal, zero-cost sim model (unique answers stored, default)", url: nodeURL, node: nodeURL, cpuOf: node},
+		{name: "shoal, unique answers stored, local backend", url: localURL, node: localURL, cpuOf: local},
+		{name: "shoal, unique answers stored, GC heap floor off", url: noFloorURL, node: noFloorURL, cpuOf: noFloor},
+	}
+	// -only narrows the shoal rows; the baseline row always runs, since
+	// every other row's p99 is read against it.
+	if o.only != "" {
+		base := targets[0]
+		targets = slices.DeleteFunc(targets, func(t *openTarget) bool {
+			return t != base && !containsAny(t.name, o.only)
+		})
 	}
 	for round := 0; round < o.rounds; round++ {
 		for _, t := range targets {
+			var prof chan error
+			if o.profile != "" && round == 0 && t.node != "" {
+				prof = make(chan error, 1)
+				go func() { prof <- cpuProfile(t.node, t.name, o, o.warmup) }()
+			}
 			r, err := runOpenLoop(o, dir, t)
+			if prof != nil {
+				if perr := <-prof; perr != nil {
+					fmt.Fprintln(os.Stderr, "profile:", perr)
+				}
+			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", t.name, err)
 			}
