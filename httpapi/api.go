@@ -55,6 +55,10 @@ type Request struct {
 	keyed   bool
 	// memo is the request memo's entry this request was copied from.
 	memo *reqMemoEntry
+	// prefix is the prompt's block hashes once promptHashes has computed
+	// them (prefixed): routing and the local run's record both need them.
+	prefix   []uint64
+	prefixed bool
 }
 
 // TokenCharge is a request's up-front charge to token-per-minute rules.

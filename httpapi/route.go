@@ -8,6 +8,14 @@ import (
 // promptHashes are the request's prompt block hashes for prefix-aware
 // routing: its first prompt, or the chat as the backend will read it.
 func promptHashes(req *Request) []uint64 {
+	if req.prefixed {
+		return req.prefix
+	}
+	req.prefix, req.prefixed = hashPrompt(req), true
+	return req.prefix
+}
+
+func hashPrompt(req *Request) []uint64 {
 	text := ""
 	switch {
 	case len(req.Prompts) > 0:
