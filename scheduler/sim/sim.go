@@ -19,6 +19,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"github.com/shoal-dev/shoal/scheduler"
 )
@@ -172,7 +173,8 @@ func (b *Backend) Run(ctx context.Context, batch []*scheduler.Task) {
 		if limit <= 0 {
 			limit = b.cfg.DefaultMaxTokens
 		}
-		s := &seq{t: t, words: b.Words(req, limit), stop: req.Params.Stop, prompt: countTokens(req.PromptText())}
+		prompt := req.PromptText()
+		s := &seq{t: t, words: b.words(req, prompt, limit), stop: req.Params.Stop, prompt: countTokens(prompt)}
 		// The whole text's room at once, not a regrowth every few words.
 		n := len(s.words)
 		for _, w := range s.words {
@@ -287,17 +289,23 @@ bright silver waves turn together under the moon`)
 // Words returns the deterministic output words for a request: up to limit
 // of them, ending with endWord when the text finishes before the limit.
 func (b *Backend) Words(req *scheduler.Request, limit int) []string {
-	h := fnv.New64a()
-	h.Write([]byte(b.cfg.Model))
-	h.Write([]byte{0})
-	h.Write([]byte(req.PromptText()))
+	return b.words(req, req.PromptText(), limit)
+}
+
+// words is Words for a request whose prompt text the caller already built.
+func (b *Backend) words(req *scheduler.Request, prompt string, limit int) []string {
+	// FNV-1a over the model, the prompt and the sampling parameters,
+	// written out so that nothing is copied to feed a hash.Hash.
+	sum := fnv64a(fnvOffset64, b.cfg.Model)
+	sum = fnv64a(sum, "\x00")
+	sum = fnv64a(sum, prompt)
+	var num [32]byte
 	p := req.Params
-	h.Write([]byte(strconv.FormatFloat(p.Temperature, 'g', -1, 64)))
-	h.Write([]byte(strconv.FormatFloat(p.TopP, 'g', -1, 64)))
+	sum = fnv64a(sum, string(strconv.AppendFloat(num[:0], p.Temperature, 'g', -1, 64)))
+	sum = fnv64a(sum, string(strconv.AppendFloat(num[:0], p.TopP, 'g', -1, 64)))
 	if p.Seed != nil {
-		h.Write([]byte(strconv.FormatInt(*p.Seed, 10)))
+		sum = fnv64a(sum, string(strconv.AppendInt(num[:0], *p.Seed, 10)))
 	}
-	sum := h.Sum64()
 	rng := rand.New(rand.NewPCG(sum, sum>>17|1))
 	natural := 8 + rng.IntN(24)
 	n := min(natural, limit)
@@ -311,7 +319,33 @@ func (b *Backend) Words(req *scheduler.Request, limit int) []string {
 	return words
 }
 
-func countTokens(s string) int { return len(strings.Fields(s)) }
+const (
+	fnvOffset64 = 14695981039346656037
+	fnvPrime64  = 1099511628211
+)
+
+// fnv64a continues an FNV-1a hash (hash/fnv's New64a) over s.
+func fnv64a(h uint64, s string) uint64 {
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= fnvPrime64
+	}
+	return h
+}
+
+// countTokens is len(strings.Fields(s)) without building the fields: the
+// sim counts every prompt, and a long one made a slice of all its words.
+func countTokens(s string) int {
+	n, inField := 0, false
+	for _, r := range s {
+		space := unicode.IsSpace(r)
+		if !space && !inField {
+			n++
+		}
+		inField = !space
+	}
+	return n
+}
 
 // sleep waits d or until ctx ends; it reports whether the full time passed.
 func sleep(ctx context.Context, d time.Duration) bool {
