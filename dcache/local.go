@@ -17,12 +17,13 @@ const sweepEvery = 4096
 
 type nsKey struct{ ns, key string }
 
-// localSlot is one response entry. It holds no pointers, so the collector never scans the
-// slots; the entry's bytes (namespace, key and value, back to back) are blobs[i], one
-// pointer-free object per entry. A store of 256 MiB of small answers kept as list elements,
-// entry structs and map keys was several objects and pointers per entry, and marking them
-// took 70-100 ms of request CPU in every collection.
+// localSlot is one response entry. Its one pointer is to its bytes (namespace, key and
+// value, back to back), a pointer-free object: the collector marks one object per entry. A
+// store of 256 MiB of small answers kept as list elements, entry structs and map keys was
+// several objects and pointers per entry, and marking them took 70-100 ms of request CPU in
+// every collection.
 type localSlot struct {
+	blob       []byte
 	hash       uint64
 	prev, next int32 // LRU neighbours; noSlot at either end
 	nsLen      int32
@@ -32,6 +33,11 @@ type localSlot struct {
 }
 
 const noSlot = -1
+
+// slotChunk is how many slots are allocated at once. The slots grow by whole chunks and are
+// never copied: a slice of 200,000 slots copied on append would hold the store's lock for
+// milliseconds each time it outgrew its array.
+const slotChunk = 4096
 
 type localCounter struct {
 	v       int
@@ -57,10 +63,10 @@ type localStore struct {
 	// index finds an entry's slot by the hash of its namespace and key; the slot's own bytes
 	// confirm the match, so two keys that share a hash cost a miss, never a wrong answer.
 	index      map[uint64]int32
-	slots      []localSlot
-	blobs      [][]byte
-	free       []int32 // slots of removed entries, reused before the slices grow
-	head, tail int32   // most and least recently used; noSlot when empty
+	slots      [][]localSlot // chunks of slotChunk
+	used       int32         // slots ever handed out
+	free       []int32       // slots of removed entries, reused before a new one
+	head, tail int32         // most and least recently used; noSlot when empty
 	counters   map[nsKey]*localCounter
 	locks      map[nsKey]localLock
 	tokens     uint64
@@ -109,7 +115,8 @@ func (s *localStore) find(h uint64, ns, key string) int32 {
 	if !ok {
 		return noSlot
 	}
-	sl, b := &s.slots[i], s.blobs[i]
+	sl := s.slot(i)
+	b := sl.blob
 	if int(sl.nsLen) != len(ns) || int(sl.keyLen) != len(key) ||
 		string(b[:sl.nsLen]) != ns || string(b[sl.nsLen:sl.nsLen+sl.keyLen]) != key {
 		return noSlot
@@ -128,7 +135,7 @@ func (s *localStore) get(_ context.Context, ns, key string) ([]byte, bool, error
 	if i == noSlot {
 		return nil, false, nil
 	}
-	sl := &s.slots[i]
+	sl := s.slot(i)
 	if sl.expires != 0 && s.now().UnixNano() >= sl.expires {
 		s.remove(i)
 		return nil, false, nil
@@ -136,7 +143,7 @@ func (s *localStore) get(_ context.Context, ns, key string) ([]byte, bool, error
 	s.unlink(i)
 	s.pushFront(i)
 	// A copy, so a caller that edits its answer cannot corrupt the cache.
-	return bytes.Clone(s.blobs[i][sl.nsLen+sl.keyLen:]), true, nil
+	return bytes.Clone(sl.blob[sl.nsLen+sl.keyLen:]), true, nil
 }
 
 func (s *localStore) set(_ context.Context, ns, key string, val []byte, ttl time.Duration) error {
@@ -168,24 +175,27 @@ func (s *localStore) set(_ context.Context, ns, key string, val []byte, ttl time
 	if n := len(s.free); n > 0 {
 		i, s.free = s.free[n-1], s.free[:n-1]
 	} else {
-		i = int32(len(s.slots))
-		s.slots = append(s.slots, localSlot{})
-		s.blobs = append(s.blobs, nil)
+		if int(s.used) == len(s.slots)*slotChunk {
+			s.slots = append(s.slots, make([]localSlot, slotChunk))
+		}
+		i = s.used
+		s.used++
 	}
-	s.slots[i] = localSlot{hash: h, nsLen: int32(len(ns)), keyLen: int32(len(key)), expires: expires, size: size}
-	s.blobs[i] = blob
+	*s.slot(i) = localSlot{blob: blob, hash: h, nsLen: int32(len(ns)), keyLen: int32(len(key)), expires: expires, size: size}
 	s.index[h] = i
 	s.pushFront(i)
 	s.bytes += size
 	return nil
 }
 
+func (s *localStore) slot(i int32) *localSlot { return &s.slots[i/slotChunk][i%slotChunk] }
+
 // pushFront makes slot i the most recently used. Called with mu held.
 func (s *localStore) pushFront(i int32) {
-	sl := &s.slots[i]
+	sl := s.slot(i)
 	sl.prev, sl.next = noSlot, s.head
 	if s.head != noSlot {
-		s.slots[s.head].prev = i
+		s.slot(s.head).prev = i
 	}
 	s.head = i
 	if s.tail == noSlot {
@@ -195,14 +205,14 @@ func (s *localStore) pushFront(i int32) {
 
 // unlink takes slot i out of the LRU order. Called with mu held.
 func (s *localStore) unlink(i int32) {
-	sl := &s.slots[i]
+	sl := s.slot(i)
 	if sl.prev != noSlot {
-		s.slots[sl.prev].next = sl.next
+		s.slot(sl.prev).next = sl.next
 	} else {
 		s.head = sl.next
 	}
 	if sl.next != noSlot {
-		s.slots[sl.next].prev = sl.prev
+		s.slot(sl.next).prev = sl.prev
 	} else {
 		s.tail = sl.prev
 	}
@@ -212,11 +222,10 @@ func (s *localStore) unlink(i int32) {
 // remove drops the entry in slot i and frees the slot. Called with mu held.
 func (s *localStore) remove(i int32) {
 	s.unlink(i)
-	sl := &s.slots[i]
+	sl := s.slot(i)
 	delete(s.index, sl.hash)
 	s.bytes -= sl.size
 	*sl = localSlot{}
-	s.blobs[i] = nil
 	s.free = append(s.free, i)
 }
 
@@ -234,8 +243,9 @@ func (s *localStore) purge(_ context.Context, ns string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i := s.head; i != noSlot; {
-		next := s.slots[i].next
-		if sl := &s.slots[i]; ns == "" || int(sl.nsLen) == len(ns) && string(s.blobs[i][:sl.nsLen]) == ns {
+		sl := s.slot(i)
+		next := sl.next
+		if ns == "" || int(sl.nsLen) == len(ns) && string(sl.blob[:sl.nsLen]) == ns {
 			s.remove(i)
 		}
 		i = next
@@ -330,7 +340,7 @@ func (s *localStore) close(context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.index = make(map[uint64]int32)
-	s.slots, s.blobs, s.free = nil, nil, nil
+	s.slots, s.used, s.free = nil, 0, nil
 	s.head, s.tail = noSlot, noSlot
 	s.bytes = 0
 	return nil
