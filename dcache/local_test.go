@@ -461,7 +461,8 @@ func TestSetAsyncQueuesAndDropsWhenFull(t *testing.T) {
 func TestLocalEntriesHoldFewHeapObjects(t *testing.T) {
 	c, _ := newLocal(t, 64<<20)
 	ctx := context.Background()
-	const n = 20_000
+	// Many entries, so that objects other goroutines leave alive meanwhile are noise.
+	const n = 50_000
 	keys := make([]string, n)
 	for i := range keys {
 		keys[i] = fmt.Sprintf("key-%08d", i)

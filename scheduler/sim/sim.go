@@ -11,7 +11,6 @@ package sim
 import (
 	"context"
 	"fmt"
-	"hash/fnv"
 	"math"
 	"math/rand/v2"
 	"strconv"
@@ -97,9 +96,7 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.Jitter > 0 {
 		seed := cfg.Seed
 		if seed == 0 {
-			h := fnv.New64a()
-			h.Write([]byte(cfg.Model))
-			seed = h.Sum64()
+			seed = fnv64a(fnvOffset64, cfg.Model)
 		}
 		b.jitter = rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
 	}
