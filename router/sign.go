@@ -141,35 +141,67 @@ func (v *Verifier) Verify(secret []byte, r *http.Request, body []byte, now time.
 // Past its bound it forgets the oldest ID before it expires, which reopens
 // a replay of that one request; that takes more than max verified forwards
 // to this node within one window, and only a cluster member can sign them.
+//
+// The order is a ring that grows by doubling up to max and is never copied
+// after: every verified forward takes this lock, so the cost of adding one
+// ID must not depend on how many are held.
 type replayCache struct {
-	mu    sync.Mutex
-	max   int
-	ids   map[string]time.Time
-	order []string
+	mu   sync.Mutex
+	max  int
+	ids  map[string]int64 // id -> expiry, unix nanoseconds
+	ring []replayEntry
+	head int // oldest entry
+	n    int
+}
+
+type replayEntry struct {
+	id      string
+	expires int64
 }
 
 func newReplayCache(max int) *replayCache {
-	return &replayCache{max: max, ids: map[string]time.Time{}}
+	return &replayCache{max: max, ids: map[string]int64{}}
 }
 
 // add records id until expires and reports whether it was new.
 func (c *replayCache) add(id string, expires, now time.Time) bool {
+	exp, at := expires.UnixNano(), now.UnixNano()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for len(c.order) > 0 {
-		head := c.order[0]
-		if exp, ok := c.ids[head]; ok && exp.After(now) && len(c.order) < c.max {
+	for c.n > 0 {
+		e := &c.ring[c.head]
+		if e.expires > at && c.n < c.max {
 			break
 		}
-		delete(c.ids, head)
-		c.order = c.order[1:]
+		// A renewed ID has a newer expiry in the map than its first record
+		// here; that record leaving must not forget the renewal.
+		if held, ok := c.ids[e.id]; ok && held == e.expires {
+			delete(c.ids, e.id)
+		}
+		*e = replayEntry{}
+		c.head = (c.head + 1) % len(c.ring)
+		c.n--
 	}
-	if exp, ok := c.ids[id]; ok && exp.After(now) {
+	if held, ok := c.ids[id]; ok && held > at {
 		return false
 	}
-	c.ids[id] = expires
-	c.order = append(c.order, id)
+	c.ids[id] = exp
+	if c.n == len(c.ring) {
+		c.grow()
+	}
+	c.ring[(c.head+c.n)%len(c.ring)] = replayEntry{id: id, expires: exp}
+	c.n++
 	return true
+}
+
+// grow doubles the ring, at most to max, keeping arrival order.
+func (c *replayCache) grow() {
+	size := min(max(2*len(c.ring), 64), c.max)
+	ring := make([]replayEntry, size)
+	for i := range c.n {
+		ring[i] = c.ring[(c.head+i)%len(c.ring)]
+	}
+	c.ring, c.head = ring, 0
 }
 
 func (c *replayCache) len() int {
