@@ -92,6 +92,15 @@ func (t *directTransport) exchange(ctx context.Context, dc *directConn, req *htt
 		return nil, t.fail(ctx, dc, stop, err)
 	}
 	resp, err := http.ReadResponse(dc.br, req)
+	// Informational answers (103 Early Hints, a 100 Continue nobody asked
+	// for) come before the real one, as http.Transport reads them.
+	for i := 0; err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols; i++ {
+		if i == 5 {
+			err = fmt.Errorf("more than %d informational answers", i)
+			break
+		}
+		resp, err = http.ReadResponse(dc.br, req)
+	}
 	if err != nil {
 		return nil, t.fail(ctx, dc, stop, err)
 	}

@@ -61,11 +61,16 @@ func (t *directTransport) idleCount() int {
 	return len(t.idle)
 }
 
-// The request arrives as sent, answers of every framing (length, chunked)
-// are read whole, and one connection carries them all.
+// The request arrives as sent, answers of every framing (length, chunked,
+// after an informational 103) are read whole, and one connection carries
+// them all.
 func TestDirectTransportReusesOneConnection(t *testing.T) {
 	srv, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
+		if r.URL.Path == "/hints" {
+			w.Header().Set("Link", "</style.css>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+		}
 		if r.URL.Path == "/chunked" {
 			fmt.Fprintf(w, "%s:", r.Header.Get("X-Test"))
 			w.(http.Flusher).Flush() // no Content-Length: chunked
@@ -76,10 +81,7 @@ func TestDirectTransportReusesOneConnection(t *testing.T) {
 	})
 	c, tr := directClient(t, srv.URL)
 	for i := range 20 {
-		path := "/plain"
-		if i%2 == 1 {
-			path = "/chunked"
-		}
+		path := []string{"/plain", "/chunked", "/hints"}[i%3]
 		req, err := http.NewRequest(http.MethodPost, srv.URL+path, strings.NewReader(fmt.Sprint("body", i)))
 		require.NoError(t, err)
 		req.Header.Set("X-Test", "h")
