@@ -24,11 +24,24 @@ import (
 // way (see useDirect): no TLS, no proxy, no streams.
 type directTransport struct {
 	addr   string
+	host   string
+	other  roundTripCloser
 	dialer net.Dialer
 	max    int // idle connections kept
 
 	mu   sync.Mutex
 	idle []*directConn // most recently used last
+}
+
+// directConfig is a directTransport's configuration.
+type directConfig struct {
+	// addr is dialled for requests to host, the URL's host as written.
+	addr, host string
+	// maxIdle bounds the connections kept between requests.
+	maxIdle int
+	// other carries every request for another scheme or host (a redirect
+	// elsewhere): only the run's own URL goes direct.
+	other roundTripCloser
 }
 
 type directConn struct {
@@ -37,14 +50,17 @@ type directConn struct {
 	bw *bufio.Writer
 }
 
-func newDirectTransport(addr string, maxIdle int) *directTransport {
-	return &directTransport{addr: addr, max: maxIdle,
+func newDirectTransport(cfg directConfig) *directTransport {
+	return &directTransport{addr: cfg.addr, host: cfg.host, other: cfg.other, max: cfg.maxIdle,
 		dialer: net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}}
 }
 
 // RoundTrip sends req and returns its response; the response's body hands
 // the connection back to the pool once read to its end and closed.
 func (t *directTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme != "http" || req.URL.Host != t.host {
+		return t.other.RoundTrip(req)
+	}
 	ctx := req.Context()
 	dc, reused, err := t.get(ctx)
 	if err != nil {
@@ -152,8 +168,9 @@ func (t *directTransport) put(dc *directConn) {
 	}
 }
 
-// CloseIdleConnections closes the pooled connections.
+// CloseIdleConnections closes the pooled connections, and other's.
 func (t *directTransport) CloseIdleConnections() {
+	t.other.CloseIdleConnections()
 	t.mu.Lock()
 	idle := t.idle
 	t.idle = nil

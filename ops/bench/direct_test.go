@@ -34,9 +34,9 @@ func countingServer(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic
 
 func directClient(t *testing.T, srvURL string) (*http.Client, *directTransport) {
 	t.Helper()
-	addr, ok := directAddr(Config{URL: srvURL})
+	addr, host, ok := directAddr(Config{URL: srvURL})
 	require.True(t, ok, "a plain-HTTP URL goes direct")
-	tr := newDirectTransport(addr, 4)
+	tr := newDirectTransport(directConfig{addr: addr, host: host, maxIdle: 4, other: &http.Transport{}})
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr}, tr
 }
@@ -206,20 +206,40 @@ func TestDirectTransportHonoursTheContext(t *testing.T) {
 	require.Zero(t, tr.idleCount())
 }
 
+// Only the run's own URL goes direct: a redirect to another server is
+// followed through the other transport, to that server.
+func TestDirectTransportSendsOtherHostsElsewhere(t *testing.T) {
+	other, otherConns := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "other")
+	})
+	srv, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+"/moved", http.StatusTemporaryRedirect)
+	})
+	c, tr := directClient(t, srv.URL)
+	_, body, err := post(context.Background(), c, srv.URL, "x")
+	require.NoError(t, err)
+	require.Equal(t, "other", body)
+	require.EqualValues(t, 1, conns.Load())
+	require.EqualValues(t, 1, otherConns.Load())
+	require.Equal(t, 1, tr.idleCount(), "the other server's connection is not in the direct pool")
+}
+
 // Streams, TLS and proxied URLs stay on net/http's transport.
 func TestDirectAddrOnlyForPlainHTTP(t *testing.T) {
-	addr, ok := directAddr(Config{URL: "http://localhost"})
+	addr, host, ok := directAddr(Config{URL: "http://localhost"})
 	require.True(t, ok)
 	require.Equal(t, "localhost:80", addr)
-	addr, ok = directAddr(Config{URL: "http://[::1]:8080/base"})
+	require.Equal(t, "localhost", host)
+	addr, host, ok = directAddr(Config{URL: "http://[::1]:8080/base"})
 	require.True(t, ok)
 	require.Equal(t, "[::1]:8080", addr)
+	require.Equal(t, "[::1]:8080", host)
 	for _, cfg := range []Config{
 		{URL: "https://localhost:8443"},
 		{URL: "http://localhost:8080", Stream: true},
 		{URL: "localhost:8080"},
 	} {
-		_, ok := directAddr(cfg)
+		_, _, ok := directAddr(cfg)
 		require.False(t, ok, "%+v", cfg)
 	}
 }
@@ -239,10 +259,10 @@ func BenchmarkTransport(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	addr, _ := directAddr(cfg)
+	addr, host, _ := directAddr(cfg)
 	netHTTP := &http.Transport{MaxIdleConnsPerHost: 64}
 	defer netHTTP.CloseIdleConnections()
-	direct := newDirectTransport(addr, 64)
+	direct := newDirectTransport(directConfig{addr: addr, host: host, maxIdle: 64, other: netHTTP})
 	defer direct.CloseIdleConnections()
 	for _, tc := range []struct {
 		name string

@@ -64,17 +64,17 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	return agg.report(cfg), ctx.Err()
 }
 
+// roundTripCloser is a transport whose pool Run closes when it ends.
+type roundTripCloser interface {
+	http.RoundTripper
+	CloseIdleConnections()
+}
+
 // newTransport is a keep-alive pool sized to the load, so connection set-up
 // is not measured as server latency. A plain-HTTP run without streams or a
 // proxy goes through directTransport, which costs the box less CPU.
-func newTransport(cfg Config, conns int) interface {
-	http.RoundTripper
-	CloseIdleConnections()
-} {
-	if addr, ok := directAddr(cfg); ok {
-		return newDirectTransport(addr, conns)
-	}
-	return &http.Transport{
+func newTransport(cfg Config, conns int) roundTripCloser {
+	nt := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
 		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConns:          conns,
@@ -83,27 +83,32 @@ func newTransport(cfg Config, conns int) interface {
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: time.Second,
 	}
+	if addr, host, ok := directAddr(cfg); ok {
+		return newDirectTransport(directConfig{addr: addr, host: host, maxIdle: conns, other: nt})
+	}
+	return nt
 }
 
-// directAddr is the host:port a run can reach through directTransport:
-// plain HTTP, no streams (their events are read as they come, which
-// http.Transport already does well), and no proxy for the URL.
-func directAddr(cfg Config) (string, bool) {
+// directAddr is the address a run can reach through directTransport, and
+// the URL's host as written: plain HTTP, no streams (their events are read
+// as they come, which http.Transport already does well), and no proxy for
+// the URL.
+func directAddr(cfg Config) (addr, host string, ok bool) {
 	if cfg.Stream {
-		return "", false
+		return "", "", false
 	}
 	u, err := url.Parse(cfg.URL)
 	if err != nil || u.Scheme != "http" || u.Host == "" {
-		return "", false
+		return "", "", false
 	}
 	if p, err := http.ProxyFromEnvironment(&http.Request{URL: u}); err != nil || p != nil {
-		return "", false
+		return "", "", false
 	}
 	port := u.Port()
 	if port == "" {
 		port = "80"
 	}
-	return net.JoinHostPort(u.Hostname(), port), true
+	return net.JoinHostPort(u.Hostname(), port), u.Host, true
 }
 
 // phase runs one load phase and returns its aggregate.
