@@ -185,7 +185,7 @@ func TestChatRequestUsesPromptText(t *testing.T) {
 	c := tinyConfig(tinyTokenizer(t).VocabSize())
 	b := tinyBackend(t, c, Config{})
 	req := &scheduler.Request{ID: "chat", Endpoint: scheduler.EndpointChat, Messages: []scheduler.Message{{Role: "user", Content: "hello"}},
-		Params: scheduler.Params{MaxTokens: 3}}
+		Params: scheduler.Params{MaxTokens: 3}, Stream: true}
 	task := scheduler.NewTask(context.Background(), req)
 	require.True(t, b.Admit(task))
 	res, err := outcome(t, task)

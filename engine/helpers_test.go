@@ -287,8 +287,9 @@ func newTestBackend(t testing.TB, c ModelConfig, tt *testTensors, cfg Config) *B
 	return b
 }
 
+// newTask is a streamed completion, so its tokens can be read as chunks.
 func newTask(ctx context.Context, prompt string, p scheduler.Params) *scheduler.Task {
-	return scheduler.NewTask(ctx, &scheduler.Request{ID: prompt, Endpoint: scheduler.EndpointCompletion, Prompt: prompt, Params: p})
+	return scheduler.NewTask(ctx, &scheduler.Request{ID: prompt, Endpoint: scheduler.EndpointCompletion, Prompt: prompt, Params: p, Stream: true})
 }
 
 func seed(v int64) *int64 { return &v }

@@ -122,8 +122,9 @@ func newScheduler(t *testing.T, cfg scheduler.Config, backend any, st scheduler.
 	return s
 }
 
+// req is a streamed request, so a task's chunks can be read with Next.
 func req(prompt string, p scheduler.Priority) *scheduler.Request {
-	return &scheduler.Request{ID: prompt, Model: "m", Endpoint: scheduler.EndpointCompletion, Prompt: prompt, Priority: p}
+	return &scheduler.Request{ID: prompt, Model: "m", Endpoint: scheduler.EndpointCompletion, Prompt: prompt, Priority: p, Stream: true}
 }
 
 func submit(t *testing.T, s *scheduler.Scheduler, prompt string, p scheduler.Priority) *scheduler.Task {

@@ -135,7 +135,10 @@ func (t *Task) Request() *Request { return t.req }
 // Emit streams one chunk of output (usually one token's text) to the client.
 // Chunks are buffered, so a slow client never stalls a batch.
 func (t *Task) Emit(text string) {
-	if text == "" {
+	// Only a streamed request reads chunks (Next); any other's answer is
+	// its Result. Buffering every token of those anyway cost a lock per
+	// token and an allocation per doubling of the buffer (5 for 16 tokens).
+	if text == "" || !t.req.Stream {
 		return
 	}
 	t.mu.Lock()

@@ -95,3 +95,29 @@ func TestUnstreamedTaskCostsOneAllocation(t *testing.T) {
 	})
 	require.Equal(t, 1.0, allocs)
 }
+
+// A streamed task keeps every chunk for Next; any other task's answer is
+// its Result, so its chunks are neither kept nor allocated for.
+func TestOnlyStreamedTasksKeepChunks(t *testing.T) {
+	streamed := scheduler.NewTask(context.Background(), req("a", scheduler.PriorityNormal))
+	streamed.Emit("he")
+	streamed.Emit("llo")
+	chunks, finished, err := streamed.Next(context.Background())
+	require.NoError(t, err)
+	require.False(t, finished)
+	require.Equal(t, []string{"he", "llo"}, chunks)
+
+	plain := req("b", scheduler.PriorityNormal)
+	plain.Stream = false
+	task := scheduler.NewTask(context.Background(), plain)
+	allocs := testing.AllocsPerRun(100, func() { task.Emit("token") })
+	require.Zero(t, allocs, "a token of an answer nobody streams")
+	task.Finish(scheduler.Result{Text: "hello"}, nil)
+	chunks, finished, err = task.Next(context.Background())
+	require.NoError(t, err)
+	require.True(t, finished)
+	require.Empty(t, chunks)
+	res, err := task.Wait()
+	require.NoError(t, err)
+	require.Equal(t, "hello", res.Text)
+}

@@ -28,8 +28,9 @@ func newSim(t *testing.T, mutate func(*sim.Config)) *sim.Backend {
 	return b
 }
 
+// completion is a streamed request, so its tokens can be read as chunks.
 func completion(prompt string, p scheduler.Params) *scheduler.Request {
-	return &scheduler.Request{ID: prompt, Model: "sim-test", Endpoint: scheduler.EndpointCompletion, Prompt: prompt, Params: p}
+	return &scheduler.Request{ID: prompt, Model: "sim-test", Endpoint: scheduler.EndpointCompletion, Prompt: prompt, Params: p, Stream: true}
 }
 
 // run runs one batch to the end and returns each task's result and the
